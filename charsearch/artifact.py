@@ -1,0 +1,120 @@
+"""The portable model file: plain data only, CPU float32, read with torch.load(weights_only=True).
+
+Layout (a dict):
+    format: "charsearch-model", version: 1,
+    config: the architecture (vocab_size, model, rnn_size, num_layers, embed_size, dropout),
+    vocab: list of characters (index = id), unk: id of the unknown symbol or None,
+    state_dict: float32 CPU tensors,
+    summary: val_loss, data hash, trial id, where/when trained, ... (str / int / float / None)
+
+Training checkpoints hold the same `model` part plus the optimizer and loop state, so any
+checkpoint exports to a model file without the device it was trained on.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import Vocab, atomic_write
+from .errors import UsageError
+from .model import ARCH_KEYS, CharRNN, build
+
+MODEL_FORMAT, MODEL_VERSION = "charsearch-model", 1
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "charsearch-checkpoint", 1
+
+
+@dataclass
+class ModelFile:
+    config: dict
+    vocab: Vocab
+    state_dict: dict
+    summary: dict = field(default_factory=dict)
+
+    def build(self, device: str | torch.device = "cpu") -> CharRNN:
+        model = build(self.config)
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()
+
+    def num_params(self) -> int:
+        return sum(t.numel() for t in self.state_dict.values())
+
+    def to_dict(self) -> dict:
+        return {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "config": {k: self.config[k] for k in ARCH_KEYS},
+            "vocab": list(self.vocab.chars),
+            "unk": self.vocab.unk,
+            "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict.items()},
+            "summary": dict(self.summary),
+        }
+
+
+def model_part(model: CharRNN, vocab: Vocab) -> dict:
+    """The `model` entry of a checkpoint: architecture, vocabulary and CPU float32 weights."""
+    base = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    return {"config": dict(base.config), "vocab": list(vocab.chars), "unk": vocab.unk,
+            "state_dict": {k: v.detach().to("cpu", torch.float32).clone() for k, v in base.state_dict().items()}}
+
+
+def save(path: str | Path, payload: dict) -> None:
+    """torch.save through a temporary file: a crash never leaves a half-written file under `path`."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
+
+
+def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
+    """Load plain data only (no code runs), turning every failure into one clear line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise UsageError(f"{path}: not a {what}: it holds Python objects beyond plain data, and loading it could "
+                             f"run code, so it is refused") from None
+        raise UsageError(f"{path}: not a {what} (unreadable: {str(e).splitlines()[0][:120]})") from None
+    except Exception as e:  # a damaged file can fail anywhere in the unpickler (KeyError, IndexError, ...)
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise UsageError(f"{path}: not a {what}, or truncated ({reason})") from None
+    if not isinstance(obj, dict) or obj.get("format") not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+        raise UsageError(f"{path}: not a {what} (no charsearch format tag; expected a file written by "
+                         f"`charsearch export` or `charsearch train`)")
+    supported = MODEL_VERSION if obj["format"] == MODEL_FORMAT else CHECKPOINT_VERSION
+    if not isinstance(obj.get("version"), int) or obj["version"] > supported:
+        raise UsageError(f"{path}: {obj['format']} format version {obj.get('version')} is newer than this charsearch "
+                         f"reads (up to {supported}); upgrade charsearch")
+    return obj
+
+
+def load(path: str | Path) -> ModelFile:
+    """Read a model file, or the model part of a training checkpoint."""
+    obj = safe_load(path)
+    part = obj["model"] if obj["format"] == CHECKPOINT_FORMAT else obj
+    try:
+        vocab = Vocab(tuple(part["vocab"]), part["unk"])
+        config = {k: part["config"][k] for k in ARCH_KEYS}
+        mf = ModelFile(config, vocab, part["state_dict"], dict(obj.get("summary", {})))
+        mf.build()  # proves the weights fit the architecture
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise UsageError(f"{path}: damaged charsearch file ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
+    if config["vocab_size"] != len(vocab):
+        raise UsageError(f"{path}: damaged charsearch file (vocab has {len(vocab)} entries, model expects "
+                         f"{config['vocab_size']})")
+    return mf
+
+
+def export(src: str | Path, out: str | Path, extra_summary: dict | None = None) -> ModelFile:
+    """Write the portable model file for a checkpoint (or re-write a model file), CPU float32."""
+    mf = load(src)
+    if extra_summary:
+        mf.summary.update(extra_summary)
+    save(out, mf.to_dict())
+    return mf

@@ -1,0 +1,249 @@
+"""The `charsearch` command: parse, call, print. Heavy libraries are imported by the commands that
+need them, so `charsearch sample` starts without Ray or MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .config import FIELDS, ConfigError, TrainConfig, field_type
+from .errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (plus a pointer to --help) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(TrainConfig):
+        group = groups.setdefault(f.metadata["group"], p.add_argument_group(f.metadata["group"] + " options"))
+        kind = field_type(f.name)
+        help_text = f.metadata["help"] + ("" if kind is bool else " (default: %(default)s)")
+        if kind is bool:
+            group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            group.add_argument(flag(f.name), type=kind, default=f.default, choices=f.metadata["choices"],
+                               metavar=None if f.metadata["choices"] else f.name.upper(), help=help_text)
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig(**{name: getattr(args, name) for name in FIELDS})
+    try:
+        return cfg.validate()
+    except ConfigError as e:
+        raise UsageError(f"{flag(e.field)}: {e.problem}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# commands of the ML core
+
+
+def cmd_data_fetch(args) -> None:
+    from .data import fetch
+    path = fetch(args.name, args.data_root, args.source)
+    print(f"{path}: {path.stat().st_size:,} bytes, sha256 verified")
+
+
+def cmd_data_info(args) -> None:
+    import numpy as np
+    from .data import load_corpus, split_bounds
+    corpus = load_corpus(args.path, args.min_freq, args.data_root)
+    n = len(corpus.ids)
+    a, b = split_bounds(n, args.train_frac, args.val_frac)
+    counts = np.bincount(np.asarray(corpus.ids), minlength=len(corpus.vocab)).astype(np.float64)
+    p = counts[counts > 0] / n
+    entropy = float(-(p * np.log(p)).sum())
+    preview = "".join(corpus.vocab.chars[:80]).encode("unicode_escape").decode("ascii")
+    print(f"corpus     {corpus.path} ({n:,} characters, sha256 {corpus.sha256[:16]}...)")
+    print(f"vocabulary {len(corpus.vocab)} characters{' incl. unknown symbol' if corpus.vocab.unk is not None else ''}"
+          f", stored as {corpus.vocab.dtype}: {preview}")
+    print(f"splits     train {a:,} / val {b - a:,} / test {n - b:,} characters")
+    print(f"unigram    entropy {entropy:.4f} nats/char ({entropy / math.log(2):.3f} bits): a model must beat this")
+
+
+def cmd_train(args) -> None:
+    from .train import train
+    cfg = train_config_from_args(args)
+    result = train(cfg, progress=not args.quiet)
+    print(f"best val loss {result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char) "
+          f"after {result.epochs:.2f} epochs ({result.stop_reason}); {result.chars_per_sec:,.0f} chars/s")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"export it with:  charsearch export {result.best_checkpoint} --out model.pt")
+
+
+def cmd_export(args) -> None:
+    from .artifact import export
+    mf = export(args.checkpoint, args.out)
+    val = mf.summary.get("val_loss")
+    print(f"{args.out}: {mf.config['model']} {mf.config['num_layers']}x{mf.config['rnn_size']}, "
+          f"{mf.num_params():,} parameters, vocab {len(mf.vocab)}"
+          f"{f', val loss {val:.4f}' if isinstance(val, float) else ''} (CPU float32)")
+
+
+def cmd_sample(args) -> None:
+    from . import artifact
+    from .sample import Sampler, SampleOptions
+    from .train import resolve_device
+    opts = SampleOptions(args.primetext, args.length, args.temperature, args.top_k, args.argmax, args.seed,
+                         args.num_samples, args.stop).validate()
+    device = resolve_device(args.device)
+    sampler = Sampler(artifact.load(args.model), device)
+    out = sys.stdout
+    if opts.num_samples == 1:  # stream characters as they come
+        for step in sampler.stream(opts):
+            out.write(step[0])
+            out.flush()
+        out.write("\n")
+        return
+    for i, text in enumerate(sampler.generate(opts)):
+        out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n{text}\n")
+    out.flush()
+
+
+def cmd_eval(args) -> None:
+    from . import artifact
+    from .data import encode_with, resolve_path, split_bounds_apply
+    from .train import Evaluator, resolve_device
+    mf = artifact.load(args.model)
+    path = resolve_path(args.data)
+    ids = encode_with(path, mf.vocab)
+    train_frac = args.train_frac if args.train_frac is not None else mf.summary.get("train_frac", 0.9)
+    val_frac = args.val_frac if args.val_frac is not None else mf.summary.get("val_frac", 0.1)
+    if args.split != "all":
+        _, val, test = split_bounds_apply(ids, train_frac, val_frac)
+        ids = val if args.split == "val" else test
+        if len(ids) < 2:
+            raise UsageError(f"{path}: the {args.split} split is empty with train_frac {train_frac} + val_frac "
+                             f"{val_frac}; use --split all, or other --train-frac/--val-frac")
+    device = resolve_device(args.device)
+    loss = Evaluator(ids, device)(mf.build(device))
+    print(f"{args.split}: {loss:.4f} nats/char ({loss / math.log(2):.4f} bits/char) over {len(ids) - 1:,} characters "
+          f"of {path}")
+
+
+def cmd_inspect(args) -> None:
+    from . import artifact
+    obj = artifact.safe_load(args.model, "charsearch model file or checkpoint")
+    mf = artifact.load(args.model)
+    s = mf.summary
+    c = mf.config
+    preview = "".join(mf.vocab.chars[:60]).encode("unicode_escape").decode("ascii")
+    val = s.get("val_loss")
+    rows = [
+        ("file", f"{args.model} ({obj['format']} v{obj['version']})"),
+        ("model", f"{c['model']} {c['num_layers']}x{c['rnn_size']}, embedding {c['embed_size'] or c['rnn_size']}, "
+                  f"dropout {c['dropout']}"),
+        ("parameters", f"{mf.num_params():,}"),
+        ("vocabulary", f"{len(mf.vocab)} characters{' incl. unknown symbol' if mf.vocab.unk is not None else ''}: "
+                       f"{preview}{'...' if len(mf.vocab) > 60 else ''}"),
+        ("val loss", f"{val:.4f} nats/char ({val / math.log(2):.4f} bits/char)" if isinstance(val, float) else "-"),
+        ("trained", f"{s.get('epoch', 0):.2f} epochs, {s.get('chars_trained', 0):,} characters"),
+        ("data", f"{s.get('data_path', '-')} ({s.get('data_chars', 0):,} characters, sha256 "
+                 f"{str(s.get('data_sha256', '-'))[:16]}...), split {s.get('train_frac')}/{s.get('val_frac')}, "
+                 f"min_freq {s.get('min_freq')}"),
+        ("where", f"{s.get('host', '-')} on {s.get('device', '-')}, torch {s.get('torch', '-')}"),
+        ("when", s.get("trained_at", "-")),
+    ]
+    if s.get("trial_id"):
+        rows.append(("trial", f"{s['trial_id']} (MLflow run {s.get('mlflow_run_id', '-')})"))
+    if obj["format"] == artifact.CHECKPOINT_FORMAT:
+        tc = obj.get("train_config", {})
+        rows.append(("training", ", ".join(f"{k}={tc[k]}" for k in ("optimizer", "learning_rate", "batch_size",
+                                                                      "seq_length") if k in tc)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="charsearch", description="Find, train and ship character-level RNN language models.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    data = sub.add_parser("data", help="fetch or describe a corpus")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
+    dsub.required = True
+    f = dsub.add_parser("fetch", help="install a built-in corpus as data/<name>/input.txt (sha256-checked)")
+    f.add_argument("name", help="tinyshakespeare")
+    f.add_argument("--from", dest="source", metavar="FILE", help="install a local copy instead of downloading")
+    f.add_argument("--data-root", default="data", help="folder of corpora (default: %(default)s)")
+    f.set_defaults(func=cmd_data_fetch)
+    i = dsub.add_parser("info", help="vocabulary, splits and unigram entropy of a corpus")
+    i.add_argument("path", help="a text file, a folder with input.txt, or a name under data/")
+    i.add_argument("--min-freq", type=int, default=0)
+    i.add_argument("--train-frac", type=float, default=0.9)
+    i.add_argument("--val-frac", type=float, default=0.1)
+    i.add_argument("--data-root", default="data")
+    i.set_defaults(func=cmd_data_info)
+
+    t = sub.add_parser("train", help="train one model (char-rnn's train.lua)")
+    add_train_options(t)
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="write the portable model file (CPU float32) of a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
+    e.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("sample", help="generate text from a model file (char-rnn's sample.lua)")
+    s.add_argument("model", help="model file (from export or best --export) or checkpoint")
+    s.add_argument("--primetext", default="", help="text to start from (default: none)")
+    s.add_argument("--length", type=int, default=2000, help="characters to generate (default: %(default)s)")
+    s.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative (default: 1)")
+    s.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest characters (0: all)")
+    s.add_argument("--argmax", action="store_true", help="always take the likeliest character (char-rnn -sample 0)")
+    s.add_argument("--seed", type=int, default=123, help="same seed, same text (default: %(default)s)")
+    s.add_argument("--num-samples", type=int, default=1, help="samples generated together in one batch")
+    s.add_argument("--stop", default="", help="end a sample once it produces this string")
+    s.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    s.set_defaults(func=cmd_sample)
+
+    v = sub.add_parser("eval", help="fair loss of a model on a split or any text file (torch-rnn's eval.lua)")
+    v.add_argument("model")
+    v.add_argument("--data", required=True, help="text file, folder with input.txt, or a name under data/")
+    v.add_argument("--split", choices=("val", "test", "all"), default="val",
+                   help="val/test: by the model's training fractions; all: the whole file (default: %(default)s)")
+    v.add_argument("--train-frac", type=float, default=None)
+    v.add_argument("--val-frac", type=float, default=None)
+    v.add_argument("--device", default="auto")
+    v.set_defaults(func=cmd_eval)
+
+    n = sub.add_parser("inspect", help="what a model file or checkpoint holds")
+    n.add_argument("model")
+    n.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UsageError as e:
+        print(f"charsearch {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"charsearch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `charsearch sample ... | head`
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+import collections
+
+import pytest
+import torch
+
+from charsearch import artifact
+from charsearch.data import Vocab
+from charsearch.errors import UsageError
+from charsearch.model import CharRNN
+
+
+def model_file(tmp_path, **summary):
+    m = CharRNN(5, "gru", 8, 2)
+    mf = artifact.ModelFile(dict(m.config), Vocab(tuple("abcde")), m.state_dict(), {"val_loss": 1.5, **summary})
+    path = tmp_path / "model.pt"
+    artifact.save(path, mf.to_dict())
+    return path, m
+
+
+def test_model_file_is_plain_data_and_rebuilds_the_same_model(tmp_path):
+    path, m = model_file(tmp_path, trial_id="t1")
+    raw = torch.load(path, weights_only=True)  # no code can run on load
+    assert raw["format"] == "charsearch-model" and raw["version"] == 1
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in raw["state_dict"].values())
+    mf = artifact.load(path)
+    assert mf.summary["trial_id"] == "t1" and mf.vocab.chars == tuple("abcde")
+    x = torch.randint(0, 5, (2, 4))
+    torch.testing.assert_close(mf.build()(x)[0], m.eval()(x)[0])
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: torch.save({"weights": torch.zeros(2)}, p), "no charsearch format tag"),
+    (lambda p: p.write_bytes(b"just some text"), "not a charsearch model file, or truncated|unreadable"),
+    (lambda p: p.write_bytes(b""), "not a charsearch model file"),
+    (lambda p: torch.save({"format": "charsearch-model", "version": 99}, p), "version 99 is newer"),
+    (lambda p: torch.save({"format": "charsearch-model", "version": 1, "x": Evil()}, p), "could run code"),
+    (lambda p: torch.save(collections.OrderedDict(a=1), p), "no charsearch format tag"),
+])
+def test_files_that_are_not_ours_are_refused_in_one_line(tmp_path, make, match, capfd):
+    bad = tmp_path / "bad.pt"
+    make(bad)
+    with pytest.raises(UsageError, match=match) as e:
+        artifact.load(bad)
+    assert "\n" not in str(e.value)
+    assert "this must never run" not in capfd.readouterr().out
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path, _ = model_file(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UsageError, match="not a charsearch model file, or truncated"):
+        artifact.load(path)
+
+
+def test_weights_that_do_not_fit_the_architecture_are_damaged(tmp_path):
+    path, _ = model_file(tmp_path)
+    raw = torch.load(path, weights_only=True)
+    raw["config"]["rnn_size"] = 16
+    torch.save(raw, path)
+    with pytest.raises(UsageError, match="damaged"):
+        artifact.load(path)
+
+
+def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
+    path, _ = model_file(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        artifact.save(path, {"x": Evil()} | {"y": lambda: 0})  # cannot be pickled
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

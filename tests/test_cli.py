@@ -1,0 +1,154 @@
+"""The command line: every bad input ends in one clear line on stderr, exit code 2, nothing written."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from charsearch.cli import main
+
+from .conftest import make_text
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(capsys, *argv, match: str):
+    try:
+        code, out, err = run(capsys, *argv)
+    except SystemExit as e:  # argparse's own errors (bad flag values) exit from inside parse_args
+        code, (out, err) = e.code, capsys.readouterr()
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert re.search(match, lines[0]), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def trained(workdir, small_corpus, capsys):
+    """A tiny trained model, exported: (checkpoint folder, model file)."""
+    code = main(["train", "--data", str(small_corpus), "--rnn-size", "16", "--num-layers", "1", "--batch-size", "8",
+                 "--seq-length", "16", "--max-epochs", "0.3", "--eval-every", "50", "--quiet"])
+    assert code == 0
+    ckpt = sorted((workdir / "cv").glob("*.pt"))[-1]
+    assert main(["export", str(ckpt), "--out", str(workdir / "model.pt")]) == 0
+    capsys.readouterr()
+    return ckpt, workdir / "model.pt"
+
+
+# --- corpus problems ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary file"),
+    (b"caf\xe9 au lait", r"not UTF-8 .*byte offset 3"),
+])
+def test_bad_corpus_files(capsys, workdir, content, match):
+    (workdir / "bad.txt").write_bytes(content)
+    one_line_error(capsys, "train", "--data", "bad.txt", match=match)
+    assert not (workdir / "cv").exists()
+
+
+def test_missing_corpus(capsys, workdir):
+    one_line_error(capsys, "train", "--data", "missing.txt", match="missing.txt: no such file")
+    one_line_error(capsys, "data", "info", "missing.txt", match="no such file")
+
+
+def test_corpus_too_short_says_what_fits(capsys, workdir):
+    (workdir / "short.txt").write_text(make_text(3000))
+    line = one_line_error(capsys, "train", "--data", "short.txt", match="val split has 300 characters")
+    assert "--batch-size 5 --seq-length 50 fits" in line
+
+
+# --- impossible hyperparameters -------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, match", [
+    (["--dropout", "1.5"], r"--dropout: must be in \[0, 1\)"),
+    (["--num-layers", "0"], "--num-layers: must be > 0"),
+    (["--rnn-size", "-4"], "--rnn-size: must be > 0"),
+    (["--batch-size", "0"], "--batch-size: must be > 0"),
+    (["--train-frac", "0.95", "--val-frac", "0.1"], "train_frac \\+ val_frac must be <= 1"),
+    (["--model", "cnn"], "argument --model: invalid choice"),
+    (["--rnn-size", "big"], "argument --rnn-size: invalid int value"),
+    (["--device", "tpu"], "--device: must be auto, cpu, cuda or cuda:N"),
+])
+def test_impossible_hyperparameters(capsys, workdir, small_corpus, flags, match):
+    one_line_error(capsys, "train", "--data", small_corpus, *flags, match=match)
+    assert not (workdir / "cv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(capsys, workdir, small_corpus):
+    one_line_error(capsys, "train", "--data", small_corpus, "--device", "cuda", match="no CUDA GPU is available")
+    one_line_error(capsys, "train", "--data", small_corpus, "--device", "cuda:1", match="no CUDA GPU")
+
+
+# --- model files and sampling ---------------------------------------------------------------------
+
+def test_sampling_errors(capsys, trained):
+    _, model = trained
+    one_line_error(capsys, "sample", model, "--temperature", "0", match="--temperature must be > 0")
+    one_line_error(capsys, "sample", model, "--temperature", "-2", match="--temperature must be > 0")
+    one_line_error(capsys, "sample", model, "--primetext", "Hello, ZQX!", match=r"characters .*'Z', 'Q', 'X'")
+    one_line_error(capsys, "sample", model, "--device", "cuda:7", match="cuda")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: p.write_bytes(b"PK\x03\x04 not really a zip"), "not a charsearch model file"),
+    (lambda p: torch.save({"state_dict": {}}, p), "no charsearch format tag"),
+    (lambda p: torch.save({"format": "charsearch-model", "version": 2}, p), "newer than this charsearch reads"),
+])
+def test_model_files_that_are_not_ours(capsys, workdir, make, match):
+    bad = workdir / "bad.pt"
+    make(bad)
+    for cmd in ("sample", "inspect"):
+        one_line_error(capsys, cmd, bad, match=match)
+    one_line_error(capsys, "export", bad, "--out", workdir / "out.pt", match=match)
+    assert not (workdir / "out.pt").exists()
+
+
+def test_truncated_model_file(capsys, trained, workdir):
+    _, model = trained
+    data = model.read_bytes()
+    (workdir / "cut.pt").write_bytes(data[: len(data) - 200])
+    one_line_error(capsys, "sample", workdir / "cut.pt", match="truncated")
+
+
+def test_sample_eval_inspect_and_export(capsys, trained, small_corpus):
+    ckpt, model = trained
+    code, out, _ = run(capsys, "sample", model, "--primetext", "The cat", "--length", "80", "--seed", "3")
+    assert code == 0 and out.startswith("The cat") and len(out) == len("The cat") + 80 + 1
+    assert run(capsys, "sample", model, "--primetext", "The cat", "--length", "80", "--seed", "3")[1] == out
+    code, out, _ = run(capsys, "sample", model, "--num-samples", "3", "--length", "20")
+    assert code == 0 and out.count("--- sample") == 3
+    code, out, _ = run(capsys, "eval", model, "--data", small_corpus)
+    assert code == 0 and "nats/char" in out and "bits/char" in out
+    recorded = torch.load(model, weights_only=True)["summary"]["val_loss"]
+    assert float(out.split()[1]) == pytest.approx(recorded, abs=1e-4)  # same file, same number
+    code, out, _ = run(capsys, "eval", model, "--data", small_corpus, "--split", "all")
+    assert code == 0 and "over 29,999 characters" in out
+    one_line_error(capsys, "eval", model, "--data", small_corpus, "--split", "test", match="test split is empty")
+    for target in (model, ckpt):
+        code, out, _ = run(capsys, "inspect", target)
+        assert code == 0 and "parameters" in out and "val loss" in out and "sha256" in out
+
+
+def test_data_info_reports_unigram_entropy(capsys, workdir, small_corpus):
+    code, out, _ = run(capsys, "data", "info", small_corpus)
+    ids = np.frombuffer(small_corpus.read_bytes(), np.uint8)
+    p = np.bincount(ids)[np.bincount(ids) > 0] / len(ids)
+    assert code == 0 and f"entropy {float(-(p * np.log(p)).sum()):.4f} nats/char" in out
+
+
+def test_a_real_process_prints_no_traceback(workdir):
+    r = subprocess.run([sys.executable, "-m", "charsearch", "train", "--data", "nowhere.txt"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

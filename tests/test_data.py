@@ -1,0 +1,152 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from charsearch.data import (UNK, Batches, Vocab, cache_paths, check_fits, fetch, load_corpus, read_text,
+                             split_bounds)
+from charsearch.errors import UsageError
+
+
+def write(tmp_path, name, content: bytes | str):
+    p = tmp_path / name
+    p.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return p
+
+
+def test_vocab_is_sorted_and_encoding_round_trips(tmp_path):
+    text = "hello world\nthe quick brown fox"
+    corpus = load_corpus(write(tmp_path, "a.txt", text))
+    assert list(corpus.vocab.chars) == sorted(set(text))
+    assert corpus.vocab.decode(corpus.ids.tolist()) == text
+    assert corpus.vocab.unk is None
+    assert corpus.ids.dtype == np.uint8
+
+
+def test_chinese_text_min_freq_maps_rare_characters_to_one_unknown_symbol(tmp_path):
+    text = "春眠不觉晓，处处闻啼鸟。" * 3 + "夜来风雨声，花落知多少。"
+    corpus = load_corpus(write(tmp_path, "poem.txt", text), min_freq=2)
+    v = corpus.vocab
+    assert v.unk is not None and v.chars[v.unk] == UNK
+    kept = {c for c in set(text) if text.count(c) >= 2}
+    assert set(v.chars) == kept | {UNK}
+    decoded = v.decode(corpus.ids.tolist())
+    assert decoded == "".join(c if c in kept else UNK for c in text)
+    # without pruning every character keeps its own id
+    full = load_corpus(tmp_path / "poem.txt", min_freq=0)
+    assert full.vocab.unk is None and len(full.vocab) == len(set(text))
+
+
+def test_dtype_grows_with_the_vocabulary(tmp_path):
+    many = "".join(chr(0x4E00 + i) for i in range(300))  # 300 distinct CJK characters
+    corpus = load_corpus(write(tmp_path, "big.txt", many * 2))
+    assert len(corpus.vocab) == 300 and corpus.ids.dtype == np.int16
+    assert corpus.vocab.decode(corpus.ids[:300].tolist()) == many
+
+
+def test_cache_is_reused_and_rebuilt_when_the_input_changes(tmp_path):
+    p = write(tmp_path, "c.txt", "abcabcabc")
+    first = load_corpus(p)
+    npy, meta = cache_paths(p, first.sha256, 0)
+    assert npy.is_file() and meta.is_file()
+    assert isinstance(load_corpus(p).ids, np.memmap)  # second load maps the cache
+    assert not [f for f in npy.parent.iterdir() if f.name.endswith(".tmp")]  # atomic writes leave no temp files
+    p.write_text("xyzxyz", encoding="utf-8")
+    second = load_corpus(p)
+    assert second.sha256 != first.sha256
+    assert second.vocab.decode(second.ids.tolist()) == "xyzxyz"
+    pruned = load_corpus(p, min_freq=3)  # keyed by min_freq too: every character is rarer than 3 here
+    assert pruned.vocab.chars == (UNK,) and second.vocab.chars == tuple("xyz")
+
+
+def test_damaged_cache_is_rebuilt(tmp_path):
+    p = write(tmp_path, "d.txt", "hello hello")
+    c = load_corpus(p)
+    npy, _ = cache_paths(p, c.sha256, 0)
+    npy.write_bytes(b"garbage")
+    again = load_corpus(p)
+    assert again.vocab.decode(again.ids.tolist()) == "hello hello"
+
+
+def test_default_split_matches_nanogpt_on_tiny_shakespeare(shakespeare):
+    n = 1_115_394
+    assert split_bounds(n, 0.9, 0.1) == (1_003_854, n)  # nanoGPT: train 1,003,854 / val 111,540
+    assert split_bounds(n, 0.8, 0.1) == (892_315, 1_003_854)
+
+
+def test_split_is_contiguous_views(tmp_path):
+    corpus = load_corpus(write(tmp_path, "s.txt", "abcdefghij" * 10))
+    train, val, test = corpus.split(0.8, 0.1)
+    assert (len(train), len(val), len(test)) == (80, 10, 10)
+    assert np.concatenate([train, val, test]).tolist() == np.asarray(corpus.ids).tolist()
+
+
+def test_batches_are_contiguous_streams_with_shifted_targets():
+    ids = np.arange(1, 102, dtype=np.int16)  # 101 chars -> 100 (x, y) pairs
+    b = Batches(ids, batch_size=4, seq_length=5, device=torch.device("cpu"))
+    assert len(b) == 5
+    x0, y0 = b.get(0)
+    x1, _ = b.get(1)
+    assert x0.dtype == torch.long and x0.shape == (4, 5)
+    assert torch.equal(y0[:, :-1], x0[:, 1:])  # target is the next character
+    assert x0[0].tolist() == [1, 2, 3, 4, 5] and x1[0].tolist() == [6, 7, 8, 9, 10]  # stream 0 continues
+    assert x0[1, 0].item() == 26  # stream 1 starts a quarter in
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "empty"),
+    (b"abc\x00\x01\x02def", "binary file \\(NUL byte at offset 3\\)"),
+    (b"good text \xff\xfe more", "not UTF-8 .*byte offset 10"),
+])
+def test_bad_files_give_one_clear_error(tmp_path, content, match):
+    with pytest.raises(UsageError, match=match):
+        load_corpus(write(tmp_path, "bad.txt", content))
+
+
+def test_missing_path_and_unfetched_dataset(tmp_path):
+    with pytest.raises(UsageError, match="no such file"):
+        load_corpus(tmp_path / "nope.txt")
+    with pytest.raises(UsageError, match="charsearch data fetch tinyshakespeare"):
+        load_corpus("tinyshakespeare", data_root=tmp_path)
+
+
+def test_bom_is_not_content(tmp_path):
+    text, _ = read_text(write(tmp_path, "bom.txt", "\ufeffabc"))
+    assert text == "abc"
+
+
+def test_too_short_split_suggests_a_batch_that_fits():
+    with pytest.raises(UsageError, match=r"val split has 900 characters.*batch_size 50 x seq_length 50 \(2,501 needed\)"
+                                         r".*--batch-size 17 --seq-length 50"):
+        check_fits("val", 900, 50, 50, "x.txt")
+    check_fits("val", 2501, 50, 50, "x.txt")  # exactly one batch fits
+
+
+def test_fetch_from_local_copy_checks_sha256(tmp_path, shakespeare):
+    dest = fetch("tinyshakespeare", tmp_path / "data", str(shakespeare))
+    assert hashlib.sha256(dest.read_bytes()).hexdigest().startswith("86c4e6aa")
+    wrong = write(tmp_path, "wrong.txt", "not shakespeare")
+    with pytest.raises(UsageError, match="does not match"):
+        fetch("tinyshakespeare", tmp_path / "data2", str(wrong))
+    assert not (tmp_path / "data2" / "tinyshakespeare" / "input.txt").exists()
+    with pytest.raises(UsageError, match="unknown dataset"):
+        fetch("nosuch", tmp_path)
+
+
+def test_fetch_offline_says_how_to_provide_the_file(tmp_path, monkeypatch):
+    import urllib.request
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(UsageError, match="--from FILE"):
+        fetch("tinyshakespeare", tmp_path)
+
+
+def test_vocab_encode_names_missing_characters():
+    v = Vocab(tuple("abc"))
+    with pytest.raises(UsageError, match="'x', 'y'"):
+        v.encode("axyb")
+    assert Vocab(tuple("ab" + UNK), unk=2).encode("axb") == [0, 2, 1]

@@ -1,0 +1,227 @@
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from charsearch import artifact, train as train_mod
+from charsearch.config import ConfigError, TrainConfig
+from charsearch.errors import UsageError
+from charsearch.model import CharRNN
+from charsearch.train import Diverged, Evaluator, forward_scheduled_sampling, learning_rate, train
+
+
+def cfg_for(corpus, tmp_path, **kw) -> TrainConfig:
+    base = dict(data=str(corpus), rnn_size=32, num_layers=1, batch_size=8, seq_length=16, max_epochs=1.0,
+                eval_every=50, print_every=10, checkpoint_dir=str(tmp_path / "cv"), learning_rate=5e-3, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --- fair validation --------------------------------------------------------------------------
+
+def test_evaluator_scores_every_character_once_with_state_carried():
+    torch.manual_seed(0)
+    model = CharRNN(11, "lstm", 16, 2).eval()
+    ids = np.random.default_rng(0).integers(0, 11, 1001).astype(np.uint8)
+    data = torch.from_numpy(ids.astype(np.int64))
+    with torch.no_grad():  # reference: each of the 16 segments read in one pass from a zero state
+        n = 1000
+        seg = -(-n // 16)
+        total = 0.0
+        for k in range(16):
+            x, y = data[k * seg:min((k + 1) * seg, n)], data[k * seg + 1:min((k + 1) * seg, n) + 1]
+            logits, _ = model(x[None])
+            total += F.cross_entropy(logits[0], y, reduction="sum").item()
+    assert Evaluator(ids, torch.device("cpu"))(model) == pytest.approx(total / n, rel=1e-6)
+    # one stream: the plain full pass over the split
+    with torch.no_grad():
+        logits, _ = model(data[:-1][None])
+        single = F.cross_entropy(logits[0], data[1:]).item()
+    assert Evaluator(ids, torch.device("cpu"), streams=1)(model) == pytest.approx(single, rel=1e-6)
+
+
+def test_evaluation_does_not_depend_on_chunk_length(monkeypatch):
+    torch.manual_seed(0)
+    model = CharRNN(9, "gru", 12, 2, dropout=0.5)
+    ids = np.random.default_rng(1).integers(0, 9, 3000).astype(np.uint8)
+    ev = Evaluator(ids, torch.device("cpu"))
+    a = ev(model)
+    monkeypatch.setattr(train_mod, "VAL_CHUNK", 7)
+    assert ev(model) == pytest.approx(a, rel=1e-6)
+    assert model.training  # evaluation restores training mode
+
+
+def test_recorded_val_loss_is_reproduced_from_the_exported_file(small_corpus, tmp_path):
+    r = train(cfg_for(small_corpus, tmp_path, batch_size=4, seq_length=40), progress=False)
+    mf = artifact.export(r.best_checkpoint, tmp_path / "m.pt")
+    from charsearch.data import load_corpus
+    _, val, _ = load_corpus(small_corpus).split(0.9, 0.1)
+    assert Evaluator(val, torch.device("cpu"))(mf.build()) == pytest.approx(r.best_val_loss, rel=1e-6)
+
+
+# --- the training loop ------------------------------------------------------------------------
+
+def test_training_learns_and_keeps_best_and_latest_checkpoints(small_corpus, tmp_path):
+    seen = []
+    r = train(cfg_for(small_corpus, tmp_path, max_epochs=2.0, eval_every=40),
+              on_eval=lambda m, path, best: seen.append((m, path, best)), progress=False)
+    vals = [m["val_loss"] for m, _, _ in seen]
+    assert vals[-1] < vals[0] < math.log(20)  # below a uniform guess over the vocabulary
+    assert r.best_val_loss == min(vals)
+    files = sorted(p.name for p in (tmp_path / "cv").iterdir())
+    assert len(files) <= 2 and r.best_checkpoint.name in files and r.latest_checkpoint.name in files
+    m = re.fullmatch(r"lm_lstm_epoch(\d+\.\d\d)_(\d\.\d{4})\.pt", r.best_checkpoint.name)
+    assert m and float(m.group(2)) == pytest.approx(r.best_val_loss, abs=1e-4)
+    assert [x[0]["chars_trained"] for x in seen] == [m_["iteration"] * 8 * 16 for m_, _, _ in seen]
+
+
+def test_resume_continues_exactly(small_corpus, tmp_path):
+    full = train(cfg_for(small_corpus, tmp_path / "a", max_epochs=1.0, eval_every=30, dropout=0.3, num_layers=2),
+                 progress=False)
+    first = train(cfg_for(small_corpus, tmp_path / "b", max_epochs=1.0, eval_every=30, dropout=0.3, num_layers=2),
+                  on_eval=lambda m, p, b: m["iteration"] >= 60, progress=False)
+    assert first.iterations == 60 and first.stop_reason == "stopped"
+    resumed = train(cfg_for(small_corpus, tmp_path / "c", max_epochs=1.0, eval_every=30, dropout=0.3, num_layers=2,
+                            init_from=str(first.latest_checkpoint)), progress=False)
+    assert resumed.iterations == full.iterations
+    a = artifact.load(full.latest_checkpoint).state_dict
+    b = artifact.load(resumed.latest_checkpoint).state_dict
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+
+
+def test_init_from_rejects_a_model_file_and_another_vocabulary(small_corpus, tmp_path):
+    r = train(cfg_for(small_corpus, tmp_path, max_epochs=0.2), progress=False)
+    artifact.export(r.best_checkpoint, tmp_path / "m.pt")
+    with pytest.raises(UsageError, match="a model file, not a training checkpoint"):
+        train(cfg_for(small_corpus, tmp_path, init_from=str(tmp_path / "m.pt")), progress=False)
+    other = tmp_path / "other.txt"
+    other.write_text("0123456789 " * 2000)
+    with pytest.raises(UsageError, match="vocabulary .* differs"):
+        train(cfg_for(other, tmp_path, init_from=str(r.best_checkpoint)), progress=False)
+
+
+def test_divergence_stops_with_a_clear_message(small_corpus, tmp_path):
+    with pytest.raises(Diverged, match="diverged .*lower --learning-rate"):
+        train(cfg_for(small_corpus, tmp_path, learning_rate=50.0, grad_clip=0, optimizer="rmsprop", print_every=1),
+              progress=False)
+
+
+def test_budget_and_patience_stop_the_run(small_corpus, tmp_path, monkeypatch):
+    r = train(cfg_for(small_corpus, tmp_path, max_time=1e-9, max_epochs=50), progress=False)
+    assert r.stop_reason == "max_time" and r.iterations == 1 and r.best_checkpoint.is_file()
+    monkeypatch.setattr(Evaluator, "__call__", lambda self, model: 2.0)  # val never improves after the first
+    r = train(cfg_for(small_corpus, tmp_path, patience=2, eval_every=5, max_epochs=50), progress=False)
+    assert r.stop_reason == "patience" and len(r.history) == 3
+
+
+def test_too_short_corpus_fails_before_writing_anything(tmp_path):
+    p = tmp_path / "tiny.txt"
+    p.write_text("abcdefghij" * 30)
+    with pytest.raises(UsageError, match="val split has 30 characters"):
+        train(cfg_for(p, tmp_path), progress=False)
+    assert not (tmp_path / "cv").exists()
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+def test_step_schedule_decays_after_the_given_epoch():
+    cfg = TrainConfig(learning_rate=1.0, learning_rate_decay=0.5, learning_rate_decay_after=2)
+    lrs = [learning_rate(cfg, it, 10, 100) for it in (0, 19, 20, 29, 30, 45)]
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.125]
+
+
+def test_cosine_schedule_ends_at_a_tenth():
+    cfg = TrainConfig(learning_rate=1.0, lr_schedule="cosine")
+    assert learning_rate(cfg, 0, 10, 100) == 1.0
+    assert learning_rate(cfg, 50, 10, 100) == pytest.approx(0.55)
+    assert learning_rate(cfg, 100, 10, 100) == pytest.approx(0.1)
+
+
+# --- scheduled sampling -----------------------------------------------------------------------
+
+def test_scheduled_sampling_with_probability_one_is_teacher_forcing():
+    torch.manual_seed(0)
+    model = CharRNN(13, "lstm", 16, 2)
+    x = torch.randint(0, 13, (4, 9))
+    y = torch.randint(0, 13, (4, 9))
+    ref, _ = model(x)
+    loss_ref = F.cross_entropy(ref.reshape(-1, 13), y.reshape(-1))
+    grads_ref = torch.autograd.grad(loss_ref, list(model.parameters()))
+    ss, _ = forward_scheduled_sampling(model, x, None, p_true=1.0)
+    loss_ss = F.cross_entropy(ss.reshape(-1, 13), y.reshape(-1))
+    grads_ss = torch.autograd.grad(loss_ss, list(model.parameters()))
+    torch.testing.assert_close(ss, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_ref, grads_ss):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+class Recorder(CharRNN):
+    """A model whose prediction is always character 3 (a huge bias), recording the inputs it is fed."""
+
+    def __init__(self):
+        super().__init__(8, "gru", 8, 1)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.fill_(-50.0)
+            self.head.bias[3] = 50.0
+        self.inputs = []
+
+    def forward(self, x, state=None):
+        self.inputs.append(x.clone())
+        return super().forward(x, state)
+
+
+@pytest.mark.parametrize("p_true, expected_true_share", [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)])
+def test_scheduled_sampling_feeds_model_samples_with_the_given_probability(p_true, expected_true_share):
+    torch.manual_seed(0)
+    model = Recorder()
+    x = torch.randint(4, 8, (400, 6))  # never character 3, so a fed sample is recognisable
+    forward_scheduled_sampling(model, x, None, p_true)
+    fed = torch.cat(model.inputs, dim=1)
+    assert torch.equal(fed[:, 0], x[:, 0])  # the first input is always the true character
+    later = fed[:, 1:]
+    true_share = (later == x[:, 1:]).float().mean().item()
+    assert true_share == pytest.approx(expected_true_share, abs=0.03)
+    assert torch.all((later == x[:, 1:]) | (later == 3))  # anything else is the model's own sample
+
+
+def test_scheduled_sampling_probability_decays_linearly_to_the_floor():
+    cfg = TrainConfig(use_ss=True, start_ss=1.0, min_ss=0.9, decay_ss=0.01)
+    assert [round(train_mod.ss_probability(cfg, i), 6) for i in (0, 5, 10, 50)] == [1.0, 0.95, 0.9, 0.9]
+
+
+def test_training_with_scheduled_sampling_runs_and_reports_the_probability(small_corpus, tmp_path):
+    seen = []
+    train(cfg_for(small_corpus, tmp_path, use_ss=True, start_ss=1.0, min_ss=0.5, decay_ss=0.01, max_epochs=0.5),
+          on_eval=lambda m, p, b: seen.append(m), progress=False)
+    assert seen and seen[-1]["ss_prob"] < 1.0 and math.isfinite(seen[-1]["val_loss"])
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(dropout=1.0), "dropout"), (dict(dropout=-0.1), "dropout"), (dict(num_layers=0), "num_layers"),
+    (dict(rnn_size=0), "rnn_size"), (dict(batch_size=-1), "batch_size"), (dict(seq_length=0), "seq_length"),
+    (dict(train_frac=0.8, val_frac=0.3), "val_frac"), (dict(val_frac=0.0), "val_frac"),
+    (dict(model="transformer"), "model"), (dict(device="tpu"), "device"), (dict(min_ss=0.9, start_ss=0.5), "min_ss"),
+    (dict(learning_rate=float("nan")), "learning_rate"),
+])
+def test_impossible_hyperparameters_are_refused(kw, field):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**kw).validate()
+    assert e.value.field == field
+
+
+def test_config_from_dict_checks_names_and_types():
+    assert TrainConfig.from_dict({"rnn_size": 256, "dropout": 0}).dropout == 0.0
+    with pytest.raises(ConfigError, match="did you mean 'rnn_size'"):
+        TrainConfig.from_dict({"rnn_sise": 3})
+    with pytest.raises(ConfigError, match="must be an integer"):
+        TrainConfig.from_dict({"num_layers": 2.5})
+    with pytest.raises(ConfigError, match="true or false"):
+        TrainConfig.from_dict({"use_ss": "yes"})
