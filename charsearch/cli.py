@@ -167,6 +167,86 @@ def cmd_inspect(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# sweeps, selection, the MLflow UI
+
+
+def cmd_sweep(args) -> int:
+    import json
+
+    import yaml
+
+    from .config import load_sweep
+    sweep = load_sweep(args.file)
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise UsageError(f"--num-samples must be >= 1; got {args.num_samples}")
+        sweep.num_samples = args.num_samples
+    if args.sweep_time is not None:
+        if args.sweep_time < 0:
+            raise UsageError(f"--sweep-time must be >= 0 seconds; got {args.sweep_time}")
+        sweep.sweep_time = args.sweep_time
+    if args.dry_run:
+        import torch
+        gpus = torch.cuda.device_count()
+        print(yaml.safe_dump(sweep.to_dict(), sort_keys=False).rstrip())
+        gpu = sweep.gpu if sweep.gpu != "auto" else (0.125 if gpus else 0.0)
+        if gpu > 0 and not gpus and not (args.address or sweep.address):
+            extra = f" -> no GPU here: trials would run on CPU"
+        else:
+            extra = f" ({int(1 / gpu)} trials per GPU)" if gpu else ""
+        print(f"# resources per trial: cpu {sweep.cpu:g}, gpu {gpu:g}{extra}; GPUs visible here: {gpus}")
+        return 0
+    from . import sweep as sweep_mod
+    outcome = sweep_mod.run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
+                            dashboard=args.dashboard)
+    total = outcome.finished + outcome.stopped_early + outcome.failed
+    print(f"sweep {sweep.name}: {total} trials ({outcome.finished} done, {outcome.stopped_early} stopped early, "
+          f"{outcome.failed} failed) in {outcome.wall_s / 60:.1f} min")
+    if outcome.best_val_loss is not None:
+        print(f"best val loss {outcome.best_val_loss:.4f} nats/char ({outcome.best_val_loss / math.log(2):.4f} "
+              f"bits/char) with {json.dumps(outcome.best_config)}")
+    print(f"MLflow: experiment {sweep.name!r}, parent run {outcome.parent_run_id}; Ray results: {outcome.experiment_dir}")
+    if outcome.interrupted:
+        print(f"interrupted: continue with  charsearch sweep {args.file} --resume", file=sys.stderr)
+        return 130
+    print("next: charsearch best --export model.pt   (or charsearch ui to browse)")
+    return 0
+
+
+def cmd_best(args) -> None:
+    import pandas as pd
+
+    from . import select
+    from .tracking import resolve_uri
+    uri = resolve_uri(args.tracking_uri)
+    name, df = select.trials(uri, args.experiment)
+    if args.top < 1:
+        raise UsageError(f"--top must be >= 1; got {args.top}")
+    with pd.option_context("display.max_columns", 30, "display.width", 200):
+        print(f"experiment {name!r}: {len(df)} trials, best first")
+        print(select.table(df, args.top).to_string())
+    if args.export:
+        row, mf = select.export_best(uri, df, name, args.export)
+        print(f"exported trial {row[f'tags.{select.TRIAL_TAG}']} (val {mf.summary.get('val_loss', float('nan')):.4f} "
+              f"nats/char, MLflow run {row['run_id']}) to {args.export} (CPU float32); sample with: "
+              f"charsearch sample {args.export}")
+
+
+def cmd_ui(args) -> None:
+    import os
+
+    from .tracking import resolve_uri
+    uri = resolve_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise UsageError(f"{uri} is a tracking server: open it in a browser, it serves the UI itself")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # lean: no job runner workers
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    os.execve(sys.executable, cmd, env)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -226,13 +306,38 @@ def build_parser() -> Parser:
     n = sub.add_parser("inspect", help="what a model file or checkpoint holds")
     n.add_argument("model")
     n.set_defaults(func=cmd_inspect)
+
+    w = sub.add_parser("sweep", help="search hyperparameters: Optuna in Ray Tune, ASHA, MLflow")
+    w.add_argument("file", help="sweep file, e.g. sweeps/shakespeare.yaml")
+    w.add_argument("--dry-run", action="store_true", help="print the resolved sweep and trial resources, then exit")
+    w.add_argument("--resume", action="store_true", help="continue the last interrupted run of this sweep")
+    w.add_argument("--address", default=None, help="Ray cluster to run on (default: $RAY_ADDRESS or a local Ray)")
+    w.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                                        "the sweep file's, or sqlite:///mlruns/mlflow.db)")
+    w.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    w.add_argument("--sweep-time", type=float, default=None, help="override budget.sweep_time (seconds)")
+    w.add_argument("--dashboard", action="store_true", help="start the Ray dashboard")
+    w.set_defaults(func=cmd_sweep)
+
+    b = sub.add_parser("best", help="rank a sweep's trials from MLflow; --export writes the best model file")
+    b.add_argument("--experiment", default=None, help="sweep name (default: the most recent sweep)")
+    b.add_argument("--top", type=int, default=10, help="rows to show (default: %(default)s)")
+    b.add_argument("--export", metavar="PATH", default=None, help="write the best trial's model file here")
+    b.add_argument("--tracking-uri", default=None)
+    b.set_defaults(func=cmd_best)
+
+    u = sub.add_parser("ui", help="serve the MLflow UI for the project's store on 127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
+    u.add_argument("--tracking-uri", default=None)
+    u.set_defaults(func=cmd_ui)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except UsageError as e:
         print(f"charsearch {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -242,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `charsearch sample ... | head`
         sys.stderr.close()
         return 0
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import math
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -173,3 +174,248 @@ def _type_name(kind: type) -> str:
 def default_of(name: str):
     f = FIELDS[name]
     return f.default if f.default is not MISSING else None
+
+
+# =============================================================================================
+# sweep files
+
+
+SEARCH_KINDS = ("choice", "int", "float", "log_float", "log_int")
+# options a sweep manages itself, per trial
+SWEEP_MANAGED = {
+    "data": "data.corpus", "min_freq": "data.min_freq", "train_frac": "data.train_frac", "val_frac": "data.val_frac",
+    "max_epochs": "budget.trial_max_epochs", "max_time": "budget.trial_max_time",
+    "eval_every": "scheduler.report_every_epochs", "init_from": "--resume", "checkpoint_dir": "ray.storage",
+    "device": "resources.gpu",
+}
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+@dataclass
+class SearchParam:
+    kind: str
+    values: list
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"choice {self.values}"
+        return f"{self.kind} [{self.values[0]}, {self.values[1]}]"
+
+
+@dataclass
+class SweepConfig:
+    path: str
+    name: str
+    corpus: str
+    min_freq: int = 0
+    train_frac: float = 0.9
+    val_frac: float = 0.1
+    train: dict = field(default_factory=dict)
+    space: dict = field(default_factory=dict)  # name -> SearchParam
+    algorithm: str = "tpe"
+    seed: int = 0
+    num_samples: int = 8
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    scheduler: str = "asha"
+    time_attr: str = "chars_trained"
+    grace_epochs: float = 1.0
+    reduction_factor: float = 3.0
+    report_every_epochs: float = 0.25
+    sweep_time: float = 0.0  # seconds of wall time for the whole sweep; 0: no limit
+    trial_max_epochs: float = 10.0
+    trial_max_time: float = 0.0
+    cpu: float = 1.0
+    gpu: float | str = "auto"
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    storage: str = "ray_results"
+    address: str = ""
+    max_failures: int = 0
+
+    def trial_config(self, params: dict) -> TrainConfig:
+        """The training options of one trial: defaults < train: < the sampled parameters."""
+        cfg = TrainConfig.from_dict({**self.train, **params})
+        cfg.data, cfg.min_freq, cfg.train_frac, cfg.val_frac = self.corpus, self.min_freq, self.train_frac, self.val_frac
+        cfg.max_epochs, cfg.max_time = self.trial_max_epochs, self.trial_max_time
+        return cfg
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["space"] = {k: {p.kind: p.values} for k, p in self.space.items()}
+        return d
+
+
+# the layout of a sweep file: section -> key -> (SweepConfig attribute, type, check)
+def _pos(v):
+    return v > 0
+
+
+def _nonneg(v):
+    return v >= 0
+
+
+SWEEP_SCHEMA: dict[str, dict[str, tuple]] = {
+    "data": {"corpus": ("corpus", str, None), "min_freq": ("min_freq", int, _nonneg),
+             "train_frac": ("train_frac", float, None), "val_frac": ("val_frac", float, None)},
+    "search": {"algorithm": ("algorithm", str, ("tpe", "random")), "seed": ("seed", int, None),
+               "num_samples": ("num_samples", int, _pos), "max_concurrent": ("max_concurrent", int, _nonneg)},
+    "scheduler": {"type": ("scheduler", str, ("asha", "none")),
+                  "time_attr": ("time_attr", str, ("chars_trained", "epoch")),
+                  "grace_epochs": ("grace_epochs", float, _pos), "reduction_factor": ("reduction_factor", float,
+                                                                                      lambda v: v > 1),
+                  "report_every_epochs": ("report_every_epochs", float, _pos)},
+    "budget": {"sweep_time": ("sweep_time", float, _nonneg), "trial_max_epochs": ("trial_max_epochs", float, _pos),
+               "trial_max_time": ("trial_max_time", float, _nonneg)},
+    "resources": {"cpu": ("cpu", float, _pos), "gpu": ("gpu", (float, str), None)},
+    "tracking": {"uri": ("tracking_uri", str, None)},
+    "ray": {"storage": ("storage", str, None), "address": ("address", str, None),
+            "max_failures": ("max_failures", int, _nonneg)},
+}
+TOP_LEVEL = ("name", "data", "train", "search_space", "search", "scheduler", "budget", "resources", "tracking", "ray")
+
+
+def _yaml_loader():
+    import re
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # YAML 1.1 reads 1e-4 (no dot) as a string; users mean a number
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
+def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
+    """Read and validate a sweep file; every problem is one ConfigError naming file, key and problem."""
+    import yaml
+
+    from .data import resolve_path
+
+    path = Path(path)
+    where = f"{path}: "
+    if not path.is_file():
+        raise UsageError(f"{path}: no such sweep file")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).replace("\n", " ")[:200]
+        raise UsageError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: a sweep file is a YAML mapping with sections {', '.join(TOP_LEVEL)}")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise unknown_key(str(key), TOP_LEVEL, where)
+    if not isinstance(raw.get("name"), str) or not raw["name"].strip():
+        raise ConfigError(f"{where}name", "required: the experiment name (a non-empty string)")
+    name = raw["name"].strip()
+    if any(c in name for c in "/\\") or name.startswith("."):
+        raise ConfigError(f"{where}name", f"must not contain '/' or start with '.'; got {name!r}")
+    sweep = SweepConfig(path=str(path), name=name, corpus="")
+
+    for section, keys in SWEEP_SCHEMA.items():
+        values = raw.get(section) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}{section}", "must be a mapping of keys to values")
+        for key, value in values.items():
+            if key not in keys:
+                raise unknown_key(str(key), keys, f"{where}{section}.")
+            attr, kind, check = keys[key]
+            if value is None:
+                continue
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise ConfigError(f"{where}{section}.{key}",
+                                  f"must be {' or '.join(_type_name(k) for k in kinds)}; got {value!r}")
+            if isinstance(check, tuple) and value not in check:
+                raise ConfigError(f"{where}{section}.{key}", f"must be one of {', '.join(check)}; got {value!r}")
+            if callable(check) and not check(value):
+                raise ConfigError(f"{where}{section}.{key}", f"out of range: {value!r}")
+            setattr(sweep, attr, value)
+    if isinstance(sweep.gpu, str) and sweep.gpu != "auto":
+        raise ConfigError(f"{where}resources.gpu", f"must be a GPU fraction per trial (e.g. 0.25), 0, or auto; "
+                                                   f"got {sweep.gpu!r}")
+    if isinstance(sweep.gpu, float) and sweep.gpu < 0:
+        raise ConfigError(f"{where}resources.gpu", f"must be >= 0; got {sweep.gpu}")
+    if not sweep.corpus:
+        raise ConfigError(f"{where}data.corpus", "required: a text file, a folder with input.txt, or a name under data/")
+    try:
+        resolve_path(sweep.corpus, data_root)
+    except UsageError as e:
+        raise ConfigError(f"{where}data.corpus", str(e)) from None
+
+    train = raw.get("train") or {}
+    if not isinstance(train, dict):
+        raise ConfigError(f"{where}train", "must be a mapping of training options")
+    for key, value in train.items():
+        if key in SWEEP_MANAGED:
+            raise ConfigError(f"{where}train.{key}", f"set by the sweep; use {SWEEP_MANAGED[key]} instead")
+        sweep.train[key] = coerce(key, value, f"{where}train.")
+
+    space = raw.get("search_space") or {}
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{where}search_space", "required: at least one training option to search, e.g. "
+                                                  "rnn_size: {choice: [128, 256]}")
+    for key, spec in space.items():
+        sweep.space[key] = _search_param(key, spec, sweep.train, where)
+
+    # every combination the sampler may produce must be a valid training run
+    try:
+        base = sweep.trial_config({})
+        base.validate()
+        for key, p in sweep.space.items():
+            for value in (p.values if p.kind == "choice" else p.values[:2]):
+                probe = TrainConfig.from_dict({**base.to_dict(), key: value})
+                probe.validate()
+    except ConfigError as e:
+        section = "search_space" if e.field in sweep.space else "data" if e.field in (
+            "train_frac", "val_frac", "min_freq") else "train"
+        raise ConfigError(f"{where}{section}.{e.field}", e.problem) from None
+    return sweep
+
+
+def _search_param(key: str, spec, train: dict, where: str) -> SearchParam:
+    at = f"{where}search_space.{key}"
+    if key not in FIELDS:
+        raise unknown_key(str(key), FIELDS, f"{where}search_space.")
+    if key in SWEEP_MANAGED:
+        raise ConfigError(at, f"set by the sweep, not searchable; use {SWEEP_MANAGED[key]}")
+    if key in train:
+        raise ConfigError(at, "also fixed in train:; a key is either fixed or searched")
+    example = "e.g. {choice: [128, 256]}, {int: [1, 3]}, {float: [0.0, 0.5]} or {log_float: [1.0e-4, 1.0e-2]}"
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(at, f"must be one distribution, {example}")
+    (kind, values), = spec.items()
+    if kind not in SEARCH_KINDS:
+        raise unknown_key(str(kind), SEARCH_KINDS, f"{at}.")
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{at}.{kind}", "must be a non-empty list" if kind == "choice" else "must be [low, high]")
+    ftype = field_type(key)
+    def checked(v):
+        try:
+            return coerce(key, v)
+        except ConfigError as e:
+            raise ConfigError(f"{at}.{kind}", e.problem) from None
+
+    if kind == "choice":
+        values = [checked(v) for v in values]
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{at}.choice", f"has duplicates: {values}")
+        return SearchParam(kind, values)
+    if len(values) != 2:
+        raise ConfigError(f"{at}.{kind}", f"must be [low, high]; got {values}")
+    if kind in ("int", "log_int") and ftype is not int:
+        raise ConfigError(f"{at}.{kind}", f"{key} is {_type_name(ftype)}; use "
+                                          f"{'float or log_float' if ftype is float else 'choice'}")
+    if kind in ("float", "log_float") and ftype is not float:
+        raise ConfigError(f"{at}.{kind}", f"{key} is {_type_name(ftype)}; use "
+                                          f"{'int or log_int' if ftype is int else 'choice'}")
+    lo, hi = (checked(v) for v in values)
+    if not lo < hi:
+        raise ConfigError(f"{at}.{kind}", f"empty or inverted range [{lo}, {hi}]: low must be < high")
+    if kind.startswith("log") and lo <= 0:
+        raise ConfigError(f"{at}.{kind}", f"a log range needs low > 0; got {lo}")
+    return SearchParam(kind, [lo, hi])

@@ -293,12 +293,12 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
     start = time.monotonic()
     train_time, window_start = 0.0, time.monotonic()
     loss_sum = torch.zeros((), device=device)
-    window_iters, window_loss, window_count = 0, math.nan, 0
+    window_iters, window_loss = 0, math.nan
     stop_reason = "max_epochs"
     model.train()
 
-    def checkpoint_and_report() -> bool:
-        nonlocal best_val, best_path, evals_since_best, window_loss, window_count
+    def checkpoint_and_report(out_of_time: bool) -> bool:
+        nonlocal best_val, best_path, evals_since_best
         epoch = iteration / iters_per_epoch
         val = evaluate(model)
         is_best = val < best_val
@@ -306,12 +306,15 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
             best_val, evals_since_best = val, 0
         else:
             evals_since_best += 1
+        # the run's own last evaluation (epochs, time budget or patience reached), as opposed to a stop
+        # requested from outside (a scheduler); a sweep tells finished trials from stopped ones by it
+        final = iteration >= total_iters or out_of_time or bool(cfg.patience and evals_since_best >= cfg.patience)
         metrics = {
             "iteration": iteration, "epoch": epoch, "chars_trained": iteration * chars_per_iter,
             "train_loss": window_loss, "val_loss": val, "val_bpc": val / math.log(2), "best_val_loss": best_val,
             "learning_rate": learning_rate(cfg, max(0, iteration - 1), iters_per_epoch, total_iters),
             "chars_per_sec": (iteration - it_at_start) * chars_per_iter / max(train_time, 1e-9),
-            "elapsed_s": time.monotonic() - start,
+            "elapsed_s": time.monotonic() - start, "final": final,
         }
         if cfg.use_ss:
             metrics["ss_prob"] = ss_probability(cfg, iteration)
@@ -392,7 +395,7 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
                 bar.update_to(iteration, loss=f"{window_loss:.3f}", val=f"{best_val:.3f}" if history else "-",
                               chars_s=f"{(iteration - it_at_start) * chars_per_iter / max(train_time, 1e-9):,.0f}")
             if at_eval or out_of_time:
-                stop = checkpoint_and_report()
+                stop = checkpoint_and_report(out_of_time)
                 window_start = time.monotonic()  # evaluation time is not training time
                 if out_of_time:
                     stop_reason = "max_time"

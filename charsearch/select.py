@@ -1,0 +1,81 @@
+"""Model selection from MLflow alone: rank a sweep's trials by their best fair val loss, and export the
+best one's model file. Works against any tracking store, also after Ray's result folder is gone."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from . import artifact
+from .errors import UsageError
+from .tracking import KIND_TAG, MODEL_ARTIFACT, OUTCOME_TAG, TRIAL_TAG, client_for
+
+HIDDEN_PARAMS = {"data", "seed", "print_every", "savefile", "compile", "precision"}
+
+
+def latest_sweep_experiment(uri: str) -> str:
+    client_for(uri)
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if not runs:
+        raise UsageError(f"no sweeps recorded in {uri}: run `charsearch sweep FILE` first, or pass --tracking-uri")
+    return mlflow.get_experiment(runs[0].info.experiment_id).name
+
+
+def trials(uri: str, experiment: str | None = None) -> tuple[str, pd.DataFrame]:
+    """All trial runs of an experiment, best first: one row per trial (duplicates by trial id dropped)."""
+    client_for(uri)
+    name = experiment or latest_sweep_experiment(uri)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        known = [e.name for e in mlflow.search_experiments()]
+        raise UsageError(f"no experiment {name!r} in {uri}; known: {', '.join(known) or 'none'}")
+    df = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'trial'", max_results=50000)
+    if df.empty:
+        raise UsageError(f"experiment {name!r} has no trials yet")
+    if "metrics.best_val_loss" not in df:
+        df["metrics.best_val_loss"] = math.nan
+    df = df.sort_values(["metrics.best_val_loss", "start_time"], na_position="last")
+    df = df.drop_duplicates(f"tags.{TRIAL_TAG}", keep="first").reset_index(drop=True)
+    return name, df
+
+
+def table(df: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The readable view: val loss, outcome, the parameters that vary between trials, speed."""
+    params = [c for c in df.columns if c.startswith("params.") and c[7:] not in HIDDEN_PARAMS]
+    varying = [c for c in params if df[c].astype(str).nunique() > 1] or params[:6]
+    out = pd.DataFrame({
+        "trial": df[f"tags.{TRIAL_TAG}"],
+        "best_val_loss": df["metrics.best_val_loss"].round(4),
+        "bits/char": (df["metrics.best_val_loss"] / math.log(2)).round(4),
+        "outcome": df.get(f"tags.{OUTCOME_TAG}", df["status"]).fillna(df["status"].str.lower()),
+    })
+    for c in varying:
+        out[c[7:]] = pd.to_numeric(df[c], errors="coerce").where(lambda s: s.notna(), df[c])
+    if "metrics.chars_per_sec" in df:
+        out["chars/s"] = df["metrics.chars_per_sec"].round(0).astype("Int64")
+    if "metrics.epoch" in df:
+        out["epochs"] = df["metrics.epoch"].round(2)
+    out.index = range(1, len(out) + 1)
+    return out.head(top)
+
+
+def export_best(uri: str, df: pd.DataFrame, experiment: str, out: str | Path) -> tuple[pd.Series, artifact.ModelFile]:
+    """Download the model file of the best trial that has one, check it, and write it to `out`."""
+    client = client_for(uri)
+    for _, row in df[df["metrics.best_val_loss"].notna()].iterrows():
+        names = {a.path for a in client.list_artifacts(row["run_id"], str(Path(MODEL_ARTIFACT).parent))}
+        if MODEL_ARTIFACT not in names:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=row["run_id"], artifact_path=MODEL_ARTIFACT,
+                                                        dst_path=tmp, tracking_uri=uri)
+            mf = artifact.load(local)
+        mf.summary.update({"mlflow_run_id": row["run_id"], "experiment": experiment, "tracking_uri": uri})
+        artifact.save(out, mf.to_dict())
+        return row, mf
+    raise UsageError(f"no trial of experiment {experiment!r} has a model yet (none reached its first evaluation)")
