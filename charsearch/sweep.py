@@ -101,14 +101,21 @@ class MLflowCallback(tune.Callback):
     """Mirror Tune's view of every trial into MLflow (through charsearch.tracking).
 
     Tune pickles its callbacks with the experiment state and brings them back on restore, so this
-    holds only plain settings and opens its MLflow client in setup()."""
+    holds only plain settings and opens its MLflow client in setup().
+
+    A trial's run is marked ended only once Tune's saved experiment state says so too: Tune calls
+    get_state() as it writes a snapshot, and on_step_end() comes after that write. Were the driver
+    killed in between, the resumed sweep would otherwise restart a trial that MLflow shows as ended.
+    """
 
     def __init__(self, uri: str, sweep: SweepConfig, parent_run_id: str):
         self.uri, self.sweep, self.parent_run_id = uri, sweep, parent_run_id
         self.tracker: Tracker | None = None
+        self.ended: dict[str, str] = {}  # trial id -> outcome, not yet in a saved snapshot
+        self.saved: dict[str, str] = {}  # ... in the snapshot being written
 
     def __getstate__(self):
-        return {**self.__dict__, "tracker": None}
+        return {**self.__dict__, "tracker": None, "ended": {}, "saved": {}}
 
     def setup(self, **info):
         self.tracker = Tracker(self.uri, self.sweep.name)
@@ -126,20 +133,38 @@ class MLflowCallback(tune.Callback):
         self.tracker.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        outcome = "finished" if trial.last_result.get("final") else "stopped_early"
         with tempfile.TemporaryDirectory() as tmp:
             model = None
             if trial.checkpoint is not None:
                 with trial.checkpoint.as_directory() as d:
                     model = Path(tmp) / "model.pt"
                     shutil.copy(Path(d) / "model.pt", model)
-            self.tracker.trial_ended(trial.trial_id, outcome, _summary(trial.last_result), model)
+            self.tracker.trial_ended(trial.trial_id, _summary(trial.last_result), model)
+        self.ended[trial.trial_id] = "finished" if trial.last_result.get("final") else "stopped_early"
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = ""
         if trial.error_file and Path(trial.error_file).is_file():
             error = Path(trial.error_file).read_text(errors="replace")
-        self.tracker.trial_ended(trial.trial_id, "failed", _summary(trial.last_result), None, error or "error")
+        self.tracker.trial_ended(trial.trial_id, _summary(trial.last_result), None, error or "error")
+        self.ended[trial.trial_id] = "failed"
+
+    def get_state(self):
+        self.saved.update(self.ended)  # these ends are in the snapshot Tune is writing now
+        self.ended.clear()
+        return None
+
+    def on_step_end(self, iteration, trials, **info):
+        self._close(self.saved)
+
+    def on_experiment_end(self, trials, **info):
+        self._close({**self.saved, **self.ended})  # Tune saved its final state before ending
+
+    def _close(self, ends: dict) -> None:
+        for trial_id, outcome in list(ends.items()):
+            self.tracker.close_trial(trial_id, outcome)
+            self.saved.pop(trial_id, None)
+            self.ended.pop(trial_id, None)
 
 
 def _summary(result: dict) -> dict:

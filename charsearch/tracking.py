@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -120,19 +121,26 @@ class Tracker:
         if trial_id in self.runs:
             self.client.log_batch(self.runs[trial_id], tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def trial_ended(self, trial_id: str, outcome: str, summary: dict, model_file: Path | None = None,
+    def trial_ended(self, trial_id: str, summary: dict, model_file: Path | None = None,
                     error: str | None = None) -> None:
+        """Log a trial's final numbers, error and model file; `close_trial` then sets its status."""
         run_id = self.runs.get(trial_id)
         if run_id is None:  # the trial failed before it started (no run was opened)
             return
         self._log(run_id, summary, step=int(summary.get("chars_trained", 0) or 0))
-        tags = {OUTCOME_TAG: outcome}
         if error:
-            tags["error"] = error[-4000:]
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.client.set_tag(run_id, "error", error[-4000:])
         if model_file is not None and model_file.is_file():
-            self.client.log_artifact(run_id, str(model_file), artifact_path=str(Path(MODEL_ARTIFACT).parent))
-        self.client.set_terminated(run_id, "FAILED" if outcome == "failed" else "FINISHED")
+            with tempfile.TemporaryDirectory() as d:  # logged under the fixed name select.py looks for
+                named = Path(d) / Path(MODEL_ARTIFACT).name
+                shutil.copyfile(model_file, named)
+                self.client.log_artifact(run_id, str(named), artifact_path=str(Path(MODEL_ARTIFACT).parent))
+
+    def close_trial(self, trial_id: str, outcome: str) -> None:
+        run_id = self.runs.get(trial_id)
+        if run_id is not None:
+            self.client.set_tag(run_id, OUTCOME_TAG, outcome)
+            self.client.set_terminated(run_id, "FAILED" if outcome == "failed" else "FINISHED")
 
     def _log(self, run_id: str, metrics: dict, step: int) -> None:
         ts = int(1000 * time.time())

@@ -1,0 +1,109 @@
+"""Selection and the MLflow UI against a real MLflow SQLite store (runs written through charsearch.tracking)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from charsearch import artifact
+from charsearch.cli import main
+from charsearch.data import Vocab
+from charsearch.model import CharRNN
+from charsearch.tracking import Tracker
+
+
+def model_file(path, seed):
+    torch.manual_seed(seed)
+    m = CharRNN(4, "gru", 8, 1)
+    artifact.save(path, artifact.ModelFile(dict(m.config), Vocab(tuple("ab\nc")), m.state_dict(),
+                                           {"val_loss": float(seed)}).to_dict())
+    return path
+
+
+@pytest.fixture
+def store(workdir):
+    """A sweep 'exp' with three trials: val 1.5 (no model file), 1.7 and 2.0 (with model files)."""
+    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
+    (workdir / "mlruns").mkdir()
+    t = Tracker(uri, "exp")
+    t.start_sweep("exp-1", {"num_samples": 3}, {"sweep.yaml": "name: exp\n"}, {})
+    for trial, val, rnn, has_model in (("t1", 1.7, 64, True), ("t2", 2.0, 32, True), ("t3", 1.5, 128, False)):
+        t.trial_started(trial, f"run_{trial}", {"rnn_size": rnn, "dropout": 0.1})
+        for step, v in ((1000, val + 0.5), (2000, val)):
+            t.trial_result(trial, {"val_loss": v, "train_loss": v, "chars_trained": step, "chars_per_sec": 5e4})
+        model = model_file(workdir / f"{trial}.pt", int(val * 10)) if has_model else None
+        t.trial_ended(trial, {"best_val_loss": val, "chars_trained": 2000}, model)
+        t.close_trial(trial, "finished")
+    t.finish_sweep("FINISHED", {"best_val_loss": 1.5}, {})
+    return uri
+
+
+def test_best_ranks_trials_and_exports_the_best_that_has_a_model(store, workdir, capsys):
+    assert main(["best", "--tracking-uri", store, "--export", "best.pt"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[2:5]]
+    assert [r[1] for r in rows] == ["t3", "t1", "t2"] and [r[2] for r in rows] == ["1.5", "1.7", "2.0"]
+    assert "rnn_size" in out.splitlines()[1] and "dropout" not in out.splitlines()[1]  # only what varied
+    exported = torch.load(workdir / "best.pt", weights_only=True)
+    assert exported["summary"]["val_loss"] == 17.0  # t3 has no model file: t1 is the best exportable one
+    assert exported["summary"]["experiment"] == "exp" and exported["summary"]["mlflow_run_id"]
+
+
+def test_tracking_uri_from_the_environment(store, workdir, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert main(["best", "--top", "1"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3  # title, header, one row
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["best", "--experiment", "nope"], "no experiment 'nope'.*known: exp"),
+    (["best", "--top", "0"], "--top must be >= 1"),
+    (["best", "--tracking-uri", "file:./mlruns"], "no longer writes the plain file store"),
+    (["ui", "--tracking-uri", "http://127.0.0.1:1"], "is a tracking server"),
+])
+def test_selection_errors(store, capsys, argv, match, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    import re
+    assert re.search(match, err), err
+
+
+def test_best_without_any_sweep(workdir, capsys):
+    assert main(["best", "--tracking-uri", f"sqlite:///{workdir}/empty.db"]) == 2
+    assert "no sweeps recorded" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_on_localhost(store, workdir):
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "charsearch", "ui", "--port", str(port), "--tracking-uri", store],
+                         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(60):
+            time.sleep(1)
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read() == b"OK":
+                    break
+            except OSError:
+                continue
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+                                     data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
+        body = urllib.request.urlopen(req, timeout=10).read().decode()
+        assert '"name": "exp"' in body or '"name":"exp"' in body
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()

@@ -1,0 +1,183 @@
+"""Real sweeps through the command line: local Ray, OptunaSearch, ASHA, MLflow with a SQLite store."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from .conftest import ROOT, copy_shakespeare
+
+pytestmark = pytest.mark.slow
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:  # field 6 of stat: the session id
+                pids.append(int(d.name))
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    """Stop every process the command started (Ray's gcs, raylet, workers) by their session id."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def env(**extra) -> dict:
+    e = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    e.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", **extra)
+    return e
+
+
+def charsearch(*args, cwd, timeout=300, **env_extra) -> subprocess.CompletedProcess:
+    p = subprocess.Popen([sys.executable, "-m", "charsearch", *map(str, args)], cwd=cwd, env=env(**env_extra),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        kill_session(p.pid)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+@pytest.fixture
+def project(tmp_path, shakespeare) -> Path:
+    copy_shakespeare(tmp_path, shakespeare)
+    (tmp_path / "sweeps").mkdir()
+    shutil.copy(ROOT / "sweeps" / "smoke.yaml", tmp_path / "sweeps" / "smoke.yaml")
+    return tmp_path
+
+
+def sweep_file(project: Path, name: str, **changes) -> Path:
+    d = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    d["name"] = name
+    for section, values in changes.items():
+        d.setdefault(section, {}).update(values)
+    p = project / "sweeps" / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def runs(uri: str, experiment: str):
+    mlflow.set_tracking_uri(uri)
+    df = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
+    return df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]
+
+
+def test_smoke_sweep_end_to_end(project):
+    r = charsearch("sweep", "sweeps/smoke.yaml", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "sweep smoke: 4 trials" in r.stdout and "trials:" in r.stderr and "Traceback" not in r.stderr
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    parents, children = runs(uri, "smoke")
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents.iloc[0]
+    assert parent.status == "FINISHED" and (children["tags.mlflow.parentRunId"] == parent.run_id).all()
+    client = mlflow.MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(parent.run_id)} == {"sweep.yaml", "resolved.yaml"}
+    assert children["tags.ray.trial_id"].is_unique and (children.status == "FINISHED").all()
+    assert set(children["tags.charsearch.outcome"]) <= {"finished", "stopped_early"}
+    for name in ("rnn_size", "num_layers", "dropout", "learning_rate", "seq_length", "batch_size", "use_ss",
+                 "optimizer", "grad_clip"):
+        assert children[f"params.{name}"].notna().all(), name  # every hyperparameter is a param
+    for _, child in children.iterrows():
+        history = client.get_metric_history(child.run_id, "val_loss")
+        steps = [m.step for m in history]
+        assert len(history) >= 2 and steps == sorted(steps) and steps[0] > 0  # step = characters trained
+        assert min(m.value for m in history) == pytest.approx(child["metrics.best_val_loss"])
+        assert client.get_metric_history(child.run_id, "train_loss")
+        assert client.get_metric_history(child.run_id, "chars_per_sec")
+        assert [a.path for a in client.list_artifacts(child.run_id, "model")] == ["model/model.pt"]
+    assert parent["metrics.best_val_loss"] == pytest.approx(children["metrics.best_val_loss"].min())
+
+    best = charsearch("best", "--export", "model.pt", cwd=project)
+    assert best.returncode == 0, best.stderr
+    winner = children.loc[children["metrics.best_val_loss"].idxmin()]
+    exported = torch.load(project / "model.pt", weights_only=True)
+    assert exported["summary"]["trial_id"] == winner["tags.ray.trial_id"]
+    assert exported["summary"]["val_loss"] == pytest.approx(winner["metrics.best_val_loss"])
+    assert best.stdout.splitlines()[2].split()[1] == winner["tags.ray.trial_id"]  # first row of the table
+    sample = charsearch("sample", "model.pt", "--primetext", "KING:", "--length", "60", cwd=project)
+    assert sample.returncode == 0 and sample.stdout.startswith("KING:") and len(sample.stdout) == 66
+
+    shutil.rmtree(project / "ray_results")  # selection needs MLflow only
+    again = charsearch("best", "--experiment", "smoke", "--export", "again.pt", "--top", "2", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert torch.load(project / "again.pt", weights_only=True)["summary"]["trial_id"] == winner["tags.ray.trial_id"]
+
+
+def test_resume_after_the_driver_is_killed(project):
+    path = sweep_file(project, "resume", search={"num_samples": 6, "max_concurrent": 2}, budget={"sweep_time": 0})
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    p = subprocess.Popen([sys.executable, "-m", "charsearch", "sweep", str(path)], cwd=project, env=env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        ended_before = None
+        while time.monotonic() < deadline:  # kill once at least one trial has ended and been recorded
+            time.sleep(1)
+            # read MLflow only once the driver has created its tables and parent run
+            if list((project / "ray_results" / "resume").glob("*/charsearch.json")):
+                _, children = runs(uri, "resume")
+                ended = children[children.status == "FINISHED"]
+                if len(ended) >= 1 and len(ended) < 6:
+                    ended_before = ended
+                    break
+        assert ended_before is not None, "no trial ended in time"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        kill_session(p.pid)
+    time.sleep(1)
+    r = charsearch("sweep", path, "--resume", cwd=project)
+    assert r.returncode == 0, r.stderr
+    parents, children = runs(uri, "resume")
+    assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"  # the same parent run, reopened
+    trials = children[children["metrics.best_val_loss"].notna()]
+    assert trials["tags.ray.trial_id"].is_unique  # no trial recorded twice
+    assert (trials.status == "FINISHED").sum() == 6  # every trial finished exactly once
+    assert not (children.status == "RUNNING").any()
+    # a trial that had started but was never saved in Ray's state is closed, not left RUNNING
+    assert (children[children["metrics.best_val_loss"].isna()].status == "KILLED").all()
+    for _, before in ended_before.iterrows():  # finished trials were neither rerun nor lost
+        after = children[children.run_id == before.run_id].iloc[0]
+        assert after.end_time == before.end_time and after["metrics.best_val_loss"] == before["metrics.best_val_loss"]
+
+
+def test_failed_trial_is_recorded_and_the_sweep_goes_on(project):
+    # a learning rate that diverges in some trials; GPUs asked for on a machine that has none
+    path = sweep_file(project, "faulty", search={"algorithm": "random", "seed": 3, "num_samples": 4},
+                      train={"optimizer": "rmsprop", "grad_clip": 0.0}, resources={"gpu": 0.5})
+    d = yaml.safe_load(path.read_text())
+    d["search_space"]["learning_rate"] = {"choice": [0.004, 80.0]}
+    path.write_text(yaml.safe_dump(d))
+    other = f"sqlite:///{project}/elsewhere.db"
+    r = charsearch("sweep", path, cwd=project, MLFLOW_TRACKING_URI=other)
+    assert r.returncode == 0, r.stderr
+    if not torch.cuda.is_available():
+        assert "has no GPU: trials run on CPU" in r.stderr
+    assert not (project / "mlruns" / "mlflow.db").exists()  # MLFLOW_TRACKING_URI wins over the file's URI
+    _, children = runs(other, "faulty")
+    lr = children["params.learning_rate"].astype(float)
+    failed, ok = children[lr == 80.0], children[lr != 80.0]
+    assert len(failed) >= 1 and len(ok) >= 1, "seed 3 should pick both learning rates"
+    assert (failed.status == "FAILED").all() and (failed["tags.charsearch.outcome"] == "failed").all()
+    assert failed["tags.error"].str.contains("diverged").all()
+    assert (ok.status == "FINISHED").all()
+    assert f"{len(failed)} failed" in r.stdout

@@ -1,0 +1,123 @@
+"""Sweep files are validated before anything starts: one clear line naming file, key and problem."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from charsearch.cli import main
+from charsearch.config import ConfigError, load_sweep
+
+from .conftest import ROOT, make_text
+
+BASE = """
+name: t
+data: {corpus: corpus.txt}
+search_space:
+  rnn_size: {choice: [16, 32]}
+"""
+
+
+@pytest.fixture
+def sweepdir(workdir):
+    (workdir / "corpus.txt").write_text(make_text(20_000))
+    return workdir
+
+
+def write(sweepdir, text: str) -> Path:
+    p = sweepdir / "s.yaml"
+    p.write_text(text)
+    return p
+
+
+def edit(**sections) -> str:
+    d = yaml.safe_load(BASE)
+    for k, v in sections.items():
+        d[k] = v
+    return yaml.safe_dump(d)
+
+
+def test_shipped_sweep_files_are_valid(workdir):
+    corpus = workdir / "data" / "tinyshakespeare" / "input.txt"
+    corpus.parent.mkdir(parents=True)
+    corpus.write_text(make_text(50_000))
+    for name in ("smoke.yaml", "shakespeare.yaml"):
+        s = load_sweep(ROOT / "sweeps" / name)
+        assert s.space and s.num_samples >= 4
+    smoke = load_sweep(ROOT / "sweeps" / "smoke.yaml")
+    assert smoke.gpu == 0 and smoke.sweep_time <= 120
+    big = load_sweep(ROOT / "sweeps" / "shakespeare.yaml")
+    assert {"rnn_size", "num_layers", "dropout", "seq_length", "batch_size", "model", "learning_rate",
+            "weight_decay"} <= set(big.space)
+    assert 0 < big.gpu < 1 and 1200 <= big.sweep_time <= 1800
+
+
+def test_a_minimal_file_gets_defaults(sweepdir):
+    s = load_sweep(write(sweepdir, BASE))
+    assert s.name == "t" and s.algorithm == "tpe" and s.scheduler == "asha" and s.time_attr == "chars_trained"
+    assert s.tracking_uri == "sqlite:///mlruns/mlflow.db"
+    cfg = s.trial_config({"rnn_size": 32})
+    assert cfg.rnn_size == 32 and cfg.data == "corpus.txt" and cfg.max_epochs == s.trial_max_epochs
+
+
+def test_exponents_without_a_dot_are_numbers(sweepdir):
+    s = load_sweep(write(sweepdir, BASE + "  learning_rate: {log_float: [1e-4, 1e-2]}\n"))
+    assert s.space["learning_rate"].values == [1e-4, 1e-2]
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    (BASE + "serach: {}\n", "serach", "did you mean 'search'"),
+    (edit(search={"num_sample": 4}), "search.num_sample", "did you mean 'num_samples'"),
+    (edit(train={"rnn_sise": 3}), "train.rnn_sise", "did you mean 'rnn_size'"),
+    (edit(search_space={"dropuot": {"float": [0, 0.5]}}), "search_space.dropuot", "did you mean 'dropout'"),
+    (edit(search_space={"dropout": {"uniform": [0, 0.5]}}), "search_space.dropout.uniform", "valid: choice, float, int, log_float"),
+    (edit(search={"num_samples": "four"}), "search.num_samples", "must be an integer"),
+    (edit(train={"dropout": "high"}), "train.dropout", "must be a number"),
+    (edit(resources={"gpu": "lots"}), "resources.gpu", "GPU fraction"),
+    (edit(search_space={"dropout": {"float": [0.5, 0.5]}}), "search_space.dropout.float", "empty or inverted"),
+    (edit(search_space={"num_layers": {"int": [3, 1]}}), "search_space.num_layers.int", "empty or inverted"),
+    (edit(search_space={"rnn_size": {"choice": []}}), "search_space.rnn_size.choice", "non-empty list"),
+    (edit(search_space={"learning_rate": {"log_float": [0, 0.1]}}), "search_space.learning_rate.log_float", "low > 0"),
+    (edit(search_space={"num_layers": {"float": [1, 3]}}), "search_space.num_layers.float", "is an integer"),
+    (edit(search_space={"dropout": {"float": [0.0, 1.5]}}), "search_space.dropout", r"must be in \[0, 1\)"),
+    (edit(search_space={"model": {"choice": ["lstm", "cnn"]}}), "search_space.model", "must be one of rnn, lstm, gru"),
+    (edit(search_space={}), "search_space", "at least one"),
+    (edit(train={"max_epochs": 3}), "train.max_epochs", "use budget.trial_max_epochs"),
+    (edit(train={"rnn_size": 64}), "search_space.rnn_size", "also fixed in train"),
+    (edit(data={"corpus": "nowhere.txt"}), "data.corpus", "nowhere.txt: no such file"),
+    (edit(data={"corpus": "corpus.txt", "val_frac": 0.5, "train_frac": 0.6}), "data.val_frac", "must be <= 1"),
+    (edit(scheduler={"time_attr": "training_iteration"}), "scheduler.time_attr", "chars_trained, epoch"),
+    (edit(budget={"sweep_time": -5}), "budget.sweep_time", "out of range"),
+    (edit(name=""), "name", "required"),
+])
+def test_bad_sweep_files(sweepdir, text, where, problem):
+    path = write(sweepdir, text)
+    with pytest.raises(ConfigError) as e:
+        load_sweep(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: {where}"), msg
+    assert re.search(problem, msg), msg
+
+
+def test_bad_sweep_file_through_the_cli(sweepdir, capsys):
+    path = write(sweepdir, edit(search_space={"dropout": {"float": [0.7, 0.2]}}))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "search_space.dropout.float: empty or inverted range" in err
+    assert not (sweepdir / "mlruns").exists() and not (sweepdir / "ray_results").exists()
+    assert main(["sweep", "missing.yaml"]) == 2
+    assert "no such sweep file" in capsys.readouterr().err
+    write(sweepdir, "name: [unclosed")
+    assert main(["sweep", str(sweepdir / "s.yaml")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_dry_run_prints_the_resolved_sweep_and_resources(sweepdir, capsys):
+    path = write(sweepdir, edit(resources={"cpu": 2, "gpu": 0.25}))
+    assert main(["sweep", str(path), "--dry-run", "--num-samples", "7"]) == 0
+    out = capsys.readouterr().out
+    resolved = yaml.safe_load(out)
+    assert resolved["num_samples"] == 7 and resolved["space"] == {"rnn_size": {"choice": [16, 32]}}
+    assert "# resources per trial: cpu 2, gpu 0.25" in out
+    assert not (sweepdir / "mlruns").exists()
