@@ -1,6 +1,9 @@
 import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +70,59 @@ def copy_shakespeare(dest_root: Path, shakespeare: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(shakespeare, dest)
     return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# running the real CLI in its own process session, and stopping everything it started
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:  # field 6 of /proc/PID/stat: the session id
+                pids.append(int(d.name))
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    """Stop every process a command started (Ray's gcs, raylet, workers, servers) by their session id."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def cli_env(**extra) -> dict:
+    e = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    e.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", **extra)
+    return e
+
+
+def charsearch(*args, cwd, timeout=300, **env_extra) -> subprocess.CompletedProcess:
+    """Run `charsearch ARGS` as a user would, in a new process session killed afterwards."""
+    p = subprocess.Popen([sys.executable, "-m", "charsearch", *map(str, args)], cwd=cwd, env=cli_env(**env_extra),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        kill_session(p.pid)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory, shakespeare):
+    """`charsearch sweep sweeps/smoke.yaml` run once per test session in its own project folder.
+    Returns (project folder, tracking URI, the finished process). Tests must not modify its MLflow store."""
+    project = tmp_path_factory.mktemp("smoke-project")
+    copy_shakespeare(project, shakespeare)
+    (project / "sweeps").mkdir()
+    shutil.copy(ROOT / "sweeps" / "smoke.yaml", project / "sweeps" / "smoke.yaml")
+    r = charsearch("sweep", "sweeps/smoke.yaml", cwd=project)
+    assert r.returncode == 0, r.stderr
+    return project, f"sqlite:///{project}/mlruns/mlflow.db", r

@@ -13,47 +13,9 @@ import pytest
 import torch
 import yaml
 
-from .conftest import ROOT, copy_shakespeare
+from .conftest import ROOT, charsearch, cli_env as env, copy_shakespeare, kill_session
 
 pytestmark = pytest.mark.slow
-
-
-def session_pids(sid: int) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:  # field 6 of stat: the session id
-                pids.append(int(d.name))
-    return pids
-
-
-def kill_session(sid: int) -> None:
-    """Stop every process the command started (Ray's gcs, raylet, workers) by their session id."""
-    for pid in session_pids(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def env(**extra) -> dict:
-    e = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    e.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1", **extra)
-    return e
-
-
-def charsearch(*args, cwd, timeout=300, **env_extra) -> subprocess.CompletedProcess:
-    p = subprocess.Popen([sys.executable, "-m", "charsearch", *map(str, args)], cwd=cwd, env=env(**env_extra),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    finally:
-        kill_session(p.pid)
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
 @pytest.fixture
@@ -80,11 +42,9 @@ def runs(uri: str, experiment: str):
     return df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]
 
 
-def test_smoke_sweep_end_to_end(project):
-    r = charsearch("sweep", "sweeps/smoke.yaml", cwd=project)
-    assert r.returncode == 0, r.stderr
+def test_smoke_sweep_end_to_end(smoke_sweep):
+    project, uri, r = smoke_sweep
     assert "sweep smoke: 4 trials" in r.stdout and "trials:" in r.stderr and "Traceback" not in r.stderr
-    uri = f"sqlite:///{project}/mlruns/mlflow.db"
     parents, children = runs(uri, "smoke")
     assert len(parents) == 1 and len(children) == 4
     parent = parents.iloc[0]
@@ -116,10 +76,12 @@ def test_smoke_sweep_end_to_end(project):
     sample = charsearch("sample", "model.pt", "--primetext", "KING:", "--length", "60", cwd=project)
     assert sample.returncode == 0 and sample.stdout.startswith("KING:") and len(sample.stdout) == 66
 
-    shutil.rmtree(project / "ray_results")  # selection needs MLflow only
-    again = charsearch("best", "--experiment", "smoke", "--export", "again.pt", "--top", "2", cwd=project)
+    # selection needs MLflow only: a copy of the project without Ray's result folder
+    bare = project.parent / "smoke-bare"
+    shutil.copytree(project, bare, ignore=shutil.ignore_patterns("ray_results"))
+    again = charsearch("best", "--experiment", "smoke", "--export", "again.pt", "--top", "2", cwd=bare)
     assert again.returncode == 0, again.stderr
-    assert torch.load(project / "again.pt", weights_only=True)["summary"]["trial_id"] == winner["tags.ray.trial_id"]
+    assert torch.load(bare / "again.pt", weights_only=True)["summary"]["trial_id"] == winner["tags.ray.trial_id"]
 
 
 def test_resume_after_the_driver_is_killed(project):
