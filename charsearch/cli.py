@@ -189,12 +189,16 @@ def cmd_sweep(args) -> int:
         import torch
         gpus = torch.cuda.device_count()
         print(yaml.safe_dump(sweep.to_dict(), sort_keys=False).rstrip())
-        gpu = sweep.gpu if sweep.gpu != "auto" else (0.125 if gpus else 0.0)
-        if gpu > 0 and not gpus and not (args.address or sweep.address):
-            extra = f" -> no GPU here: trials would run on CPU"
+        if sweep.gpu == "auto":
+            from .data import load_corpus
+            from .sweep import gpu_share, step_work
+            vocab = len(load_corpus(sweep.corpus, sweep.min_freq).vocab)
+            shares = sorted({gpu_share(step_work(sweep, p, vocab)) for p in _corners(sweep)})
+            gpu = f"auto: {shares[0]:g} to {shares[-1]:g} of a GPU by model size" if gpus else "0 (no GPU here)"
         else:
-            extra = f" ({int(1 / gpu)} trials per GPU)" if gpu else ""
-        print(f"# resources per trial: cpu {sweep.cpu:g}, gpu {gpu:g}{extra}; GPUs visible here: {gpus}")
+            gpu = f"{sweep.gpu:g}" + (" -> no GPU here: trials would run on CPU" if sweep.gpu > 0 and not gpus
+                                      and not (args.address or sweep.address) else "")
+        print(f"# resources per trial: cpu {sweep.cpu:g}, gpu {gpu}; GPUs visible here: {gpus}")
         return 0
     from . import sweep as sweep_mod
     outcome = sweep_mod.run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
@@ -211,6 +215,16 @@ def cmd_sweep(args) -> int:
         return 130
     print("next: charsearch best --export model.pt   (or charsearch ui to browse)")
     return 0
+
+
+def _corners(sweep) -> list[dict]:
+    """The smallest and the largest trial of a search space (numeric extremes, each categorical value)."""
+    numeric = {k: p for k, p in sweep.space.items() if all(isinstance(v, (int, float)) for v in p.values)}
+    other = [k for k in sweep.space if k not in numeric]
+    combos = [{}]
+    for k in other:
+        combos = [{**c, k: v} for c in combos for v in sweep.space[k].values]
+    return [{**c, **{k: pick(p.values) for k, p in numeric.items()}} for c in combos for pick in (min, max)]
 
 
 def cmd_best(args) -> None:

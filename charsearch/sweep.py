@@ -261,13 +261,39 @@ def search_space(sweep: SweepConfig) -> dict:
     return {name: make[p.kind](p.values) for name, p in sweep.space.items()}
 
 
-def trial_resources(sweep: SweepConfig, cluster_gpus: float) -> tuple[dict, str]:
-    """CPU/GPU per trial. A sweep that asks for GPUs on a cluster without any runs on CPU (and says so)
-    instead of leaving its trials pending for ever."""
-    gpu = sweep.gpu
-    if gpu == "auto":
-        gpu = 0.125 if cluster_gpus > 0 else 0.0  # eight small char-RNN trials share one GPU
+# GPU share per trial for `resources.gpu: auto`, by the work of one training step (characters per
+# step x parameters, about the multiply-adds per step). From the packing measured on one H100
+# (shared/notes/anchors.md): a 2x128 LSTM at B50 S50 (0.7e9) still gained at 8 per GPU (x6.8), a
+# 2x512 LSTM at B64 S100 (27e9) stopped gaining beyond 4 per GPU.
+GPU_SHARES = ((8e9, 0.125), (3e10, 0.25), (1.2e11, 0.5))
+
+
+def step_work(sweep: SweepConfig, params: dict, vocab_size: int) -> float:
+    import torch
+
+    from .model import CharRNN
+    cfg = sweep.trial_config(params)
+    with torch.device("meta"):  # counts parameters without allocating them
+        n = CharRNN(vocab_size, cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size, cfg.dropout).num_params()
+    return float(cfg.batch_size * cfg.seq_length * n)
+
+
+def gpu_share(work: float) -> float:
+    return next((share for limit, share in GPU_SHARES if work <= limit), 1.0)
+
+
+def trial_resources(sweep: SweepConfig, cluster_gpus: float, vocab_size: int):
+    """CPU/GPU per trial: a dict, or for `gpu: auto` on a cluster with GPUs a function of the trial's
+    config (Tune asks it per trial). A sweep that asks for GPUs on a cluster without any runs on CPU
+    (and says so) instead of leaving its trials pending for ever."""
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+    if sweep.gpu == "auto":
+        if cluster_gpus == 0:
+            return {"cpu": sweep.cpu, "gpu": 0.0}, ""
+        return (lambda config: PlacementGroupFactory(
+            [{"CPU": sweep.cpu, "GPU": gpu_share(step_work(sweep, config, vocab_size))}])), ""
     note = ""
+    gpu = float(sweep.gpu)
     if gpu > 0 and cluster_gpus == 0:
         note = (f"resources.gpu is {gpu} but the Ray cluster has no GPU: trials run on CPU "
                 f"({sweep.cpu:g} CPU each) within the same budget")
@@ -322,7 +348,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
         previous = dirs[-1]
 
     init_ray(address or sweep.address, dashboard)
-    resources, note = trial_resources(sweep, ray.cluster_resources().get("GPU", 0))
+    resources, note = trial_resources(sweep, ray.cluster_resources().get("GPU", 0), len(corpus.vocab))
     if note:
         print(f"note: {note}", file=out)
 
@@ -340,7 +366,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
                     "scheduler": sweep.scheduler, "time_attr": sweep.time_attr, "sweep_time": sweep.sweep_time,
                     "trial_max_epochs": sweep.trial_max_epochs, "trial_max_time": sweep.trial_max_time,
                     "corpus": str(corpus.path), "corpus_sha256": corpus.sha256,
-                    "resources": json.dumps(resources)},
+                    "resources": json.dumps(resources) if isinstance(resources, dict) else "gpu: auto (by model size)"},
             files={"sweep.yaml": Path(sweep.path).read_text(encoding="utf-8"),
                    "resolved.yaml": yaml.safe_dump(sweep.to_dict(), sort_keys=False)},
             tags={"charsearch.sweep_file": sweep.path, "charsearch.ray_experiment": str(exp_dir)})

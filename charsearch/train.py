@@ -406,6 +406,11 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
                 if stop:
                     stop_reason = "stopped"
                     break
+    except torch.cuda.OutOfMemoryError:
+        free, total = torch.cuda.mem_get_info(device)
+        raise UsageError(f"CUDA out of memory on {device} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free) for "
+                         f"{cfg.model} {cfg.num_layers}x{cfg.rnn_size} at batch_size {cfg.batch_size} x seq_length "
+                         f"{cfg.seq_length}: lower them, or give the run more of the GPU") from None
     finally:
         bar.close()
     return TrainResult(best_val, best_path, written[-1] if written else None, iteration,
