@@ -26,6 +26,8 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no tensorboard/csv/json files per trial
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+import pyarrow  # noqa: E402
+import pyarrow.fs  # noqa: E402
 import ray  # noqa: E402
 import yaml  # noqa: E402
 from ray import tune  # noqa: E402
@@ -148,6 +150,14 @@ class MLflowCallback(tune.Callback):
             error = Path(trial.error_file).read_text(errors="replace")
         self.tracker.trial_ended(trial.trial_id, _summary(trial.last_result), None, error or "error")
         self.ended[trial.trial_id] = "failed"
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # ray.max_failures: Tune reruns the trial from its last checkpoint (on any node) in the same run
+        error = ""
+        if trial.error_file and Path(trial.error_file).is_file():
+            error = Path(trial.error_file).read_text(errors="replace")
+        self.tracker.trial_tags(trial.trial_id, {"charsearch.retries": trial.num_failures,
+                                                 "charsearch.retry_error": error[-4000:] or "error"})
 
     def get_state(self):
         self.saved.update(self.ended)  # these ends are in the snapshot Tune is writing now
@@ -303,7 +313,7 @@ def trial_resources(sweep: SweepConfig, cluster_gpus: float, vocab_size: int):
 
 @dataclass
 class SweepOutcome:
-    experiment_dir: Path
+    experiment_dir: str  # a local path or a storage URI
     parent_run_id: str
     finished: int
     stopped_early: int
@@ -314,9 +324,42 @@ class SweepOutcome:
     wall_s: float
 
 
-def _experiment_dirs(sweep: SweepConfig) -> list[Path]:
-    root = Path(sweep.storage).absolute() / sweep.name
-    return sorted(p for p in root.glob("*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
+class Storage:
+    """Where Tune keeps a sweep's experiment state and checkpoints (`ray.storage`), through pyarrow's
+    filesystems as Tune itself does. A local folder is made absolute (on a cluster it must be shared
+    storage mounted at the same path on every node and the driver); a URI (s3://bucket/prefix, gs://...,
+    with pyarrow's query options such as endpoint_override) is resolved once and its filesystem handed
+    to Tune, so every node writes to the same object store."""
+
+    def __init__(self, sweep: SweepConfig):
+        self.uri = "://" in sweep.storage
+        if self.uri:
+            try:
+                self.fs, self.root = pyarrow.fs.FileSystem.from_uri(sweep.storage)
+            except (pyarrow.ArrowException, ValueError) as e:
+                raise UsageError(f"{sweep.path}: ray.storage {sweep.storage!r}: {e}") from None
+            self.scheme = sweep.storage.split("://", 1)[0]
+        else:
+            self.fs, self.root = pyarrow.fs.LocalFileSystem(), str(Path(sweep.storage).absolute())
+        self.root = self.root.rstrip("/")
+        self.ray_fs = self.fs if self.uri else None  # Tune resolves local paths itself
+
+    def experiment_dirs(self, name: str) -> list[str]:
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(f"{self.root}/{name}", allow_not_found=True))
+        dirs = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.Directory)
+        return [d for d in dirs if self.fs.get_file_info(f"{d}/{STATE_FILE}").type == pyarrow.fs.FileType.File]
+
+    def read_json(self, path: str) -> dict:
+        with self.fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+
+    def write_json(self, path: str, obj: dict) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0])
+        with self.fs.open_output_stream(path) as f:
+            f.write(json.dumps(obj).encode())
+
+    def show(self, path: str) -> str:
+        return f"{self.scheme}://{path}" if self.uri else path
 
 
 def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) -> None:
@@ -325,10 +368,10 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) 
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(include_dashboard=dashboard, log_to_driver=False, logging_level="ERROR",
                   configure_logging=True)
-    if address:
+    if address:  # an existing cluster: it has its own resources (num_cpus must not be passed)
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    else:  # "local": a new Ray, even where `ray start` left a cluster running (ray.init() would join it)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tracking_uri: str | None = None,
@@ -339,12 +382,13 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     for name, ids in (("train", train_ids), ("val", val_ids)):  # the largest batch the search may pick
         check_fits(name, len(ids), _largest(sweep, "batch_size"), _largest(sweep, "seq_length"), corpus.path)
 
+    storage = Storage(sweep)
     previous = None
     if resume:
-        dirs = _experiment_dirs(sweep)
-        if not dirs or not tune.Tuner.can_restore(str(dirs[-1])):
-            raise UsageError(f"{sweep.path}: nothing to resume under {Path(sweep.storage) / sweep.name} (run the "
-                             f"sweep without --resume first)")
+        dirs = storage.experiment_dirs(sweep.name)
+        if not dirs or not tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs):
+            raise UsageError(f"{sweep.path}: nothing to resume under {storage.show(storage.root)}/{sweep.name} "
+                             f"(run the sweep without --resume first)")
         previous = dirs[-1]
 
     init_ray(address or sweep.address, dashboard)
@@ -354,12 +398,12 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
 
     tracker = Tracker(uri, sweep.name)
     if previous is not None:
-        state = json.loads((previous / STATE_FILE).read_text())
+        state = storage.read_json(f"{previous}/{STATE_FILE}")
         tracker.reopen_sweep(state["parent_run_id"])
         exp_dir = previous
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        exp_dir = Path(sweep.storage).absolute() / sweep.name / stamp
+        exp_dir = f"{storage.root}/{sweep.name}/{stamp}"
         tracker.start_sweep(
             run_name=f"{sweep.name}-{stamp}",
             params={"num_samples": sweep.num_samples, "algorithm": sweep.algorithm, "seed": sweep.seed,
@@ -369,11 +413,11 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
                     "resources": json.dumps(resources) if isinstance(resources, dict) else "gpu: auto (by model size)"},
             files={"sweep.yaml": Path(sweep.path).read_text(encoding="utf-8"),
                    "resolved.yaml": yaml.safe_dump(sweep.to_dict(), sort_keys=False)},
-            tags={"charsearch.sweep_file": sweep.path, "charsearch.ray_experiment": str(exp_dir)})
-        exp_dir.mkdir(parents=True, exist_ok=True)
+            tags={"charsearch.sweep_file": sweep.path, "charsearch.ray_experiment": storage.show(exp_dir),
+                  "charsearch.ray_address": ray.get_runtime_context().gcs_address})
         tracker.client.update_run(tracker.parent_id, status="RUNNING")
-        (exp_dir / STATE_FILE).write_text(json.dumps({"parent_run_id": tracker.parent_id, "tracking_uri": uri,
-                                                      "sweep_file": str(Path(sweep.path).absolute())}))
+        storage.write_json(f"{exp_dir}/{STATE_FILE}", {"parent_run_id": tracker.parent_id, "tracking_uri": uri,
+                                                       "sweep_file": str(Path(sweep.path).absolute())})
 
     chars_per_epoch = len(train_ids)
     scale = chars_per_epoch if sweep.time_attr == "chars_trained" else 1
@@ -391,7 +435,8 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus), resources)
     run_config = tune.RunConfig(
-        name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=0,
+        name=exp_dir.rsplit("/", 1)[1], storage_path=exp_dir.rsplit("/", 1)[0], storage_filesystem=storage.ray_fs,
+        verbose=0,
         callbacks=[MLflowCallback(uri, sweep, tracker.parent_id), StatusLine(sweep)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
@@ -403,7 +448,8 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     started = time.monotonic()
     if previous is not None:
         # the callbacks, searcher and scheduler come back from the saved experiment state
-        tuner = tune.Tuner.restore(str(previous), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(previous, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=storage.ray_fs)
     else:
         tuner = tune.Tuner(trainable, param_space=search_space(sweep), tune_config=tune_config,
                            run_config=run_config)
@@ -430,7 +476,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
                          metrics={"best_val_loss": best[0] if best else math.nan, "trials_finished": finished,
                                   "trials_stopped_early": stopped, "trials_failed": failed, "wall_s": wall},
                          tags={"best_config": json.dumps(best[1]) if best else "", "interrupted": interrupted})
-    return SweepOutcome(exp_dir, tracker.parent_id, finished, stopped, failed, interrupted,
+    return SweepOutcome(storage.show(exp_dir), tracker.parent_id, finished, stopped, failed, interrupted,
                         best[0] if best else None, best[1] if best else None, wall)
 
 
