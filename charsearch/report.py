@@ -364,8 +364,8 @@ def verbatim_share(pieces: list[np.ndarray], known: np.ndarray, n: int) -> float
 
 def check_memorisation(mf, trial: str, train_ids: np.ndarray, val_ids: np.ndarray, vocab,
                        ngrams=NGRAMS) -> Memorisation:
-    """Sample the model (seeded, temperature 1) and measure how much of it is copied from the train text,
-    as torch-rnn's novel_substrings did; the val text's own share is the bar to compare with."""
+    """Sample the model (seeded, temperature 1) and measure how much of it is copied from the train text;
+    the val text's own share is the bar to compare with."""
     import torch
 
     from .sample import Sampler, SampleOptions
