@@ -138,7 +138,8 @@ def rebuild_trials(uri: str, sweep: SweepRuns) -> list[FrozenTrial]:
     client = client_for(uri)
     dists = distributions(sweep.space)
     trials = []
-    for _, row in sweep.trials.sort_values("start_time").iterrows():
+    # Ray's trial ids (<experiment>_<index>) order trials that started in the same millisecond
+    for _, row in sweep.trials.sort_values(["start_time", f"tags.{TRIAL_TAG}"], kind="stable").iterrows():
         trial_id = row[f"tags.{TRIAL_TAG}"]
         params = {}
         for name, dist in dists.items():
