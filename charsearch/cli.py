@@ -246,6 +246,19 @@ def cmd_best(args) -> None:
               f"charsearch sample {args.export}")
 
 
+def cmd_report(args) -> None:
+    from . import report
+    from .tracking import resolve_uri
+    uri = resolve_uri(args.tracking_uri)
+    if args.top < 1:
+        raise UsageError(f"--top must be >= 1; got {args.top}")
+    r = report.run(uri, args.experiment, args.run, args.out, args.storage, args.top)
+    print(r.summary)
+    print(f"report: {len(r.files)} files in {r.out}/, logged to MLflow run {r.parent_run_id} under "
+          f"{report.ARTIFACT_DIR}/ (charsearch ui to browse)")
+    print(f"Optuna study {r.study_name!r} in {r.storage}; browse it with: optuna-dashboard {r.storage}")
+
+
 def cmd_ui(args) -> None:
     import os
 
@@ -339,6 +352,17 @@ def build_parser() -> Parser:
     b.add_argument("--export", metavar="PATH", default=None, help="write the best trial's model file here")
     b.add_argument("--tracking-uri", default=None)
     b.set_defaults(func=cmd_best)
+
+    r = sub.add_parser("report", help="plots, summary and memorisation check of a sweep, from MLflow")
+    r.add_argument("--experiment", default=None, help="sweep name (default: the most recent sweep)")
+    r.add_argument("--run", default=None, metavar="RUN_ID",
+                   help="the sweep's parent run, when it ran more than once (default: its latest run)")
+    r.add_argument("--out", default=None, metavar="DIR", help="folder for the files (default: report/<experiment>)")
+    r.add_argument("--top", type=int, default=10, help="trials whose learning curves are drawn (default: %(default)s)")
+    r.add_argument("--storage", default=None, metavar="URL", help="Optuna storage for the rebuilt study (default: "
+                                                                   "optuna.db beside an SQLite tracking store)")
+    r.add_argument("--tracking-uri", default=None)
+    r.set_defaults(func=cmd_report)
 
     u = sub.add_parser("ui", help="serve the MLflow UI for the project's store on 127.0.0.1")
     u.add_argument("--port", type=int, default=5000)

@@ -1,0 +1,502 @@
+"""The sweep report: a sweep's MLflow runs rebuilt as an Optuna study, drawn with Optuna's own plots,
+stored for optuna-dashboard, summarised, and the best model checked for memorised text.
+
+Ray's OptunaSearch keeps its study in memory, so nothing of it survives the sweep. MLflow holds every
+trial, though: the search space is the parent run's resolved.yaml, a trial's params are its child
+run's params, its value is `best_val_loss`, its intermediate values are the `val_loss` history
+(step = characters trained), its state follows the `charsearch.outcome` tag. From these
+`optuna.trial.create_trial` makes the trials of a study that `optuna.visualization` draws and that an
+Optuna RDB storage keeps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import optuna.visualization as ov
+import optuna.visualization.matplotlib as om
+import pandas as pd
+import plotly.graph_objects as go
+import yaml
+from matplotlib.ticker import EngFormatter
+from mlflow.entities import Metric, Run
+from mlflow.exceptions import MlflowException
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from . import select
+from .errors import UsageError
+from .tracking import KIND_TAG, OUTCOME_TAG, TRIAL_TAG, client_for
+
+TARGET = "best val loss (nats/char)"
+ARTIFACT_DIR = "report"  # under the sweep's parent run
+STATES = {"finished": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "failed": TrialState.FAIL,
+          # a trial whose sweep died: Optuna itself marks such trials FAIL (heartbeat), never COMPLETE
+          "interrupted": TrialState.FAIL}
+TOP_CURVES = 10  # learning curves drawn: the best trials only, or the plot is a tangle
+NGRAMS = (10, 20, 40)
+MEMO_SAMPLES, MEMO_LENGTH, MEMO_SEED = 8, 1000, 123  # 8,000 sampled characters: a second or two on CPU
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep in MLflow
+
+
+@dataclass
+class SweepRuns:
+    experiment: str
+    parent: Run  # the sweep invocation's parent run
+    space: dict  # name -> {kind: values}, as resolved.yaml holds it
+    resolved: dict  # the whole resolved sweep (corpus, split, ...)
+    trials: pd.DataFrame  # its trial runs, best first (select.trials' order)
+
+
+def load_sweep_runs(uri: str, experiment: str | None = None, run_id: str | None = None) -> SweepRuns:
+    """The latest sweep invocation of the experiment (or the parent run `run_id`) and its trials."""
+    client = client_for(uri)
+    name, df = select.trials(uri, experiment)
+    exp = client.get_experiment_by_name(name)
+    if run_id:
+        try:
+            parent = client.get_run(run_id)
+        except MlflowException:  # no such run, or not a run id at all
+            raise UsageError(f"no MLflow run {run_id!r} in {uri}") from None
+        if parent.info.experiment_id != exp.experiment_id or parent.data.tags.get(KIND_TAG) != "sweep":
+            raise UsageError(f"run {run_id} is not a sweep run of experiment {name!r}")
+    else:
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            raise UsageError(f"experiment {name!r} has no sweep run (it was not made by `charsearch sweep`)")
+        parent = runs[0]
+    df = df[df["tags.mlflow.parentRunId"] == parent.info.run_id].reset_index(drop=True)
+    if df.empty:
+        raise UsageError(f"sweep run {parent.info.run_name} ({parent.info.run_id}) of experiment {name!r} "
+                         f"has no trials yet")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(parent.info.run_id, "resolved.yaml", tmp)
+        except (MlflowException, OSError):
+            raise UsageError(f"sweep run {parent.info.run_id} has no resolved.yaml artifact: the search space "
+                             f"is unknown") from None
+        resolved = yaml.safe_load(Path(local).read_text(encoding="utf-8"))
+    return SweepRuns(name, parent, resolved["space"], resolved, df)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Optuna study
+
+
+def distributions(space: dict) -> dict[str, BaseDistribution]:
+    """The sweep file's search space as Optuna distributions (the ones OptunaSearch searched:
+    Tune's randint(a, b + 1) is Optuna's IntDistribution(a, b))."""
+    make = {"choice": lambda v: CategoricalDistribution(v), "int": lambda v: IntDistribution(v[0], v[1]),
+            "log_int": lambda v: IntDistribution(v[0], v[1], log=True),
+            "float": lambda v: FloatDistribution(v[0], v[1]),
+            "log_float": lambda v: FloatDistribution(v[0], v[1], log=True)}
+    out = {}
+    for name, spec in space.items():
+        (kind, values), = spec.items()
+        out[name] = make[kind](values)
+    return out
+
+
+def cast(dist: BaseDistribution, text: str):
+    """An MLflow param (always a string) back to the distribution's value."""
+    if isinstance(dist, CategoricalDistribution):
+        for choice in dist.choices:
+            if str(choice) == text:
+                return choice
+        raise ValueError(f"{text!r} is not one of {list(dist.choices)}")
+    return int(text) if isinstance(dist, IntDistribution) else float(text)
+
+
+def _local(ts) -> dt.datetime | None:
+    """An MLflow run time (a UTC timestamp) as the naive local datetime Optuna uses."""
+    if ts is None or pd.isna(ts):
+        return None
+    return pd.Timestamp(ts).to_pydatetime().astimezone().replace(tzinfo=None)
+
+
+def _finite(v) -> float | None:
+    return float(v) if v is not None and not pd.isna(v) and math.isfinite(float(v)) else None
+
+
+def rebuild_trials(uri: str, sweep: SweepRuns) -> list[FrozenTrial]:
+    """One FrozenTrial per trial run, in the order the trials started (Optuna numbers them so)."""
+    client = client_for(uri)
+    dists = distributions(sweep.space)
+    trials = []
+    # Ray's trial ids (<experiment>_<index>) order trials that started in the same millisecond
+    for _, row in sweep.trials.sort_values(["start_time", f"tags.{TRIAL_TAG}"], kind="stable").iterrows():
+        trial_id = row[f"tags.{TRIAL_TAG}"]
+        params = {}
+        for name, dist in dists.items():
+            text = row.get(f"params.{name}")
+            if isinstance(text, str):
+                try:
+                    params[name] = cast(dist, text)
+                except ValueError as e:
+                    raise UsageError(f"trial {trial_id}: param {name}: {e} (outside the sweep's search space)") from None
+        outcome = row.get(f"tags.{OUTCOME_TAG}")
+        value = _finite(row.get("metrics.best_val_loss"))
+        if isinstance(outcome, str) and outcome in STATES:
+            state = STATES[outcome]
+        else:  # no outcome yet: the sweep is still running it
+            state = TrialState.RUNNING
+        if state == TrialState.COMPLETE and value is None:
+            state = TrialState.FAIL
+        curve = {int(m.step): m.value for m in client.get_metric_history(row["run_id"], "val_loss")
+                 if math.isfinite(m.value)}
+        trial = optuna.trial.create_trial(
+            state=state,
+            # as Optuna's tell() does, a pruned trial keeps a value: here the best val loss it reached
+            value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
+            params=params, distributions={k: dists[k] for k in params}, intermediate_values=curve,
+            user_attrs={"ray_trial_id": trial_id, "mlflow_run_id": row["run_id"],
+                        "outcome": outcome if isinstance(outcome, str) else "running",
+                        **({"best_val_loss": value} if value is not None else {})})
+        # create_trial stamps "now"; the run's own times put the trials on the sweep's wall clock
+        trial.datetime_start = _local(row["start_time"])
+        if state.is_finished():
+            trial.datetime_complete = _local(row["end_time"]) or trial.datetime_start
+        trials.append(trial)
+    return trials
+
+
+def make_study(trials: list[FrozenTrial], storage=None, name: str | None = None) -> optuna.Study:
+    """A minimising study holding `trials`. In an RDB storage, a study of the same name is replaced."""
+    if storage is not None:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize")
+    study.add_trials(trials)
+    return study
+
+
+def storage_beside(uri: str) -> str:
+    """The Optuna storage next to an SQLite tracking store, else sqlite:///mlruns/optuna.db. A separate
+    file: both Optuna and MLflow keep an alembic_version table, so they cannot share one database."""
+    if uri.startswith("sqlite:///"):
+        return uri.rsplit("/", 1)[0] + "/optuna.db"
+    return "sqlite:///mlruns/optuna.db"
+
+
+# ---------------------------------------------------------------------------------------------
+# importances
+
+
+def importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+    """Optuna's default importance evaluator, or ({}, why not) when the trials do not allow it."""
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            imp = optuna.importance.get_param_importances(study)
+        except (ValueError, RuntimeError) as e:  # e.g. no finished trial at all
+            return {}, f"parameter importances skipped: {e}"
+    # too few trials to tell parameters apart: the evaluator says so and gives every one the same share
+    if len(set(imp.values())) <= 1:
+        why = next((str(w.message) for w in caught), "every parameter scored the same")
+        return {}, f"parameter importances skipped ({complete} finished trial{'s' * (complete != 1)}): {why}"
+    return imp, ""
+
+
+# ---------------------------------------------------------------------------------------------
+# figures: each as a plotly figure (HTML) and a matplotlib one (PNG), both drawn by Optuna
+
+
+@dataclass
+class Figure:
+    name: str
+    html: object  # plotly.graph_objects.Figure
+    png: object  # matplotlib.figure.Figure
+
+
+def _mpl_figure(axes):
+    """The matplotlib Figure behind what an optuna.visualization.matplotlib function returns."""
+    return np.ravel(axes)[0].figure
+
+
+def figures(study: optuna.Study, top: int = TOP_CURVES, with_importances: bool = True) -> list[Figure]:
+    matplotlib.use("Agg")  # files only, never a window (pyplot picks its backend at the first figure)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's matplotlib backend
+        # a parameter that only one value was tried for draws a flat axis; matplotlib widens it and says so
+        warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
+        figs = _draw(study, top, with_importances)
+    # room for one panel per parameter (slice, parallel coordinates) and one bar per trial (timeline)
+    sizes = {"slice": lambda n_axes: (max(6.4, 2.6 * (n_axes - 1)), 4.8),
+             "parallel_coordinate": lambda n_axes: (max(6.4, 1.4 * n_axes), 4.8),
+             "timeline": lambda n_axes: (6.4, max(4.8, 0.2 * len(study.trials)))}
+    for f in figs:
+        if f.name in sizes:
+            f.png.set_size_inches(*sizes[f.name](len(f.png.axes)))
+    return figs
+
+
+def _draw(study: optuna.Study, top: int, with_importances: bool) -> list[Figure]:
+    figs = [Figure("history", ov.plot_optimization_history(study, target_name=TARGET),
+                   _mpl_figure(om.plot_optimization_history(study, target_name=TARGET))),
+            Figure("history_wall_time", *_history_wall_time(study)),
+            Figure("timeline", ov.plot_timeline(study), _mpl_figure(om.plot_timeline(study)))]
+    if with_importances:
+        figs.append(Figure("importances", ov.plot_param_importances(study, target_name=TARGET),
+                           _mpl_figure(om.plot_param_importances(study, target_name=TARGET))))
+    figs += [Figure("parallel_coordinate", ov.plot_parallel_coordinate(study, target_name=TARGET),
+                    _mpl_figure(om.plot_parallel_coordinate(study, target_name=TARGET))),
+             Figure("slice", ov.plot_slice(study, target_name=TARGET),
+                    _mpl_figure(om.plot_slice(study, target_name=TARGET))),
+             Figure("learning_curves", *_learning_curves(study, top))]
+    return figs
+
+
+def top_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
+    """The trials with the lowest value, finished or stopped early, as `charsearch best` ranks them."""
+    ranked = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+              if t.value is not None]
+    return sorted(ranked, key=lambda t: t.value)[:top]
+
+
+def _learning_curves(study: optuna.Study, top: int):
+    """Optuna's intermediate-values plot (val loss against characters trained), kept to the best trials."""
+    keep = {f"Trial{t.number}" for t in top_trials(study, top)}  # Optuna's trace and line labels
+    fig = ov.plot_intermediate_values(study)
+    fig.data = [trace for trace in fig.data if trace.name in keep]
+    fig.update_layout(title=f"Learning curves of the best {len(keep)} trials", xaxis_title="characters trained",
+                      yaxis_title="val loss (nats/char)")
+    ax = om.plot_intermediate_values(study)
+    for line in list(ax.lines):
+        if line.get_label() not in keep:
+            line.remove()
+    ax.set_title(f"Learning curves of the best {len(keep)} trials")
+    ax.set_xlabel("characters trained")
+    ax.xaxis.set_major_formatter(EngFormatter())  # 200k, 1M: raw character counts run into each other
+    ax.set_ylabel("val loss (nats/char)")
+    if ax.lines:
+        ax.legend(bbox_to_anchor=(1.05, 1), loc="upper left", borderaxespad=0.0)
+    return fig, ax.figure
+
+
+def _history_wall_time(study: optuna.Study):
+    """Best value so far against wall time. Optuna draws the best so far only per trial number
+    (plot_optimization_history) and wall time only per trial (plot_timeline), so this one is drawn here."""
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                  key=lambda t: t.datetime_complete)
+    starts = [t.datetime_start for t in study.trials if t.datetime_start is not None]
+    x = [(t.datetime_complete - min(starts)).total_seconds() / 60 for t in done]
+    y = [t.value for t in done]
+    best = np.minimum.accumulate(y).tolist() if y else []
+    title, xlabel = "Optimization History over Wall Time", "minutes since the first trial started"
+    fig = go.Figure([go.Scatter(x=x, y=y, mode="markers", name=TARGET, text=[f"Trial{t.number}" for t in done]),
+                     go.Scatter(x=x, y=best, mode="lines", line_shape="hv", name="Best Value")])
+    fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=TARGET)
+    with plt.style.context("ggplot"):  # as Optuna's matplotlib plots
+        mfig, ax = plt.subplots(tight_layout=True)
+        ax.scatter(x, y, label=TARGET)
+        ax.step(x, best, where="post", color="tab:red", label="Best Value")
+        ax.set(title=title, xlabel=xlabel, ylabel=TARGET)
+        ax.set_xlim(left=0)
+        ax.legend()
+    return fig, mfig
+
+
+def save_figures(figs: list[Figure], folder: Path) -> list[Path]:
+    files = []
+    for f in figs:
+        # plotly.js from its CDN, as mlflow.log_figure writes HTML figures: kilobytes instead of 4.8 MB each
+        f.html.write_html(folder / f"{f.name}.html", include_plotlyjs="cdn")
+        f.png.savefig(folder / f"{f.name}.png", dpi=100, bbox_inches="tight")
+        plt.close(f.png)
+        files += [folder / f"{f.name}.html", folder / f"{f.name}.png"]
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# memorisation
+
+
+@dataclass
+class Memorisation:
+    trial: str  # the trial whose model was sampled
+    chars: int  # characters sampled
+    shares: dict[int, float]  # n -> share of the sampled n-grams found verbatim in the train split
+    reference: dict[int, float]  # n -> the same share for the val split: real text the model never saw
+
+
+def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """A 64-bit polynomial hash of every n-gram of `ids` (uint64 arithmetic wraps: it works mod 2**64).
+    It keeps the train split's n-grams at 8 bytes each, not a set of a million strings per n; a chance
+    match between 8 k sampled and 1 M train n-grams of ordinary text is about 1 in 10**9."""
+    m = len(ids) - n + 1
+    if m <= 0:
+        return np.empty(0, dtype=np.uint64)
+    ids = np.asarray(ids, dtype=np.uint64) + np.uint64(1)  # id 0 still counts
+    h = np.zeros(m, dtype=np.uint64)
+    for k in range(n):  # in place: a 1 MB corpus needs ~16 MB here, not a temporary per step
+        h *= np.uint64(1_000_003)
+        h += ids[k:k + m]
+    return h
+
+
+def verbatim_share(pieces: list[np.ndarray], known: np.ndarray, n: int) -> float:
+    """The share of the n-grams of `pieces` (each read on its own) whose hash is in `known` (sorted).
+    (searchsorted on the sorted hashes: np.isin takes 40x as long on 1 M of them.)"""
+    grams = np.concatenate([ngram_hashes(p, n) for p in pieces])
+    if len(grams) == 0 or len(known) == 0:
+        return math.nan if len(grams) == 0 else 0.0
+    at = np.minimum(np.searchsorted(known, grams), len(known) - 1)
+    return float((known[at] == grams).mean())
+
+
+def check_memorisation(mf, trial: str, train_ids: np.ndarray, val_ids: np.ndarray, vocab,
+                       ngrams=NGRAMS) -> Memorisation:
+    """Sample the model (seeded, temperature 1) and measure how much of it is copied from the train text;
+    the val text's own share is the bar to compare with."""
+    import torch
+
+    from .sample import Sampler, SampleOptions
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one small step at a time: more threads only wait on each other (10x slower)
+    try:
+        texts = Sampler(mf, "cpu").generate(SampleOptions(length=MEMO_LENGTH, seed=MEMO_SEED,
+                                                          num_samples=MEMO_SAMPLES))
+    finally:
+        torch.set_num_threads(threads)
+    samples = [np.asarray(vocab.encode(t, what="a sample"), dtype=np.int64) for t in texts]
+    shares, reference = {}, {}
+    for n in ngrams:
+        known = np.sort(ngram_hashes(train_ids, n))
+        shares[n] = verbatim_share(samples, known, n)
+        reference[n] = verbatim_share([val_ids], known, n)
+    return Memorisation(trial, sum(map(len, texts)), shares, reference)
+
+
+def memorisation_for(sweep: SweepRuns, mf, trial: str) -> tuple[Memorisation | None, str]:
+    """The check against the sweep's train split, or (None, why not) when that text is not here as it was."""
+    from .data import load_corpus
+
+    params = sweep.parent.data.params
+    path = params.get("corpus") or sweep.resolved.get("corpus", "")
+    try:
+        corpus = load_corpus(path, int(sweep.resolved.get("min_freq", 0)))
+    except UsageError as e:
+        return None, f"memorisation check skipped: the training text is not here ({e})"
+    if params.get("corpus_sha256") and corpus.sha256 != params["corpus_sha256"]:
+        return None, f"memorisation check skipped: {corpus.path} has changed since the sweep (sha256 differs)"
+    if corpus.vocab != mf.vocab:
+        return None, f"memorisation check skipped: the model's vocabulary differs from {corpus.path}'s"
+    train, val, _ = corpus.split(float(sweep.resolved["train_frac"]), float(sweep.resolved["val_frac"]))
+    return check_memorisation(mf, trial, train, val, corpus.vocab), ""
+
+
+# ---------------------------------------------------------------------------------------------
+# summary and the whole report
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def summary(sweep: SweepRuns, study: optuna.Study, imp: dict[str, float], notes: list[str],
+            memo: Memorisation | None) -> str:
+    df = sweep.trials
+    outcomes = df.get(f"tags.{OUTCOME_TAG}", pd.Series(index=df.index, dtype=object)).fillna("running")
+    counts = outcomes.value_counts()
+    parts = [f"{counts.get('finished', 0)} finished", f"{counts.get('stopped_early', 0)} stopped early",
+             f"{counts.get('failed', 0)} failed"]
+    parts += [f"{counts[k]} {k}" for k in ("interrupted", "running") if counts.get(k, 0)]
+    lines = [f"sweep {sweep.experiment!r}, run {sweep.parent.info.run_name} ({sweep.parent.info.run_id}): "
+             f"{len(df)} trials: {', '.join(parts)}"]
+    best = df.iloc[0]  # ranked as `charsearch best` ranks them (a report needs a trial with a model)
+    number = {t.user_attrs["mlflow_run_id"]: t.number for t in study.trials}[best["run_id"]]
+    v = best["metrics.best_val_loss"]
+    lines.append(f"best trial {best[f'tags.{TRIAL_TAG}']} (Optuna trial {number}, {outcomes.iloc[0]}): "
+                 f"val loss {v:.4f} nats/char ({v / math.log(2):.4f} bits/char)")
+    params = study.trials[number].params
+    lines.append("  " + "  ".join(f"{k}={_fmt(params[k])}" for k in sweep.space if k in params))
+    if imp:
+        lines.append("most important params: " + ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:3]))
+    if memo is not None:
+        lines.append(f"memorisation: n-grams found verbatim in the train text, of {memo.chars:,} characters "
+                     f"sampled from trial {memo.trial}'s model, and of the val text")
+        for label, shares in (("sampled", memo.shares), ("val text", memo.reference)):
+            lines.append(f"  {label:<9} " + "  ".join(f"{n}-grams {100 * s:5.1f}%" for n, s in shares.items()))
+    lines += notes
+    return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    experiment: str
+    parent_run_id: str
+    study_name: str
+    storage: str
+    out: Path
+    files: list[str]
+    summary: str
+    memorisation: Memorisation | None = None
+    importances: dict = field(default_factory=dict)
+
+
+def run(uri: str, experiment: str | None = None, run_id: str | None = None, out: str | Path | None = None,
+        storage: str | None = None, top: int = TOP_CURVES) -> Report:
+    """Build the whole report first, then write it: the Optuna study, the parent run's artifacts and
+    metrics, and the --out folder."""
+    sweep = load_sweep_runs(uri, experiment, run_id)
+    out = Path(out) if out else Path("report") / sweep.experiment
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    storage = storage or storage_beside(uri)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    trials = rebuild_trials(uri, sweep)
+    study = make_study(trials)  # in memory: drawn from, and stored only once everything worked
+    imp, note = importances(study)
+    notes = [note] if note else []
+    with tempfile.TemporaryDirectory() as tmp:
+        row, mf = select.export_best(uri, sweep.trials, sweep.experiment, Path(tmp) / "model.pt")
+    memo, note = memorisation_for(sweep, mf, row[f"tags.{TRIAL_TAG}"])
+    notes += [note] if note else []
+    text = summary(sweep, study, imp, notes, memo)
+
+    client = client_for(uri)
+    parent_id = sweep.parent.info.run_id
+    study_name = sweep.parent.info.run_name or parent_id
+    with tempfile.TemporaryDirectory() as tmp:
+        files = save_figures(figures(study, top, with_importances=bool(imp)), Path(tmp))
+        (Path(tmp) / "summary.txt").write_text(text + "\n", encoding="utf-8")
+        files.append(Path(tmp) / "summary.txt")
+
+        if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+            Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        stored = make_study(trials, storage, study_name)
+        stored.set_user_attr("mlflow_experiment", sweep.experiment)
+        stored.set_user_attr("mlflow_parent_run_id", parent_id)
+        stored.set_user_attr("objective", TARGET)
+        client.log_artifacts(parent_id, tmp, ARTIFACT_DIR)
+        if memo is not None:
+            ts = int(time.time() * 1000)
+            client.log_batch(parent_id, metrics=[Metric(f"{kind}_{n}gram_share", share, ts, 0)
+                                                 for kind, shares in (("memorised", memo.shares),
+                                                                      ("val_text", memo.reference))
+                                                 for n, share in shares.items() if math.isfinite(share)])
+        out.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copyfile(f, out / f.name)
+    return Report(sweep.experiment, parent_id, study_name, storage, out, [f.name for f in files], text, memo, imp)
