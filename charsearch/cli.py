@@ -251,6 +251,15 @@ def cmd_best(args) -> None:
         print(f"exported trial {row[f'tags.{select.TRIAL_TAG}']} (val {mf.summary.get('val_loss', float('nan')):.4f} "
               f"nats/char, MLflow run {row['run_id']}) to {args.export} (CPU float32); sample with: "
               f"charsearch sample {args.export}")
+    if args.register is not None:
+        from shlex import quote
+
+        from .registry import register_best
+        v = register_best(uri, df, name, args.register)
+        print(f"registered {v.name} version {v.version}: trial {v.tags['trial_id']} "
+              f"(val {float(v.tags['val_loss']):.4f} nats/char, MLflow run {v.run_id}); serve it with: "
+              f"MLFLOW_TRACKING_URI={quote(uri)} "
+              f"mlflow models serve -m {quote(f'models:/{v.name}/{v.version}')} --env-manager local")
 
 
 def cmd_ui(args) -> None:
@@ -355,6 +364,8 @@ def build_parser() -> Parser:
     b.add_argument("--experiment", default=None, help="sweep name (default: the most recent sweep)")
     b.add_argument("--top", type=int, default=10, help="rows to show (default: %(default)s)")
     b.add_argument("--export", metavar="PATH", default=None, help="write the best trial's model file here")
+    b.add_argument("--register", metavar="NAME", default=None,
+                   help="log the best trial's model to MLflow (python_function) and register a new version of NAME")
     b.add_argument("--tracking-uri", default=None)
     b.set_defaults(func=cmd_best)
 
