@@ -135,7 +135,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed after each test module: no browser lingers while other tests run
 def browser():
     try:
         from playwright.sync_api import sync_playwright

@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -234,7 +235,7 @@ def test_the_page_streams_text_and_shows_errors(browser, best_model, tmp_path):
     try:
         page = browser.new_page(viewport={"width": 900, "height": 560})
         page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_function("document.getElementById('model').textContent.includes('val loss')")
+        page.locator("#model", has_text="val loss").wait_for()  # (the page's CSP forbids eval: no wait_for_function)
         page.fill("#prime_text", "ROMEO:")
         page.fill("#temperature", "0.7")
         page.fill("#length", "3000")
@@ -260,6 +261,14 @@ def test_the_page_streams_text_and_shows_errors(browser, best_model, tmp_path):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if os.environ.get("CHARSEARCH_UPDATE_DOCS"):  # refresh the README's picture on request only
             shutil.copy(shot, ROOT / "docs" / "serve.png")
+
+        page.fill("#length", "5000")  # Generate turns into Stop while the text comes
+        page.click("#generate")
+        page.locator("#output", has_text=re.compile(r"[\s\S]{100}")).wait_for()
+        assert page.text_content("#generate") == "Stop"
+        page.click("#generate")
+        page.wait_for_selector("#output[data-state=stopped]", timeout=30_000)
+        assert len(page.text_content("#output")) < 5006 and page.text_content("#generate") == "Generate"
 
         page.fill("#temperature", "0")
         page.click("#generate")
