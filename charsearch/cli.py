@@ -166,6 +166,27 @@ def cmd_inspect(args) -> None:
         print(f"{k:<{width}}  {v}")
 
 
+def cmd_serve(args) -> None:
+    from .serve import make_server
+    server = make_server(args.model, args.host, args.port, args.device, args.max_length, args.max_concurrent)
+    if server.sampler.device.type == "cpu":
+        import torch
+        # generation is one tiny step per character, so per request: one thread (intra-op threads only
+        # contend: 2x128 LSTM on 2 busy cores, 1,800 chars/s with one, 120 with two) and no oneDNN
+        # (its LSTM step is ~10x slower at batch 1: 2x512, 290 chars/s without it, 38 with it)
+        torch.set_num_threads(1)
+        torch.backends.mkldnn.enabled = False
+    host, port = server.server_address[:2]
+    print(f"{server.info['description']}; sampling page at http://{host}:{port} (Ctrl-C stops it)",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:  # the usual way to stop a server: not an error
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+
+
 # ---------------------------------------------------------------------------------------------
 # sweeps, selection, the MLflow UI
 
@@ -244,6 +265,15 @@ def cmd_best(args) -> None:
         print(f"exported trial {row[f'tags.{select.TRIAL_TAG}']} (val {mf.summary.get('val_loss', float('nan')):.4f} "
               f"nats/char, MLflow run {row['run_id']}) to {args.export} (CPU float32); sample with: "
               f"charsearch sample {args.export}")
+    if args.register is not None:
+        from shlex import quote
+
+        from .registry import register_best
+        v = register_best(uri, df, name, args.register)
+        print(f"registered {v.name} version {v.version}: trial {v.tags['trial_id']} "
+              f"(val {float(v.tags['val_loss']):.4f} nats/char, MLflow run {v.run_id}); serve it with: "
+              f"MLFLOW_TRACKING_URI={quote(uri)} "
+              f"mlflow models serve -m {quote(f'models:/{v.name}/{v.version}')} --env-manager local")
 
 
 def cmd_report(args) -> None:
@@ -334,6 +364,17 @@ def build_parser() -> Parser:
     n.add_argument("model")
     n.set_defaults(func=cmd_inspect)
 
+    r = sub.add_parser("serve", help="a web page and JSON API to sample from a model file (one process)")
+    r.add_argument("model", help="model file (from export or best --export) or checkpoint")
+    r.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
+    r.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    r.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    r.add_argument("--max-length", type=int, default=5000, help="longest sample a request may ask for "
+                                                                "(default: %(default)s characters)")
+    r.add_argument("--max-concurrent", type=int, default=2, help="samples generated at once; more requests get "
+                                                                 "HTTP 429 (default: %(default)s)")
+    r.set_defaults(func=cmd_serve)
+
     w = sub.add_parser("sweep", help="search hyperparameters: Optuna in Ray Tune, ASHA, MLflow")
     w.add_argument("file", help="sweep file, e.g. sweeps/shakespeare.yaml")
     w.add_argument("--dry-run", action="store_true", help="print the resolved sweep and trial resources, then exit")
@@ -350,6 +391,8 @@ def build_parser() -> Parser:
     b.add_argument("--experiment", default=None, help="sweep name (default: the most recent sweep)")
     b.add_argument("--top", type=int, default=10, help="rows to show (default: %(default)s)")
     b.add_argument("--export", metavar="PATH", default=None, help="write the best trial's model file here")
+    b.add_argument("--register", metavar="NAME", default=None,
+                   help="log the best trial's model to MLflow (python_function) and register a new version of NAME")
     b.add_argument("--tracking-uri", default=None)
     b.set_defaults(func=cmd_best)
 

@@ -126,3 +126,27 @@ def smoke_sweep(tmp_path_factory, shakespeare):
     r = charsearch("sweep", "sweeps/smoke.yaml", cwd=project)
     assert r.returncode == 0, r.stderr
     return project, f"sqlite:///{project}/mlruns/mlflow.db", r
+
+
+# ---------------------------------------------------------------------------------------------
+# a real headless browser: Debian's chromium driven by Playwright (its own browser download is not used)
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")  # closed after each test module: no browser lingers while other tests run
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')")
+    exe = os.environ.get("CHARSEARCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        pytest.skip("no Chromium found: apt-get install chromium (or set CHARSEARCH_CHROMIUM)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
