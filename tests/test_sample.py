@@ -91,3 +91,20 @@ def test_no_newline_in_vocabulary_starts_from_a_random_character():
     s = sampler("abcd")
     out = s.generate(SampleOptions(length=10, seed=4))[0]
     assert len(out) == 11 and set(out) <= set("abcd")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers, embed", [(1, 0), (2, 0), (3, 7)])
+def test_the_generation_step_computes_what_the_model_computes(cell, layers, embed):
+    from charsearch.sample import Stepper
+    torch.manual_seed(0)
+    model = CharRNN(11, cell, 16, layers, embed_size=embed, dropout=0.3).eval()
+    step = Stepper(model)
+    ids = torch.randint(0, 11, (3, 12))
+    with torch.no_grad():
+        ref, _ = model(ids)
+        _, state = model(ids[:, :1])
+        states = step.split(state)
+        for t in range(1, 12):
+            logits, states = step(ids[:, t], states)
+            torch.testing.assert_close(logits, ref[:, t], rtol=1e-5, atol=1e-5)
