@@ -100,7 +100,7 @@ def cmd_sample(args) -> None:
     device = resolve_device(args.device)
     if device.type == "cpu":
         import torch
-        torch.backends.mkldnn.enabled = False  # oneDNN's LSTM is ~10x slower for the prime at batch 1
+        torch.backends.mkldnn.enabled = False  # its LSTM is ~10x slower at batch 1; small products ~15% slower
     sampler = Sampler(artifact.load(args.model), device)
     out = sys.stdout
     if opts.num_samples == 1:  # stream characters as they come
