@@ -145,7 +145,7 @@ def cmd_inspect(args) -> None:
     val = s.get("val_loss")
     rows = [
         ("file", f"{args.model} ({obj['format']} v{obj['version']})"),
-        ("model", f"{c['model']} {c['num_layers']}x{c['rnn_size']}, embedding {c['embed_size'] or c['rnn_size']}, "
+        ("model", f"{c['model']} {c['num_layers']}x{c['rnn_size']}, embedding {mf.state_dict['embed.weight'].shape[1]}, "
                   f"dropout {c['dropout']}"),
         ("parameters", f"{mf.num_params():,}"),
         ("vocabulary", f"{len(mf.vocab)} characters{' incl. unknown symbol' if mf.vocab.unk is not None else ''}: "

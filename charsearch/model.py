@@ -17,7 +17,9 @@ class CharRNN(nn.Module):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, model=model, rnn_size=rnn_size, num_layers=num_layers,
                            embed_size=embed_size, dropout=dropout)
-        embed = embed_size or rnn_size
+        # char-rnn fed one-hot vectors: an embedding as wide as the vocabulary has the same capacity;
+        # wider than the hidden state buys nothing but work, narrower factorises large (CJK) vocabularies
+        embed = embed_size or min(rnn_size, vocab_size)
         self.embed = nn.Embedding(vocab_size, embed)
         # dropout between layers (inside the cell stack) and before the head, as char-rnn
         self.rnn = CELLS[model](embed, rnn_size, num_layers, batch_first=True,

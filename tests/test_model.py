@@ -5,14 +5,15 @@ from charsearch.model import CharRNN, detach_state
 
 
 def lstm_params(v, h, layers, e=None):
-    e = e or h
+    e = e or min(h, v)
     first = 4 * h * (e + h) + 8 * h
     rest = (layers - 1) * (4 * h * (h + h) + 8 * h)
     return v * e + first + rest + h * v + v
 
 
 def test_parameter_count_matches_the_lstm_formula():
-    assert CharRNN(65, "lstm", 128, 2).num_params() == lstm_params(65, 128, 2) == 280_897
+    assert CharRNN(65, "lstm", 128, 2).num_params() == lstm_params(65, 128, 2) == 244_546
+    assert CharRNN(6000, "gru", 256, 1).embed.weight.shape == (6000, 256)  # large vocabularies: factorised
     assert CharRNN(65, "lstm", 64, 3, embed_size=16).num_params() == lstm_params(65, 64, 3, 16)
 
 
