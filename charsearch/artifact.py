@@ -41,7 +41,7 @@ class ModelFile:
         return model.to(device).eval()
 
     def num_params(self) -> int:
-        return sum(t.numel() for t in self.state_dict.values())
+        return self.build().num_params()
 
     def to_dict(self) -> dict:
         return {

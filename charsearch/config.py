@@ -45,7 +45,7 @@ class TrainConfig:
     model: str = opt("lstm", "recurrent cell", choices=MODELS, group="model")
     rnn_size: int = opt(128, "hidden units per layer", group="model")
     num_layers: int = opt(2, "number of stacked recurrent layers", group="model")
-    embed_size: int = opt(0, "character embedding size (0: the smaller of rnn-size and the vocabulary size)", group="model")
+    embed_size: int = opt(0, "trained character embedding size (0: one-hot input as char-rnn, or rnn-size for vocabularies larger than it)", group="model")
     dropout: float = opt(0.0, "dropout between layers and before the output layer, in [0, 1)", group="model")
     # optimisation
     seq_length: int = opt(50, "characters per sequence chunk (truncated BPTT length)")

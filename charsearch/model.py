@@ -1,4 +1,4 @@
-"""CharRNN: embedding -> stacked RNN / LSTM / GRU (cuDNN on CUDA) -> dropout -> linear head."""
+"""CharRNN: one-hot input (or a trained embedding) -> stacked RNN / LSTM / GRU (cuDNN on CUDA) -> dropout -> linear head."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ class CharRNN(nn.Module):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, model=model, rnn_size=rnn_size, num_layers=num_layers,
                            embed_size=embed_size, dropout=dropout)
-        # char-rnn fed one-hot vectors: an embedding as wide as the vocabulary has the same capacity;
-        # wider than the hidden state buys nothing but work, narrower factorises large (CJK) vocabularies
-        embed = embed_size or min(rnn_size, vocab_size)
-        self.embed = nn.Embedding(vocab_size, embed)
+        # By default, as char-rnn: one-hot input vectors (a fixed identity embedding: no gradient flows
+        # into the input, the first layer's W_ih is the per-character table). A vocabulary wider than the
+        # hidden state (thousands of CJK characters) gets a trained embedding of rnn_size instead.
+        self.one_hot = not embed_size and vocab_size <= rnn_size
+        self.embed = nn.Embedding(vocab_size, vocab_size if self.one_hot else (embed_size or rnn_size))
+        self.embed.weight.requires_grad_(not self.one_hot)
         # dropout between layers (inside the cell stack) and before the head, as char-rnn
-        self.rnn = CELLS[model](embed, rnn_size, num_layers, batch_first=True,
+        self.rnn = CELLS[model](self.embed.embedding_dim, rnn_size, num_layers, batch_first=True,
                                 dropout=dropout if num_layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(rnn_size, vocab_size)
@@ -32,6 +34,9 @@ class CharRNN(nn.Module):
         # char-rnn's init: U(-0.08, 0.08) everywhere, LSTM forget-gate bias 1 to remember by default
         for p in self.parameters():
             nn.init.uniform_(p, -0.08, 0.08)
+        if self.one_hot:
+            with torch.no_grad():
+                self.embed.weight.copy_(torch.eye(self.embed.num_embeddings))
         if isinstance(self.rnn, nn.LSTM):
             h = self.rnn.hidden_size
             for name, p in self.rnn.named_parameters():
@@ -45,7 +50,8 @@ class CharRNN(nn.Module):
         return self.head(self.drop(out)), state
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Trained parameters (the fixed one-hot input is not counted, as char-rnn did not)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
 def detach_state(state: State) -> State:

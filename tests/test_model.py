@@ -5,15 +5,25 @@ from charsearch.model import CharRNN, detach_state
 
 
 def lstm_params(v, h, layers, e=None):
-    e = e or min(h, v)
-    first = 4 * h * (e + h) + 8 * h
+    trained_embedding = v * e if e else 0  # one-hot input (e=None) has no trained embedding
+    first = 4 * h * ((e or v) + h) + 8 * h
     rest = (layers - 1) * (4 * h * (h + h) + 8 * h)
-    return v * e + first + rest + h * v + v
+    return trained_embedding + first + rest + h * v + v
 
 
 def test_parameter_count_matches_the_lstm_formula():
-    assert CharRNN(65, "lstm", 128, 2).num_params() == lstm_params(65, 128, 2) == 244_546
-    assert CharRNN(6000, "gru", 256, 1).embed.weight.shape == (6000, 256)  # large vocabularies: factorised
+    # char-rnn's default model on tiny-shakespeare (its train.lua prints 240,321 parameters)
+    assert CharRNN(65, "lstm", 128, 2).num_params() == lstm_params(65, 128, 2) == 240_321
+    big = CharRNN(6000, "gru", 256, 1)  # a vocabulary wider than the hidden state: a trained embedding
+    assert big.embed.weight.shape == (6000, 256) and big.embed.weight.requires_grad
+
+
+def test_default_input_is_one_hot_and_not_trained():
+    m = CharRNN(30, "lstm", 64, 2)
+    assert torch.equal(m.embed.weight, torch.eye(30)) and not m.embed.weight.requires_grad
+    x = torch.randint(0, 30, (2, 5))
+    m(x)[0].sum().backward()
+    assert m.embed.weight.grad is None and m.rnn.weight_ih_l0.grad is not None
     assert CharRNN(65, "lstm", 64, 3, embed_size=16).num_params() == lstm_params(65, 64, 3, 16)
 
 
@@ -31,5 +41,5 @@ def test_shapes_and_state_carry(cell):
 
 def test_init_follows_char_rnn():
     m = CharRNN(30, "lstm", 8, 2)
-    assert all(p.abs().max() <= 0.08 + 1e-6 for n, p in m.named_parameters() if "bias" not in n)
+    assert all(p.abs().max() <= 0.08 + 1e-6 for n, p in m.named_parameters() if "bias" not in n and p.requires_grad)
     assert torch.all(m.rnn.bias_ih_l0[8:16] == 1) and torch.all(m.rnn.bias_hh_l0[8:16] == 0)  # forget gate
