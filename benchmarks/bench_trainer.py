@@ -91,7 +91,7 @@ def main() -> None:
     save_json(f"trainer_{args.device}", raw)
     body = (f"Device: **{args.device}**. Reference: the seed-style trainer (benchmarks/reference_trainer.py: one-hot "
             f"input, batches copied from the host each step, `loss.item()` every step, Adam, dropout 0.5). charsearch: "
-            f"`charsearch.train.train` with the same sizes (embedding input, data on the device, loss read back every "
+            f"`charsearch.train.train` with the same sizes (one-hot input as a row lookup, data on the device, loss read back every "
             f"10 steps{', bf16 autocast' if args.device != 'cpu' else ''}). Throughput: characters of "
             f"N training steps from a fresh start over wall time (first steps included for both; charsearch's set-up, "
             f"one validation pass and one checkpoint counted against it), best of {repeats} interleaved runs; × is "
