@@ -7,7 +7,6 @@ import argparse
 import math
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 from .config import FIELDS, ConfigError, TrainConfig, field_type
 from .errors import UsageError

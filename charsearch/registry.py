@@ -25,7 +25,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from .errors import UsageError
-from .serve import FIELDS, sample_options
+from .serve import sample_options
 
 PACKAGE = Path(__file__).resolve().parent
 MAX_ROWS = 32  # samples per request; each is bounded by serve.MAX_LENGTH characters

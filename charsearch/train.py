@@ -8,7 +8,6 @@ iterations, so the GPU is never stalled by a per-step host sync. Progress goes t
 from __future__ import annotations
 
 import math
-import os
 import platform
 import socket
 import sys

@@ -25,6 +25,7 @@ def one_line_error(capsys, *argv, match: str):
     except SystemExit as e:  # argparse's own errors (bad flag values) exit from inside parse_args
         code, (out, err) = e.code, capsys.readouterr()
     assert code == 2, err
+    assert not out.strip(), out  # the error goes to stderr alone
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "Traceback" not in err
