@@ -67,7 +67,8 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
     cfg.checkpoint_dir = str(work / "cv")
     best_model = work / "model.pt"
     summary = {"trial_id": ctx.get_trial_id(), "trial_name": ctx.get_trial_name(), "sweep": sweep.name}
-    node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": os.uname().nodename}
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": os.uname().nodename,
+            "device": torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu"}
     try:
         restored = tune.get_checkpoint()
         if restored is not None:  # a resumed sweep, or a retried trial: continue from the last report
@@ -131,7 +132,8 @@ class MLflowCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("iteration") is not None and "node_id" in result:
             self.tracker.trial_tags(trial.trial_id, {"node_id": result["node_id"], "hostname": result["hostname"],
-                                                     "node_ip": result.get("node_ip", "")})
+                                                     "node_ip": result.get("node_ip", ""),
+                                                     "device": result.get("device", "")})
         self.tracker.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = Path(os.environ.get("CHARSEARCH_SHAKESPEARE", ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
@@ -113,6 +114,28 @@ def charsearch(*args, cwd, timeout=300, **env_extra) -> subprocess.CompletedProc
     finally:
         kill_session(p.pid)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def sweep_file(project: Path, name: str, **changes) -> Path:
+    """sweeps/smoke.yaml under another name, with some sections' values changed, in project/sweeps/."""
+    d = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    d["name"] = name
+    for section, values in changes.items():
+        d.setdefault(section, {}).update(values)
+    p = project / "sweeps" / f"{name}.yaml"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def runs(uri: str, experiment: str):
+    """(parent runs, trial runs) of an experiment, as MLflow's DataFrames."""
+    import mlflow
+    mlflow.set_tracking_uri(uri)
+    df = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
+    if df.empty:
+        return df, df
+    return df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-import yaml
 
-from .conftest import ROOT, charsearch, cli_env, copy_shakespeare, kill_session, session_pids
+from .conftest import charsearch, cli_env, copy_shakespeare, kill_session, runs, session_pids, sweep_file
 
 pytestmark = pytest.mark.slow
 
@@ -148,22 +147,6 @@ def project(tmp_path, shakespeare) -> Path:
     return tmp_path
 
 
-def sweep_file(project: Path, name: str, **changes) -> Path:
-    d = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-    d["name"] = name
-    for section, values in changes.items():
-        d.setdefault(section, {}).update(values)
-    p = project / "sweeps" / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(d))
-    return p
-
-
-def runs(uri: str, experiment: str):
-    mlflow.set_tracking_uri(uri)
-    df = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
-    if df.empty:
-        return df, df
-    return df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]
 
 
 def test_a_cluster_on_this_machine_is_joined_only_when_asked(cluster):

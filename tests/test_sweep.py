@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from .conftest import ROOT, charsearch, cli_env as env, copy_shakespeare, kill_session
+from .conftest import ROOT, charsearch, cli_env as env, copy_shakespeare, kill_session, runs, sweep_file
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +26,6 @@ def project(tmp_path, shakespeare) -> Path:
     return tmp_path
 
 
-def sweep_file(project: Path, name: str, **changes) -> Path:
-    d = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
-    d["name"] = name
-    for section, values in changes.items():
-        d.setdefault(section, {}).update(values)
-    p = project / "sweeps" / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(d))
-    return p
-
-
-def runs(uri: str, experiment: str):
-    mlflow.set_tracking_uri(uri)
-    df = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
-    return df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]
 
 
 def test_smoke_sweep_end_to_end(smoke_sweep):
@@ -53,6 +39,7 @@ def test_smoke_sweep_end_to_end(smoke_sweep):
     assert {a.path for a in client.list_artifacts(parent.run_id)} == {"sweep.yaml", "resolved.yaml"}
     assert children["tags.ray.trial_id"].is_unique and (children.status == "FINISHED").all()
     assert set(children["tags.charsearch.outcome"]) <= {"finished", "stopped_early"}
+    assert (children["tags.device"] == "cpu").all()  # the device each trial trained on, as a tag
     for name in ("rnn_size", "num_layers", "dropout", "learning_rate", "seq_length", "batch_size", "use_ss",
                  "optimizer", "grad_clip"):
         assert children[f"params.{name}"].notna().all(), name  # every hyperparameter is a param
