@@ -301,7 +301,17 @@ def cmd_ui(args) -> None:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # lean: no job runner workers
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", file=sys.stderr)
+    try:  # MLflow 3 opens an experiment on its GenAI view; the trials are in the classic runs table
+        from .select import latest_sweep_experiment
+        import mlflow
+        exp = mlflow.get_experiment_by_name(latest_sweep_experiment(uri))
+        print(f"latest sweep '{exp.name}': {base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning",
+              file=sys.stderr)
+    except UsageError:  # no sweep recorded yet
+        pass
+    sys.stderr.flush()
     os.execve(sys.executable, cmd, env)
 
 

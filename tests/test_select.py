@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 
+import mlflow
 import pytest
 import torch
 
@@ -91,7 +92,8 @@ def free_port() -> int:
 def test_ui_serves_the_store_on_localhost(store, workdir):
     port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "charsearch", "ui", "--port", str(port), "--tracking-uri", store],
-                         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     try:
         for _ in range(60):
             time.sleep(1)
@@ -104,6 +106,10 @@ def test_ui_serves_the_store_on_localhost(store, workdir):
                                      data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
         body = urllib.request.urlopen(req, timeout=10).read().decode()
         assert '"name": "exp"' in body or '"name":"exp"' in body
+        exp_id = mlflow.MlflowClient(store).get_experiment_by_name("exp").experiment_id
+        lines = [p.stderr.readline().strip() for _ in range(2)]
+        assert lines[1] == (f"latest sweep 'exp': http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
+                            "?workflowType=machine_learning"), lines
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
