@@ -26,7 +26,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHAKESPEARE, save_json, table, write_section  # noqa: E402
+from common import SHAKESPEARE, bar_chart, save_json, table, write_section  # noqa: E402
 
 CONFIG = {"model": "lstm", "rnn_size": 128, "num_layers": 2, "batch_size": 50, "seq_length": 50}
 
@@ -108,7 +108,11 @@ def main() -> None:
             f"({'1/K of the GPU' if args.device == 'cuda' else 'one CPU core'} each), evaluates once per epoch. "
             f"Capacity: K `charsearch train` processes side by side for the same time. Sweep chars/s: all "
             f"characters trained / wall time of the whole `charsearch sweep` command (Ray start-up included); "
-            f"efficiency = sweep chars/s / capacity.\n\n" + table(rows))
+            f"efficiency = sweep chars/s / capacity.\n\n" + table(rows) + "\n\n"
+            + bar_chart(f"packing_{args.device}", {f"K={r['K']} {what}": r[col] for r in rows for what, col in
+                                                   (("capacity", "capacity chars/s (K processes)"),
+                                                    ("sweep", "sweep chars/s"))},
+                        "chars/s (all trials together)", f"Packed trials ({args.device})"))
     write_section(f"packing-{args.device}", f"Packed trials through charsearch sweep ({args.device})", body,
                   f"python benchmarks/bench_packing.py --device {args.device} --trial-time {args.trial_time:g}")
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import corpus_text, save_json, table, write_section  # noqa: E402
+from common import bar_chart, corpus_text, save_json, table, write_section  # noqa: E402
 from reference_trainer import SeedLSTM, one_hot_encode  # noqa: E402
 
 from charsearch.artifact import ModelFile  # noqa: E402
@@ -108,7 +108,9 @@ def main() -> None:
             f"matrix products with the first layer's input projection precomputed per character "
             f"(`charsearch.sample.Stepper`); nn.LSTM spends most of a one-step call on per-call overhead. "
             f"× is over the lesson loop as written (PyTorch defaults); the oneDNN-off row shows the loop "
-            f"with that one setting changed.\n\n" + table(rows))
+            f"with that one setting changed.\n\n" + table(rows) + "\n\n"
+            + bar_chart("sampling_cpu", {r["sampler"]: r["chars/s"] for r in rows}, "chars/s",
+                        f"Sampling a 2x512 LSTM on {args.threads} CPU threads"))
     write_section("sampling-cpu", "Sampling on CPU", body, f"python benchmarks/bench_sampling.py --threads {args.threads}")
 
 

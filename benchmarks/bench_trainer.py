@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import corpus_text, save_json, table, write_section  # noqa: E402
+from common import bar_chart, corpus_text, save_json, table, write_section  # noqa: E402
 from reference_trainer import train_steps  # noqa: E402
 
 from charsearch.config import TrainConfig  # noqa: E402
@@ -95,7 +95,10 @@ def main() -> None:
             f"10 steps{', bf16 autocast' if args.device != 'cpu' else ''}). Throughput: characters of "
             f"N training steps from a fresh start over wall time (first steps included for both; charsearch's set-up, "
             f"one validation pass and one checkpoint counted against it), best of {repeats} interleaved runs; × is "
-            f"over the reference.\n\n" + table(rows))
+            f"over the reference.\n\n" + table(rows) + "\n\n"
+            + bar_chart(f"trainer_{args.device}", {f"{r['config']}: {name}": r[f"{name} chars/s"] for r in rows
+                                                   for name in ("reference", *variants)},
+                        "chars/s", f"Training throughput ({args.device})"))
     write_section(f"trainer-{args.device}", f"Trainer throughput ({args.device})", body,
                   f"python benchmarks/bench_trainer.py --device {args.device}")
 

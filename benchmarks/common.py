@@ -81,3 +81,22 @@ def git_rev() -> str:
                               text=True).stdout.strip()
     except OSError:
         return "?"
+
+
+def bar_chart(name: str, bars: dict[str, float], xlabel: str, title: str) -> str:
+    """Horizontal bars (label -> value) saved as benchmarks/plots/<name>.png; returns the Markdown image line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels, values = list(bars)[::-1], list(bars.values())[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(bars) + 1.2))
+    ax.barh(labels, values, color="#4878a8")
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
+    ax.set_xlim(0, max(values) * 1.15)
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOTS / f"{name}.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f"![{title}](benchmarks/plots/{name}.png)"
+
