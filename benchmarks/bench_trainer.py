@@ -3,7 +3,7 @@
     python benchmarks/bench_trainer.py [--device cpu|cuda] [--quick]
 
 Both train an LSTM on tiny-shakespeare for N steps from a fresh start; throughput = characters / wall. charsearch's variants show what each per-step choice is worth: the default (loss read back
-every 10 steps, bf16 autocast on CUDA), a host sync every step, fp32, torch.compile.
+every 10 steps, fp32), a host sync every step, fp16 autocast with loss scaling, torch.compile.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
             configs = [(h, l, b, s, 3) for h, l, b, s, _ in configs[:1]]
         variants = {"charsearch": {}}
         if args.device != "cpu":  # per-step choices that matter where the device runs asynchronously
-            variants.update({"sync every step": {"print_every": 1}, "fp32": {"precision": "fp32"},
+            variants.update({"sync every step": {"print_every": 1}, "fp16": {"precision": "fp16"},
                              "torch.compile": {"compile": True}})
         rows, raw = [], []
         repeats = 1 if args.quick else 3
@@ -92,7 +92,7 @@ def main() -> None:
     body = (f"Device: **{args.device}**. Reference: the seed-style trainer (benchmarks/reference_trainer.py: one-hot "
             f"input, batches copied from the host each step, `loss.item()` every step, Adam, dropout 0.5). charsearch: "
             f"`charsearch.train.train` with the same sizes (one-hot input as a row lookup, data on the device, loss read back every "
-            f"10 steps{', bf16 autocast' if args.device != 'cpu' else ''}). Throughput: characters of "
+            f"10 steps, fp32). Throughput: characters of "
             f"N training steps from a fresh start over wall time (first steps included for both; charsearch's set-up, "
             f"one validation pass and one checkpoint counted against it), best of {repeats} interleaved runs; × is "
             f"over the reference.\n\n" + table(rows) + "\n\n"

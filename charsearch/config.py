@@ -20,7 +20,7 @@ from .errors import UsageError
 MODELS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
 LR_SCHEDULES = ("step", "cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16")
 
 
 class ConfigError(UsageError):
@@ -76,8 +76,8 @@ class TrainConfig:
     checkpoint_dir: str = opt("cv", "folder for checkpoints", group="run")
     savefile: str = opt("", "checkpoint name prefix (default: lm_<model>)", group="run")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", group="run")
-    precision: str = opt("auto", "auto: bf16 autocast on CUDA, fp32 on CPU", choices=PRECISIONS, group="run")
-    compile: bool = opt(False, "torch.compile the model (CUDA; slower start, faster steps)", group="run")
+    precision: str = opt("auto", "auto = fp32 (TF32 on CUDA); fp16: CUDA autocast with loss scaling", choices=PRECISIONS, group="run")
+    compile: bool = opt(False, "torch.compile the model (Dynamo leaves the RNN layers to cuDNN; slower start)", group="run")
 
     def validate(self) -> "TrainConfig":
         """Check ranges and combinations; raise ConfigError naming the first bad field."""

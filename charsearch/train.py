@@ -118,7 +118,7 @@ def learning_rate(cfg: TrainConfig, iteration: int, iters_per_epoch: int, total_
         return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
     # char-rnn: after each epoch from learning_rate_decay_after on, multiply by learning_rate_decay
     epochs_done = iteration // iters_per_epoch
-    decays = max(0, epochs_done - math.ceil(cfg.learning_rate_decay_after) + 1)
+    decays = max(0, epochs_done - max(1, math.ceil(cfg.learning_rate_decay_after)) + 1)
     return cfg.learning_rate * cfg.learning_rate_decay ** decays
 
 
@@ -182,13 +182,13 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def _state_to_cpu(state: State):
     if state is None:
         return None
-    return [s.detach().cpu() for s in (state if isinstance(state, tuple) else (state,))]
+    return [s.detach().float().cpu() for s in (state if isinstance(state, tuple) else (state,))]
 
 
 def _state_from_cpu(saved, device: torch.device, model: str) -> State:
     if saved is None:
         return None
-    tensors = [s.to(device) for s in saved]
+    tensors = [s.to(device, torch.float32) for s in saved]
     return tuple(tensors) if model == "lstm" else tensors[0]
 
 
@@ -249,9 +249,13 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
     optimizer = make_optimizer(cfg, model, device)
     batches = Batches(train_ids, cfg.batch_size, cfg.seq_length, device)
     evaluate = Evaluator(val_ids, device)
-    use_bf16 = device.type == "cuda" and cfg.precision in ("auto", "bf16") and torch.cuda.is_bf16_supported()
-    if cfg.precision == "bf16" and not use_bf16:
-        raise UsageError("--precision bf16 needs a CUDA GPU with bf16 support; use auto or fp32")
+    # Mixed precision is opt-in: PyTorch's autocast runs cuDNN RNNs in fp16 whatever dtype it is given
+    # (bf16 would still be fp16 there), so it needs loss scaling, and one char-RNN trial is bound by
+    # kernel latency rather than arithmetic. fp32 lets cuDNN use TF32 tensor cores where the GPU has them.
+    use_fp16 = cfg.precision == "fp16"
+    if use_fp16 and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a CUDA device; use auto or fp32 on CPU")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
     step_model = torch.compile(model) if cfg.compile else model
 
     iters_per_epoch = len(batches)
@@ -264,6 +268,8 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
     if resume is not None:
         model.load_state_dict(resume["model"]["state_dict"])
         optimizer.load_state_dict(resume["state"]["optimizer"])
+        if use_fp16 and resume["state"].get("grad_scaler"):
+            scaler.load_state_dict(resume["state"]["grad_scaler"])
         loop = resume["state"]
         iteration, best_val, initial_loss = loop["iteration"], loop["best_val_loss"], loop["initial_loss"]
         evals_since_best, history = loop["evals_since_best"], list(loop["history"])
@@ -287,7 +293,7 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
     if progress:
         bar.line(f"{cfg.model} {cfg.num_layers}x{cfg.rnn_size}: {model.num_params():,} parameters; train "
                  f"{len(train_ids):,} chars ({iters_per_epoch} iterations/epoch), val {len(val_ids):,} chars; "
-                 f"vocab {len(corpus.vocab)}; {device}{' bf16' if use_bf16 else ''}")
+                 f"vocab {len(corpus.vocab)}; {device}{' fp16' if use_fp16 else ''}")
 
     start = time.monotonic()
     train_time, window_start = 0.0, time.monotonic()
@@ -333,6 +339,7 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
                 "initial_loss": initial_loss, "evals_since_best": evals_since_best, "history": history,
                 "best_checkpoint": str(best_path) if best_path else None, "rng": _rng_state(device),
                 "hidden": _state_to_cpu(state), "batch_size": cfg.batch_size,
+                "grad_scaler": scaler.state_dict() if use_fp16 else None,
             },
         }
         artifact.save(path, payload)
@@ -357,17 +364,19 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
             lr = learning_rate(cfg, iteration, iters_per_epoch, total_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
                 if cfg.use_ss:
                     logits, state = forward_scheduled_sampling(step_model, x, state, ss_probability(cfg, iteration))
                 else:
                     logits, state = step_model(x, state)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()  # the scaler is a pass-through unless fp16
             if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             state = detach_state(state)
             loss_sum += loss.detach()
             iteration += 1

@@ -1,4 +1,4 @@
-"""The CUDA path: training on the GPU (bf16 autocast, fused optimizer, data on the device), exporting a
+"""The CUDA path: training on the GPU (fp32, and fp16 autocast with loss scaling; fused optimizer; data on the device), exporting a
 CPU-portable model file from it, sampling on CPU, and a sweep whose trials share one GPU.
 Marked `gpu`: skipped without CUDA (`pytest -m gpu` runs them on a GPU machine)."""
 
@@ -35,7 +35,7 @@ def test_cudnn_forward_and_the_generation_step_match_the_cpu(cell):
             torch.testing.assert_close(logits.cpu(), cpu[:, t], rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("precision", ["auto", "fp32"])
+@pytest.mark.parametrize("precision", ["auto", "fp16"])
 def test_training_on_the_gpu_gives_a_model_file_that_loads_and_samples_on_cpu(small_corpus, tmp_path, precision):
     cfg = TrainConfig(data=str(small_corpus), rnn_size=64, num_layers=2, batch_size=16, seq_length=32,
                       max_epochs=2.0, eval_every=30, learning_rate=5e-3, seed=1, device="cuda",

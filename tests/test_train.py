@@ -135,6 +135,13 @@ def test_step_schedule_decays_after_the_given_epoch():
     assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.125]
 
 
+@pytest.mark.parametrize("after", [0, 1])
+def test_step_schedule_never_decays_during_the_first_epoch(after):
+    """char-rnn decays at the end of an epoch whose number is >= decay_after: the first time after epoch 1."""
+    cfg = TrainConfig(learning_rate=1.0, learning_rate_decay=0.5, learning_rate_decay_after=after)
+    assert [learning_rate(cfg, it, 10, 100) for it in (0, 9, 10, 20)] == [1.0, 1.0, 0.5, 0.25]
+
+
 def test_cosine_schedule_ends_at_a_tenth():
     cfg = TrainConfig(learning_rate=1.0, lr_schedule="cosine")
     assert learning_rate(cfg, 0, 10, 100) == 1.0
