@@ -74,6 +74,11 @@ def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{path}: no such file")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save's zip archive, or a legacy pickle
+        raise UsageError(f"{path}: not a {what}: not a file torch.save wrote (expected a file written by "
+                         f"`charsearch export` or `charsearch train`)")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

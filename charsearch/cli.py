@@ -440,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `charsearch sample ... | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # a path that cannot be read or written: a folder given for a file, no permission, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"charsearch {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     return code or 0
 
 

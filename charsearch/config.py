@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -115,6 +116,9 @@ class TrainConfig:
                 raise ConfigError(name, f"must be a probability in [0, 1]; got {getattr(self, name)}")
         if self.min_ss > self.start_ss:
             raise ConfigError("min_ss", f"must be <= start_ss ({self.start_ss}); got {self.min_ss}")
+        if self.savefile and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", self.savefile):
+            raise ConfigError("savefile", f"must be a file name prefix (letters, digits, - _ .), not a path; got "
+                                          f"{self.savefile!r} (--checkpoint-dir chooses the folder)")
         if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         return self
@@ -274,7 +278,6 @@ TOP_LEVEL = ("name", "data", "train", "search_space", "search", "scheduler", "bu
 
 
 def _yaml_loader():
-    import re
     import yaml
 
     class Loader(yaml.SafeLoader):

@@ -81,6 +81,9 @@ class Corpus:
 
 
 def split_bounds(n: int, train_frac: float, val_frac: float) -> tuple[int, int]:
+    if not (0 <= train_frac <= 1 and 0 <= val_frac <= 1 and train_frac + val_frac <= 1 + 1e-9):
+        raise UsageError(f"train_frac {train_frac} and val_frac {val_frac}: each must be in [0, 1] and together "
+                         f"at most 1 (the test split is what is left)")
     train_end = int(n * train_frac + 1e-9)
     val_end = min(n, int(n * (train_frac + val_frac) + 1e-9))
     return train_end, val_end
@@ -195,13 +198,25 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder and rename it into place."""
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder; give the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~UMASK)  # as open() would have made it; mkstemp's files are private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

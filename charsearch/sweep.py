@@ -381,8 +381,11 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     uri = resolve_uri(tracking_uri, sweep.tracking_uri)
     corpus = load_corpus(sweep.corpus, sweep.min_freq)
     train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
-    for name, ids in (("train", train_ids), ("val", val_ids)):  # the largest batch the search may pick
-        check_fits(name, len(ids), _largest(sweep, "batch_size"), _largest(sweep, "seq_length"), corpus.path)
+    # the largest batch the search may pick must fit the train split; validation needs 2 characters
+    check_fits("train", len(train_ids), _largest(sweep, "batch_size"), _largest(sweep, "seq_length"), corpus.path)
+    if len(val_ids) < 2:
+        raise UsageError(f"{corpus.path}: the val split has {len(val_ids)} characters; validation needs at least 2 "
+                         f"(raise data.val_frac, now {sweep.val_frac})")
 
     storage = Storage(sweep)
     previous = None

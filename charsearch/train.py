@@ -8,7 +8,9 @@ iterations, so the GPU is never stalled by a per-step host sync. Progress goes t
 from __future__ import annotations
 
 import math
+import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -54,6 +56,8 @@ OnEval = Callable[[dict, Path, bool], bool | None]  # (metrics, checkpoint, is_b
 
 
 def resolve_device(name: str) -> torch.device:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
@@ -238,7 +242,9 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
     corpus = corpus or load_corpus(cfg.data, cfg.min_freq)
     train_ids, val_ids, _ = corpus.split(cfg.train_frac, cfg.val_frac)
     check_fits("train", len(train_ids), cfg.batch_size, cfg.seq_length, corpus.path)
-    check_fits("val", len(val_ids), cfg.batch_size, cfg.seq_length, corpus.path)
+    if len(val_ids) < 2:  # fair validation reads its own 16 streams: it needs 2 characters, not a batch
+        raise UsageError(f"{corpus.path}: the val split has {len(val_ids)} characters; validation needs at least 2 "
+                         f"(raise val_frac, now {cfg.val_frac})")
     if resume is not None and tuple(resume["model"]["vocab"]) != corpus.vocab.chars:
         raise UsageError(f"--init-from {cfg.init_from}: the checkpoint's vocabulary ({len(resume['model']['vocab'])} "
                          f"characters) differs from {corpus.path}'s ({len(corpus.vocab)}); resume on the same corpus "
@@ -279,7 +285,11 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
             state = _state_from_cpu(loop["hidden"], device, cfg.model)
 
     ckpt_dir = Path(cfg.checkpoint_dir)
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise UsageError(f"--checkpoint-dir {ckpt_dir}: a file, not a folder; name a folder (created if missing)")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(ckpt_dir, os.W_OK):  # found now rather than after the first stretch of training
+        raise UsageError(f"--checkpoint-dir {ckpt_dir}: not writable; name a folder you can write to")
     written: list[Path] = []
     summary_base = {
         "data_path": str(corpus.path), "data_sha256": corpus.sha256, "data_chars": int(len(corpus.ids)),

@@ -35,7 +35,7 @@ class Evil:
 
 @pytest.mark.parametrize("make, match", [
     (lambda p: torch.save({"weights": torch.zeros(2)}, p), "no charsearch format tag"),
-    (lambda p: p.write_bytes(b"just some text"), "not a charsearch model file, or truncated|unreadable"),
+    (lambda p: p.write_bytes(b"just some text"), "not a charsearch model file: not a file torch.save wrote"),
     (lambda p: p.write_bytes(b""), "not a charsearch model file"),
     (lambda p: torch.save({"format": "charsearch-model", "version": 99}, p), "version 99 is newer"),
     (lambda p: torch.save({"format": "charsearch-model", "version": 1, "x": Evil()}, p), "could run code"),
@@ -74,3 +74,12 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
         artifact.save(path, {"x": Evil()} | {"y": lambda: 0})  # cannot be pickled
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_written_files_get_the_permissions_the_umask_gives(tmp_path):
+    """Files written atomically are readable by whoever the umask lets read them (shared storage, serving)."""
+    import os
+    from charsearch.data import UMASK
+    artifact.save(tmp_path / "m.pt", {"format": artifact.MODEL_FORMAT})
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o666 & ~UMASK
+    assert os.umask(UMASK) == UMASK  # reading it left it unchanged

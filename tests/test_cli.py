@@ -64,9 +64,43 @@ def test_missing_corpus(capsys, workdir):
 
 
 def test_corpus_too_short_says_what_fits(capsys, workdir):
-    (workdir / "short.txt").write_text(make_text(3000))
-    line = one_line_error(capsys, "train", "--data", "short.txt", match="val split has 300 characters")
-    assert "--batch-size 5 --seq-length 50 fits" in line
+    (workdir / "short.txt").write_text(make_text(2000))
+    line = one_line_error(capsys, "train", "--data", "short.txt", match="train split has 1,800 characters")
+    assert "--batch-size 35 --seq-length 50 fits" in line
+    assert not (workdir / "cv").exists()
+
+
+def test_the_val_split_need_not_hold_a_training_batch(capsys, workdir):
+    """Fair validation reads its own 16 streams: a val split smaller than one batch is fine; 1 character is not."""
+    (workdir / "c.txt").write_text(make_text(30_000))
+    assert main(["train", "--data", "c.txt", "--batch-size", "50", "--seq-length", "50", "--val-frac", "0.05",
+                 "--rnn-size", "16", "--max-epochs", "0.1", "--quiet"]) == 0  # val: 1,500 < 2,501 characters
+    capsys.readouterr()
+    one_line_error(capsys, "train", "--data", "c.txt", "--train-frac", "0.99995", "--val-frac", "0.00004",
+                   "--checkpoint-dir", "cv2", match="val split has 1 characters; validation needs at least 2")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--savefile", "runs/a"], "--savefile: must be a file name prefix"),
+    (["--checkpoint-dir", "small.txt"], "--checkpoint-dir small.txt: a file, not a folder"),
+    (["--device", "gpu0"], "--device: must be auto, cpu, cuda or cuda:N"),
+])
+def test_bad_output_places(capsys, workdir, small_corpus, argv, match):
+    (workdir / "small.txt").write_text("x")
+    one_line_error(capsys, "train", "--data", small_corpus, *argv, match=match)
+    assert not (workdir / "cv").exists() and not (workdir / "runs").exists()
+
+
+def test_bad_fractions_and_devices_outside_train(capsys, workdir, small_corpus, trained):
+    _, model = trained
+    one_line_error(capsys, "data", "info", small_corpus, "--train-frac", "2", match="each must be in \\[0, 1\\]")
+    one_line_error(capsys, "eval", model, "--data", small_corpus, "--val-frac", "-0.1", match="each must be in")
+    for cmd in ("sample", "eval"):
+        extra = ["--data", str(small_corpus)] if cmd == "eval" else []
+        one_line_error(capsys, cmd, model, *extra, "--device", "foo", match="--device 'foo': expected auto, cpu")
+    (workdir / "adir").mkdir()
+    one_line_error(capsys, "export", model, "--out", workdir / "adir", match="adir: a folder; give the path of a file")
+    assert list((workdir / "adir").iterdir()) == []
 
 
 # --- impossible hyperparameters -------------------------------------------------------------------

@@ -121,8 +121,8 @@ def test_budget_and_patience_stop_the_run(small_corpus, tmp_path, monkeypatch):
 
 def test_too_short_corpus_fails_before_writing_anything(tmp_path):
     p = tmp_path / "tiny.txt"
-    p.write_text("abcdefghij" * 30)
-    with pytest.raises(UsageError, match="val split has 30 characters"):
+    p.write_text("abcdefghij" * 12)
+    with pytest.raises(UsageError, match="train split has 108 characters"):
         train(cfg_for(p, tmp_path), progress=False)
     assert not (tmp_path / "cv").exists()
 
