@@ -290,7 +290,11 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(ckpt_dir, os.W_OK):  # found now rather than after the first stretch of training
         raise UsageError(f"--checkpoint-dir {ckpt_dir}: not writable; name a folder you can write to")
+    # a resumed run goes on pruning the folder it resumed in: its best and the checkpoint it started from
     written: list[Path] = []
+    for p in (best_path, Path(cfg.init_from) if resume is not None else None):
+        if p is not None and p.is_file() and p.parent.resolve() == ckpt_dir.resolve() and p not in written:
+            written.append(p)
     summary_base = {
         "data_path": str(corpus.path), "data_sha256": corpus.sha256, "data_chars": int(len(corpus.ids)),
         "train_frac": cfg.train_frac, "val_frac": cfg.val_frac, "min_freq": cfg.min_freq,

@@ -94,6 +94,16 @@ def test_resume_continues_exactly(small_corpus, tmp_path):
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
 
 
+def test_resuming_in_the_same_folder_still_keeps_only_the_best_and_the_latest(small_corpus, tmp_path):
+    first = train(cfg_for(small_corpus, tmp_path, max_epochs=1.0, eval_every=30),
+                  on_eval=lambda m, p, b: m["iteration"] >= 60, progress=False)
+    resumed = train(cfg_for(small_corpus, tmp_path, max_epochs=1.0, eval_every=30,
+                            init_from=str(first.latest_checkpoint)), progress=False)
+    assert resumed.iterations > 90
+    left = set((tmp_path / "cv").iterdir())
+    assert left == {resumed.best_checkpoint, resumed.latest_checkpoint}
+
+
 def test_init_from_rejects_a_model_file_and_another_vocabulary(small_corpus, tmp_path):
     r = train(cfg_for(small_corpus, tmp_path, max_epochs=0.2), progress=False)
     artifact.export(r.best_checkpoint, tmp_path / "m.pt")
