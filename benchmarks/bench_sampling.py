@@ -5,7 +5,7 @@
 Same architecture (2x512 LSTM, tiny-shakespeare's 65 characters), same CPU threads. The naive loop,
 as the lesson writes it: for every character, one-hot encode in numpy, run the network on one step,
 softmax, copy the probabilities to numpy and draw with np.random.choice. charsearch: one step of the
-the model per character for all streams at once, top-k/temperature/multinomial in torch.
+model per character for all streams at once, top-k/temperature/multinomial in torch.
 """
 
 from __future__ import annotations

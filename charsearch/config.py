@@ -22,6 +22,7 @@ MODELS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
 LR_SCHEDULES = ("step", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "fp16")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 
 
 class ConfigError(UsageError):
@@ -119,7 +120,7 @@ class TrainConfig:
         if self.savefile and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", self.savefile):
             raise ConfigError("savefile", f"must be a file name prefix (letters, digits, - _ .), not a path; got "
                                           f"{self.savefile!r} (--checkpoint-dir chooses the folder)")
-        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        if not DEVICE_NAME.fullmatch(self.device):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         return self
 

@@ -268,8 +268,15 @@ def encode_with(path: Path, vocab: Vocab) -> np.ndarray:
 # batches for truncated BPTT
 
 
-def check_fits(name: str, n_chars: int, batch_size: int, seq_length: int, path: Path | str) -> None:
-    """A split must hold at least one batch of batch_size streams x seq_length (+1 for the target)."""
+def check_val(n_chars: int, val_frac: float, path: Path | str) -> None:
+    """Fair validation reads its own 16 streams whatever the training batch: it needs 2 characters."""
+    if n_chars < 2:
+        raise UsageError(f"{path}: the val split has {n_chars} characters; validation needs at least 2 "
+                         f"(raise val_frac, now {val_frac})")
+
+
+def check_fits(n_chars: int, batch_size: int, seq_length: int, path: Path | str) -> None:
+    """The train split must hold at least one batch of batch_size streams x seq_length (+1 for the target)."""
     need = batch_size * seq_length + 1
     if n_chars >= need:
         return
@@ -280,9 +287,9 @@ def check_fits(name: str, n_chars: int, batch_size: int, seq_length: int, path: 
             fits.append(f"--batch-size {min(b, batch_size)} --seq-length {s}")
             break
     hint = f"; e.g. {fits[0]} fits" if fits else ""
-    raise UsageError(f"{path}: the {name} split has {n_chars:,} characters, too few for one batch of batch_size "
+    raise UsageError(f"{path}: the train split has {n_chars:,} characters, too few for one batch of batch_size "
                      f"{batch_size} x seq_length {seq_length} ({need:,} needed){hint}, or use a larger corpus or "
-                     f"{'train' if name == 'train' else 'val'}_frac")
+                     f"train_frac")
 
 
 class Batches:

@@ -36,7 +36,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from . import artifact  # noqa: E402
 from .config import SweepConfig  # noqa: E402
-from .data import Corpus, check_fits, load_corpus  # noqa: E402
+from .data import Corpus, check_fits, check_val, load_corpus  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .tracking import Tracker, resolve_uri  # noqa: E402
 
@@ -381,11 +381,9 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     uri = resolve_uri(tracking_uri, sweep.tracking_uri)
     corpus = load_corpus(sweep.corpus, sweep.min_freq)
     train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
-    # the largest batch the search may pick must fit the train split; validation needs 2 characters
-    check_fits("train", len(train_ids), _largest(sweep, "batch_size"), _largest(sweep, "seq_length"), corpus.path)
-    if len(val_ids) < 2:
-        raise UsageError(f"{corpus.path}: the val split has {len(val_ids)} characters; validation needs at least 2 "
-                         f"(raise data.val_frac, now {sweep.val_frac})")
+    # the largest batch the search may pick must fit the train split
+    check_fits(len(train_ids), _largest(sweep, "batch_size"), _largest(sweep, "seq_length"), corpus.path)
+    check_val(len(val_ids), sweep.val_frac, corpus.path)
 
     storage = Storage(sweep)
     previous = None

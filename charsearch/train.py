@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import re
 import socket
 import sys
 import time
@@ -24,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from . import artifact
-from .config import TrainConfig
-from .data import Batches, Corpus, check_fits, load_corpus
+from .config import DEVICE_NAME, TrainConfig
+from .data import Batches, Corpus, check_fits, check_val, load_corpus
 from .errors import UsageError
 from .model import CharRNN, State, detach_state
 
@@ -56,7 +55,7 @@ OnEval = Callable[[dict, Path, bool], bool | None]  # (metrics, checkpoint, is_b
 
 
 def resolve_device(name: str) -> torch.device:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+    if not DEVICE_NAME.fullmatch(name):
         raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -241,10 +240,8 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
             setattr(cfg, key, resume["model"]["config"][key])
     corpus = corpus or load_corpus(cfg.data, cfg.min_freq)
     train_ids, val_ids, _ = corpus.split(cfg.train_frac, cfg.val_frac)
-    check_fits("train", len(train_ids), cfg.batch_size, cfg.seq_length, corpus.path)
-    if len(val_ids) < 2:  # fair validation reads its own 16 streams: it needs 2 characters, not a batch
-        raise UsageError(f"{corpus.path}: the val split has {len(val_ids)} characters; validation needs at least 2 "
-                         f"(raise val_frac, now {cfg.val_frac})")
+    check_fits(len(train_ids), cfg.batch_size, cfg.seq_length, corpus.path)
+    check_val(len(val_ids), cfg.val_frac, corpus.path)
     if resume is not None and tuple(resume["model"]["vocab"]) != corpus.vocab.chars:
         raise UsageError(f"--init-from {cfg.init_from}: the checkpoint's vocabulary ({len(resume['model']['vocab'])} "
                          f"characters) differs from {corpus.path}'s ({len(corpus.vocab)}); resume on the same corpus "

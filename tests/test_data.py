@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from charsearch.data import (UNK, Batches, Vocab, cache_paths, check_fits, fetch, load_corpus, read_text,
+from charsearch.data import (UNK, Batches, Vocab, cache_paths, check_fits, check_val, fetch, load_corpus, read_text,
                              split_bounds)
 from charsearch.errors import UsageError
 
@@ -117,10 +117,16 @@ def test_bom_is_not_content(tmp_path):
 
 
 def test_too_short_split_suggests_a_batch_that_fits():
-    with pytest.raises(UsageError, match=r"val split has 900 characters.*batch_size 50 x seq_length 50 \(2,501 needed\)"
+    with pytest.raises(UsageError, match=r"train split has 900 characters.*batch_size 50 x seq_length 50 \(2,501 needed\)"
                                          r".*--batch-size 17 --seq-length 50"):
-        check_fits("val", 900, 50, 50, "x.txt")
-    check_fits("val", 2501, 50, 50, "x.txt")  # exactly one batch fits
+        check_fits(900, 50, 50, "x.txt")
+    check_fits(2501, 50, 50, "x.txt")  # exactly one batch fits
+
+
+def test_validation_needs_two_characters_not_a_batch():
+    check_val(2, 0.1, "x.txt")
+    with pytest.raises(UsageError, match="val split has 1 characters; validation needs at least 2"):
+        check_val(1, 0.1, "x.txt")
 
 
 def test_fetch_from_local_copy_checks_sha256(tmp_path, shakespeare):
