@@ -20,7 +20,7 @@ from .errors import UsageError
 
 MODELS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
-LR_SCHEDULES = ("step", "cosine", "constant")
+LR_SCHEDULES = ("step", "cosine", "constant", "wsd")
 PRECISIONS = ("auto", "fp32", "fp16")
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 
@@ -54,8 +54,10 @@ class TrainConfig:
     batch_size: int = opt(50, "parallel contiguous streams per batch")
     optimizer: str = opt("adam", "optimizer", choices=OPTIMIZERS)
     learning_rate: float = opt(2e-3, "initial learning rate")
-    lr_schedule: str = opt("step", "step: char-rnn's per-epoch decay; cosine: to 10%% of the rate at max-epochs",
-                           choices=LR_SCHEDULES)
+    lr_schedule: str = opt("step", "step: char-rnn's per-epoch decay; cosine: to 10%% of the rate at the end of the "
+                           "run; wsd: constant, then linearly to 0 over the last --decay-frac of the run (the end "
+                           "of the run: max-epochs or max-time, whichever comes first)", choices=LR_SCHEDULES)
+    decay_frac: float = opt(0.2, "wsd schedule: the fraction of the run over which the rate decays to 0")
     learning_rate_decay: float = opt(0.97, "step schedule: multiply the rate by this every epoch...")
     learning_rate_decay_after: float = opt(10, "...after this many epochs")
     decay_rate: float = opt(0.95, "rmsprop smoothing constant (alpha)")
@@ -108,6 +110,8 @@ class TrainConfig:
             raise ConfigError("val_frac", f"must be in (0, 1) (the val split picks the best checkpoint); got {self.val_frac}")
         if self.train_frac + self.val_frac > 1 + 1e-9:
             raise ConfigError("val_frac", f"train_frac + val_frac must be <= 1; got {self.train_frac} + {self.val_frac}")
+        if not 0 < self.decay_frac <= 1:
+            raise ConfigError("decay_frac", f"must be in (0, 1]; got {self.decay_frac}")
         if not 0 < self.learning_rate_decay <= 1:
             raise ConfigError("learning_rate_decay", f"must be in (0, 1]; got {self.learning_rate_decay}")
         if not 0 < self.decay_rate < 1:

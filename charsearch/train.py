@@ -113,12 +113,24 @@ class Evaluator:
 # schedules
 
 
-def learning_rate(cfg: TrainConfig, iteration: int, iters_per_epoch: int, total_iters: int) -> float:
+def run_progress(cfg: TrainConfig, iteration: int, total_iters: int, elapsed: float = 0.0) -> float:
+    """How far the run is, in [0, 1]: by iterations or, under --max-time, by wall time, whichever is
+    further, so a schedule ends annealed whether the epochs or the clock run out first."""
+    progress = iteration / max(1, total_iters)
+    if cfg.max_time > 0:
+        progress = max(progress, elapsed / cfg.max_time)
+    return min(1.0, progress)
+
+
+def learning_rate(cfg: TrainConfig, iteration: int, iters_per_epoch: int, total_iters: int,
+                  elapsed: float = 0.0) -> float:
     if cfg.lr_schedule == "constant":
         return cfg.learning_rate
-    if cfg.lr_schedule == "cosine":  # to 10% of the initial rate at the last iteration
-        progress = min(1.0, iteration / max(1, total_iters))
+    progress = run_progress(cfg, iteration, total_iters, elapsed)
+    if cfg.lr_schedule == "cosine":  # to 10% of the initial rate at the end of the run
         return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    if cfg.lr_schedule == "wsd":  # constant, then linearly to 0 over the last decay_frac of the run
+        return cfg.learning_rate * min(1.0, (1.0 - progress) / cfg.decay_frac)
     # char-rnn: after each epoch from learning_rate_decay_after on, multiply by learning_rate_decay
     epochs_done = iteration // iters_per_epoch
     decays = max(0, epochs_done - max(1, math.ceil(cfg.learning_rate_decay_after)) + 1)
@@ -225,214 +237,274 @@ class Progress:
             self.bar.close()
 
 
+class Run:
+    """One training run as named steps: set up, restore, step, evaluate and checkpoint, the stop rules.
+    `train()` below drives them; a resume is "set up, then restore"."""
+
+    def __init__(self, cfg: TrainConfig, corpus: Corpus | None, on_eval: OnEval | None, progress: bool,
+                 summary_extra: dict | None):
+        cfg.validate()
+        self.cfg, self.on_eval = cfg, on_eval
+        self.device = device = resolve_device(cfg.device)
+        resume = artifact.safe_load(cfg.init_from, "charsearch checkpoint") if cfg.init_from else None
+        if resume is not None and resume["format"] != artifact.CHECKPOINT_FORMAT:
+            raise UsageError(f"--init-from {cfg.init_from}: a model file, not a training checkpoint (it has no "
+                             f"optimizer state); pass a checkpoint from the checkpoint folder")
+        if resume is not None:  # the architecture is the checkpoint's, as char-rnn's init_from
+            for key in ("model", "rnn_size", "num_layers", "embed_size", "dropout"):
+                setattr(cfg, key, resume["model"]["config"][key])
+        self.corpus = corpus = corpus or load_corpus(cfg.data, cfg.min_freq)
+        train_ids, val_ids, _ = corpus.split(cfg.train_frac, cfg.val_frac)
+        check_fits(len(train_ids), cfg.batch_size, cfg.seq_length, corpus.path)
+        check_val(len(val_ids), cfg.val_frac, corpus.path)
+        if resume is not None and tuple(resume["model"]["vocab"]) != corpus.vocab.chars:
+            raise UsageError(f"--init-from {cfg.init_from}: the checkpoint's vocabulary ({len(resume['model']['vocab'])} "
+                             f"characters) differs from {corpus.path}'s ({len(corpus.vocab)}); resume on the same "
+                             f"corpus and min_freq")
+        # Mixed precision is opt-in: PyTorch's autocast runs cuDNN RNNs in fp16 whatever dtype it is given
+        # (bf16 would still be fp16 there), so it needs loss scaling, and one char-RNN trial is bound by
+        # kernel latency rather than arithmetic. fp32 lets cuDNN use TF32 tensor cores where the GPU has them.
+        self.use_fp16 = cfg.precision == "fp16"
+        if self.use_fp16 and device.type != "cuda":
+            raise UsageError("--precision fp16 needs a CUDA device; use auto or fp32 on CPU")
+        self.ckpt_dir = _checkpoint_dir(cfg)
+
+        torch.manual_seed(cfg.seed)
+        self.model = CharRNN(len(corpus.vocab), cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size,
+                             cfg.dropout).to(device)
+        self.optimizer = make_optimizer(cfg, self.model, device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_fp16)
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.batches = Batches(train_ids, cfg.batch_size, cfg.seq_length, device)
+        self.evaluate = Evaluator(val_ids, device)
+        self.iters_per_epoch = len(self.batches)
+        self.total_iters = max(1, math.ceil(cfg.max_epochs * self.iters_per_epoch))
+        self.chars_per_iter = cfg.batch_size * cfg.seq_length
+
+        self.iteration, self.best_val, self.initial_loss, self.evals_since_best = 0, math.inf, None, 0
+        self.state: State = None
+        self.history: list[dict] = []
+        self.best_path: Path | None = None
+        if resume is not None:
+            self.restore(resume)
+        # a resumed run goes on pruning the folder it resumed in: its best and the checkpoint it started from
+        self.written: list[Path] = []
+        for p in (self.best_path, Path(cfg.init_from) if resume is not None else None):
+            if p is not None and p.is_file() and p.parent.resolve() == self.ckpt_dir.resolve() and p not in self.written:
+                self.written.append(p)
+        self.summary_base = {
+            "data_path": str(corpus.path), "data_sha256": corpus.sha256, "data_chars": int(len(corpus.ids)),
+            "train_frac": cfg.train_frac, "val_frac": cfg.val_frac, "min_freq": cfg.min_freq,
+            "host": socket.gethostname(),
+            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+            "torch": str(torch.__version__), "python": platform.python_version(), "params": self.model.num_params(),
+            **(summary_extra or {}),
+        }
+        self.bar = Progress(progress, self.total_iters, self.iteration)
+        if progress:
+            self.bar.line(f"{cfg.model} {cfg.num_layers}x{cfg.rnn_size}: {self.model.num_params():,} parameters; "
+                          f"train {len(train_ids):,} chars ({self.iters_per_epoch} iterations/epoch), val "
+                          f"{len(val_ids):,} chars; vocab {len(corpus.vocab)}; {device}{' fp16' if self.use_fp16 else ''}")
+        # clocks: the whole run (budget, schedule) and training only (throughput; evaluations excluded)
+        self.start = time.monotonic()
+        self.it_at_start = self.iteration
+        self.train_time, self.window_start = 0.0, self.start
+        self.loss_sum = torch.zeros((), device=device)
+        self.window_iters, self.window_loss = 0, math.nan
+
+    # --- the checkpoint payload and its reader, side by side -----------------------------------
+
+    def payload(self, val: float) -> dict:
+        cfg, epoch = self.cfg, self.epoch
+        return {
+            "format": artifact.CHECKPOINT_FORMAT, "version": artifact.CHECKPOINT_VERSION,
+            "model": artifact.model_part(self.model, self.corpus.vocab),
+            "summary": {**self.summary_base, "val_loss": val, "val_bpc": val / math.log(2), "epoch": epoch,
+                        "iteration": self.iteration, "chars_trained": self.iteration * self.chars_per_iter,
+                        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+            "train_config": cfg.to_dict(),
+            "state": {
+                "optimizer": self.optimizer.state_dict(), "iteration": self.iteration, "best_val_loss": self.best_val,
+                "initial_loss": self.initial_loss, "evals_since_best": self.evals_since_best, "history": self.history,
+                "best_checkpoint": str(self.best_path) if self.best_path else None, "rng": _rng_state(self.device),
+                "hidden": _state_to_cpu(self.state), "batch_size": cfg.batch_size,
+                "grad_scaler": self.scaler.state_dict() if self.use_fp16 else None,
+            },
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"]["state_dict"])
+        self.optimizer.load_state_dict(ckpt["state"]["optimizer"])
+        loop = ckpt["state"]
+        if self.use_fp16 and loop.get("grad_scaler"):
+            self.scaler.load_state_dict(loop["grad_scaler"])
+        self.iteration, self.best_val, self.initial_loss = loop["iteration"], loop["best_val_loss"], loop["initial_loss"]
+        self.evals_since_best, self.history = loop["evals_since_best"], list(loop["history"])
+        self.best_path = Path(loop["best_checkpoint"]) if loop.get("best_checkpoint") else None
+        _set_rng_state(loop["rng"], self.device)
+        if loop["hidden"] is not None and loop["batch_size"] == self.cfg.batch_size and self.iteration % self.iters_per_epoch:
+            self.state = _state_from_cpu(loop["hidden"], self.device, self.cfg.model)
+
+    # --- the steps ------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> float:
+        return self.iteration / self.iters_per_epoch
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def lr(self, iteration: int) -> float:
+        return learning_rate(self.cfg, iteration, self.iters_per_epoch, self.total_iters, self.elapsed)
+
+    def step(self) -> None:
+        """One iteration of truncated BPTT: the next chunk of every stream, forward, backward, update."""
+        cfg = self.cfg
+        i = self.iteration % self.iters_per_epoch
+        if i == 0:
+            self.state = None  # each epoch starts the streams afresh, as char-rnn
+        x, y = self.batches.get(i)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(self.iteration)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_fp16):
+            if cfg.use_ss:
+                logits, state = forward_scheduled_sampling(self.step_model, x, self.state,
+                                                           ss_probability(cfg, self.iteration))
+            else:
+                logits, state = self.step_model(x, self.state)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # the scaler is a pass-through unless fp16
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state = detach_state(state)
+        self.loss_sum += loss.detach()
+        self.iteration += 1
+        self.window_iters += 1
+        if self.initial_loss is None:
+            self.initial_loss = loss.item()
+            if not math.isfinite(self.initial_loss):
+                raise Diverged(f"training diverged: the first loss is {self.initial_loss}; check the data and "
+                               f"--learning-rate ({cfg.learning_rate})")
+
+    def read_loss(self) -> None:
+        """The mean training loss since the last read-out: the only regular host sync."""
+        cfg = self.cfg
+        self.window_loss = (self.loss_sum / self.window_iters).item()
+        self.loss_sum.zero_()
+        self.window_iters = 0
+        if not math.isfinite(self.window_loss) or self.window_loss > EXPLODE_FACTOR * self.initial_loss:
+            raise Diverged(f"training diverged at iteration {self.iteration}: loss {self.window_loss:.4g} (initial "
+                           f"{self.initial_loss:.4g}); lower --learning-rate ({cfg.learning_rate:g}) or "
+                           f"--grad-clip ({cfg.grad_clip:g})")
+        now = time.monotonic()
+        self.train_time += now - self.window_start
+        self.window_start = now
+        self.bar.update_to(self.iteration, loss=f"{self.window_loss:.3f}",
+                           val=f"{self.best_val:.3f}" if self.history else "-", chars_s=f"{self.chars_per_sec:,.0f}")
+
+    @property
+    def chars_per_sec(self) -> float:
+        return (self.iteration - self.it_at_start) * self.chars_per_iter / max(self.train_time, 1e-9)
+
+    def evaluate_and_checkpoint(self, final: bool) -> bool:
+        """Score the val split, write a checkpoint (keeping the best and the latest), report through
+        on_eval; returns whether the caller asked to stop."""
+        val = self.evaluate(self.model)
+        is_best = val < self.best_val
+        if is_best:
+            self.best_val, self.evals_since_best = val, 0
+        else:
+            self.evals_since_best += 1
+        # the run's own last evaluation (epochs, time budget or patience reached), as opposed to a stop
+        # requested from outside (a scheduler); a sweep tells finished trials from stopped ones by it
+        final = final or self.patience_reached
+        metrics = {
+            "iteration": self.iteration, "epoch": self.epoch, "chars_trained": self.iteration * self.chars_per_iter,
+            "train_loss": self.window_loss, "val_loss": val, "val_bpc": val / math.log(2), "best_val_loss": self.best_val,
+            "learning_rate": self.lr(max(0, self.iteration - 1)), "chars_per_sec": self.chars_per_sec,
+            "elapsed_s": self.elapsed, "final": final,
+        }
+        if self.cfg.use_ss:
+            metrics["ss_prob"] = ss_probability(self.cfg, self.iteration)
+        self.history.append(metrics)
+        path = self.ckpt_dir / _checkpoint_name(self.cfg, self.epoch, val)
+        if is_best:
+            self.best_path = path
+        artifact.save(path, self.payload(val))
+        if path not in self.written:
+            self.written.append(path)
+        for old in self.written[:-1]:  # keep the best and the latest only
+            if old != self.best_path and old != path:
+                old.unlink(missing_ok=True)
+                self.written.remove(old)
+        self.bar.line(f"iter {self.iteration}/{self.total_iters} (epoch {self.epoch:.2f}): train {self.window_loss:.4f}, "
+                      f"val {val:.4f} nats/char ({val / math.log(2):.3f} bits){' *best*' if is_best else ''}, "
+                      f"{self.chars_per_sec:,.0f} chars/s")
+        stop = self.on_eval(metrics, path, is_best) if self.on_eval else False
+        self.window_start = time.monotonic()  # evaluation time is not training time
+        return bool(stop)
+
+    # --- the stop rules -------------------------------------------------------------------------
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.cfg.max_time > 0 and self.elapsed >= self.cfg.max_time
+
+    @property
+    def patience_reached(self) -> bool:
+        return bool(self.cfg.patience and self.evals_since_best >= self.cfg.patience)
+
+    def result(self, stop_reason: str) -> TrainResult:
+        return TrainResult(self.best_val, self.best_path, self.written[-1] if self.written else None, self.iteration,
+                           self.epoch, self.iteration * self.chars_per_iter, self.chars_per_sec, stop_reason,
+                           self.model.num_params(), self.history)
+
+
 def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None = None,
           progress: bool = True, summary_extra: dict | None = None) -> TrainResult:
     """Train one model as configured. `on_eval(metrics, checkpoint, is_best)` is called after every
     evaluation; returning True stops the run (as ASHA or a budget would)."""
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    resume = artifact.safe_load(cfg.init_from, "charsearch checkpoint") if cfg.init_from else None
-    if resume is not None and resume["format"] != artifact.CHECKPOINT_FORMAT:
-        raise UsageError(f"--init-from {cfg.init_from}: a model file, not a training checkpoint (it has no optimizer "
-                         f"state); pass a checkpoint from the checkpoint folder")
-    if resume is not None:  # the architecture is the checkpoint's, as char-rnn's init_from
-        for key in ("model", "rnn_size", "num_layers", "embed_size", "dropout"):
-            setattr(cfg, key, resume["model"]["config"][key])
-    corpus = corpus or load_corpus(cfg.data, cfg.min_freq)
-    train_ids, val_ids, _ = corpus.split(cfg.train_frac, cfg.val_frac)
-    check_fits(len(train_ids), cfg.batch_size, cfg.seq_length, corpus.path)
-    check_val(len(val_ids), cfg.val_frac, corpus.path)
-    if resume is not None and tuple(resume["model"]["vocab"]) != corpus.vocab.chars:
-        raise UsageError(f"--init-from {cfg.init_from}: the checkpoint's vocabulary ({len(resume['model']['vocab'])} "
-                         f"characters) differs from {corpus.path}'s ({len(corpus.vocab)}); resume on the same corpus "
-                         f"and min_freq")
+    run = Run(cfg, corpus, on_eval, progress, summary_extra)
+    stop_reason = "max_epochs"
+    run.model.train()
+    try:
+        while run.iteration < run.total_iters:
+            run.step()
+            at_eval = run.iteration % cfg.eval_every == 0 or run.iteration == run.total_iters
+            out_of_time = run.out_of_time
+            if run.iteration % cfg.print_every == 0 or at_eval or out_of_time:
+                run.read_loss()
+            if at_eval or out_of_time:
+                stopped = run.evaluate_and_checkpoint(final=run.iteration >= run.total_iters or out_of_time)
+                if out_of_time:
+                    stop_reason = "max_time"
+                elif run.patience_reached:
+                    stop_reason = "patience"
+                elif stopped:
+                    stop_reason = "stopped"
+                else:
+                    continue
+                break
+    except torch.cuda.OutOfMemoryError:
+        free, total = torch.cuda.mem_get_info(run.device)
+        raise UsageError(f"CUDA out of memory on {run.device} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free) "
+                         f"for {cfg.model} {cfg.num_layers}x{cfg.rnn_size} at batch_size {cfg.batch_size} x "
+                         f"seq_length {cfg.seq_length}: lower them, or give the run more of the GPU") from None
+    finally:
+        run.bar.close()
+    return run.result(stop_reason)
 
-    torch.manual_seed(cfg.seed)
-    model = CharRNN(len(corpus.vocab), cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size, cfg.dropout).to(device)
-    optimizer = make_optimizer(cfg, model, device)
-    batches = Batches(train_ids, cfg.batch_size, cfg.seq_length, device)
-    evaluate = Evaluator(val_ids, device)
-    # Mixed precision is opt-in: PyTorch's autocast runs cuDNN RNNs in fp16 whatever dtype it is given
-    # (bf16 would still be fp16 there), so it needs loss scaling, and one char-RNN trial is bound by
-    # kernel latency rather than arithmetic. fp32 lets cuDNN use TF32 tensor cores where the GPU has them.
-    use_fp16 = cfg.precision == "fp16"
-    if use_fp16 and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a CUDA device; use auto or fp32 on CPU")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
-    step_model = torch.compile(model) if cfg.compile else model
 
-    iters_per_epoch = len(batches)
-    total_iters = max(1, math.ceil(cfg.max_epochs * iters_per_epoch))
-    chars_per_iter = cfg.batch_size * cfg.seq_length
-    iteration, best_val, initial_loss, evals_since_best = 0, math.inf, None, 0
-    state: State = None
-    history: list[dict] = []
-    best_path: Path | None = None
-    if resume is not None:
-        model.load_state_dict(resume["model"]["state_dict"])
-        optimizer.load_state_dict(resume["state"]["optimizer"])
-        if use_fp16 and resume["state"].get("grad_scaler"):
-            scaler.load_state_dict(resume["state"]["grad_scaler"])
-        loop = resume["state"]
-        iteration, best_val, initial_loss = loop["iteration"], loop["best_val_loss"], loop["initial_loss"]
-        evals_since_best, history = loop["evals_since_best"], list(loop["history"])
-        best_path = Path(loop["best_checkpoint"]) if loop.get("best_checkpoint") else None
-        _set_rng_state(loop["rng"], device)
-        if loop["hidden"] is not None and loop["batch_size"] == cfg.batch_size and iteration % iters_per_epoch:
-            state = _state_from_cpu(loop["hidden"], device, cfg.model)
-
+def _checkpoint_dir(cfg: TrainConfig) -> Path:
     ckpt_dir = Path(cfg.checkpoint_dir)
     if ckpt_dir.exists() and not ckpt_dir.is_dir():
         raise UsageError(f"--checkpoint-dir {ckpt_dir}: a file, not a folder; name a folder (created if missing)")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(ckpt_dir, os.W_OK):  # found now rather than after the first stretch of training
         raise UsageError(f"--checkpoint-dir {ckpt_dir}: not writable; name a folder you can write to")
-    # a resumed run goes on pruning the folder it resumed in: its best and the checkpoint it started from
-    written: list[Path] = []
-    for p in (best_path, Path(cfg.init_from) if resume is not None else None):
-        if p is not None and p.is_file() and p.parent.resolve() == ckpt_dir.resolve() and p not in written:
-            written.append(p)
-    summary_base = {
-        "data_path": str(corpus.path), "data_sha256": corpus.sha256, "data_chars": int(len(corpus.ids)),
-        "train_frac": cfg.train_frac, "val_frac": cfg.val_frac, "min_freq": cfg.min_freq,
-        "host": socket.gethostname(), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch": str(torch.__version__), "python": platform.python_version(), "params": model.num_params(),
-        **(summary_extra or {}),
-    }
-
-    bar = Progress(progress, total_iters, iteration)
-    if progress:
-        bar.line(f"{cfg.model} {cfg.num_layers}x{cfg.rnn_size}: {model.num_params():,} parameters; train "
-                 f"{len(train_ids):,} chars ({iters_per_epoch} iterations/epoch), val {len(val_ids):,} chars; "
-                 f"vocab {len(corpus.vocab)}; {device}{' fp16' if use_fp16 else ''}")
-
-    start = time.monotonic()
-    train_time, window_start = 0.0, time.monotonic()
-    loss_sum = torch.zeros((), device=device)
-    window_iters, window_loss = 0, math.nan
-    stop_reason = "max_epochs"
-    model.train()
-
-    def checkpoint_and_report(out_of_time: bool) -> bool:
-        nonlocal best_val, best_path, evals_since_best
-        epoch = iteration / iters_per_epoch
-        val = evaluate(model)
-        is_best = val < best_val
-        if is_best:
-            best_val, evals_since_best = val, 0
-        else:
-            evals_since_best += 1
-        # the run's own last evaluation (epochs, time budget or patience reached), as opposed to a stop
-        # requested from outside (a scheduler); a sweep tells finished trials from stopped ones by it
-        final = iteration >= total_iters or out_of_time or bool(cfg.patience and evals_since_best >= cfg.patience)
-        metrics = {
-            "iteration": iteration, "epoch": epoch, "chars_trained": iteration * chars_per_iter,
-            "train_loss": window_loss, "val_loss": val, "val_bpc": val / math.log(2), "best_val_loss": best_val,
-            "learning_rate": learning_rate(cfg, max(0, iteration - 1), iters_per_epoch, total_iters),
-            "chars_per_sec": (iteration - it_at_start) * chars_per_iter / max(train_time, 1e-9),
-            "elapsed_s": time.monotonic() - start, "final": final,
-        }
-        if cfg.use_ss:
-            metrics["ss_prob"] = ss_probability(cfg, iteration)
-        history.append(metrics)
-        path = ckpt_dir / _checkpoint_name(cfg, epoch, val)
-        if is_best:
-            best_path = path
-        payload = {
-            "format": artifact.CHECKPOINT_FORMAT, "version": artifact.CHECKPOINT_VERSION,
-            "model": artifact.model_part(model, corpus.vocab),
-            "summary": {**summary_base, "val_loss": val, "val_bpc": val / math.log(2), "epoch": epoch,
-                        "iteration": iteration, "chars_trained": iteration * chars_per_iter,
-                        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-            "train_config": cfg.to_dict(),
-            "state": {
-                "optimizer": optimizer.state_dict(), "iteration": iteration, "best_val_loss": best_val,
-                "initial_loss": initial_loss, "evals_since_best": evals_since_best, "history": history,
-                "best_checkpoint": str(best_path) if best_path else None, "rng": _rng_state(device),
-                "hidden": _state_to_cpu(state), "batch_size": cfg.batch_size,
-                "grad_scaler": scaler.state_dict() if use_fp16 else None,
-            },
-        }
-        artifact.save(path, payload)
-        if path not in written:
-            written.append(path)
-        for old in written[:-1]:  # keep the best and the latest only
-            if old != best_path and old != path:
-                old.unlink(missing_ok=True)
-                written.remove(old)
-        bar.line(f"iter {iteration}/{total_iters} (epoch {epoch:.2f}): train {window_loss:.4f}, val {val:.4f} nats/char "
-                 f"({val / math.log(2):.3f} bits){' *best*' if is_best else ''}, {metrics['chars_per_sec']:,.0f} chars/s")
-        stop = on_eval(metrics, path, is_best) if on_eval else False
-        return bool(stop)
-
-    it_at_start = iteration
-    try:
-        while iteration < total_iters:
-            i = iteration % iters_per_epoch
-            if i == 0:
-                state = None  # each epoch starts the streams afresh, as char-rnn
-            x, y = batches.get(i)
-            lr = learning_rate(cfg, iteration, iters_per_epoch, total_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_fp16):
-                if cfg.use_ss:
-                    logits, state = forward_scheduled_sampling(step_model, x, state, ss_probability(cfg, iteration))
-                else:
-                    logits, state = step_model(x, state)
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # the scaler is a pass-through unless fp16
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            state = detach_state(state)
-            loss_sum += loss.detach()
-            iteration += 1
-            window_iters += 1
-
-            if initial_loss is None:
-                initial_loss = loss.item()
-                if not math.isfinite(initial_loss):
-                    raise Diverged(f"training diverged: the first loss is {initial_loss}; check the data and "
-                                   f"--learning-rate ({cfg.learning_rate})")
-            at_eval = iteration % cfg.eval_every == 0 or iteration == total_iters
-            out_of_time = cfg.max_time > 0 and time.monotonic() - start >= cfg.max_time
-            if iteration % cfg.print_every == 0 or at_eval or out_of_time:
-                window_loss = (loss_sum / window_iters).item()  # the only regular host sync
-                loss_sum.zero_()
-                window_iters = 0
-                if not math.isfinite(window_loss) or window_loss > EXPLODE_FACTOR * initial_loss:
-                    raise Diverged(f"training diverged at iteration {iteration}: loss {window_loss:.4g} (initial "
-                                   f"{initial_loss:.4g}); lower --learning-rate ({cfg.learning_rate:g}) or "
-                                   f"--grad-clip ({cfg.grad_clip:g})")
-                now = time.monotonic()
-                train_time += now - window_start
-                window_start = now
-                bar.update_to(iteration, loss=f"{window_loss:.3f}", val=f"{best_val:.3f}" if history else "-",
-                              chars_s=f"{(iteration - it_at_start) * chars_per_iter / max(train_time, 1e-9):,.0f}")
-            if at_eval or out_of_time:
-                stop = checkpoint_and_report(out_of_time)
-                window_start = time.monotonic()  # evaluation time is not training time
-                if out_of_time:
-                    stop_reason = "max_time"
-                    break
-                if cfg.patience and evals_since_best >= cfg.patience:
-                    stop_reason = "patience"
-                    break
-                if stop:
-                    stop_reason = "stopped"
-                    break
-    except torch.cuda.OutOfMemoryError:
-        free, total = torch.cuda.mem_get_info(device)
-        raise UsageError(f"CUDA out of memory on {device} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free) for "
-                         f"{cfg.model} {cfg.num_layers}x{cfg.rnn_size} at batch_size {cfg.batch_size} x seq_length "
-                         f"{cfg.seq_length}: lower them, or give the run more of the GPU") from None
-    finally:
-        bar.close()
-    return TrainResult(best_val, best_path, written[-1] if written else None, iteration,
-                       iteration / iters_per_epoch, iteration * chars_per_iter,
-                       (iteration - it_at_start) * chars_per_iter / max(train_time, 1e-9), stop_reason,
-                       model.num_params(), history)
+    return ckpt_dir
