@@ -195,23 +195,24 @@ def cmd_serve(args) -> None:
 
 def cmd_sweep(args) -> int:
     import json
+    import time
 
     import yaml
 
     from .config import load_sweep
-    sweep = load_sweep(args.file)
-    if args.num_samples is not None:
-        if args.num_samples < 1:
-            raise UsageError(f"--num-samples must be >= 1; got {args.num_samples}")
-        sweep.num_samples = args.num_samples
-    if args.sweep_time is not None:
-        if args.sweep_time < 0:
-            raise UsageError(f"--sweep-time must be >= 0 seconds; got {args.sweep_time}")
-        sweep.sweep_time = args.sweep_time
+    started = time.time()
+    sweep = _sweep_from_args(args)
+    plan_text = ""
+    if sweep.auto:
+        from .autosize import auto_sweep
+        sweep, plan = auto_sweep(sweep, sweep.sweep_time)
+        plan_text = plan.describe()
     if args.dry_run:
         import torch
         gpus = torch.cuda.device_count()
-        print(yaml.safe_dump(sweep.to_dict(), sort_keys=False).rstrip())
+        print(yaml.safe_dump(sweep.to_file(), sort_keys=False).rstrip())
+        if plan_text:
+            print(plan_text)
         if sweep.gpu == "auto":
             from .data import load_corpus
             from .sweep import gpu_share, step_work
@@ -223,21 +224,60 @@ def cmd_sweep(args) -> int:
                                       and not (args.address or sweep.address) else "")
         print(f"# resources per trial: cpu {sweep.cpu:g}, gpu {gpu}; GPUs visible here: {gpus}")
         return 0
+    if plan_text:
+        print(plan_text, file=sys.stderr)
     from . import sweep as sweep_mod
     outcome = sweep_mod.run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
-                            dashboard=args.dashboard)
-    total = outcome.finished + outcome.stopped_early + outcome.failed
-    print(f"sweep {sweep.name}: {total} trials ({outcome.finished} done, {outcome.stopped_early} stopped early, "
-          f"{outcome.failed} failed) in {outcome.wall_s / 60:.1f} min")
+                            dashboard=args.dashboard, started=started, plan_text=plan_text)
+    print(f"sweep {sweep.name}: {sweep_mod.describe_counts(outcome.counts)} in {outcome.wall_s / 60:.1f} min")
+    if outcome.finish:
+        print(f"the best trial ({outcome.best_trial}) trained on for {outcome.finish['seconds']:.0f} s after the "
+              f"search: val {outcome.finish['best_val_loss']:.4f}")
     if outcome.best_val_loss is not None:
         print(f"best val loss {outcome.best_val_loss:.4f} nats/char ({outcome.best_val_loss / math.log(2):.4f} "
-              f"bits/char) with {json.dumps(outcome.best_config)}")
+              f"bits/char), trial {outcome.best_trial}: {json.dumps(outcome.best_config)}")
     print(f"MLflow: experiment {sweep.name!r}, parent run {outcome.parent_run_id}; Ray results: {outcome.experiment_dir}")
+    again = f"charsearch sweep {args.file}" if args.file else f"charsearch sweep --data {args.data} --time {args.time}"
     if outcome.interrupted:
-        print(f"interrupted: continue with  charsearch sweep {args.file} --resume", file=sys.stderr)
+        print(f"interrupted: continue with  {again} --resume", file=sys.stderr)
         return 130
+    if outcome.best_val_loss is None:
+        print(f"charsearch sweep: error: no trial reported a val loss: {sweep_mod.describe_counts(outcome.counts)}; "
+              f"give the sweep more time, or smaller models", file=sys.stderr)
+        return 1
     print("next: charsearch best --export model.pt   (or charsearch ui to browse)")
     return 0
+
+
+def _sweep_from_args(args):
+    """The sweep file, or with --data and --time and no file the automatically sized sweep; the
+    command line's overrides applied."""
+    from .autosize import default_sweep, parse_duration
+    from .config import load_sweep
+    budget = parse_duration(args.time) if args.time is not None else None
+    if args.file:
+        if args.data:
+            raise UsageError("--data goes with no sweep file (the file names its corpus in data.corpus)")
+        sweep = load_sweep(args.file)
+        if budget:
+            sweep.sweep_time = budget
+    else:
+        if not args.data or budget is None:
+            raise UsageError("give a sweep file (e.g. sweeps/smoke.yaml), or --data CORPUS --time DURATION for an "
+                             "automatically sized sweep (e.g. --data tinyshakespeare --time 10m)")
+        sweep = default_sweep(args.data, budget)
+        sweep.auto = True
+    if args.num_samples is not None:
+        if args.num_samples < 1:
+            raise UsageError(f"--num-samples must be >= 1; got {args.num_samples}")
+        sweep.num_samples = args.num_samples
+    if args.sweep_time is not None:
+        if args.sweep_time < 0:
+            raise UsageError(f"--sweep-time must be >= 0 seconds; got {args.sweep_time}")
+        sweep.sweep_time = args.sweep_time
+    if sweep.auto and not sweep.sweep_time:
+        raise UsageError("an automatically sized sweep needs a budget: --time DURATION (e.g. 10m)")
+    return sweep
 
 
 def _corners(sweep) -> list[dict]:
@@ -388,7 +428,11 @@ def build_parser() -> Parser:
     r.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("sweep", help="search hyperparameters: Optuna in Ray Tune, ASHA, MLflow")
-    w.add_argument("file", help="sweep file, e.g. sweeps/shakespeare.yaml")
+    w.add_argument("file", nargs="?", default=None, help="sweep file, e.g. sweeps/smoke.yaml (none with --data)")
+    w.add_argument("--data", default=None, help="corpus of an automatically sized sweep (no sweep file): the "
+                                                "machine is measured and the search sized to it and to --time")
+    w.add_argument("--time", default=None, metavar="DURATION",
+                   help="wall-clock budget of the whole sweep: seconds, or with s/m/h (600, 10m, 1h)")
     w.add_argument("--dry-run", action="store_true", help="print the resolved sweep and trial resources, then exit")
     w.add_argument("--resume", action="store_true", help="continue the last interrupted run of this sweep")
     w.add_argument("--address", default=None, help="Ray cluster to run on (default: $RAY_ADDRESS or a local Ray)")

@@ -233,6 +233,9 @@ class SweepConfig:
     sweep_time: float = 0.0  # seconds of wall time for the whole sweep; 0: no limit
     trial_max_epochs: float = 10.0
     trial_max_time: float = 0.0
+    finish_time: float = 0.0  # seconds the best trial trains on after the search (auto sweeps)
+    first_report_s: float = 0.0  # the least time a new trial needs to report once (0: learnt while running)
+    auto: bool = False  # search_space: auto (sized by charsearch.autosize at run time)
     cpu: float = 1.0
     gpu: float | str = "auto"
     tracking_uri: str = DEFAULT_TRACKING_URI
@@ -242,6 +245,9 @@ class SweepConfig:
 
     def trial_config(self, params: dict) -> TrainConfig:
         """The training options of one trial: defaults < train: < the sampled parameters."""
+        params = dict(params)
+        if "shape" in params:  # "lstm 2x128": model, layers and width searched as one choice
+            params.update(parse_shape(params.pop("shape")))
         cfg = TrainConfig.from_dict({**self.train, **params})
         cfg.data, cfg.min_freq, cfg.train_frac, cfg.val_frac = self.corpus, self.min_freq, self.train_frac, self.val_frac
         cfg.max_epochs, cfg.max_time = self.trial_max_epochs, self.trial_max_time
@@ -251,6 +257,17 @@ class SweepConfig:
         d = asdict(self)
         d["space"] = {k: {p.kind: p.values} for k, p in self.space.items()}
         return d
+
+    def to_file(self) -> dict:
+        """The sweep as a sweep file (the layout load_sweep reads): what --dry-run prints."""
+        sections: dict = {"name": self.name}
+        for section, keys in SWEEP_SCHEMA.items():
+            values = {key: getattr(self, attr) for key, (attr, _, _) in keys.items()}
+            sections[section] = values
+        sections["train"] = dict(self.train)
+        sections["search_space"] = {k: {p.kind: p.values} for k, p in self.space.items()}
+        order = ("name", "data", "train", "search_space", "search", "scheduler", "budget", "resources", "tracking", "ray")
+        return {k: sections[k] for k in order}
 
 
 # the layout of a sweep file: section -> key -> (SweepConfig attribute, type, check)
@@ -273,7 +290,8 @@ SWEEP_SCHEMA: dict[str, dict[str, tuple]] = {
                                                                                       lambda v: v > 1),
                   "report_every_epochs": ("report_every_epochs", float, _pos)},
     "budget": {"sweep_time": ("sweep_time", float, _nonneg), "trial_max_epochs": ("trial_max_epochs", float, _pos),
-               "trial_max_time": ("trial_max_time", float, _nonneg)},
+               "trial_max_time": ("trial_max_time", float, _nonneg), "finish_time": ("finish_time", float, _nonneg),
+               "first_report_s": ("first_report_s", float, _nonneg)},
     "resources": {"cpu": ("cpu", float, _pos), "gpu": ("gpu", (float, str), None)},
     "tracking": {"uri": ("tracking_uri", str, None)},
     "ray": {"storage": ("storage", str, None), "address": ("address", str, None),
@@ -364,6 +382,12 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
         sweep.train[key] = coerce(key, value, f"{where}train.")
 
     space = raw.get("search_space") or {}
+    if space == "auto":
+        if not sweep.sweep_time:
+            raise ConfigError(f"{where}budget.sweep_time", "required with search_space: auto (the budget the "
+                                                           "search is sized to, in seconds)")
+        sweep.auto = True
+        return sweep
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{where}search_space", "required: at least one training option to search, e.g. "
                                                   "rnn_size: {choice: [128, 256]}")
@@ -376,7 +400,7 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
         base.validate()
         for key, p in sweep.space.items():
             for value in (p.values if p.kind == "choice" else p.values[:2]):
-                probe = TrainConfig.from_dict({**base.to_dict(), key: value})
+                probe = TrainConfig.from_dict({**base.to_dict(), **(parse_shape(value) if key == "shape" else {key: value})})
                 probe.validate()
     except ConfigError as e:
         section = "search_space" if e.field in sweep.space else "data" if e.field in (
@@ -385,8 +409,31 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
     return sweep
 
 
+SHAPE = re.compile(r"(rnn|lstm|gru) ([1-9][0-9]*)x([1-9][0-9]*)")
+
+
+def parse_shape(text) -> dict:
+    m = SHAPE.fullmatch(str(text))
+    if not m:
+        raise ConfigError("shape", f"must read MODEL LAYERSxSIZE, e.g. 'lstm 2x128'; got {str(text)[:40]!r}")
+    return {"model": m[1], "num_layers": int(m[2]), "rnn_size": int(m[3])}
+
+
 def _search_param(key: str, spec, train: dict, where: str) -> SearchParam:
     at = f"{where}search_space.{key}"
+    if key == "shape":  # model, num_layers and rnn_size as one choice
+        if not isinstance(spec, dict) or list(spec) != ["choice"] or not isinstance(spec["choice"], list) \
+                or not spec["choice"]:
+            raise ConfigError(at, "must be {choice: ['lstm 2x128', 'gru 2x256', ...]}")
+        for v in spec["choice"]:
+            try:
+                parse_shape(v)
+            except ConfigError as e:
+                raise ConfigError(f"{at}.choice", e.problem) from None
+        clash = [k for k in ("model", "num_layers", "rnn_size") if k in train]
+        if clash:
+            raise ConfigError(at, f"also fixed in train: ({', '.join(clash)}); a key is either fixed or searched")
+        return SearchParam("choice", list(spec["choice"]))
     if key not in FIELDS:
         raise unknown_key(str(key), FIELDS, f"{where}search_space.")
     if key in SWEEP_MANAGED:

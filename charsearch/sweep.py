@@ -32,13 +32,14 @@ import ray  # noqa: E402
 import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from . import artifact  # noqa: E402
 from .config import SweepConfig  # noqa: E402
 from .data import Corpus, check_fits, check_val, load_corpus  # noqa: E402
 from .errors import UsageError  # noqa: E402
-from .tracking import Tracker, resolve_uri  # noqa: E402
+from .tracking import OUTCOME_TAG, TRIAL_TAG, Tracker, resolve_uri  # noqa: E402
 
 STATE_FILE = "charsearch.json"  # in the Ray experiment folder: links it to the sweep's MLflow parent run
 METRIC = "best_val_loss"  # what Optuna and ASHA minimise: the best fair val loss so far
@@ -63,7 +64,8 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
     cfg.eval_every = max(1, round(sweep.report_every_epochs * iters_per_epoch))
     cfg.print_every = min(cfg.print_every, cfg.eval_every)
 
-    work = Path(tempfile.mkdtemp(prefix="charsearch-trial-"))
+    remove_stale_trial_dirs()
+    work = Path(tempfile.mkdtemp(prefix=f"{TRIAL_DIR_PREFIX}{os.getpid()}-"))
     cfg.checkpoint_dir = str(work / "cv")
     best_model = work / "model.pt"
     summary = {"trial_id": ctx.get_trial_id(), "trial_name": ctx.get_trial_name(), "sweep": sweep.name}
@@ -96,62 +98,151 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+TRIAL_DIR_PREFIX = "charsearch-trial-"
+
+
+def remove_stale_trial_dirs() -> None:
+    """A trial stopped by the sweep's end (or a killed driver) has its worker process killed before its
+    own cleanup runs: its folder (checkpoints) is removed by the next trial on that node, or by the
+    driver at the end. The folder's name carries the pid of the process that owns it."""
+    for d in Path(tempfile.gettempdir()).glob(f"{TRIAL_DIR_PREFIX}*"):
+        try:
+            pid = int(d.name[len(TRIAL_DIR_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # another user's process: alive
+            pass
+
+
 # ---------------------------------------------------------------------------------------------
 # the driver's callbacks
+
+
+OUTCOMES = ("finished", "stopped_early", "cut_by_budget", "interrupted", "failed")
+OUTCOME_WORDS = {"finished": "finished", "stopped_early": "stopped early by ASHA", "cut_by_budget": "cut by the budget",
+                 "interrupted": "interrupted", "failed": "failed"}
+
+
+class Book:
+    """Every trial's outcome in one place: the live line, the final summary, the parent run's tags and
+    (through those tags) `charsearch best` all read these counts, so they cannot disagree.
+
+    A trial counts as started once it has reported (evaluated) at least once, or failed; a trial Tune
+    created that never reported is "never started", whatever Tune's status says."""
+
+    current: "Book | None" = None  # this invocation's book (driver only; callbacks find it in setup())
+    started = 0.0  # time.time() at which this invocation's command started: the budget counts from there
+
+    def __init__(self):
+        self.trials: list = []  # Tune's trials, as of the experiment's end
+        self.outcomes: dict[str, str] = {}  # trial id -> one of OUTCOMES, once ended
+        self.reported: set[str] = set()
+        self.best: tuple[float, str, dict] | None = None  # val loss, trial id, config
+
+    def result(self, trial, result: dict) -> None:
+        self.reported.add(trial.trial_id)
+        if self.outcomes.get(trial.trial_id) == "interrupted":  # resumed
+            del self.outcomes[trial.trial_id]
+        v = result.get(METRIC)
+        if isinstance(v, float) and math.isfinite(v) and (self.best is None or v < self.best[0]):
+            self.best = (v, trial.trial_id, trial.config)
+
+    def counts(self, trials=()) -> dict:
+        c = {o: 0 for o in OUTCOMES}
+        for o in self.outcomes.values():
+            c[o] += 1
+        live = [t for t in trials if t.trial_id not in self.outcomes]
+        c["running"] = sum(t.status == "RUNNING" and t.trial_id in self.reported for t in live)
+        c["starting"] = sum(t.status == "RUNNING" and t.trial_id not in self.reported for t in live)
+        c["never_started"] = sum(t.status in ("TERMINATED", "PENDING") and t.trial_id not in self.reported for t in live)
+        c["started"] = sum(c[o] for o in OUTCOMES) + c["running"]
+        return c
+
+
+def describe_counts(c: dict) -> str:
+    ended = ", ".join(f"{c[o]} {OUTCOME_WORDS[o]}" for o in OUTCOMES if c[o] or o in ("finished", "failed"))
+    never = f"; {c['never_started']} never started" if c.get("never_started") else ""
+    return f"{c['started']} trials ({ended}){never}"
 
 
 class MLflowCallback(tune.Callback):
     """Mirror Tune's view of every trial into MLflow (through charsearch.tracking).
 
     Tune pickles its callbacks with the experiment state and brings them back on restore, so this
-    holds only plain settings and opens its MLflow client in setup().
+    holds only plain settings and opens its MLflow client in setup(). A trial's run is opened at its
+    first report: a trial that never trained leaves no run behind.
 
     A trial's run is marked ended only once Tune's saved experiment state says so too: Tune calls
     get_state() as it writes a snapshot, and on_step_end() comes after that write. Were the driver
     killed in between, the resumed sweep would otherwise restart a trial that MLflow shows as ended.
+    Trials still running when the sweep ends (its budget, Ctrl-C) never reach on_trial_complete: they
+    are logged in on_experiment_end with their best model so far.
     """
 
     def __init__(self, uri: str, sweep: SweepConfig, parent_run_id: str):
         self.uri, self.sweep, self.parent_run_id = uri, sweep, parent_run_id
         self.tracker: Tracker | None = None
+        self.book: Book | None = None
         self.ended: dict[str, str] = {}  # trial id -> outcome, not yet in a saved snapshot
         self.saved: dict[str, str] = {}  # ... in the snapshot being written
 
     def __getstate__(self):
-        return {**self.__dict__, "tracker": None, "ended": {}, "saved": {}}
+        return {**self.__dict__, "tracker": None, "book": None, "ended": {}, "saved": {}}
 
     def setup(self, **info):
+        self.started = time.monotonic()
+        self.book = Book.current
         self.tracker = Tracker(self.uri, self.sweep.name)
         self.tracker.reopen_sweep(self.parent_run_id)
+        for run in self.tracker.child_runs():  # a resumed sweep: what ended before
+            trial_id, outcome = run.data.tags[TRIAL_TAG], run.data.tags.get(OUTCOME_TAG)
+            if "best_val_loss" in run.data.metrics:
+                self.book.reported.add(trial_id)
+            if outcome in OUTCOMES and run.info.status != "RUNNING":
+                self.book.outcomes[trial_id] = outcome
 
-    def on_trial_start(self, iteration, trials, trial, **info):
+    def _open(self, trial) -> None:
         params = self.sweep.trial_config(trial.config).to_dict()
         params = {k: v for k, v in params.items() if k not in ("init_from", "checkpoint_dir", "device")}
         self.tracker.trial_started(trial.trial_id, str(trial), params)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if trial.trial_id not in self.book.reported or self.book.outcomes.get(trial.trial_id) == "interrupted":
+            self._open(trial)
+        self.book.result(trial, result)
         if result.get("iteration") is not None and "node_id" in result:
             self.tracker.trial_tags(trial.trial_id, {"node_id": result["node_id"], "hostname": result["hostname"],
                                                      "node_ip": result.get("node_ip", ""),
                                                      "device": result.get("device", "")})
         self.tracker.trial_result(trial.trial_id, result)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def _log_end(self, trial, error: str | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             model = None
-            if trial.checkpoint is not None:
+            if trial.checkpoint is not None and error is None:
                 with trial.checkpoint.as_directory() as d:
                     model = Path(tmp) / "model.pt"
                     shutil.copy(Path(d) / "model.pt", model)
-            self.tracker.trial_ended(trial.trial_id, _summary(trial.last_result), model)
-        self.ended[trial.trial_id] = "finished" if trial.last_result.get("final") else "stopped_early"
+            self.tracker.trial_ended(trial.trial_id, _summary(trial.last_result), model, error)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.book.reported:
+            return
+        self._log_end(trial)
+        outcome = "finished" if trial.last_result.get("final") else "stopped_early"
+        self.book.outcomes[trial.trial_id] = self.ended[trial.trial_id] = outcome
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = ""
         if trial.error_file and Path(trial.error_file).is_file():
             error = Path(trial.error_file).read_text(errors="replace")
-        self.tracker.trial_ended(trial.trial_id, _summary(trial.last_result), None, error or "error")
-        self.ended[trial.trial_id] = "failed"
+        if trial.trial_id not in self.book.reported:
+            self._open(trial)
+        self._log_end(trial, error or "error")
+        self.book.outcomes[trial.trial_id] = self.ended[trial.trial_id] = "failed"
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # ray.max_failures: Tune reruns the trial from its last checkpoint (on any node) in the same run
@@ -170,6 +261,13 @@ class MLflowCallback(tune.Callback):
         self._close(self.saved)
 
     def on_experiment_end(self, trials, **info):
+        self.book.trials = list(trials)
+        budget_over = time.time() >= Deadline.ends_at - 2.0
+        for trial in trials:
+            if trial.trial_id in self.book.reported and trial.trial_id not in self.book.outcomes:
+                self._log_end(trial)
+                outcome = "cut_by_budget" if budget_over else "interrupted"
+                self.book.outcomes[trial.trial_id] = self.ended[trial.trial_id] = outcome
         self._close({**self.saved, **self.ended})  # Tune saved its final state before ending
 
     def _close(self, ends: dict) -> None:
@@ -185,31 +283,24 @@ def _summary(result: dict) -> dict:
 
 
 class StatusLine(tune.Callback):
-    """One live line: trials running / done / stopped early / failed, the best so far, the budget."""
+    """One live line, the clock first: elapsed and left, the trial counts, the best val loss so far, and
+    last the best trial's parameters (a line cut at the terminal's width never hides the clock)."""
 
     def __init__(self, sweep: SweepConfig):
         self.sweep = sweep
-        self.stream = None
-        self.stopped_early: set[str] = set()
-        self.best: tuple[float, dict] | None = None
+        self.stream = self.book = None
 
     def __getstate__(self):  # pickled with the experiment state (see MLflowCallback)
-        return {**self.__dict__, "stream": None}
+        return {**self.__dict__, "stream": None, "book": None}
 
     def setup(self, **info):
+        self.book = Book.current
+        self.started_wall, self.budget_s = Book.started, self.sweep.sweep_time
         self.stream = sys.stderr
         self.tty = self.stream.isatty()
-        self.start = time.monotonic()
         self.last_print = 0.0
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        v = result.get(METRIC)
-        if isinstance(v, float) and math.isfinite(v) and (self.best is None or v < self.best[0]):
-            self.best = (v, trial.config)
-
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if not trial.last_result.get("final"):
-            self.stopped_early.add(trial.trial_id)
         self.print(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -224,19 +315,13 @@ class StatusLine(tune.Callback):
             self.stream.write("\n")
 
     def line(self, trials) -> str:
-        status = [t.status for t in trials]
-        ended = [t for t in trials if t.status == "TERMINATED"]
-        early = sum(t.trial_id in self.stopped_early for t in ended)
-        elapsed = time.monotonic() - self.start
-        parts = [f"trials: {status.count('RUNNING')} running, {len(ended) - early} done, {early} stopped early, "
-                 f"{status.count('ERROR')} failed, {self.sweep.num_samples - len(ended) - status.count('ERROR') - status.count('RUNNING')} to go"]
-        if self.best:
-            params = ", ".join(f"{k}={_fmt(v)}" for k, v in self.best[1].items())
-            parts.append(f"best {self.best[0]:.4f} ({params})")
-        clock = f"{_clock(elapsed)} elapsed"
-        if self.sweep.sweep_time:
-            clock += f", {_clock(max(0.0, self.sweep.sweep_time - elapsed))} left"
-        parts.append(clock)
+        c = self.book.counts(trials)
+        parts = [clock_text(time.time() - self.started_wall, self.budget_s),
+                 f"trials: {c['running'] + c['starting']} running, {c['finished']} finished, {c['stopped_early']} "
+                 f"stopped early, {c['failed']} failed"]
+        if self.book.best:
+            v, trial_id, config = self.book.best
+            parts.append(f"best {v:.4f} (trial {trial_id}: {', '.join(f'{k}={_fmt(x)}' for k, x in config.items())})")
         return " | ".join(parts)
 
     def print(self, trials, force: bool = False) -> None:
@@ -244,13 +329,23 @@ class StatusLine(tune.Callback):
         if not force and now - self.last_print < (1.0 if self.tty else 30.0):
             return
         self.last_print = now
-        text = self.line(trials)
-        if self.tty:
-            width = shutil.get_terminal_size((160, 20)).columns - 1
-            self.stream.write("\r" + text[:width].ljust(width))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        write_line(self.stream, self.line(trials), self.tty)
+
+
+def clock_text(elapsed: float, budget_s: float) -> str:
+    text = f"{_clock(elapsed)} elapsed"
+    if budget_s:
+        text += f", {_clock(max(0.0, budget_s - elapsed))} left"
+    return text
+
+
+def write_line(stream, text: str, tty: bool) -> None:
+    if tty:
+        width = shutil.get_terminal_size((160, 20)).columns - 1
+        stream.write("\r" + text[:width].ljust(width))
+    else:
+        stream.write(text + "\n")
+    stream.flush()
 
 
 def _fmt(v) -> str:
@@ -260,6 +355,53 @@ def _fmt(v) -> str:
 def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class Deadline(Searcher):
+    """Wraps the search algorithm: no new trial once too little search time is left for it to report
+    once. The time a trial needs to report is `first_report_s` (from the calibration of an auto sweep),
+    raised to the longest seen so far in this sweep (suggestion to first result)."""
+
+    ends_at = math.inf  # time.time() at which this invocation's search ends; set by run(), never pickled
+
+    def __init__(self, searcher: Searcher, first_report_s: float):
+        self.searcher, self.first_report_s = searcher, first_report_s
+        self.suggested: dict[str, float] = {}
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.searcher.set_max_concurrency(max_concurrent)
+
+    def suggest(self, trial_id: str):
+        if time.time() + self.first_report_s > Deadline.ends_at:
+            return Searcher.FINISHED
+        self.suggested[trial_id] = time.time()
+        return self.searcher.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        started = self.suggested.pop(trial_id, None)
+        if started is not None:
+            self.first_report_s = max(self.first_report_s, time.time() - started)
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        self.suggested.pop(trial_id, None)
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+    def get_state(self) -> dict:
+        return {"first_report_s": self.first_report_s}
+
+    def set_state(self, state: dict) -> None:
+        self.first_report_s = state["first_report_s"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,13 +459,13 @@ def trial_resources(sweep: SweepConfig, cluster_gpus: float, vocab_size: int):
 class SweepOutcome:
     experiment_dir: str  # a local path or a storage URI
     parent_run_id: str
-    finished: int
-    stopped_early: int
-    failed: int
+    counts: dict  # Book.counts(): started, finished, stopped_early, cut_by_budget, interrupted, failed, never_started
     interrupted: bool
     best_val_loss: float | None
+    best_trial: str | None
     best_config: dict | None
     wall_s: float
+    finish: dict | None = None  # the best trial's training after the search, when the sweep has one
 
 
 class Storage:
@@ -377,7 +519,10 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) 
 
 
 def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tracking_uri: str | None = None,
-        dashboard: bool = False, out=sys.stderr) -> SweepOutcome:
+        dashboard: bool = False, out=sys.stderr, started: float | None = None, plan_text: str = "") -> SweepOutcome:
+    """Run (or resume) a sweep. `started` (time.time()) is when the user's command began: the budget
+    counts from there, calibration included."""
+    started = started or time.time()
     uri = resolve_uri(tracking_uri, sweep.tracking_uri)
     corpus = load_corpus(sweep.corpus, sweep.min_freq)
     train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
@@ -390,8 +535,8 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     if resume:
         dirs = storage.experiment_dirs(sweep.name)
         if not dirs or not tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs):
-            raise UsageError(f"{sweep.path}: nothing to resume under {storage.show(storage.root)}/{sweep.name} "
-                             f"(run the sweep without --resume first)")
+            raise UsageError(f"{sweep.path or sweep.name}: nothing to resume under {storage.show(storage.root)}/"
+                             f"{sweep.name} (run the sweep without --resume first)")
         previous = dirs[-1]
 
     init_ray(address or sweep.address, dashboard)
@@ -407,20 +552,27 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         exp_dir = f"{storage.root}/{sweep.name}/{stamp}"
+        resolved = yaml.safe_dump(sweep.to_file(), sort_keys=False)
         tracker.start_sweep(
             run_name=f"{sweep.name}-{stamp}",
             params={"num_samples": sweep.num_samples, "algorithm": sweep.algorithm, "seed": sweep.seed,
                     "scheduler": sweep.scheduler, "time_attr": sweep.time_attr, "sweep_time": sweep.sweep_time,
                     "trial_max_epochs": sweep.trial_max_epochs, "trial_max_time": sweep.trial_max_time,
-                    "corpus": str(corpus.path), "corpus_sha256": corpus.sha256,
+                    "finish_time": sweep.finish_time, "corpus": str(corpus.path), "corpus_sha256": corpus.sha256,
                     "resources": json.dumps(resources) if isinstance(resources, dict) else "gpu: auto (by model size)"},
-            files={"sweep.yaml": Path(sweep.path).read_text(encoding="utf-8"),
-                   "resolved.yaml": yaml.safe_dump(sweep.to_dict(), sort_keys=False)},
-            tags={"charsearch.sweep_file": sweep.path, "charsearch.ray_experiment": storage.show(exp_dir),
+            files={"sweep.yaml": Path(sweep.path).read_text(encoding="utf-8") if sweep.path else resolved,
+                   "resolved.yaml": resolved + (f"\n{plan_text}\n" if plan_text else "")},
+            tags={"charsearch.sweep_file": sweep.path or "(auto)", "charsearch.ray_experiment": storage.show(exp_dir),
                   "charsearch.ray_address": ray.get_runtime_context().gcs_address})
         tracker.client.update_run(tracker.parent_id, status="RUNNING")
         storage.write_json(f"{exp_dir}/{STATE_FILE}", {"parent_run_id": tracker.parent_id, "tracking_uri": uri,
-                                                       "sweep_file": str(Path(sweep.path).absolute())})
+                                                       "sweep_file": str(Path(sweep.path).absolute()) if sweep.path else ""})
+
+    # the search ends early enough for the best trial to train on for finish_time, within sweep_time
+    search_s = 0.0
+    if sweep.sweep_time:
+        search_s = max(1.0, sweep.sweep_time - sweep.finish_time - (time.time() - started))
+    Deadline.ends_at = time.time() + search_s if search_s else math.inf
 
     chars_per_epoch = len(train_ids)
     scale = chars_per_epoch if sweep.time_attr == "chars_trained" else 1
@@ -434,21 +586,23 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     sampler = (optuna.samplers.TPESampler(seed=sweep.seed) if sweep.algorithm == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.seed))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(sampler=sampler, metric=METRIC, mode="min")
+    searcher = Deadline(OptunaSearch(sampler=sampler, metric=METRIC, mode="min"), sweep.first_report_s)
 
+    book = Book.current = Book()
+    Book.started = started
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus), resources)
     run_config = tune.RunConfig(
         name=exp_dir.rsplit("/", 1)[1], storage_path=exp_dir.rsplit("/", 1)[0], storage_filesystem=storage.ray_fs,
         verbose=0,
         callbacks=[MLflowCallback(uri, sweep, tracker.parent_id), StatusLine(sweep)],
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # two: the experiment state saved last may still name the checkpoint before the latest
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
     )
     tune_config = tune.TuneConfig(
         metric=METRIC, mode="min", search_alg=searcher, scheduler=scheduler, num_samples=sweep.num_samples,
-        max_concurrent_trials=sweep.max_concurrent or None, time_budget_s=sweep.sweep_time or None,
+        max_concurrent_trials=sweep.max_concurrent or None, time_budget_s=search_s or None,
         reuse_actors=True, trial_dirname_creator=trial_dirname)
-    started = time.monotonic()
     if previous is not None:
         # the callbacks, searcher and scheduler come back from the saved experiment state
         tuner = tune.Tuner.restore(previous, trainable=trainable, resume_unfinished=True, resume_errored=False,
@@ -457,30 +611,120 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
         tuner = tune.Tuner(trainable, param_space=search_space(sweep), tune_config=tune_config,
                            run_config=run_config)
     grid = tuner.fit()
-    wall = time.monotonic() - started
+    remove_stale_trial_dirs()
 
-    finished = stopped = failed = 0
-    best: tuple[float, dict] | None = None
-    for result in grid:
-        m = result.metrics or {}
-        if result.error is not None:
-            failed += 1
-        elif m.get("final"):
-            finished += 1
-        elif m:
-            stopped += 1
-        v = m.get(METRIC)
-        if isinstance(v, float) and math.isfinite(v) and (best is None or v < best[0]):
-            best = (v, result.config)
-    ended = finished + stopped + failed
-    out_of_time = bool(sweep.sweep_time) and wall >= sweep.sweep_time * 0.98
-    interrupted = ended < sweep.num_samples and not out_of_time
+    counts = book.counts(book.trials)
+    best = book.best
+    interrupted = counts["interrupted"] > 0
+    finish = None
+    if best is not None and sweep.finish_time and not interrupted:
+        finish = finish_best(sweep, grid, best[1], tracker, corpus, started, out)
+        if finish and finish["best_val_loss"] < best[0]:
+            best = (finish["best_val_loss"], best[1], best[2])
+    wall = time.time() - started
     tracker.finish_sweep("KILLED" if interrupted else "FINISHED",
-                         metrics={"best_val_loss": best[0] if best else math.nan, "trials_finished": finished,
-                                  "trials_stopped_early": stopped, "trials_failed": failed, "wall_s": wall},
-                         tags={"best_config": json.dumps(best[1]) if best else "", "interrupted": interrupted})
-    return SweepOutcome(storage.show(exp_dir), tracker.parent_id, finished, stopped, failed, interrupted,
-                        best[0] if best else None, best[1] if best else None, wall)
+                         metrics={"best_val_loss": best[0] if best else math.nan, "wall_s": wall,
+                                  **{f"trials_{k}": v for k, v in counts.items()}},
+                         tags={"best_config": json.dumps(best[2]) if best else "", "best_trial": best[1] if best else "",
+                               "interrupted": interrupted, COUNTS_TAG: json.dumps(counts)})
+    return SweepOutcome(storage.show(exp_dir), tracker.parent_id, counts, interrupted,
+                        best[0] if best else None, best[1] if best else None, best[2] if best else None, wall, finish)
+
+
+COUNTS_TAG = "charsearch.counts"
+
+
+# ---------------------------------------------------------------------------------------------
+# after the search: the best trial trains on
+
+
+def _finish_task(checkpoint: bytes, model: bytes, cfg_dict: dict, corpus: Corpus, summary: dict, threads: int):
+    """Runs in a Ray task on the whole machine (or a whole node): the best trial's run, resumed from its
+    last checkpoint, its learning rate decaying linearly to 0 over the time left."""
+    import torch
+
+    from .config import TrainConfig
+    from .train import train
+    torch.set_num_threads(threads)
+    work = Path(tempfile.mkdtemp(prefix=f"{TRIAL_DIR_PREFIX}{os.getpid()}-"))
+    try:
+        (work / "resume.pt").write_bytes(checkpoint)
+        (work / "model.pt").write_bytes(model)
+        cfg = TrainConfig.from_dict(cfg_dict)
+        cfg.init_from, cfg.checkpoint_dir = str(work / "resume.pt"), str(work / "cv")
+        best = {"path": None}
+
+        def on_eval(metrics, path, is_best):
+            if is_best:
+                artifact.export(path, work / "model.pt", summary)
+                best["path"] = work / "model.pt"
+        result = train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary)
+        return {"history": result.history, "best_val_loss": result.best_val_loss,
+                "model": (work / "model.pt").read_bytes() if best["path"] else None,
+                "chars_per_sec": result.chars_per_sec}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def finish_best(sweep: SweepConfig, grid, trial_id: str, tracker: Tracker, corpus: Corpus, started: float,
+                out) -> dict | None:
+    """Continue the best trial from its last checkpoint for the budget's remaining time, then log what
+    it reached into the trial's own MLflow run (metrics go on along the same characters-trained axis;
+    its model is replaced only by a better one)."""
+    result = next((r for r in grid if r.config and r.metrics.get("trial_id") == trial_id), None)
+    if result is None or result.checkpoint is None:
+        return None
+    left = sweep.sweep_time - (time.time() - started) - FINISH_MARGIN_S
+    if left < 5:
+        return None
+    with result.checkpoint.as_directory() as d:
+        checkpoint, model = (Path(d) / "checkpoint.pt").read_bytes(), (Path(d) / "model.pt").read_bytes()
+    cfg = sweep.trial_config(result.config)
+    cfg.lr_schedule, cfg.decay_frac, cfg.max_time, cfg.patience = "wsd", 1.0, left, 0
+    cfg.max_epochs = max(cfg.max_epochs, 1e4)  # the clock ends it
+    iters_per_epoch = max(1, (len(corpus.split(cfg.train_frac, cfg.val_frac)[0]) - 1) // (cfg.batch_size * cfg.seq_length))
+    cfg.eval_every = max(1, round(sweep.report_every_epochs * iters_per_epoch))
+    cfg.device = "cpu"
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if sweep.gpu not in (0, 0.0) and ray.cluster_resources().get("GPU", 0):
+        cfg.device, options = "cuda", {"num_gpus": 1, "num_cpus": 1}
+        threads = 1
+    else:
+        options = {"num_cpus": threads}
+    summary = {"trial_id": trial_id, "trial_name": f"trial_{trial_id}", "sweep": sweep.name}
+    task = ray.remote(_finish_task).options(**options).remote(checkpoint, model, cfg.to_dict(), corpus, summary, threads)
+    tty = out.isatty()
+    t0 = time.time()
+    try:
+        while True:
+            done, _ = ray.wait([task], timeout=1.0 if tty else 30.0)
+            write_line(out, f"{clock_text(time.time() - started, sweep.sweep_time)} | finishing: trial {trial_id} trains "
+                            f"on with all {threads} CPU thread(s), learning rate to 0 ({_clock(time.time() - t0)} of "
+                            f"{_clock(left)})", tty)
+            if done:
+                break
+        res = ray.get(task)
+    except ray.exceptions.RayError as e:
+        print(f"\nnote: the best trial could not train on ({str(e).splitlines()[0][:200]}); its model from the search "
+              f"stands", file=out)
+        return None
+    if tty:
+        out.write("\n")
+    tracker.reopen_trials()
+    for m in res["history"]:
+        tracker.trial_result(trial_id, {**m, "best_val_loss": m["best_val_loss"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = None
+        if res["model"] is not None:
+            model_file = Path(tmp) / "model.pt"
+            model_file.write_bytes(res["model"])
+        last = res["history"][-1] if res["history"] else {}
+        tracker.trial_ended(trial_id, {**_summary(last), "best_val_loss": res["best_val_loss"]}, model_file)
+    tracker.trial_tags(trial_id, {"charsearch.finish_s": round(left), OUTCOME_TAG: "finished"})
+    return {"best_val_loss": res["best_val_loss"], "seconds": left, "chars_per_sec": res["chars_per_sec"]}
+
+
+FINISH_MARGIN_S = 12.0  # logging the finished trial, ending Ray, writing the summary
 
 
 def _largest(sweep: SweepConfig, key: str) -> int:

@@ -79,6 +79,9 @@ class Tracker:
     def reopen_sweep(self, parent_id: str) -> None:
         self.parent_id = parent_id
         self.client.update_run(parent_id, status="RUNNING")
+        self.reopen_trials()
+
+    def reopen_trials(self) -> None:
         for run in self.child_runs():
             self.runs[run.data.tags[TRIAL_TAG]] = run.info.run_id
 

@@ -1,0 +1,235 @@
+"""An automatically sized sweep: measure the machine, then choose a search space, ASHA's rungs and the
+time split between searching and finishing, for one corpus and one wall-clock budget.
+
+Measuring comes first because the best shape depends on the machine: on 2 CPU cores a 2x128 LSTM
+trains ~45,000 chars/s and a 2x256 ~8,000, so in 10 minutes the first sees 27 M characters and the
+second 5 M. The sizing rules, with N the characters of the train split and r a shape's measured rate
+(chars/s per trial while `parallel` trials share the machine):
+
+- a shape is kept if, as the winner, it can train from TOKENS_PER_PARAM to MAX_TOKENS_PER_PARAM
+  characters per parameter in the budget (10 * params <= r * budget <= 400 * params: enough to train
+  it, not so few parameters that it plateaus long before the end), and has at most PARAMS_PER_CHAR * N parameters (char-rnn's
+  advice: parameters in the order of the training characters; more would only memorise);
+- ASHA's grace period is what the median kept shape trains in a tenth of the search window, and its
+  maximum what the fastest trains in the whole window: many configurations are compared cheaply;
+- trials report every max(grace / 2, 4 * val characters): an evaluation reads the val split forward
+  only (about a third of a training character's cost), so evaluating costs under ~10% of training;
+- the search gets SEARCH_FRACTION of the budget; the best trial then continues from its checkpoint
+  for the rest, on the whole machine, with its learning rate decaying linearly to 0 (sweep.finish).
+
+This module knows torch and the sweep config, not Ray: the calibration runs in plain processes.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import SearchParam, SweepConfig
+from .errors import UsageError
+
+SEARCH_FRACTION = 0.4  # of the budget; the rest trains the winner to the end
+TOKENS_PER_PARAM = 10
+MAX_TOKENS_PER_PARAM = 400  # a shape that could see more characters per parameter is too small for the budget
+PARAMS_PER_CHAR = 2.0
+FIXED_COST_S = 25.0  # Ray start and shutdown, the first trial's start, MLflow writes (measured: ~20 s)
+CALIBRATION_FRACTION = 0.04
+# candidate shapes, each family from small to large: a family stops at its first shape too slow to keep
+FAMILIES = {("lstm", 1): (64, 128, 256, 512, 768), ("lstm", 2): (32, 64, 96, 128, 192, 256, 384, 512),
+            ("lstm", 3): (128, 192, 256, 384), ("gru", 2): (128, 192, 256, 384, 512)}
+PROBE_BATCH, PROBE_SEQ = 64, 64
+
+
+@dataclass
+class Calibration:
+    device: str
+    parallel: int  # trials at once
+    threads: int  # CPU threads per trial
+    rates: dict = field(default_factory=dict)  # "lstm 2x128" -> chars/s per trial, all `parallel` running
+    params: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def shape_name(model: str, layers: int, size: int) -> str:
+    return f"{model} {layers}x{size}"
+
+
+def _probe_family(args) -> list[tuple[str, int, float]]:
+    """Runs in a calibration process: each shape of the families, ascending, until one is too slow."""
+    families, vocab, threads, seconds_each, budget_s, max_params = args
+    import torch
+    import torch.nn.functional as F
+
+    from .model import CharRNN
+    torch.set_num_threads(threads)
+    out = []
+    for (model, layers), sizes in families:
+        for size in sizes:
+            torch.manual_seed(0)
+            net = CharRNN(vocab, model, size, layers)
+            if net.num_params() > max_params:
+                break
+            opt = torch.optim.Adam(net.parameters(), 2e-3)
+            x = torch.randint(0, vocab, (PROBE_BATCH, PROBE_SEQ))
+
+            def step():
+                logits, _ = net(x)
+                loss = F.cross_entropy(logits.reshape(-1, vocab), x.reshape(-1))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            step()  # the first step allocates
+            t, n = time.perf_counter(), 0
+            while n < 1 or time.perf_counter() - t < seconds_each:
+                step()
+                n += 1
+            rate = n * PROBE_BATCH * PROBE_SEQ / (time.perf_counter() - t)
+            out.append((shape_name(model, layers, size), net.num_params(), rate))
+            if rate * budget_s < TOKENS_PER_PARAM * net.num_params():  # the larger ones are slower still
+                break
+    return out
+
+
+def calibrate(vocab: int, budget_s: float, cpus: int, max_params: float) -> Calibration:
+    """Chars/s of every candidate shape with `cpus` one-thread trials running at once (the way the
+    sweep packs them), the families spread over the processes so every core is busy while measuring."""
+    start = time.monotonic()
+    families = sorted(FAMILIES.items())
+    parallel = max(1, cpus)
+    seconds_each = max(0.2, min(1.0, CALIBRATION_FRACTION * budget_s * parallel / sum(map(len, FAMILIES.values()))))
+    groups = [families[i::parallel] for i in range(parallel)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(parallel) as pool:
+        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params) for g in groups if g])
+    cal = Calibration("cpu", parallel, 1, seconds=0.0)
+    if not any(found):
+        raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
+                         f"for its train split); use a larger corpus or a sweep file with search_space of your own")
+    for name, params, rate in sorted(x for part in found for x in part):
+        cal.rates[name], cal.params[name] = round(rate), params
+    cal.seconds = round(time.monotonic() - start, 1)
+    return cal
+
+
+@dataclass
+class Plan:
+    """What the sizing chose and why: printed by --dry-run, logged with the sweep."""
+    shapes: list
+    search_s: float
+    finish_s: float
+    grace_chars: float
+    max_chars: float
+    report_chars: float
+    first_report_s: float
+    train_chars: int
+    calibration: Calibration
+
+    def describe(self) -> str:
+        c = self.calibration
+        lines = [f"# calibration: {len(c.rates)} shapes measured in {c.seconds:.0f} s on {c.device}, "
+                 f"{c.parallel} trial(s) at once, {c.threads} thread(s) each"]
+        for name in sorted(c.rates, key=lambda n: -c.rates[n]):
+            kept = "kept" if name in self.shapes else "dropped"
+            lines.append(f"#   {name:<12} {c.params[name]:>10,} params {c.rates[name]:>9,} chars/s  {kept}")
+        lines.append(f"# search {self.search_s:.0f} s, then the best trial trains on for {self.finish_s:.0f} s; "
+                     f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
+                     f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
+                     f"to report once")
+        return "\n".join(lines)
+
+
+def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int) -> Plan:
+    usable = budget_s - cal.seconds - FIXED_COST_S
+    if usable < 10:
+        raise UsageError(f"a {budget_s:g} s budget leaves {usable:.0f} s to train after calibration "
+                         f"({cal.seconds:.0f} s) and start-up (~{FIXED_COST_S:.0f} s); give at least "
+                         f"{math.ceil(cal.seconds + FIXED_COST_S + 30)} s")
+    search_s = SEARCH_FRACTION * usable
+    finish_s = usable - search_s
+    kept = [n for n in cal.rates if TOKENS_PER_PARAM <= cal.rates[n] * usable / cal.params[n] <= MAX_TOKENS_PER_PARAM
+            and cal.params[n] <= PARAMS_PER_CHAR * train_chars]
+    if not kept:  # the shape nearest the band, whatever the budget: something must train
+        kept = [min(cal.rates, key=lambda n: abs(math.log(cal.rates[n] * usable / cal.params[n] / 60)))]
+    rates = sorted(cal.rates[n] for n in kept)
+    median, fastest, slowest = rates[len(rates) // 2], rates[-1], rates[0]
+    report = max(median * search_s / 20, 4 * val_chars)
+    grace = max(median * search_s / 10, report)
+    max_chars = max(fastest * search_s, grace * 3)
+    first_report = 3.0 + report / slowest
+    return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
+                first_report, train_chars, cal)
+
+
+def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
+    """Fill a sweep config with the planned search: the shapes, the optimiser ranges, ASHA, budgets."""
+    n = p.train_chars
+    big = max(p.calibration.params[s] for s in p.shapes) > n / 2  # room to overfit: allow more dropout
+    space = {
+        "shape": SearchParam("choice", list(p.shapes)),
+        "learning_rate": SearchParam("log_float", [1e-3, 1e-2]),
+        "dropout": SearchParam("float", [0.0, 0.3 if big else 0.1]),
+        "batch_size": SearchParam("choice", [32, 64, 128]),
+        "seq_length": SearchParam("choice", [64, 128]),
+    }
+    for key in list(space):
+        if key in sweep.train:  # a value the user fixed is not searched
+            del space[key]
+    sweep.space = space
+    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sweep.train}
+    sweep.algorithm, sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "tpe", "asha", "chars_trained", 3.0
+    sweep.grace_epochs = _round(p.grace_chars / n)
+    sweep.trial_max_epochs = _round(p.max_chars / n)
+    sweep.report_every_epochs = _round(p.report_chars / n)
+    sweep.num_samples = max(sweep.num_samples, 1000)  # the budget and the deadline end the search, not a count
+    sweep.max_concurrent = p.calibration.parallel
+    sweep.cpu, sweep.gpu = float(p.calibration.threads), 0.0
+    sweep.trial_max_time = 0.0
+    sweep.finish_time = round(p.finish_s, 1)
+    sweep.first_report_s = round(p.first_report_s, 1)
+    return sweep
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None) -> tuple[SweepConfig, Plan]:
+    """Calibrate on this machine and size `sweep` (its corpus, split and fixed train options) to it."""
+    from .data import load_corpus
+    corpus = load_corpus(sweep.corpus, sweep.min_freq)
+    train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
+    cpus = cpus or len(os.sched_getaffinity(0))
+    cal = calibrate(len(corpus.vocab), budget_s, cpus, max_params=PARAMS_PER_CHAR * len(train_ids))
+    p = plan(cal, budget_s, len(train_ids), len(val_ids))
+    sweep.sweep_time = budget_s
+    return apply(sweep, p), p
+
+
+def default_sweep(corpus: str, budget_s: float) -> SweepConfig:
+    """The sweep `charsearch sweep --data CORPUS --time T` runs (no sweep file)."""
+    from .data import resolve_path
+    path = resolve_path(corpus)
+    name = f"auto-{(path.parent.name if path.name == 'input.txt' else path.stem)}"
+    return SweepConfig(path="", name=name, corpus=str(path), sweep_time=budget_s)
+
+
+def parse_duration(text: str) -> float:
+    """'600', '600s', '10m', '1.5h' -> seconds."""
+    t = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
+    number = t[:-1] if scale else t
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        raise UsageError(f"--time {text!r}: expected seconds or a number with s, m or h (e.g. 600, 10m, 1h)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"--time {text!r}: must be a positive duration (e.g. 600, 10m, 1h)")
+    return value
+
