@@ -183,7 +183,7 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
             del space[key]
     sweep.space = space
     sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sweep.train}
-    sweep.algorithm, sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "tpe", "asha", "chars_trained", 3.0
+    sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
     sweep.grace_epochs = _round(p.grace_chars / n)
     sweep.trial_max_epochs = _round(p.max_chars / n)
     sweep.report_every_epochs = _round(p.report_chars / n)

@@ -300,7 +300,9 @@ def cmd_best(args) -> None:
     if args.top < 1:
         raise UsageError(f"--top must be >= 1; got {args.top}")
     with pd.option_context("display.max_columns", 30, "display.width", 200):
-        print(f"experiment {name!r}: {len(df)} trials, best first")
+        counts = select.sweep_counts(uri, name)
+        print(f"experiment {name!r}: {len(df)} trials, best first"
+              + (f"; its latest sweep: {counts}" if counts else ""))
         print(select.table(df, args.top).to_string())
     if args.export:
         row, mf = select.export_best(uri, df, name, args.export)

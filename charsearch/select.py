@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import artifact
 from .errors import UsageError
-from .tracking import KIND_TAG, MODEL_ARTIFACT, OUTCOME_TAG, TRIAL_TAG, client_for
+from .tracking import COUNTS_TAG, KIND_TAG, MODEL_ARTIFACT, OUTCOME_TAG, TRIAL_TAG, client_for, describe_counts
 
 HIDDEN_PARAMS = {"data", "seed", "print_every", "savefile", "compile", "precision"}
 
@@ -42,6 +42,16 @@ def trials(uri: str, experiment: str | None = None) -> tuple[str, pd.DataFrame]:
     df = df.sort_values(["metrics.best_val_loss", "start_time"], na_position="last")
     df = df.drop_duplicates(f"tags.{TRIAL_TAG}", keep="first").reset_index(drop=True)
     return name, df
+
+
+def sweep_counts(uri: str, experiment: str) -> str:
+    """The latest sweep's trial counts as its parent run recorded them (the live line's and the summary's)."""
+    import json
+    exp = mlflow.get_experiment_by_name(experiment)
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    tag = runs[0].data.tags.get(COUNTS_TAG) if runs else None
+    return describe_counts(json.loads(tag)) if tag else ""
 
 
 def table(df: pd.DataFrame, top: int) -> pd.DataFrame:

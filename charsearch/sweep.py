@@ -39,7 +39,7 @@ from . import artifact  # noqa: E402
 from .config import SweepConfig  # noqa: E402
 from .data import Corpus, check_fits, check_val, load_corpus  # noqa: E402
 from .errors import UsageError  # noqa: E402
-from .tracking import OUTCOME_TAG, TRIAL_TAG, Tracker, resolve_uri  # noqa: E402
+from .tracking import COUNTS_TAG, OUTCOME_TAG, OUTCOMES, TRIAL_TAG, Tracker, describe_counts, resolve_uri  # noqa: E402,F401
 
 STATE_FILE = "charsearch.json"  # in the Ray experiment folder: links it to the sweep's MLflow parent run
 METRIC = "best_val_loss"  # what Optuna and ASHA minimise: the best fair val loss so far
@@ -121,11 +121,6 @@ def remove_stale_trial_dirs() -> None:
 # the driver's callbacks
 
 
-OUTCOMES = ("finished", "stopped_early", "cut_by_budget", "interrupted", "failed")
-OUTCOME_WORDS = {"finished": "finished", "stopped_early": "stopped early by ASHA", "cut_by_budget": "cut by the budget",
-                 "interrupted": "interrupted", "failed": "failed"}
-
-
 class Book:
     """Every trial's outcome in one place: the live line, the final summary, the parent run's tags and
     (through those tags) `charsearch best` all read these counts, so they cannot disagree.
@@ -160,12 +155,6 @@ class Book:
         c["never_started"] = sum(t.status in ("TERMINATED", "PENDING") and t.trial_id not in self.reported for t in live)
         c["started"] = sum(c[o] for o in OUTCOMES) + c["running"]
         return c
-
-
-def describe_counts(c: dict) -> str:
-    ended = ", ".join(f"{c[o]} {OUTCOME_WORDS[o]}" for o in OUTCOMES if c[o] or o in ("finished", "failed"))
-    never = f"; {c['never_started']} never started" if c.get("never_started") else ""
-    return f"{c['started']} trials ({ended}){never}"
 
 
 class MLflowCallback(tune.Callback):
@@ -619,8 +608,10 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     finish = None
     if best is not None and sweep.finish_time and not interrupted:
         finish = finish_best(sweep, grid, best[1], tracker, corpus, started, out)
-        if finish and finish["best_val_loss"] < best[0]:
-            best = (finish["best_val_loss"], best[1], best[2])
+        if finish:  # trained to the end of the budget: finished, whatever stopped it in the search
+            book.outcomes[best[1]] = "finished"
+            counts = book.counts(book.trials)
+            best = (min(best[0], finish["best_val_loss"]), best[1], best[2])
     wall = time.time() - started
     tracker.finish_sweep("KILLED" if interrupted else "FINISHED",
                          metrics={"best_val_loss": best[0] if best else math.nan, "wall_s": wall,
@@ -629,9 +620,6 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
                                "interrupted": interrupted, COUNTS_TAG: json.dumps(counts)})
     return SweepOutcome(storage.show(exp_dir), tracker.parent_id, counts, interrupted,
                         best[0] if best else None, best[1] if best else None, best[2] if best else None, wall, finish)
-
-
-COUNTS_TAG = "charsearch.counts"
 
 
 # ---------------------------------------------------------------------------------------------

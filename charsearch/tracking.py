@@ -33,9 +33,20 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Creating initial MLflo
 KIND_TAG = "charsearch.kind"  # "sweep" (parent) or "trial" (child)
 TRIAL_TAG = "ray.trial_id"
 SWEEP_TAG = "charsearch.sweep"
-OUTCOME_TAG = "charsearch.outcome"  # finished / stopped_early / failed / interrupted
+OUTCOME_TAG = "charsearch.outcome"  # one of OUTCOMES
+OUTCOMES = ("finished", "stopped_early", "cut_by_budget", "interrupted", "failed")
+OUTCOME_WORDS = {"finished": "finished", "stopped_early": "stopped early by ASHA", "cut_by_budget": "cut by the budget",
+                 "interrupted": "interrupted", "failed": "failed"}
+COUNTS_TAG = "charsearch.counts"  # on the parent run: the sweep's trial counts as JSON
 STEP_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec", "epoch", "learning_rate", "ss_prob")
 MODEL_ARTIFACT = "model/model.pt"
+
+
+def describe_counts(c: dict) -> str:
+    """'5 trials (2 finished, 3 stopped early by ASHA, 0 failed); 1 never started'"""
+    ended = ", ".join(f"{c[o]} {OUTCOME_WORDS[o]}" for o in OUTCOMES if c.get(o) or o in ("finished", "failed"))
+    never = f"; {c['never_started']} never started" if c.get("never_started") else ""
+    return f"{c.get('started', 0)} trials ({ended}){never}"
 
 
 def resolve_uri(flag: str | None = None, configured: str | None = None) -> str:
