@@ -62,19 +62,25 @@ def shape_name(model: str, layers: int, size: int) -> str:
 
 
 def _probe_family(args) -> list[tuple[str, int, float]]:
-    """Runs in a calibration process: each shape of the families, ascending, until one is too slow."""
-    families, vocab, threads, seconds_each, budget_s, max_params = args
+    """Runs in a calibration process: the shapes of each family, ascending, until one is too slow to
+    keep (or is predicted to be, from the last one's rate per parameter), or the time is up."""
+    families, vocab, threads, seconds_each, budget_s, max_params, seconds = args
     import torch
     import torch.nn.functional as F
 
     from .model import CharRNN
     torch.set_num_threads(threads)
+    deadline = time.time() + seconds  # from here: the import above is not the probes' time
     out = []
     for (model, layers), sizes in families:
+        last = None  # (params, rate) of the family's previous shape
         for size in sizes:
             torch.manual_seed(0)
             net = CharRNN(vocab, model, size, layers)
-            if net.num_params() > max_params:
+            params = net.num_params()
+            # cost per character grows at least with the parameters: predict before paying for a probe
+            if params > max_params or (last and time.time() > deadline) or (
+                    last and last[1] * last[0] / params * budget_s < TOKENS_PER_PARAM * params):
                 break
             opt = torch.optim.Adam(net.parameters(), 2e-3)
             x = torch.randint(0, vocab, (PROBE_BATCH, PROBE_SEQ))
@@ -91,8 +97,9 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
                 step()
                 n += 1
             rate = n * PROBE_BATCH * PROBE_SEQ / (time.perf_counter() - t)
-            out.append((shape_name(model, layers, size), net.num_params(), rate))
-            if rate * budget_s < TOKENS_PER_PARAM * net.num_params():  # the larger ones are slower still
+            out.append((shape_name(model, layers, size), params, rate))
+            last = (params, rate)
+            if rate * budget_s < TOKENS_PER_PARAM * params:  # the larger ones are slower still
                 break
     return out
 
@@ -103,11 +110,14 @@ def calibrate(vocab: int, budget_s: float, cpus: int, max_params: float) -> Cali
     start = time.monotonic()
     families = sorted(FAMILIES.items())
     parallel = max(1, cpus)
-    seconds_each = max(0.2, min(1.0, CALIBRATION_FRACTION * budget_s * parallel / sum(map(len, FAMILIES.values()))))
+    seconds_each = max(0.1, min(1.0, CALIBRATION_FRACTION * budget_s * parallel / sum(map(len, FAMILIES.values()))))
     groups = [families[i::parallel] for i in range(parallel)]
-    ctx = multiprocessing.get_context("spawn")
+    seconds = max(1.0, CALIBRATION_FRACTION * budget_s - 1)
+    # fork: the children start without importing torch again (~3 s each); the parent has imported torch
+    # but run nothing on it, so no thread pool is copied half-initialised
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(parallel) as pool:
-        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params) for g in groups if g])
+        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params, seconds) for g in groups if g])
     cal = Calibration("cpu", parallel, 1, seconds=0.0)
     if not any(found):
         raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "

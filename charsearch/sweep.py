@@ -196,6 +196,7 @@ class MLflowCallback(tune.Callback):
     def _open(self, trial) -> None:
         params = self.sweep.trial_config(trial.config).to_dict()
         params = {k: v for k, v in params.items() if k not in ("init_from", "checkpoint_dir", "device")}
+        params.update({k: v for k, v in trial.config.items() if k not in params})  # e.g. shape, as searched
         self.tracker.trial_started(trial.trial_id, str(trial), params)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -307,7 +308,8 @@ class StatusLine(tune.Callback):
         c = self.book.counts(trials)
         parts = [clock_text(time.time() - self.started_wall, self.budget_s),
                  f"trials: {c['running'] + c['starting']} running, {c['finished']} finished, {c['stopped_early']} "
-                 f"stopped early, {c['failed']} failed"]
+                 f"stopped early, " + (f"{c['cut_by_budget']} cut by the budget, " if c["cut_by_budget"] else "")
+                 + f"{c['failed']} failed"]
         if self.book.best:
             v, trial_id, config = self.book.best
             parts.append(f"best {v:.4f} (trial {trial_id}: {', '.join(f'{k}={_fmt(x)}' for k, x in config.items())})")
@@ -541,7 +543,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         exp_dir = f"{storage.root}/{sweep.name}/{stamp}"
-        resolved = yaml.safe_dump(sweep.to_file(), sort_keys=False)
+        as_file = yaml.safe_dump(sweep.to_file(), sort_keys=False)
         tracker.start_sweep(
             run_name=f"{sweep.name}-{stamp}",
             params={"num_samples": sweep.num_samples, "algorithm": sweep.algorithm, "seed": sweep.seed,
@@ -549,8 +551,9 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
                     "trial_max_epochs": sweep.trial_max_epochs, "trial_max_time": sweep.trial_max_time,
                     "finish_time": sweep.finish_time, "corpus": str(corpus.path), "corpus_sha256": corpus.sha256,
                     "resources": json.dumps(resources) if isinstance(resources, dict) else "gpu: auto (by model size)"},
-            files={"sweep.yaml": Path(sweep.path).read_text(encoding="utf-8") if sweep.path else resolved,
-                   "resolved.yaml": resolved + (f"\n{plan_text}\n" if plan_text else "")},
+            files={"sweep.yaml": Path(sweep.path).read_text(encoding="utf-8") if sweep.path else as_file,
+                   "resolved.yaml": yaml.safe_dump(sweep.to_dict(), sort_keys=False),
+                   **({"auto-sized.yaml": f"{as_file}\n{plan_text}\n"} if plan_text else {})},
             tags={"charsearch.sweep_file": sweep.path or "(auto)", "charsearch.ray_experiment": storage.show(exp_dir),
                   "charsearch.ray_address": ray.get_runtime_context().gcs_address})
         tracker.client.update_run(tracker.parent_id, status="RUNNING")

@@ -159,6 +159,31 @@ def test_cosine_schedule_ends_at_a_tenth():
     assert learning_rate(cfg, 100, 10, 100) == pytest.approx(0.1)
 
 
+def test_wsd_schedule_holds_then_decays_linearly_to_zero():
+    cfg = TrainConfig(learning_rate=1.0, lr_schedule="wsd", decay_frac=0.2)
+    assert [learning_rate(cfg, it, 10, 100) for it in (0, 50, 80, 90, 100)] == pytest.approx([1, 1, 1, 0.5, 0])
+
+
+def test_schedules_end_annealed_when_the_clock_runs_out_before_the_epochs():
+    """Under --max-time the run's progress is the further of iterations and wall time."""
+    wsd = TrainConfig(learning_rate=1.0, lr_schedule="wsd", decay_frac=1.0, max_time=60)
+    assert learning_rate(wsd, 10, 10, 1000, elapsed=30) == pytest.approx(0.5)  # time is further than iterations
+    assert learning_rate(wsd, 900, 10, 1000, elapsed=30) == pytest.approx(0.1)  # iterations are further
+    assert learning_rate(wsd, 10, 10, 1000, elapsed=75) == 0.0
+    cosine = TrainConfig(learning_rate=1.0, lr_schedule="cosine", max_time=60)
+    assert learning_rate(cosine, 1, 10, 10**6, elapsed=60) == pytest.approx(0.1)
+    assert learning_rate(TrainConfig(learning_rate=1.0), 1, 10, 10**6, elapsed=60) == 1.0  # step: by epochs only
+
+
+def test_a_timed_wsd_run_ends_with_its_rate_near_zero(tmp_path, small_corpus):
+    cfg = cfg_for(small_corpus, tmp_path, lr_schedule="wsd", decay_frac=1.0, max_time=3.0, max_epochs=1000,
+                  eval_every=20)
+    result = train(cfg, progress=False)
+    assert result.stop_reason == "max_time"
+    rates = [h["learning_rate"] for h in result.history]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.1 * cfg.learning_rate
+
+
 # --- scheduled sampling -----------------------------------------------------------------------
 
 def test_scheduled_sampling_with_probability_one_is_teacher_forcing():

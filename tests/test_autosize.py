@@ -1,0 +1,125 @@
+"""Sizing an automatic sweep: the rules applied to a calibration, the sweep file it resolves to, and
+the command line that asks for it."""
+
+import math
+import re
+
+import pytest
+import yaml
+
+from charsearch import autosize
+from charsearch.autosize import Calibration, parse_duration, plan
+from charsearch.cli import main
+from charsearch.config import SweepConfig, load_sweep
+
+from .conftest import make_text
+
+# a made-up machine: rates (chars/s per trial, 2 at once) of shapes small to large
+RATES = {"lstm 1x64": (41_665, 140_000), "lstm 2x128": (240_321, 40_000), "lstm 2x256": (873_793, 20_000),
+         "lstm 2x512": (3_000_000, 1_500)}
+
+
+def calibration(seconds=10.0) -> Calibration:
+    return Calibration("cpu", 2, 1, rates={n: r for n, (_, r) in RATES.items()},
+                       params={n: p for n, (p, _) in RATES.items()}, seconds=seconds)
+
+
+def test_shapes_are_kept_by_characters_per_parameter_and_corpus_size():
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    usable = 600 - 10 - autosize.FIXED_COST_S
+    for name, (params, rate) in RATES.items():
+        per_param = rate * usable / params
+        expected = autosize.TOKENS_PER_PARAM <= per_param <= autosize.MAX_TOKENS_PER_PARAM
+        assert (name in p.shapes) == expected, (name, per_param)
+    assert p.shapes == ["lstm 2x128", "lstm 2x256"]  # 1x64 would plateau, 2x512 cannot train enough
+    # a small corpus caps the parameters: 2x256 has more than twice its characters
+    small = plan(calibration(), budget_s=600, train_chars=300_000, val_chars=30_000)
+    assert small.shapes == ["lstm 2x128"]
+
+
+def test_the_budget_splits_into_search_and_finish_and_asha_compares_many_cheaply():
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    usable = 600 - 10 - autosize.FIXED_COST_S
+    assert p.search_s + p.finish_s == pytest.approx(usable)
+    assert p.search_s == pytest.approx(autosize.SEARCH_FRACTION * usable)
+    # every trial reports at least once before the first rung; evaluations cost a small share
+    assert p.report_chars >= 4 * 110_000 and p.grace_chars >= p.report_chars
+    assert p.max_chars >= 3 * p.grace_chars  # at least one promotion at reduction factor 3
+    assert p.max_chars == pytest.approx(40_000 * p.search_s)  # the fastest kept shape in the whole window
+    assert p.first_report_s == pytest.approx(3.0 + p.report_chars / 20_000)  # by the slowest kept shape
+
+
+def test_a_budget_too_small_to_train_is_refused_with_the_least_that_works():
+    with pytest.raises(Exception, match=r"leaves -?\d+ s to train.*give at least \d+ s"):
+        plan(calibration(seconds=20), budget_s=40, train_chars=1_000_000, val_chars=100_000)
+
+
+def test_the_plan_fills_a_sweep_that_loads_back_from_its_file(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(50_000))
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    sweep = autosize.apply(SweepConfig(path="", name="auto-c", corpus=str(corpus), sweep_time=600,
+                                       train={"weight_decay": 0.01}), p)
+    assert sweep.space["shape"].values == p.shapes and sweep.train["weight_decay"] == 0.01
+    assert sweep.finish_time == pytest.approx(p.finish_s, abs=0.1) and sweep.max_concurrent == 2
+    f = tmp_path / "resolved.yaml"
+    f.write_text(yaml.safe_dump(sweep.to_file(), sort_keys=False))
+    again = load_sweep(f)
+    assert again.space == sweep.space and again.finish_time == sweep.finish_time
+    assert again.grace_epochs == sweep.grace_epochs and again.trial_max_epochs == sweep.trial_max_epochs
+    cfg = again.trial_config({"shape": "gru 3x64", "learning_rate": 0.003})
+    assert (cfg.model, cfg.num_layers, cfg.rnn_size, cfg.learning_rate) == ("gru", 3, 64, 0.003)
+
+
+@pytest.mark.parametrize("text, seconds", [("600", 600), ("90s", 90), ("10m", 600), ("1.5h", 5400), (" 2M ", 120)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["sweep", "--data", "c.txt", "--time", "ten"], "--time 'ten': expected seconds or a number with s, m or h"),
+    (["sweep", "--data", "c.txt", "--time=-5m"], "must be a positive duration"),
+    (["sweep", "--data", "c.txt", "--time", "nanm"], "must be a positive duration"),
+    (["sweep", "--data", "c.txt"], "--data CORPUS --time DURATION"),
+    (["sweep"], "give a sweep file"),
+    (["sweep", "--data", "missing.txt", "--time", "5m"], "missing.txt"),
+    (["sweep", "s.yaml", "--data", "c.txt"], "--data goes with no sweep file"),
+])
+def test_bad_auto_sweep_requests(capsys, workdir, argv, match):
+    (workdir / "c.txt").write_text(make_text(20_000))
+    (workdir / "s.yaml").write_text("name: s\ndata: {corpus: c.txt}\nsearch_space: auto\nbudget: {sweep_time: 60}\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+@pytest.mark.parametrize("text, match", [
+    ("search_space: auto\n", "budget.sweep_time: required with search_space: auto"),
+    ("search_space:\n  shape: {choice: ['lstm 2x']}\n", "must read MODEL LAYERSxSIZE"),
+    ("search_space:\n  shape: {int: [1, 2]}\n", "must be {choice:"),
+    ("train: {rnn_size: 64}\nsearch_space:\n  shape: {choice: ['lstm 2x32']}\n", "also fixed in train: (rnn_size)"),
+])
+def test_bad_auto_and_shape_entries_in_sweep_files(capsys, workdir, text, match):
+    (workdir / "c.txt").write_text(make_text(20_000))
+    (workdir / "s.yaml").write_text("name: s\ndata: {corpus: c.txt}\n" + text)
+    assert main(["sweep", "s.yaml", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_dry_run_measures_this_machine_and_prints_an_editable_sweep_file(capsys, workdir, shakespeare_slice):
+    assert main(["sweep", "--data", str(shakespeare_slice), "--time", "90", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    resolved, comments = out.split("# calibration:", 1)
+    comments = "# calibration:" + comments
+    m = re.search(r"(\d+) shapes measured in (\d+) s on cpu, (\d+) trial\(s\) at once", comments)
+    assert m and int(m[1]) >= 1 and int(m[3]) >= 1  # (its cost is measured in benchmarks/bench_search.py)
+    kept = re.findall(r"#\s+(\w+ \d+x\d+)\s+([\d,]+) params\s+([\d,]+) chars/s\s+kept", comments)
+    assert kept
+    f = workdir / "resolved.yaml"
+    f.write_text(resolved)
+    sweep = load_sweep(f)  # the printed sweep is a file one can edit and run
+    assert sorted(sweep.space["shape"].values) == sorted(k[0] for k in kept)
+    assert sweep.sweep_time == 90 and 0 < sweep.finish_time < 90 and sweep.grace_epochs < sweep.trial_max_epochs
+    assert not any(math.isnan(v) for v in (sweep.grace_epochs, sweep.report_every_epochs))
+

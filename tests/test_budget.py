@@ -1,0 +1,95 @@
+"""A sweep cut by its budget loses nothing and says what happened: every trial that reported keeps its
+best model in MLflow, the counts agree everywhere, no trial starts that cannot report before the
+deadline, and no trial folder is left behind."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from .conftest import ROOT, charsearch, copy_shakespeare, runs, sweep_file
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def project(tmp_path, shakespeare) -> Path:
+    copy_shakespeare(tmp_path, shakespeare)
+    (tmp_path / "sweeps").mkdir()
+    shutil.copy(ROOT / "sweeps" / "smoke.yaml", tmp_path / "sweeps" / "smoke.yaml")
+    return tmp_path
+
+
+def counts_in(text: str) -> dict:
+    """'3 trials (1 finished, 2 cut by the budget, 0 failed); 1 never started' -> numbers by outcome."""
+    m = re.search(r"(\d+) trials \(([^)]*)\)(?:; (\d+) never started)?", text)
+    assert m, text
+    words = {"finished": "finished", "stopped early by ASHA": "stopped_early", "cut by the budget": "cut_by_budget",
+             "interrupted": "interrupted", "failed": "failed"}
+    c = {"started": int(m[1]), "never_started": int(m[3] or 0)}
+    for part in m[2].split(", "):
+        n, word = part.split(" ", 1)
+        c[words[word]] = int(n)
+    return c
+
+
+def test_a_sweep_cut_by_its_budget_keeps_every_trained_model(project, tmp_path_factory):
+    # trials that could train for minutes, a budget of well under one: the budget cuts them mid-trial
+    path = sweep_file(project, "cut", search={"num_samples": 3, "max_concurrent": 2}, scheduler={"type": "none",
+                      "report_every_epochs": 0.02}, budget={"sweep_time": 45, "trial_max_epochs": 20,
+                      "trial_max_time": 0})
+    tmp = tmp_path_factory.mktemp("t", numbered=True)  # the sweep's temp folder, to see what it leaves there
+    r = charsearch("sweep", path, cwd=project, TMPDIR=str(tmp), RAY_TMPDIR="/tmp/ray")
+    assert r.returncode == 0, r.stderr
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    parents, trials = runs(uri, "cut")
+    trained = trials[trials["metrics.best_val_loss"].notna()]
+    assert len(trained) == len(trials) >= 2  # a run only for a trial that reported
+    assert (trials["tags.charsearch.outcome"] == "cut_by_budget").all() and (trials.status == "FINISHED").all()
+    client = mlflow.MlflowClient(uri)
+    for _, t in trials.iterrows():  # its best model and best val loss, equal to what it reported
+        history = client.get_metric_history(t.run_id, "val_loss")
+        assert t["metrics.best_val_loss"] == pytest.approx(min(m.value for m in history))
+        assert [a.path for a in client.list_artifacts(t.run_id, "model")] == ["model/model.pt"]
+
+    best = charsearch("best", "--export", "model.pt", cwd=project)
+    assert best.returncode == 0, best.stderr
+    winner = trials.loc[trials["metrics.best_val_loss"].idxmin()]
+    exported = torch.load(project / "model.pt", weights_only=True)
+    assert exported["summary"]["trial_id"] == winner["tags.ray.trial_id"]
+    assert exported["summary"]["val_loss"] == pytest.approx(winner["metrics.best_val_loss"])
+    report = charsearch("report", "--out", "rep", cwd=project)
+    assert report.returncode == 0, report.stderr
+
+    # one set of counts: the live line's last state, the summary, the parent run's tag, `best`
+    summary = counts_in(r.stdout.splitlines()[0])
+    tagged = json.loads(parents.iloc[0]["tags.charsearch.counts"])
+    assert summary == {k: v for k, v in tagged.items() if k in summary}
+    assert summary["started"] == len(trials) and summary["cut_by_budget"] == len(trials)
+    assert counts_in(best.stdout.splitlines()[0]) == summary
+    last_line = [ln for ln in r.stderr.splitlines() if "elapsed" in ln][-1]
+    assert re.match(r"\d+:\d\d elapsed, \d+:\d\d left \| trials: 0 running, 0 finished", last_line)  # clock first
+    assert "next: charsearch best --export model.pt" in r.stdout
+    assert not list(tmp.glob("charsearch-trial-*"))  # trials ended by the budget cleaned up
+
+
+def test_no_trial_starts_that_cannot_report_before_the_deadline(project):
+    # each trial needs ~15 s to its first report (an evaluation at 0.5 epoch of a 200k-char slice is ~5 s
+    # of training; first_report_s is set above it); 10 trials, 2 at a time, 40 s: the deadline ends the search
+    text = (project / "data" / "tinyshakespeare" / "input.txt").read_text()[:200_000]
+    (project / "data" / "tinyshakespeare" / "input.txt").write_text(text)
+    path = sweep_file(project, "deadline", search={"num_samples": 10, "max_concurrent": 2},
+                      scheduler={"type": "none", "report_every_epochs": 0.5},
+                      budget={"sweep_time": 40, "trial_max_epochs": 1, "trial_max_time": 0, "first_report_s": 15},
+                      train={"model": "lstm", "optimizer": "adam", "lr_schedule": "constant"})
+    r = charsearch("sweep", path, cwd=project)
+    assert r.returncode == 0, r.stderr
+    summary = counts_in(r.stdout.splitlines()[0])
+    assert summary["never_started"] == 0, r.stdout  # every trial Tune started reported at least once
+    assert summary["started"] < 10  # the deadline, not the sample count, ended the search
+    _, trials = runs(f"sqlite:///{project}/mlruns/mlflow.db", "deadline")
+    assert len(trials) == summary["started"] and trials["metrics.best_val_loss"].notna().all()
