@@ -94,12 +94,12 @@ class TrainConfig:
                     "print_every", "eval_every")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0; got {getattr(self, name)}")
+                raise ConfigError(name, f"must be > 0; got {excerpt(getattr(self, name))}")
         non_negative = ("min_freq", "embed_size", "weight_decay", "grad_clip", "max_time", "patience",
                         "learning_rate_decay_after", "decay_ss")
         for name in non_negative:
             if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0; got {getattr(self, name)}")
+                raise ConfigError(name, f"must be >= 0; got {excerpt(getattr(self, name))}")
         from .model import MAX_LAYERS, MAX_WIDTH  # torch is imported only when a config is checked
         for name, top in (("rnn_size", MAX_WIDTH), ("embed_size", MAX_WIDTH), ("num_layers", MAX_LAYERS)):
             if getattr(self, name) > top:
