@@ -77,7 +77,10 @@ def cmd_train(args) -> None:
     from .model import memory_bytes
     from .train import resolve_device, train
     cfg = train_config_from_args(args)
-    if not cfg.init_from:  # a resumed run takes the checkpoint's architecture, which trained already
+    if cfg.init_from:  # a resumed run takes the checkpoint's architecture: checked against its weights
+        from .artifact import load
+        load(cfg.init_from)
+    else:
         vocab = len(load_corpus(cfg.data, cfg.min_freq).vocab)
         check_training_size(cfg, vocab, memory_bytes(resolve_device(cfg.device)))
     result = train(cfg, progress=not args.quiet)

@@ -209,6 +209,21 @@ def test_absurd_training_sizes_are_refused_up_front(capsys, workdir, small_corpu
     assert not (workdir / "cv").exists()
 
 
+def test_a_checkpoint_whose_config_asks_for_a_huge_model_is_refused_before_resuming(capsys, workdir, small_corpus):
+    from charsearch import artifact
+    from charsearch.data import Vocab
+    from charsearch.model import CharRNN
+    part = artifact.model_part(CharRNN(5, "lstm", 16, 1), Vocab(tuple("abcde")))
+    part["config"]["num_layers"] = 1_000_000
+    torch.save({"format": artifact.CHECKPOINT_FORMAT, "version": 1, "model": part}, workdir / "ckpt.pt")
+    t0 = time.monotonic()
+    one_line_error(capsys, "train", "--data", small_corpus, "--init-from", "ckpt.pt",
+                   match=r"ckpt.pt: damaged charsearch file \(config num_layers is 1000000; expected an integer in "
+                         r"\[1, 64\]\)")
+    assert time.monotonic() - t0 < 5
+    assert not (workdir / "cv").exists()
+
+
 def test_absurd_sampling_requests_and_nan_weights_are_refused_up_front(capsys, trained, workdir):
     _, model = trained
     t0 = time.monotonic()
