@@ -202,7 +202,8 @@ def training_size(cfg: TrainConfig, vocab_size: int) -> tuple[int, int]:
     params = param_count(arch)
     width, fixed = input_size_of(arch)
     per_char = cfg.num_layers * (GATES[cfg.model] + 2) * cfg.rnn_size + width + 2 * vocab_size
-    return params, 16 * params + (4 * vocab_size * width if fixed else 0) + 4 * cfg.batch_size * cfg.seq_length * per_char
+    state = 16 * params + (4 * vocab_size * width if fixed else 0)
+    return params, state + 4 * cfg.batch_size * cfg.seq_length * per_char
 
 
 def human_bytes(n: float) -> str:

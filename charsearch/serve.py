@@ -197,8 +197,9 @@ class Handler(BaseHTTPRequestHandler):
         except RecursionError:
             return self._error(400, "request body is nested too deeply; send one flat JSON object")
         except ValueError as e:
-            return self._error(400, f'request body must be a JSON object, e.g. {{"prime_text": "ROMEO:", "length": 200}}'
-                                    f'{" (NaN and Infinity are not JSON)" if "is not JSON" in str(e) else ""}')
+            why = " (NaN and Infinity are not JSON)" if "is not JSON" in str(e) else ""
+            return self._error(400, f'request body must be a JSON object, e.g. {{"prime_text": "ROMEO:", '
+                                    f'"length": 200}}{why}')
         stream = body.get("stream", True)
         try:
             if not isinstance(stream, bool):
