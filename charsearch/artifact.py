@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .data import Vocab, atomic_write
-from .errors import UsageError
-from .model import ARCH_KEYS, CharRNN, build
+from .data import Vocab, atomic_write, not_a_file
+from .errors import UsageError, excerpt
+from .model import ARCH_KEYS, CELLS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, CharRNN, build, expected_shapes
 
 MODEL_FORMAT, MODEL_VERSION = "charsearch-model", 1
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "charsearch-checkpoint", 1
@@ -73,14 +74,16 @@ def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
     """Load plain data only (no code runs), turning every failure into one clear line."""
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{path}: {not_a_file(p)}")
     with open(p, "rb") as f:
         head = f.read(4)
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save's zip archive, or a legacy pickle
         raise UsageError(f"{path}: not a {what}: not a file torch.save wrote (expected a file written by "
                          f"`charsearch export` or `charsearch train`)")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol; the error line says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise UsageError(f"{path}: not a {what}: it holds Python objects beyond plain data, and loading it could "
@@ -100,20 +103,64 @@ def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
 
 
 def load(path: str | Path) -> ModelFile:
-    """Read a model file, or the model part of a training checkpoint."""
+    """Read a model file, or the model part of a training checkpoint. The stored config is checked
+    against sane maxima and against the weights the file carries before any model is built, so a
+    doctored config cannot make it allocate more than the file holds."""
     obj = safe_load(path)
     part = obj["model"] if obj["format"] == CHECKPOINT_FORMAT else obj
     try:
-        vocab = Vocab(tuple(part["vocab"]), part["unk"])
-        config = {k: part["config"][k] for k in ARCH_KEYS}
-        mf = ModelFile(config, vocab, part["state_dict"], dict(obj.get("summary", {})))
-        mf.build()  # proves the weights fit the architecture
+        problem = _problem(part)
+    except (KeyError, TypeError, AttributeError) as e:
+        problem = f"{type(e).__name__}: {excerpt(e.args[0]) if e.args else ''}"
+    if problem:
+        raise UsageError(f"{path}: damaged charsearch file ({problem})")
+    mf = ModelFile({k: part["config"][k] for k in ARCH_KEYS}, Vocab(tuple(part["vocab"]), part["unk"]),
+                   part["state_dict"], obj["summary"] if isinstance(obj.get("summary"), dict) else {})
+    try:
+        mf.build()  # the shapes match already; this proves the rest
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise UsageError(f"{path}: damaged charsearch file ({type(e).__name__}: {str(e).splitlines()[0][:100]})") from None
-    if config["vocab_size"] != len(vocab):
-        raise UsageError(f"{path}: damaged charsearch file (vocab has {len(vocab)} entries, model expects "
-                         f"{config['vocab_size']})")
     return mf
+
+
+def _problem(part: dict) -> str | None:
+    """What is wrong with the model part of a file, or None: the config's types and ranges, the
+    vocabulary, then every weight's name, shape and values against what the config builds."""
+    config, vocab, unk, weights = part["config"], part["vocab"], part["unk"], part["state_dict"]
+    missing = [k for k in ARCH_KEYS if k not in config]
+    if missing:
+        return f"config lacks {', '.join(missing)}"
+    limits = {"vocab_size": (1, MAX_VOCAB), "rnn_size": (1, MAX_WIDTH), "num_layers": (1, MAX_LAYERS),
+              "embed_size": (0, MAX_WIDTH)}
+    for key, (lo, hi) in limits.items():
+        v = config[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            return f"config {key} is {excerpt(v)}; expected an integer in [{lo}, {hi:,}]"
+    if config["model"] not in CELLS:
+        return f"config model is {excerpt(config['model'])}; expected one of {', '.join(CELLS)}"
+    if not isinstance(config["dropout"], (int, float)) or not 0 <= config["dropout"] < 1:
+        return f"config dropout is {excerpt(config['dropout'])}; expected a number in [0, 1)"
+    if not isinstance(vocab, (list, tuple)) or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
+        return "the vocabulary is not a list of characters"
+    if len(vocab) != config["vocab_size"]:
+        return f"vocab has {len(vocab)} entries, model expects {config['vocab_size']}"
+    if unk is not None and (not isinstance(unk, int) or not 0 <= unk < len(vocab)):
+        return f"unknown-symbol id {excerpt(unk)} is not an index of the vocabulary"
+    if not isinstance(weights, dict):
+        return "no state dict"
+    shapes = expected_shapes(config)
+    if set(weights) != set(shapes):
+        odd = sorted(map(str, set(weights) ^ set(shapes)))
+        return f"weights do not match the config: {', '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}"
+    for name, shape in shapes.items():
+        t = weights[name]
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return f"{name} is not a float tensor"
+        if tuple(t.shape) != shape:
+            return f"{name} has shape {tuple(t.shape)}; the config needs {shape}"
+        if not torch.isfinite(t).all():
+            return f"{name} holds NaN or infinite values"
+    return None
 
 
 def export(src: str | Path, out: str | Path, extra_summary: dict | None = None) -> ModelFile:

@@ -72,8 +72,17 @@ def cmd_data_info(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import train
+    from .config import check_training_size
+    from .data import load_corpus
+    from .model import memory_bytes
+    from .train import resolve_device, train
     cfg = train_config_from_args(args)
+    if cfg.init_from:  # a resumed run takes the checkpoint's architecture: checked against its weights
+        from .artifact import load
+        load(cfg.init_from)
+    else:
+        vocab = len(load_corpus(cfg.data, cfg.min_freq).vocab)
+        check_training_size(cfg, vocab, memory_bytes(resolve_device(cfg.device)))
     result = train(cfg, progress=not args.quiet)
     print(f"best val loss {result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char) "
           f"after {result.epochs:.2f} epochs ({result.stop_reason}); {result.chars_per_sec:,.0f} chars/s")
@@ -294,9 +303,12 @@ def cmd_best(args) -> None:
     import pandas as pd
 
     from . import select
-    from .tracking import resolve_uri
-    uri = resolve_uri(args.tracking_uri)
+    from .registry import check_name
+    if args.register is not None:
+        check_name(args.register)
+    uri = recorded_store(args.tracking_uri)
     name, df = select.trials(uri, args.experiment)
+    df = df.reindex(columns=sorted(df.columns))  # MLflow lists params in no fixed order: the table's stay put
     if args.top < 1:
         raise UsageError(f"--top must be >= 1; got {args.top}")
     with pd.option_context("display.max_columns", 30, "display.width", 200):
@@ -320,10 +332,24 @@ def cmd_best(args) -> None:
               f"mlflow models serve -m {quote(f'models:/{v.name}/{v.version}')} --env-manager local")
 
 
+def recorded_store(flag: str | None) -> str:
+    """The tracking URI of a command that reads sweeps: a local SQLite store that does not exist holds
+    none, and is not created by looking (resolve_uri's own precedence: flag, environment, default)."""
+    import os
+    from pathlib import Path
+
+    from .config import DEFAULT_TRACKING_URI
+    from .tracking import resolve_uri
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UsageError(f"no sweeps recorded in {uri} (no such database): run `charsearch sweep FILE` first, "
+                         f"or pass --tracking-uri")
+    return resolve_uri(flag)
+
+
 def cmd_report(args) -> None:
     from . import report
-    from .tracking import resolve_uri
-    uri = resolve_uri(args.tracking_uri)
+    uri = recorded_store(args.tracking_uri)
     if args.top < 1:
         raise UsageError(f"--top must be >= 1; got {args.top}")
     r = report.run(uri, args.experiment, args.run, args.out, args.storage, args.top)

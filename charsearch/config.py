@@ -16,7 +16,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, excerpt
 
 MODELS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
@@ -89,19 +89,23 @@ class TrainConfig:
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
             if choices and value not in choices:
-                raise ConfigError(f.name, f"must be one of {', '.join(choices)}; got {value!r}")
+                raise ConfigError(f.name, f"must be one of {', '.join(choices)}; got {excerpt(value)}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f.name, f"must be a finite number; got {value}")
         positive = ("rnn_size", "num_layers", "seq_length", "batch_size", "learning_rate", "max_epochs",
                     "print_every", "eval_every")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0; got {getattr(self, name)}")
+                raise ConfigError(name, f"must be > 0; got {excerpt(getattr(self, name))}")
         non_negative = ("min_freq", "embed_size", "weight_decay", "grad_clip", "max_time", "patience",
                         "learning_rate_decay_after", "decay_ss")
         for name in non_negative:
             if getattr(self, name) < 0:
-                raise ConfigError(name, f"must be >= 0; got {getattr(self, name)}")
+                raise ConfigError(name, f"must be >= 0; got {excerpt(getattr(self, name))}")
+        from .model import MAX_LAYERS, MAX_WIDTH  # torch is imported only when a config is checked
+        for name, top in (("rnn_size", MAX_WIDTH), ("embed_size", MAX_WIDTH), ("num_layers", MAX_LAYERS)):
+            if getattr(self, name) > top:
+                raise ConfigError(name, f"must be <= {top:,}; got {excerpt(getattr(self, name))}")
         if not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
         if not 0 < self.train_frac <= 1:
@@ -123,9 +127,9 @@ class TrainConfig:
             raise ConfigError("min_ss", f"must be <= start_ss ({self.start_ss}); got {self.min_ss}")
         if self.savefile and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", self.savefile):
             raise ConfigError("savefile", f"must be a file name prefix (letters, digits, - _ .), not a path; got "
-                                          f"{self.savefile!r} (--checkpoint-dir chooses the folder)")
+                                          f"{excerpt(self.savefile)} (--checkpoint-dir chooses the folder)")
         if not DEVICE_NAME.fullmatch(self.device):
-            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N; got {excerpt(self.device)}")
         return self
 
     @property
@@ -155,9 +159,9 @@ def field_type(name: str) -> type:
 
 
 def unknown_key(key: str, valid, where: str = "") -> ConfigError:
-    close = difflib.get_close_matches(key, list(valid), n=1)
+    close = difflib.get_close_matches(key, list(valid), n=1) if len(key) <= 100 else []
     hint = f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(valid))})"
-    return ConfigError(f"{where}{key}", f"unknown key{hint}")
+    return ConfigError(f"{where}{key if len(key) <= 60 else key[:60] + '...'}", f"unknown key{hint}")
 
 
 def coerce(key: str, value, where: str = ""):
@@ -172,7 +176,7 @@ def coerce(key: str, value, where: str = ""):
         or (kind is str and isinstance(value, str))
     )
     if not ok:
-        raise ConfigError(f"{where}{key}", f"must be {_type_name(kind)}; got {value!r}")
+        raise ConfigError(f"{where}{key}", f"must be {_type_name(kind)}; got {excerpt(value)}")
     return float(value) if kind is float else value
 
 
@@ -183,6 +187,45 @@ def _type_name(kind: type) -> str:
 def default_of(name: str):
     f = FIELDS[name]
     return f.default if f.default is not MISSING else None
+
+
+def training_size(cfg: TrainConfig, vocab_size: int) -> tuple[int, int]:
+    """(trained parameters, bytes a training run of `cfg` needs), by arithmetic before anything is built.
+
+    In float32 (4 bytes a number), with P trained parameters, V the vocabulary, I the input width,
+    L layers of H units with G gate blocks (LSTM 4, GRU 3, RNN 1), B streams of T characters:
+        weights, gradients and Adam's two moments       16 P
+        the fixed one-hot input table (when one-hot)     4 V I
+        activations kept for backward                    4 B T (L (G + 2) H + I + 2 V)
+    (per character of a batch: each layer's gates, h and c; the input vector; the logits and their
+    gradient). RMSprop keeps one moment, so this is an upper bound for it.
+    """
+    from .model import GATES, input_size_of, param_count
+    arch = {"vocab_size": vocab_size, "model": cfg.model, "rnn_size": cfg.rnn_size, "num_layers": cfg.num_layers,
+            "embed_size": cfg.embed_size}
+    params = param_count(arch)
+    width, fixed = input_size_of(arch)
+    per_char = cfg.num_layers * (GATES[cfg.model] + 2) * cfg.rnn_size + width + 2 * vocab_size
+    state = 16 * params + (4 * vocab_size * width if fixed else 0)
+    return params, state + 4 * cfg.batch_size * cfg.seq_length * per_char
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+
+
+def check_training_size(cfg: TrainConfig, vocab_size: int, limit: int, where: str = "") -> None:
+    """Refuse a run whose training memory (see training_size) exceeds `limit` bytes, naming what it needs."""
+    params, need = training_size(cfg, vocab_size)
+    if need > limit:
+        raise UsageError(f"{where}{cfg.model} {cfg.num_layers}x{cfg.rnn_size}"
+                         f"{f', embedding {cfg.embed_size}' if cfg.embed_size else ''}, vocabulary {vocab_size}, "
+                         f"batch {cfg.batch_size} x seq {cfg.seq_length}: {params:,} parameters, about "
+                         f"{human_bytes(need)} to train, more than the {human_bytes(limit)} available; make "
+                         f"rnn_size, num_layers, batch_size or seq_length smaller")
 
 
 # =============================================================================================
@@ -224,7 +267,7 @@ class SweepConfig:
     algorithm: str = "tpe"
     seed: int = 0
     num_samples: int = 8
-    max_concurrent: int = 0  # 0: as many as the resources allow
+    max_concurrent: int = 0  # 0 (key absent): as many as the resources allow
     scheduler: str = "asha"
     time_attr: str = "chars_trained"
     grace_epochs: float = 1.0
@@ -283,7 +326,7 @@ SWEEP_SCHEMA: dict[str, dict[str, tuple]] = {
     "data": {"corpus": ("corpus", str, None), "min_freq": ("min_freq", int, _nonneg),
              "train_frac": ("train_frac", float, None), "val_frac": ("val_frac", float, None)},
     "search": {"algorithm": ("algorithm", str, ("tpe", "random")), "seed": ("seed", int, None),
-               "num_samples": ("num_samples", int, _pos), "max_concurrent": ("max_concurrent", int, _nonneg)},
+               "num_samples": ("num_samples", int, _pos), "max_concurrent": ("max_concurrent", int, _pos)},
     "scheduler": {"type": ("scheduler", str, ("asha", "none")),
                   "time_attr": ("time_attr", str, ("chars_trained", "epoch")),
                   "grace_epochs": ("grace_epochs", float, _pos), "reduction_factor": ("reduction_factor", float,
@@ -304,7 +347,16 @@ def _yaml_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            # PyYAML keeps the last of two equal keys; a sweep file with both is a mistake to point out
+            seen = set()
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if (key.tag, key.value) in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {excerpt(key.value)}",
+                                                                key.start_mark)
+                    seen.add((key.tag, key.value))
+            return super().construct_mapping(node, deep)
 
     # YAML 1.1 reads 1e-4 (no dot) as a string; users mean a number
     Loader.add_implicit_resolver(
@@ -325,9 +377,11 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
         raise UsageError(f"{path}: no such sweep file")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as e:  # ValueError: an integer of over 4,300 digits
         first = str(e).replace("\n", " ")[:200]
         raise UsageError(f"{path}: not valid YAML ({first})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not a sweep file: nested too deeply to read") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: a sweep file is a YAML mapping with sections {', '.join(TOP_LEVEL)}")
     for key in raw:
@@ -337,7 +391,7 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
         raise ConfigError(f"{where}name", "required: the experiment name (a non-empty string)")
     name = raw["name"].strip()
     if any(c in name for c in "/\\") or name.startswith("."):
-        raise ConfigError(f"{where}name", f"must not contain '/' or start with '.'; got {name!r}")
+        raise ConfigError(f"{where}name", f"must not contain '/' or start with '.'; got {excerpt(name)}")
     sweep = SweepConfig(path=str(path), name=name, corpus="")
 
     for section, keys in SWEEP_SCHEMA.items():
@@ -355,15 +409,15 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
                 value = float(value)
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise ConfigError(f"{where}{section}.{key}",
-                                  f"must be {' or '.join(_type_name(k) for k in kinds)}; got {value!r}")
+                                  f"must be {' or '.join(_type_name(k) for k in kinds)}; got {excerpt(value)}")
             if isinstance(check, tuple) and value not in check:
-                raise ConfigError(f"{where}{section}.{key}", f"must be one of {', '.join(check)}; got {value!r}")
+                raise ConfigError(f"{where}{section}.{key}", f"must be one of {', '.join(check)}; got {excerpt(value)}")
             if callable(check) and not check(value):
-                raise ConfigError(f"{where}{section}.{key}", f"out of range: {value!r}")
+                raise ConfigError(f"{where}{section}.{key}", f"out of range: {excerpt(value)}")
             setattr(sweep, attr, value)
     if isinstance(sweep.gpu, str) and sweep.gpu != "auto":
         raise ConfigError(f"{where}resources.gpu", f"must be a GPU fraction per trial (e.g. 0.25), 0, or auto; "
-                                                   f"got {sweep.gpu!r}")
+                                                   f"got {excerpt(sweep.gpu)}")
     if isinstance(sweep.gpu, float) and sweep.gpu < 0:
         raise ConfigError(f"{where}resources.gpu", f"must be >= 0; got {sweep.gpu}")
     if not sweep.corpus:
@@ -406,6 +460,7 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
         section = "search_space" if e.field in sweep.space else "data" if e.field in (
             "train_frac", "val_frac", "min_freq") else "train"
         raise ConfigError(f"{where}{section}.{e.field}", e.problem) from None
+    _check_largest_trial(sweep, data_root, where)
     return sweep
 
 
@@ -417,6 +472,38 @@ def parse_shape(text) -> dict:
     if not m:
         raise ConfigError("shape", f"must read MODEL LAYERSxSIZE, e.g. 'lstm 2x128'; got {str(text)[:40]!r}")
     return {"model": m[1], "num_layers": int(m[2]), "rnn_size": int(m[3])}
+
+
+# trials may run on a cluster's GPUs rather than here: sizes are checked against the larger of this
+# machine's memory and the largest single GPU (141 GB, an H200)
+LARGEST_DEVICE = 141 * 10 ** 9
+SIZE_KEYS = ("rnn_size", "num_layers", "embed_size", "batch_size", "seq_length")  # memory grows with each
+
+
+def _check_largest_trial(sweep: SweepConfig, data_root: str, where: str) -> None:
+    """Refuse a search space whose largest trial (each size option at its maximum, each cell type)
+    cannot train in any device's memory, before a single trial is started."""
+    import torch
+
+    from .data import load_corpus
+    from .model import memory_bytes
+    try:
+        vocab = len(load_corpus(sweep.corpus, sweep.min_freq, data_root).vocab)
+    except UsageError as e:
+        raise ConfigError(f"{where}data.corpus", str(e)) from None
+    largest = {k: max(p.values) for k, p in sweep.space.items() if k in SIZE_KEYS}
+    # each cell type (or each searched shape) with every size option at its maximum
+    variants = ([{"model": m} for m in sweep.space["model"].values] if "model" in sweep.space else
+                [{"shape": v} for v in sweep.space["shape"].values] if "shape" in sweep.space else [{}])
+    limit = max(memory_bytes(torch.device("cpu")), LARGEST_DEVICE)
+    for variant in variants:
+        cfg = sweep.trial_config({**largest, **variant})
+        try:
+            check_training_size(cfg, vocab, limit)
+        except UsageError as e:
+            at = f"search_space: the largest trial ({', '.join(f'{k} {v}' for k, v in largest.items())}): " \
+                if largest else "train: "
+            raise UsageError(f"{where}{at}{e}") from None
 
 
 def _search_param(key: str, spec, train: dict, where: str) -> SearchParam:
@@ -458,10 +545,10 @@ def _search_param(key: str, spec, train: dict, where: str) -> SearchParam:
     if kind == "choice":
         values = [checked(v) for v in values]
         if len(set(map(repr, values))) != len(values):
-            raise ConfigError(f"{at}.choice", f"has duplicates: {values}")
+            raise ConfigError(f"{at}.choice", f"has duplicates: {excerpt(values)}")
         return SearchParam(kind, values)
     if len(values) != 2:
-        raise ConfigError(f"{at}.{kind}", f"must be [low, high]; got {values}")
+        raise ConfigError(f"{at}.{kind}", f"must be [low, high]; got {excerpt(values)}")
     if kind in ("int", "log_int") and ftype is not int:
         raise ConfigError(f"{at}.{kind}", f"{key} is {_type_name(ftype)}; use "
                                           f"{'float or log_float' if ftype is float else 'choice'}")

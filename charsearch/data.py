@@ -7,9 +7,11 @@ loads memory-map the array, so a trial starts without re-reading or re-encoding 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -113,8 +115,23 @@ def resolve_path(data: str, data_root: str | Path = "data") -> Path:
         return named
     if data in DATASETS:
         raise UsageError(f"corpus {data!r} is not downloaded yet: run `charsearch data fetch {data}`")
-    raise UsageError(f"{data}: no such file (expected a text file, a folder with input.txt, or a name under "
+    raise UsageError(f"{data}: {not_a_file(p)} (expected a text file, a folder with input.txt, or a name under "
                      f"{data_root}/)")
+
+
+def not_a_file(path: Path) -> str:
+    """Why `path` is not a regular file to read, in a few words (for an error line)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        return "no such file" if e.errno == errno.ENOENT else (e.strerror or str(e)).lower()
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO), not a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file (a device or socket)" if not stat.S_ISREG(mode) else "a regular file"
 
 
 def read_text(path: Path) -> tuple[str | None, bytes]:

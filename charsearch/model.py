@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 import torch.nn as nn
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 ARCH_KEYS = ("vocab_size", "model", "rnn_size", "num_layers", "embed_size", "dropout")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # weight blocks per layer: one per gate
+# sizes beyond any char-rnn anyone trains; checked before anything is allocated, so an absurd
+# flag or a doctored model file is refused at once instead of building a model for minutes
+MAX_WIDTH = 65536  # rnn_size, embed_size
+MAX_LAYERS = 64
+MAX_VOCAB = 0x110000 + 1  # every Unicode code point, and the unknown symbol
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 
@@ -20,7 +29,7 @@ class CharRNN(nn.Module):
         # By default, as char-rnn: one-hot input vectors (a fixed identity embedding: no gradient flows
         # into the input, the first layer's W_ih is the per-character table). A vocabulary wider than the
         # hidden state (thousands of CJK characters) gets a trained embedding of rnn_size instead.
-        self.one_hot = not embed_size and vocab_size <= rnn_size
+        self.one_hot = one_hot(vocab_size, rnn_size, embed_size)
         self.embed = nn.Embedding(vocab_size, vocab_size if self.one_hot else (embed_size or rnn_size))
         self.embed.weight.requires_grad_(not self.one_hot)
         # dropout between layers (inside the cell stack) and before the head, as char-rnn
@@ -63,5 +72,43 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
+def one_hot(vocab_size: int, rnn_size: int, embed_size: int) -> bool:
+    """CharRNN's input rule: one-hot unless an embedding is asked for or the vocabulary is wider than the state."""
+    return not embed_size and vocab_size <= rnn_size
+
+
+def input_size_of(config: dict) -> tuple[int, bool]:
+    """(width of the first layer's input, whether it is the fixed one-hot table)."""
+    v, h, e = config["vocab_size"], config["rnn_size"], config["embed_size"]
+    return (v, True) if one_hot(v, h, e) else (e or h, False)
+
+
+def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """The state dict's tensor shapes that `build(config)` makes, by arithmetic alone (nothing allocated)."""
+    v, h, n = config["vocab_size"], config["rnn_size"], config["num_layers"]
+    g = GATES[config["model"]] * h
+    width = input_size_of(config)[0]
+    shapes = {"embed.weight": (v, width)}
+    for k in range(n):
+        shapes |= {f"rnn.weight_ih_l{k}": (g, width if k == 0 else h), f"rnn.weight_hh_l{k}": (g, h),
+                   f"rnn.bias_ih_l{k}": (g,), f"rnn.bias_hh_l{k}": (g,)}
+    return shapes | {"head.weight": (v, h), "head.bias": (v,)}
+
+
+def param_count(config: dict) -> int:
+    """Trained parameters, as CharRNN.num_params (the fixed one-hot table is not counted)."""
+    shapes = expected_shapes(config)
+    if input_size_of(config)[1]:
+        del shapes["embed.weight"]
+    return sum(math.prod(s) for s in shapes.values())
+
+
 def build(config: dict) -> CharRNN:
     return CharRNN(**{k: config[k] for k in ARCH_KEYS})
+
+
+def memory_bytes(device: torch.device) -> int:
+    """Memory a run on `device` can use at most: the GPU's, or this machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from .errors import UsageError
+from .errors import UsageError, excerpt
 from .serve import sample_options
 
 PACKAGE = Path(__file__).resolve().parent
@@ -63,10 +63,19 @@ def requirements() -> list[str]:
             f"numpy=={numpy.__version__}", f"pandas=={pd.__version__}"]
 
 
+def check_name(name: str) -> str:
+    """A registered model name is shown in URIs (models:/NAME/N) and command lines: one printable line."""
+    if not name.strip() or len(name) > 256 or not name.isprintable():
+        raise UsageError(f"--register {excerpt(name)}: a model name is 1 to 256 printable characters on one line "
+                         f"(e.g. --register shakespeare-lstm)")
+    return name
+
+
 def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str):
     """Log the best trial's model as a pyfunc model under that trial's run and register a new version
     of `name`, tagged with its val loss, sweep, trial and run. Returns the ModelVersion."""
     from . import select
+    check_name(name)
     client = select.client_for(uri)
     try:  # a name the registry would refuse is refused before anything is logged
         client.get_registered_model(name)

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from .artifact import ModelFile
-from .errors import UsageError
-from .model import CharRNN
+from .errors import UsageError, excerpt
+from .model import GATES, CharRNN, memory_bytes
+
+MAX_SEED = 2 ** 63 - 1  # torch.Generator's seed range
 
 
 @dataclass
@@ -38,7 +40,21 @@ class SampleOptions:
             raise UsageError(f"--top-k must be >= 0 (0: no cut-off); got {self.top_k}")
         if self.num_samples < 1:
             raise UsageError(f"--num-samples must be >= 1; got {self.num_samples}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be in [0, 2**63 - 1]; got {excerpt(self.seed)}")
         return self
+
+    def memory_bytes(self, config: dict) -> int:
+        """Bytes generating these samples at once takes, for a model of `config` (float32, 4 bytes).
+        Per sample, with P prime characters, N generated, V the vocabulary, L layers of H units and G
+        gate blocks: the prime's pass 4 P (V + (G + 2) H), the state 8 L H, logits and probabilities
+        8 V, and the text kept when several are made together 4 (P + N) (up to 4 bytes a character)."""
+        p, n = max(len(self.primetext), 1), self.length
+        v, h, layers = config["vocab_size"], config["rnn_size"], config["num_layers"]
+        per_sample = 4 * p * (v + (GATES[config["model"]] + 2) * h) + 8 * layers * h + 8 * v
+        if self.num_samples > 1:
+            per_sample += 4 * (p + n)
+        return self.num_samples * per_sample
 
 
 class Stepper:
@@ -110,11 +126,22 @@ class Sampler:
         self.model = mf.build(self.device)
         self.step = Stepper(self.model)
 
+    def check(self, opts: SampleOptions) -> SampleOptions:
+        """Validate the options and refuse, before anything is allocated, samples that would take
+        more than half of the device's memory."""
+        opts.validate()
+        need, limit = opts.memory_bytes(self.model.config), memory_bytes(self.device) // 2
+        if need > limit:
+            raise UsageError(f"{opts.num_samples:,} samples of {opts.length:,} characters would take about "
+                             f"{need / 1e9:,.1f} GB at once; at most {limit / 1e9:,.1f} GB is allowed here: ask "
+                             f"for fewer --num-samples or a shorter --length")
+        return opts
+
     @torch.inference_mode()
     def stream(self, opts: SampleOptions) -> Iterator[list[str]]:
         """First yields the prime text of each sample, then one list of new characters per step
         ('' for a sample that already hit its stop string)."""
-        opts.validate()
+        self.check(opts)
         m, vocab = opts.num_samples, self.vocab
         prime_ids = vocab.encode(opts.primetext, what="--primetext")
         g = torch.Generator(self.device).manual_seed(opts.seed)
@@ -156,6 +183,7 @@ class Sampler:
             logits, states = self.step(nxt[:, 0], states)
 
     def generate(self, opts: SampleOptions) -> list[str]:
+        self.check(opts)
         texts = ["" for _ in range(opts.num_samples)]
         for step in self.stream(opts):
             texts = [t + c for t, c in zip(texts, step)]

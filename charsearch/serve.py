@@ -1,9 +1,11 @@
 """`charsearch serve`: a web page and a JSON API to sample from one model file, in one process.
 
 Python's ThreadingHTTPServer, no framework and no queue (the Chinese char-rnn fork needed Flask, redis
-and a Lua worker for the same). Work per request is bounded (body size, prime text, length) and at most
-`max_concurrent` samples are generated at once; a request beyond that is answered 429 at once rather
-than queued, so one client cannot stall everyone else. A client that goes away stops its generation.
+and a Lua worker for the same). Work per request is bounded (body size, JSON nesting, prime text,
+length) and at most `max_concurrent` samples are generated at once; a request beyond that is answered
+429 at once rather than queued, so one client cannot stall everyone else. A request's head and body
+must arrive within REQUEST_S seconds in all, so a client sending a byte at a time cannot hold a
+connection (and its thread) either. A client that goes away stops its generation.
 
     GET  /              the page: prime text, temperature, length, seed; the text streams in
     GET  /api/model     the model: architecture, vocabulary, val loss, this server's limits
@@ -18,20 +20,22 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import socket
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from .errors import UsageError
+from .errors import UsageError, excerpt
 from .sample import Sampler, SampleOptions
 
 DEFAULT_LENGTH = 500
 MAX_LENGTH = 5000
 MAX_PRIME = 1000  # characters: priming costs a forward pass over them, so they are bounded too
 MAX_BODY = 64 * 1024
-MAX_SEED = 2 ** 63 - 1
+REQUEST_S = 30  # seconds for a request's head and body, however slowly they come
+BACKLOG = 128  # connections the kernel holds while all threads are busy accepting
 FIELDS = ("prime_text", "temperature", "length", "seed")
 FLUSH_S = 0.05  # streamed text is sent in pieces of at most this age: smooth on screen, few tiny writes
 
@@ -53,26 +57,26 @@ def sample_options(fields: dict, vocab, max_length: int = MAX_LENGTH, allowed: t
         v = get[name]
         if v is None:
             return default
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise UsageError(f"{name} must be {'an integer' if integer else 'a number'}; got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or (isinstance(v, float) and not math.isfinite(v)):
+            raise UsageError(f"{name} must be {'an integer' if integer else 'a number'}; got {excerpt(v)}")
         if integer:
             if v != int(v):
-                raise UsageError(f"{name} must be an integer; got {v!r}")
+                raise UsageError(f"{name} must be an integer; got {excerpt(v)}")
             return int(v)
+        if abs(v) > 1e300:  # beyond a float
+            raise UsageError(f"{name} must be a number of sensible size; got {excerpt(v)}")
         return float(v)
 
     prime = get["prime_text"] if get["prime_text"] is not None else ""
     if not isinstance(prime, str):
-        raise UsageError(f"prime_text must be a string; got {prime!r}")
+        raise UsageError(f"prime_text must be a string; got {excerpt(prime)}")
     if len(prime) > MAX_PRIME:
         raise UsageError(f"prime_text is {len(prime):,} characters; at most {MAX_PRIME:,} are accepted")
     length = number("length", DEFAULT_LENGTH, integer=True)
     if length > max_length:
-        raise UsageError(f"length must be <= {max_length:,} (this server's limit); got {length:,}")
-    seed = number("seed", 123, integer=True)
-    if not 0 <= seed <= MAX_SEED:
-        raise UsageError(f"seed must be in [0, 2**63 - 1]; got {seed}")
-    opts = SampleOptions(primetext=prime, length=length, temperature=number("temperature", 1.0), seed=seed)
+        raise UsageError(f"length must be <= {max_length:,} (this server's limit); got {excerpt(length)}")
+    opts = SampleOptions(primetext=prime, length=length, temperature=number("temperature", 1.0),
+                         seed=number("seed", 123, integer=True))
     try:
         opts.validate()
     except UsageError as e:  # its messages name the command-line flag; here the field has the same name
@@ -83,6 +87,8 @@ def sample_options(fields: dict, vocab, max_length: int = MAX_LENGTH, allowed: t
 
 class SampleServer(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client never keeps the process alive on Ctrl-C
+    request_queue_size = BACKLOG
+    request_s = REQUEST_S
 
     def __init__(self, address, sampler: Sampler, info: dict, max_length: int = MAX_LENGTH,
                  max_concurrent: int = 2):
@@ -92,12 +98,35 @@ class SampleServer(ThreadingHTTPServer):
                      "defaults": {"prime_text": "", "temperature": 1.0, "length": DEFAULT_LENGTH, "seed": 123}}
         super().__init__(address, Handler)
 
+    def handle_error(self, request, client_address):
+        """A client that left or was cut off mid-request is routine, not a traceback in the log."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive and chunked responses
     timeout = 30  # seconds a connection may sit idle or send slowly before it is closed
     server: SampleServer
     _holding = False  # this request holds one of the server's generation slots
+
+    def handle_one_request(self):
+        # the socket timeout bounds each read; this bounds the whole head and body, so a client that
+        # trickles a byte at a time is cut off (the timer is stopped once the request is read)
+        self._deadline = threading.Timer(self.server.request_s, self._cut_off)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def _cut_off(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)  # the blocked read returns; the handler ends
+        except OSError:
+            pass
 
     def log_message(self, format, *args):  # one line per request on stderr, as http.server does, minus the host
         sys.stderr.write(f"{self.log_date_time_string()} {format % args}\n")
@@ -125,6 +154,7 @@ class Handler(BaseHTTPRequestHandler):
     # --- routes -----------------------------------------------------------------------------
 
     def do_GET(self):
+        self._deadline.cancel()
         path = urlsplit(self.path).path
         if path == "/":
             self._send(200, PAGE.encode(), "text/html; charset=utf-8",
@@ -156,16 +186,24 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(413, f"request body must be 0 to {MAX_BODY:,} bytes; "
                                     f"got {self.headers['Content-Length']}")
         raw = self.rfile.read(n)
+        if len(raw) < n:  # cut off by the deadline, or the client stopped sending
+            self.close_connection = True
+            return
+        self._deadline.cancel()
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(raw or b"{}", parse_constant=_not_json)
             if not isinstance(body, dict):
-                raise ValueError
-        except ValueError:
-            return self._error(400, 'request body must be a JSON object, e.g. {"prime_text": "ROMEO:", "length": 200}')
+                raise ValueError("not an object")
+        except RecursionError:
+            return self._error(400, "request body is nested too deeply; send one flat JSON object")
+        except ValueError as e:
+            why = " (NaN and Infinity are not JSON)" if "is not JSON" in str(e) else ""
+            return self._error(400, f'request body must be a JSON object, e.g. {{"prime_text": "ROMEO:", '
+                                    f'"length": 200}}{why}')
         stream = body.get("stream", True)
         try:
             if not isinstance(stream, bool):
-                raise UsageError(f"stream must be true or false; got {stream!r}")
+                raise UsageError(f"stream must be true or false; got {excerpt(stream)}")
             opts = sample_options(body, self.server.sampler.vocab, self.server.max_length, allowed=("stream",))
         except UsageError as e:
             return self._error(400, str(e))
@@ -223,6 +261,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 def model_info(path: str, mf) -> dict:
     c, val = mf.config, mf.summary.get("val_loss")
     description = f"{c['model']} {c['num_layers']}x{c['rnn_size']}, vocabulary {len(mf.vocab)}"
@@ -241,6 +283,8 @@ def make_server(model_path: str, host: str = "127.0.0.1", port: int = 8000, devi
         raise UsageError(f"--max-length must be >= 1; got {max_length}")
     if max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be >= 1; got {max_concurrent}")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in [0, 65535] (0: any free port); got {excerpt(port)}")
     mf = artifact.load(model_path)
     sampler = Sampler(mf, resolve_device(device))
     try:

@@ -1,4 +1,7 @@
 import collections
+import pickle
+import time
+import warnings
 
 import pytest
 import torch
@@ -65,6 +68,54 @@ def test_weights_that_do_not_fit_the_architecture_are_damaged(tmp_path):
     torch.save(raw, path)
     with pytest.raises(UsageError, match="damaged"):
         artifact.load(path)
+
+
+def doctor(path, change) -> None:
+    raw = torch.load(path, weights_only=True)
+    change(raw)
+    torch.save(raw, path)
+
+
+def set_config(**values):
+    return lambda raw: raw["config"].update(values)
+
+
+def set_weight(name, index, value):
+    return lambda raw: raw["state_dict"][name].view(-1).__setitem__(index, value)
+
+
+@pytest.mark.parametrize("change, match", [
+    (set_config(rnn_size=20000), r"rnn.weight_ih_l0 has shape \(24, 5\); the config needs \(60000, 5\)"),
+    (set_config(num_layers=1000000), r"config num_layers is 1000000; expected an integer in \[1, 64\]"),
+    (set_config(rnn_size=10 ** 400), r"config rnn_size is <an integer of 1,329 bits>"),
+    (set_config(num_layers=3), "weights do not match the config: rnn.bias_hh_l2"),
+    (set_config(model="cnn"), "config model is 'cnn'; expected one of rnn, lstm, gru"),
+    (set_config(vocab_size=6), "vocab has 5 entries, model expects 6"),
+    (lambda raw: raw["config"].pop("dropout"), "config lacks dropout"),
+    (lambda raw: raw.update(unk=9), "unknown-symbol id 9"),
+    (set_weight("head.weight", 0, float("nan")), "head.weight holds NaN or infinite values"),
+    (set_weight("rnn.weight_hh_l1", 3, float("inf")), "rnn.weight_hh_l1 holds NaN or infinite values"),
+])
+def test_a_doctored_config_is_refused_before_any_model_is_built(tmp_path, change, match):
+    """A small file whose config asks for a huge model is refused by arithmetic, at once: nothing is
+    built from the config before the weights the file carries are checked against it."""
+    path, _ = model_file(tmp_path)
+    doctor(path, change)
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=match) as e:
+        artifact.load(path)
+    assert time.monotonic() - t0 < 2
+    assert str(e.value).startswith(f"{path}: damaged charsearch file (") and "\n" not in str(e.value)
+
+
+def test_a_foreign_pickle_is_refused_without_torch_warnings(tmp_path):
+    path = tmp_path / "raw.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UsageError, match="could run code"):
+            artifact.load(path)
+    assert [str(w.message) for w in caught] == []
 
 
 def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):

@@ -1,8 +1,10 @@
 """The command line: every bad input ends in one clear line on stderr, exit code 2, nothing written."""
 
+import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -187,3 +189,71 @@ def test_a_real_process_prints_no_traceback(workdir):
     r = subprocess.run([sys.executable, "-m", "charsearch", "train", "--data", "nowhere.txt"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+# --- absurd and hostile inputs: refused before anything is allocated ------------------------------
+
+@pytest.mark.parametrize("flags, match", [
+    (["--rnn-size", "100000"], "--rnn-size: must be <= 65,536; got 100000"),
+    (["--rnn-size", "1000000000"], "--rnn-size: must be <= 65,536"),
+    (["--embed-size", "1000000000"], "--embed-size: must be <= 65,536"),
+    (["--rnn-size", "16", "--num-layers", "10000", "--max-time", "5"], "--num-layers: must be <= 64; got 10000"),
+    (["--rnn-size", "4096", "--num-layers", "8", "--batch-size", "2000", "--seq-length", "2000"],
+     r"lstm 8x4096, vocabulary \d+, batch 2000 x seq 2000: [\d,]+ parameters, about [\d,.]+ TB to train, more than "
+     r"the [\d,.]+ [GT]B available"),
+])
+def test_absurd_training_sizes_are_refused_up_front(capsys, workdir, small_corpus, flags, match):
+    t0 = time.monotonic()
+    one_line_error(capsys, "train", "--data", small_corpus, *flags, match=match)
+    assert time.monotonic() - t0 < 5
+    assert not (workdir / "cv").exists()
+
+
+def test_a_checkpoint_whose_config_asks_for_a_huge_model_is_refused_before_resuming(capsys, workdir, small_corpus):
+    from charsearch import artifact
+    from charsearch.data import Vocab
+    from charsearch.model import CharRNN
+    part = artifact.model_part(CharRNN(5, "lstm", 16, 1), Vocab(tuple("abcde")))
+    part["config"]["num_layers"] = 1_000_000
+    torch.save({"format": artifact.CHECKPOINT_FORMAT, "version": 1, "model": part}, workdir / "ckpt.pt")
+    t0 = time.monotonic()
+    one_line_error(capsys, "train", "--data", small_corpus, "--init-from", "ckpt.pt",
+                   match=r"ckpt.pt: damaged charsearch file \(config num_layers is 1000000; expected an integer in "
+                         r"\[1, 64\]\)")
+    assert time.monotonic() - t0 < 5
+    assert not (workdir / "cv").exists()
+
+
+def test_absurd_sampling_requests_and_nan_weights_are_refused_up_front(capsys, trained, workdir):
+    _, model = trained
+    t0 = time.monotonic()
+    one_line_error(capsys, "sample", model, "--num-samples", "1000000000",
+                   match=r"1,000,000,000 samples of 2,000 characters would take about [\d,.]+ GB at once")
+    assert time.monotonic() - t0 < 5
+    one_line_error(capsys, "sample", model, "--seed", str(2 ** 64), match=r"--seed must be in \[0, 2\*\*63 - 1\]")
+    one_line_error(capsys, "sample", model, "--seed", "-1", match=r"--seed must be in \[0, 2\*\*63 - 1\]; got -1")
+    one_line_error(capsys, "serve", model, "--port", "99999", match=r"--port must be in \[0, 65535\]")
+    raw = torch.load(model, weights_only=True)
+    raw["state_dict"]["head.bias"][0] = float("nan")
+    torch.save(raw, workdir / "nan.pt")
+    for cmd in ("sample", "inspect"):
+        one_line_error(capsys, cmd, workdir / "nan.pt", match="head.bias holds NaN or infinite values")
+
+
+def test_a_fifo_or_a_symlink_loop_is_named_for_what_it_is(capsys, workdir):
+    os.mkfifo(workdir / "pipe")
+    (workdir / "loop1").symlink_to("loop2")
+    (workdir / "loop2").symlink_to("loop1")
+    one_line_error(capsys, "train", "--data", "pipe", match="pipe: a named pipe \\(FIFO\\), not a regular file")
+    one_line_error(capsys, "train", "--data", "loop1", match="loop1: a loop of symbolic links")
+    one_line_error(capsys, "sample", "pipe", match="pipe: a named pipe")
+    assert not (workdir / "cv").exists()
+
+
+def test_reading_sweeps_from_no_store_creates_none(capsys, workdir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    one_line_error(capsys, "best", "--export", "model.pt", match="no sweeps recorded in sqlite:///mlruns/mlflow.db")
+    one_line_error(capsys, "report", match="no sweeps recorded")
+    one_line_error(capsys, "best", "--register", "two\nlines",
+                   match=r"--register 'two\\nlines': a model name is 1 to 256 printable characters on one line")
+    assert list(workdir.iterdir()) == []

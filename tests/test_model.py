@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from charsearch.model import CharRNN, detach_state
+from charsearch.model import CharRNN, build, detach_state, expected_shapes, param_count
 
 
 def lstm_params(v, h, layers, e=None):
@@ -43,3 +43,14 @@ def test_init_follows_char_rnn():
     m = CharRNN(30, "lstm", 8, 2)
     assert all(p.abs().max() <= 0.08 + 1e-6 for n, p in m.named_parameters() if "bias" not in n and p.requires_grad)
     assert torch.all(m.rnn.bias_ih_l0[8:16] == 1) and torch.all(m.rnn.bias_hh_l0[8:16] == 0)  # forget gate
+
+
+@pytest.mark.parametrize("config", [
+    dict(vocab_size=65, model="lstm", rnn_size=32, num_layers=2, embed_size=0, dropout=0.0),  # one-hot input
+    dict(vocab_size=300, model="gru", rnn_size=32, num_layers=3, embed_size=0, dropout=0.1),  # wide vocabulary
+    dict(vocab_size=30, model="rnn", rnn_size=16, num_layers=1, embed_size=20, dropout=0.0),  # trained embedding
+])
+def test_shapes_and_parameters_are_known_before_a_model_is_built(config):
+    m = build(config)
+    assert expected_shapes(config) == {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert param_count(config) == m.num_params()

@@ -113,3 +113,18 @@ def test_ui_serves_the_store_on_localhost(store, workdir):
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
+
+
+def test_best_shows_the_varying_parameters_in_a_fixed_order(workdir, capsys):
+    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
+    (workdir / "mlruns").mkdir()
+    t = Tracker(uri, "exp")
+    t.start_sweep("exp-1", {}, {}, {})
+    for trial, params in (("t1", {"seq_length": 50, "rnn_size": 64, "dropout": 0.1}),
+                          ("t2", {"dropout": 0.2, "rnn_size": 32, "seq_length": 100})):
+        t.trial_started(trial, f"run_{trial}", params)
+        t.trial_ended(trial, {"best_val_loss": 1.5 if trial == "t1" else 1.6})
+        t.close_trial(trial, "finished")
+    assert main(["best", "--tracking-uri", uri]) == 0
+    header = capsys.readouterr().out.splitlines()[1].split()
+    assert [c for c in header if c in ("dropout", "rnn_size", "seq_length")] == ["dropout", "rnn_size", "seq_length"]

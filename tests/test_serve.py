@@ -5,8 +5,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from charsearch.cli import main
 from charsearch.data import Vocab
 from charsearch.model import CharRNN
 from charsearch.sample import Sampler, SampleOptions
+from charsearch.serve import make_server
 
 from .conftest import ROOT, cli_env, kill_session
 from .web import free_port, one_thread, wait_http
@@ -123,6 +126,12 @@ def test_same_seed_same_text_and_the_whole_text_as_json(server):
     ({"stream": "yes"}, "stream must be true or false"),
     (b"not json", "request body must be a JSON object"),
     (b"[1, 2]", "request body must be a JSON object"),
+    (b'{"temperature": NaN}', "(NaN and Infinity are not JSON)"),
+    (b'{"temperature": -Infinity}', "(NaN and Infinity are not JSON)"),
+    (b'{"seed": 1' + b"0" * 400 + b"}", "seed must be in [0, 2**63 - 1]; got <an integer of 1,329 bits>"),
+    (b'{"length": 1' + b"0" * 400 + b"}", "length must be <= 5,000 (this server's limit); got <an integer of"),
+    (b'{"temperature": 1' + b"0" * 400 + b"}", "temperature must be a number of sensible size"),
+    (b"[" * 30_000 + b"]" * 30_000, "request body is nested too deeply"),
 ])
 def test_bad_parameters_get_400_with_the_reason(server, body, match):
     r = post(server, body)
@@ -160,6 +169,51 @@ def test_a_request_beyond_the_concurrency_limit_gets_429(server):
     assert "busy" in json.loads(busy.read())["error"]
     assert len(text_of(pieces(first))) == 5000  # the running sample is unaffected
     assert sample_json(server, prime_text="B", length=10).startswith("B")  # and the slot is free again
+
+
+def test_a_burst_of_connections_is_answered(server):
+    """Connections beyond the ones being served wait in the listen backlog instead of being reset."""
+    results = []
+
+    def one():
+        try:
+            r = post(server, {"length": 1, "stream": False}, timeout=30)
+            results.append(r.status)
+            r.read()
+        except OSError as e:
+            results.append(repr(e))
+
+    threads = [threading.Thread(target=one) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results) <= {200, 429} and 200 in results, results
+
+
+def test_a_client_that_trickles_its_request_is_cut_off(model):
+    """The socket timeout bounds each read; the whole head and body must arrive within request_s."""
+    srv = make_server(str(model), port=0)
+    srv.request_s = 1
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = srv.server_address[1]
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        request = b"POST /api/sample HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{}"
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            for byte in request:
+                conn.send(bytes([byte]))
+                time.sleep(0.1)
+            if not conn.recv(1):  # the whole request went out: the server has closed it
+                raise ConnectionResetError
+        assert time.monotonic() - t0 < 4
+        conn.close()
+        r = post(port, {"length": 5, "stream": False}, timeout=10)  # others are served as before
+        assert r.status == 200 and len(json.loads(r.read())["text"]) == 5
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_a_client_that_leaves_stops_its_generation(server):

@@ -1,6 +1,7 @@
 """Sweep files are validated before anything starts: one clear line naming file, key and problem."""
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,52 @@ def test_dry_run_prints_the_resolved_sweep_and_resources(sweepdir, capsys):
     assert resolved["num_samples"] == 7 and resolved["space"] == {"rnn_size": {"choice": [16, 32]}}
     assert "# resources per trial: cpu 2, gpu 0.25" in out
     assert not (sweepdir / "mlruns").exists()
+
+
+
+def laughs(depth: int) -> str:
+    """A YAML flow list of a few hundred bytes whose anchors make 9**depth leaves (billion laughs)."""
+    items = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, depth + 1)]
+    return "[" + ", ".join(items) + "]"
+
+
+def test_a_self_repeating_value_is_quoted_as_a_short_excerpt(sweepdir, capsys):
+    path = write(sweepdir, BASE + f"train:\n  savefile: {laughs(9)}\n")
+    t0 = time.monotonic()
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - t0 < 5  # the value is never expanded
+    assert len(err.splitlines()) == 1 and len(err) < 400, err[:1000]
+    assert "train.savefile: must be a string; got [[" in err
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    (BASE + "name: u\n", "not valid YAML", "duplicate key 'name'"),
+    (BASE.replace("rnn_size: {choice: [16, 32]}", "rnn_size: {choice: [1000000000]}"), "search_space.rnn_size",
+     "must be <= 65,536; got 1000000000"),
+    (BASE.replace("rnn_size: {choice: [16, 32]}", "num_layers: {int: [1, 10000]}"), "search_space.num_layers",
+     "must be <= 64; got 10000"),
+    (BASE + "search: {max_concurrent: 0}\n", "search.max_concurrent", "out of range: 0"),
+    (BASE + "train: {savefile: runs/" + "x" * 100_000 + "}\n", "train.savefile",
+     r"got 'runs/x{55}'\.\.\. \(100,005 characters\)"),
+    (BASE + "search: {seed: " + "9" * 5000 + "}\n", "not valid YAML", "limit"),
+])
+def test_values_no_trial_could_use_are_refused_in_one_short_line(sweepdir, capsys, text, where, problem):
+    path = write(sweepdir, text)
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 400, err[:1000]
+    assert where in err and re.search(problem, err), err
+
+
+def test_a_search_space_whose_largest_trial_cannot_fit_is_refused(sweepdir, capsys):
+    """Each size is allowed on its own; together, at their maxima, no device could train them."""
+    path = write(sweepdir, BASE.replace("rnn_size: {choice: [16, 32]}", "rnn_size: {choice: [16, 65536]}\n"
+                                        "  num_layers: {int: [1, 64]}\n  batch_size: {choice: [8, 4096]}"))
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.search(r"search_space: the largest trial \(rnn_size 65536, num_layers 64, batch_size 4096\): "
+                     r"lstm 64x65536, .* parameters, about [\d,.]+ TB to train, more than the", err), err
+    assert not (sweepdir / "mlruns").exists() and not (sweepdir / "ray_results").exists()
