@@ -360,6 +360,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_ui(args) -> None:
+    import json
     import os
 
     from .tracking import resolve_uri
@@ -372,11 +373,25 @@ def cmd_ui(args) -> None:
     base = f"http://{args.host}:{args.port}"
     print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", file=sys.stderr)
     try:  # MLflow 3 opens an experiment on its GenAI view; the trials are in the classic runs table
-        from .select import latest_sweep_experiment
-        import mlflow
-        exp = mlflow.get_experiment_by_name(latest_sweep_experiment(uri))
-        print(f"latest sweep '{exp.name}': {base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning",
-              file=sys.stderr)
+        from . import select
+        from .tracking import KIND_TAG, client_for
+        name, df = select.trials(uri)
+        client = client_for(uri)
+        exp = client.get_experiment_by_name(name)
+        parent = client.search_runs([exp.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)[0]
+        sweep = df[df["tags.mlflow.parentRunId"] == parent.info.run_id]
+        # the runs table's columns and sort live in the browser, except for a view shared through MLflow's own
+        # experiment tag: the latest sweep's trials, best first, with val loss and the params `best` shows
+        view = {"searchFilter": f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                "orderByKey": "metrics.`best_val_loss`", "orderByAsc": True,
+                "selectedColumns": ["metrics.`best_val_loss`", "tags.`ray.trial_id`", "tags.`charsearch.outcome`",
+                                    *(f"params.`{c}`" for c in select.table(sweep, len(sweep)).columns[4:]
+                                      if f"params.{c}" in sweep)]}
+        key = "charsearch-latest-sweep"  # one view per experiment, replaced by each `charsearch ui`
+        client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(view))
+        print(f"latest sweep '{name}': {base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+              f"&viewStateShareKey={key}", file=sys.stderr)
     except UsageError:  # no sweep recorded yet
         pass
     sys.stderr.flush()

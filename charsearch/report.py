@@ -15,6 +15,7 @@ import datetime as dt
 import math
 import shutil
 import tempfile
+import textwrap
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ import optuna.visualization.matplotlib as om
 import pandas as pd
 import plotly.graph_objects as go
 import yaml
-from matplotlib.ticker import EngFormatter
+from matplotlib.colors import ListedColormap
+from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -45,6 +47,9 @@ STATES = {"finished": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "
           # a trial whose sweep died: Optuna itself marks such trials FAIL (heartbeat), never COMPLETE
           "interrupted": TrialState.FAIL}
 TOP_CURVES = 10  # learning curves drawn: the best trials only, or the plot is a tangle
+# PED-ANOVA (Optuna's default evaluator) scores each parameter by how its values in the top 10% of finished
+# trials differ from all of them: with 10 or fewer, that top is the best trial alone
+FEW_FOR_IMPORTANCES = 10
 NGRAMS = (10, 20, 40)
 MEMO_SAMPLES, MEMO_LENGTH, MEMO_SEED = 8, 1000, 123  # 8,000 sampled characters: a second or two on CPU
 
@@ -215,6 +220,15 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], str]:
     return imp, ""
 
 
+def importance_caveat(study: optuna.Study) -> str:
+    """What importances from few finished trials are worth, said on their plot and in the summary."""
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if complete > FEW_FOR_IMPORTANCES:
+        return ""
+    return (f"only {complete} finished trials: PED-ANOVA's top 10% is the best trial alone, "
+            f"so these importances are a hint, not a ranking")
+
+
 # ---------------------------------------------------------------------------------------------
 # figures: each as a plotly figure (HTML) and a matplotlib one (PNG), both drawn by Optuna
 
@@ -246,7 +260,60 @@ def figures(study: optuna.Study, top: int = TOP_CURVES, with_importances: bool =
     for f in figs:
         if f.name in sizes:
             f.png.set_size_inches(*sizes[f.name](len(f.png.axes)))
+        if f.name in ("slice", "parallel_coordinate"):
+            readable(f.png)
     return figs
+
+
+def readable(fig) -> None:
+    """Optuna's slice and parallel-coordinate plots made legible: its Blues colour scale runs to white, so
+    one trial vanishes on the grey background; and a log axis narrower than a decade (a learning rate
+    searched over 2e-3..1e-2) gets a label in scientific notation at every minor tick, which overlap."""
+    for ax in fig.axes:
+        for c in ax.collections:
+            if c.get_array() is not None:  # coloured by value: the trials' points and lines
+                c.set_cmap(without_white(c.get_cmap()))
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                plain_log_ticks(axis)
+
+
+def luminance(rgba) -> float:
+    r, g, b = np.asarray(rgba)[..., :3].T
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def without_white(cmap) -> ListedColormap:
+    """The colour map less its lightest 40%."""
+    light_at_0 = luminance(cmap(0.0)) > luminance(cmap(1.0))
+    x = np.linspace(0.4, 1.0, 256) if light_at_0 else np.linspace(0.0, 0.6, 256)
+    return ListedColormap(cmap(x), name=f"{cmap.name}_no_white")
+
+
+def plain_log_ticks(axis) -> None:
+    """Powers of ten on a log axis of two decades or more (as 1e-4); else 1, 2 and 5 times them, or a few
+    evenly spaced round numbers where fewer than two of those fall in its range (as 0.0024). None at the
+    very ends, where they would run into the labels of the next panel; minor ticks unlabelled."""
+    lo, hi = sorted(axis.get_view_interval())
+    a, b = math.log10(lo), math.log10(hi)
+    margin = 0.1 * (b - a)
+
+    def inner(ticks):
+        return [t for t in ticks if t > 0 and a + margin <= math.log10(t) <= b - margin]
+
+    if hi >= 100 * lo:
+        ticks = inner(LogLocator().tick_values(lo, hi))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"1e{round(math.log10(v))}"))  # 1e-4, not 0.0001
+    else:
+        decades = range(math.floor(a), math.ceil(b) + 1)
+        ticks = inner([m * 10.0 ** e for e in decades for m in (1, 2, 5)])
+        for n in (2, 3, 4):  # the fewest round numbers that still give two labels
+            if len(ticks) >= 2:
+                break
+            ticks = inner(MaxNLocator(n).tick_values(lo, hi))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _draw(study: optuna.Study, top: int, with_importances: bool) -> list[Figure]:
@@ -255,14 +322,23 @@ def _draw(study: optuna.Study, top: int, with_importances: bool) -> list[Figure]
             Figure("history_wall_time", *_history_wall_time(study)),
             Figure("timeline", ov.plot_timeline(study), _mpl_figure(om.plot_timeline(study)))]
     if with_importances:
-        figs.append(Figure("importances", ov.plot_param_importances(study, target_name=TARGET),
-                           _mpl_figure(om.plot_param_importances(study, target_name=TARGET))))
+        figs.append(Figure("importances", *_importances(study)))
     figs += [Figure("parallel_coordinate", ov.plot_parallel_coordinate(study, target_name=TARGET),
                     _mpl_figure(om.plot_parallel_coordinate(study, target_name=TARGET))),
              Figure("slice", ov.plot_slice(study, target_name=TARGET),
                     _mpl_figure(om.plot_slice(study, target_name=TARGET))),
              Figure("learning_curves", *_learning_curves(study, top))]
     return figs
+
+
+def _importances(study: optuna.Study):
+    fig = ov.plot_param_importances(study, target_name=TARGET)
+    ax = om.plot_param_importances(study, target_name=TARGET)
+    caveat = importance_caveat(study)
+    if caveat:
+        fig.update_layout(title={"text": f"{fig.layout.title.text}<br><sup>{caveat}</sup>"})
+        ax.set_title(f"{ax.get_title(loc='left')}\n{textwrap.fill(caveat, 70)}", loc="left", fontsize="medium")
+    return fig, ax.figure
 
 
 def top_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
@@ -273,15 +349,21 @@ def top_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
 
 
 def _learning_curves(study: optuna.Study, top: int):
-    """Optuna's intermediate-values plot (val loss against characters trained), kept to the best trials."""
-    keep = {f"Trial{t.number}" for t in top_trials(study, top)}  # Optuna's trace and line labels
+    """Optuna's intermediate-values plot (val loss against characters trained), kept to the best trials and
+    labelled with the Ray trial ids that `charsearch best` prints."""
+    # Optuna labels its traces and lines Trial<number>
+    keep = {f"Trial{t.number}": t.user_attrs.get("ray_trial_id", f"Trial{t.number}") for t in top_trials(study, top)}
     fig = ov.plot_intermediate_values(study)
     fig.data = [trace for trace in fig.data if trace.name in keep]
+    for trace in fig.data:
+        trace.name = keep[trace.name]
     fig.update_layout(title=f"Learning curves of the best {len(keep)} trials", xaxis_title="characters trained",
                       yaxis_title="val loss (nats/char)")
     ax = om.plot_intermediate_values(study)
     for line in list(ax.lines):
-        if line.get_label() not in keep:
+        if line.get_label() in keep:
+            line.set_label(keep[line.get_label()])
+        else:
             line.remove()
     ax.set_title(f"Learning curves of the best {len(keep)} trials")
     ax.set_xlabel("characters trained")
@@ -432,6 +514,8 @@ def summary(sweep: SweepRuns, study: optuna.Study, imp: dict[str, float], notes:
     lines.append("  " + "  ".join(f"{k}={_fmt(params[k])}" for k in sweep.space if k in params))
     if imp:
         lines.append("most important params: " + ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:3]))
+        caveat = importance_caveat(study)
+        lines += [f"  ({caveat})"] if caveat else []
     if memo is not None:
         lines.append(f"memorisation: n-grams found verbatim in the train text, of {memo.chars:,} characters "
                      f"sampled from trial {memo.trial}'s model, and of the val text")

@@ -11,6 +11,7 @@ from datetime import datetime
 
 import matplotlib.image
 import matplotlib.pyplot as plt
+from matplotlib.collections import LineCollection, PathCollection
 import mlflow
 import numpy as np
 import optuna
@@ -142,21 +143,24 @@ def test_report_files_summary_and_parent_run_artifacts(sweep, workdir, capsys):
     assert lines[2].split() == ["rnn_size=64", "num_layers=2", "dropout=0.1", "learning_rate=0.002", "use_ss=False"]
     top3 = re.match(r"most important params: (\w+) [\d.]+, (\w+) [\d.]+, (\w+) [\d.]+$", lines[3])
     assert top3 and set(top3.groups()) <= set(SPACE)
+    # three finished trials: PED-ANOVA's top 10% is one trial, and the summary says what that makes them worth
+    assert lines[4] == ("  (only 3 finished trials: PED-ANOVA's top 10% is the best trial alone, so these importances "
+                        "are a hint, not a ranking)")
     assert (workdir / "rep" / "summary.txt").read_text().strip() == "\n".join(lines[:-2])
     # memorisation of the best model: shares in [0, 1], printed and logged on the parent run
     metrics = client.get_run(parent).data.metrics
     for n in report.NGRAMS:
         for kind in ("memorised", "val_text"):
             assert 0.0 <= metrics[f"{kind}_{n}gram_share"] <= 1.0
-        assert f"{n}-grams {100 * metrics[f'memorised_{n}gram_share']:5.1f}%" in lines[5]
-        assert f"{n}-grams {100 * metrics[f'val_text_{n}gram_share']:5.1f}%" in lines[6]
-    assert lines[4] == ("memorisation: n-grams found verbatim in the train text, of 8,000 characters sampled from "
+        assert f"{n}-grams {100 * metrics[f'memorised_{n}gram_share']:5.1f}%" in lines[6]
+        assert f"{n}-grams {100 * metrics[f'val_text_{n}gram_share']:5.1f}%" in lines[7]
+    assert lines[5] == ("memorisation: n-grams found verbatim in the train text, of 8,000 characters sampled from "
                         "trial t1's model, and of the val text")
     # held-out text shares short n-grams with the train text far more often than long ones
     assert metrics["val_text_10gram_share"] > metrics["val_text_40gram_share"]
-    # learning curves of the best two trials only (t1 1.6, t4 1.8)
+    # learning curves of the best two trials only (t1 1.6, t4 1.8), named by their Ray trial ids
     html = (workdir / "rep" / "learning_curves.html").read_text()
-    assert '"name":"Trial0"' in html and '"name":"Trial3"' in html and '"name":"Trial4"' not in html
+    assert '"name":"t1"' in html and '"name":"t4"' in html and '"name":"t5"' not in html and "Trial" not in html
 
 
 def study_of(*values, state=TrialState.COMPLETE):
@@ -177,6 +181,87 @@ def test_importances_are_skipped_with_a_note_when_trials_are_too_few():
     figs = report.figures(report.make_study(study_of(1.0) + pruned), with_importances=False)
     assert [f.name for f in figs] == ["history", "history_wall_time", "timeline", "parallel_coordinate", "slice",
                                       "learning_curves"]
+
+
+def lr_study(n_complete, lr_range):
+    """Finished trials whose values fall with the learning rate, each with a Ray trial id and a learning curve."""
+    dists = {"learning_rate": FloatDistribution(*lr_range, log=True), "rnn_size": CategoricalDistribution([32, 64])}
+    lrs = np.geomspace(*lr_range, n_complete)
+    return report.make_study([optuna.trial.create_trial(
+        state=TrialState.COMPLETE, params={"learning_rate": float(lr), "rnn_size": [32, 64][i % 2]},
+        distributions=dists, value=2.0 + i / 10, intermediate_values={1000: 3.0, 2000: 2.0 + i / 10},
+        user_attrs={"ray_trial_id": f"{0xa0 + i:08x}"}) for i, lr in enumerate(lrs)])
+
+
+def test_learning_curves_are_labelled_with_the_ray_trial_ids():
+    study = lr_study(4, (1e-3, 1e-2))
+    figs = {f.name: f for f in report.figures(study, top=2)}
+    best_two = ["000000a0", "000000a1"]  # the lowest values
+    ax = figs["learning_curves"].png.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == best_two
+    assert [trace.name for trace in figs["learning_curves"].html.data] == best_two
+    for f in figs.values():
+        plt.close(f.png)
+
+
+def tick_labels(fig):
+    fig.canvas.draw()
+    return [(axis, label) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+            for label in axis.get_ticklabels(which="both") if label.get_visible() and label.get_text()]
+
+
+@pytest.mark.parametrize("lr_range", [(2.3e-3, 2.6e-3), (2e-3, 1e-2), (1e-5, 1e-1)])
+def test_slice_and_parallel_coordinate_label_a_log_axis_with_a_few_plain_ticks_that_do_not_overlap(lr_range):
+    figs = {f.name: f for f in report.figures(lr_study(5, lr_range))}
+    for name in ("slice", "parallel_coordinate"):
+        fig = figs[name].png
+        labels = tick_labels(fig)
+        log_labels = [label for axis, label in labels if axis.get_scale() == "log"]  # the learning rate's
+        assert 2 <= len(log_labels) <= 6, (name, [label.get_text() for label in log_labels])
+        assert all(re.fullmatch(r"[\d.e+-]+", label.get_text()) for label in log_labels), name  # no 2×10⁻³
+        boxes = [label.get_window_extent() for _, label in labels]
+        for label in log_labels:
+            box = label.get_window_extent()
+            assert sum(box.overlaps(other) for other in boxes) == 1, (name, label.get_text())  # itself only
+    for f in figs.values():
+        plt.close(f.png)
+
+
+def test_no_trial_is_drawn_white_on_the_grey_background():
+    figs = {f.name: f for f in report.figures(lr_study(5, (1e-3, 1e-2)))}
+    for name in ("slice", "parallel_coordinate"):
+        fig = figs[name].png
+        fig.canvas.draw()
+        kind = PathCollection if name == "slice" else LineCollection  # the trials' points, lines
+        drawn = [c for ax in fig.axes for c in ax.collections if isinstance(c, kind) and c.get_array() is not None]
+        assert drawn, name
+        for c in drawn:
+            colours = c.get_facecolors() if name == "slice" else c.get_edgecolors()
+            assert len(colours) == len(c.get_array())
+            # the ggplot background is #E5E5E5 (luminance 0.9); white would be 1.0
+            assert report.luminance(colours).max() < 0.75, name
+    for f in figs.values():
+        plt.close(f.png)
+
+
+@pytest.mark.parametrize("n_complete, caveat", [(2, True), (report.FEW_FOR_IMPORTANCES + 1, False)])
+def test_importances_from_few_finished_trials_carry_a_caveat(n_complete, caveat):
+    study = lr_study(n_complete, (1e-3, 1e-2))
+    imp, note = report.importances(study)
+    assert imp and note == ""  # drawn: the evaluator told the params apart
+    text = report.importance_caveat(study)
+    assert bool(text) == caveat
+    figs = {f.name: f for f in report.figures(study)}
+    title = figs["importances"].png.axes[0].get_title(loc="left")
+    assert title.startswith("Hyperparameter Importances")
+    if caveat:
+        assert text.startswith(f"only {n_complete} finished trials: ")
+        assert " ".join(title.split()[2:]) == text  # under the title, wrapped
+        assert text in figs["importances"].html.layout.title.text
+    else:
+        assert title == "Hyperparameter Importances" and "finished trials" not in figs["importances"].html.layout.title.text
+    for f in figs.values():
+        plt.close(f.png)
 
 
 @pytest.mark.parametrize("kind, values, text, expected", [

@@ -1,8 +1,11 @@
-"""The MLflow UI in a real browser: the smoke sweep's runs are browsable, as the README promises."""
+"""The MLflow UI in a real browser: the page `charsearch ui` links to shows the latest sweep's trials."""
 
 import hashlib
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,14 +16,17 @@ from .web import free_port, wait_http
 
 
 @pytest.mark.slow
-def test_the_sweep_experiment_page_lists_its_parent_and_child_runs(browser, smoke_sweep, tmp_path):
-    _, uri, _ = smoke_sweep
-    db = Path(uri.removeprefix("sqlite:///"))
-    before = hashlib.sha256(db.read_bytes()).hexdigest()
+def test_the_linked_runs_page_shows_the_trials_best_first_with_val_loss_and_params(browser, smoke_sweep, tmp_path):
+    project, uri, _ = smoke_sweep
+    # `charsearch ui` stores its view as an experiment tag: a copy keeps the session's store as the sweep left it
+    db = tmp_path / "mlflow.db"
+    shutil.copy(Path(uri.removeprefix("sqlite:///")), db)
+    uri = f"sqlite:///{db}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("smoke")
     parent = client.search_runs([exp.experiment_id], "tags.`charsearch.kind` = 'sweep'")[0]
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  order_by=["metrics.best_val_loss ASC"])
     assert len(children) >= 2
 
     port = free_port()
@@ -30,21 +36,29 @@ def test_the_sweep_experiment_page_lists_its_parent_and_child_runs(browser, smok
                          start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", p, timeout=120, log=log)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        # the runs table of the experiment; MLflow 3 opens experiments on its GenAI view unless asked for this one
-        page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+        link = re.search(r"latest sweep 'smoke': (\S+)", log.read_text()).group(1)
+        before = hashlib.sha256(db.read_bytes()).hexdigest()
+        page = browser.new_page(viewport={"width": 1800, "height": 700})
+        page.goto(link)
         run_link = lambda run: page.locator(f"a[href$='/runs/{run.info.run_id}']")  # noqa: E731
-        parent_link = run_link(parent)
-        parent_link.wait_for(timeout=90_000)
-        assert parent_link.inner_text() == parent.info.run_name
-        # child runs are listed under their parent, folded: unfold them with the parent row's button
-        page.locator("[role=gridcell]", has=parent_link).get_by_role("button").click()
-        for child in children:
-            link = run_link(child)
-            link.wait_for(timeout=30_000)
-            assert link.inner_text() == child.info.run_name
+        for child in children:  # listed at once, no parent row to unfold
+            run_link(child).wait_for(timeout=90_000)
+        assert run_link(parent).count() == 0
+        page.get_by_role("columnheader", name=re.compile("best_val_loss")).first.wait_for(timeout=30_000)
+        time.sleep(1)  # let the cells settle before the picture
+        page.screenshot(path=tmp_path / "runs.png")
+        # the grid draws a row in parts (pinned name column, the rest): a row is all parts of one row-index
+        texts = [" ".join(page.locator(f"[role=row][row-index='{i}']").all_inner_texts())
+                 for i in range(len(children))]
+        (tmp_path / "runs.txt").write_text("\n".join(texts))
+        assert page.locator(f"[role=row][row-index='{len(children)}']").count() == 0  # no other run listed
+        # one row per trial, best first, each with its best val loss
+        for text, child in zip(texts, children):
+            assert child.info.run_name in text, texts
+            numbers = [float(x) for x in re.findall(r"\d+\.\d+", text)]
+            assert any(abs(x - child.data.metrics["best_val_loss"]) < 1e-6 for x in numbers), text
         page.close()
+        assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # browsing wrote nothing to the store
     finally:
         kill_session(p.pid)
         p.wait()
-    assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # browsing wrote nothing to the shared store
