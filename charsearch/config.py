@@ -305,7 +305,8 @@ class SweepConfig:
         """The sweep as a sweep file (the layout load_sweep reads): what --dry-run prints."""
         sections: dict = {"name": self.name}
         for section, keys in SWEEP_SCHEMA.items():
-            values = {key: getattr(self, attr) for key, (attr, _, _) in keys.items()}
+            values = {key: getattr(self, attr) for key, (attr, _, _) in keys.items()
+                      if getattr(self, attr) not in ("", None) and (attr != "max_concurrent" or self.max_concurrent)}
             sections[section] = values
         sections["train"] = dict(self.train)
         sections["search_space"] = {k: {p.kind: p.values} for k, p in self.space.items()}

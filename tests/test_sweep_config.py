@@ -118,9 +118,12 @@ def test_dry_run_prints_the_resolved_sweep_and_resources(sweepdir, capsys):
     path = write(sweepdir, edit(resources={"cpu": 2, "gpu": 0.25}))
     assert main(["sweep", str(path), "--dry-run", "--num-samples", "7"]) == 0
     out = capsys.readouterr().out
-    resolved = yaml.safe_load(out)
-    assert resolved["num_samples"] == 7 and resolved["space"] == {"rnn_size": {"choice": [16, 32]}}
+    resolved = yaml.safe_load(out)  # a sweep file, with the command line's overrides in it
+    assert resolved["search"]["num_samples"] == 7 and resolved["search_space"] == {"rnn_size": {"choice": [16, 32]}}
     assert "# resources per trial: cpu 2, gpu 0.25" in out
+    again = sweepdir / "again.yaml"
+    again.write_text(out)
+    assert load_sweep(again).num_samples == 7
     assert not (sweepdir / "mlruns").exists()
 
 
