@@ -239,9 +239,14 @@ def cmd_sweep(args) -> int:
     outcome = sweep_mod.run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
                             dashboard=args.dashboard, started=started, plan_text=plan_text)
     print(f"sweep {sweep.name}: {sweep_mod.describe_counts(outcome.counts)} in {outcome.wall_s / 60:.1f} min")
+    for trial_id, error in list((outcome.errors or {}).items())[:3]:  # the full tracebacks are in MLflow
+        print(f"trial {trial_id} failed: {error}", file=sys.stderr)
+    if len(outcome.errors or {}) > 3:
+        print(f"... and {len(outcome.errors) - 3} more failed trials (their errors: tag 'error' of their MLflow runs)",
+              file=sys.stderr)
     if outcome.finish:
-        print(f"the best trial ({outcome.best_trial}) trained on for {outcome.finish['seconds']:.0f} s after the "
-              f"search: val {outcome.finish['best_val_loss']:.4f}")
+        print(f"the best {len(outcome.finish['trials'])} trial(s) trained on for {outcome.finish['seconds']:.0f} s "
+              f"after the search; the best of them, {outcome.finish['best'][1]}: val {outcome.finish['best'][0]:.4f}")
     if outcome.best_val_loss is not None:
         print(f"best val loss {outcome.best_val_loss:.4f} nats/char ({outcome.best_val_loss / math.log(2):.4f} "
               f"bits/char), trial {outcome.best_trial}: {json.dumps(outcome.best_config)}")

@@ -93,3 +93,29 @@ def test_no_trial_starts_that_cannot_report_before_the_deadline(project):
     assert summary["started"] < 10  # the deadline, not the sample count, ended the search
     _, trials = runs(f"sqlite:///{project}/mlruns/mlflow.db", "deadline")
     assert len(trials) == summary["started"] and trials["metrics.best_val_loss"].notna().all()
+
+
+def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(workdir, shakespeare_slice):
+    r = charsearch("sweep", "--data", shakespeare_slice, "--time", "80", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"# calibration: \d+ shapes measured in \d+ s on cpu", r.stderr)
+    m = re.search(r"the best (\d+) trial\(s\) trained on for (\d+) s after the search; the best of them, (\w+): "
+                  r"val ([0-9.]+)", r.stdout)
+    assert m, r.stdout
+    winner, val = m[3], float(m[4])
+    summary = counts_in(r.stdout.splitlines()[0])
+    assert summary["finished"] >= 1 and summary["never_started"] == 0
+    _, trials = runs(f"sqlite:///{workdir}/mlruns/mlflow.db", "auto-shakespeare200k")
+    row = trials[trials["tags.ray.trial_id"] == winner].iloc[0]
+    assert row["tags.charsearch.outcome"] == "finished" and int(row["tags.charsearch.finish_s"]) > 0
+    assert row["metrics.best_val_loss"] == pytest.approx(val, abs=5e-5)  # what the summary printed
+    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    steps = [m.step for m in client.get_metric_history(row.run_id, "val_loss")]
+    assert steps == sorted(steps)  # the finish goes on along the same characters-trained axis
+    rates = [m.value for m in client.get_metric_history(row.run_id, "learning_rate")]
+    assert rates[-1] < 0.2 * max(rates)  # it ended with its learning rate decayed
+    best = charsearch("best", "--export", "model.pt", cwd=workdir)
+    assert best.returncode == 0, best.stderr
+    exported = torch.load(workdir / "model.pt", weights_only=True)
+    assert exported["summary"]["trial_id"] == trials.loc[trials["metrics.best_val_loss"].idxmin(), "tags.ray.trial_id"]
+    assert counts_in(best.stdout.splitlines()[0]) == summary

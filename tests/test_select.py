@@ -109,7 +109,7 @@ def test_ui_serves_the_store_on_localhost(store, workdir):
         exp_id = mlflow.MlflowClient(store).get_experiment_by_name("exp").experiment_id
         lines = [p.stderr.readline().strip() for _ in range(2)]
         assert lines[1] == (f"latest sweep 'exp': http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
-                            "?workflowType=machine_learning"), lines
+                            "?workflowType=machine_learning&viewStateShareKey=charsearch-latest-sweep"), lines
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()

@@ -1,6 +1,7 @@
 """Real sweeps through the command line: local Ray, OptunaSearch, ASHA, MLflow with a SQLite store."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -130,3 +131,5 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(project):
     assert failed["tags.error"].str.contains("diverged").all()
     assert (ok.status == "FINISHED").all()
     assert f"{len(failed)} failed" in r.stdout
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 40  # one line per failed trial, not Ray's
+    assert re.search(r"trial \w+ failed: .*diverged", r.stderr)
