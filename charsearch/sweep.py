@@ -681,9 +681,10 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
     slots = 1 if gpu else max(1, sweep.max_concurrent or int(ray.cluster_resources().get("CPU", 1) // sweep.cpu))
     chosen = ranked[:slots]
     threads = 1 if gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // len(chosen))
-    tasks = {}
+    tasks, resumed_at = {}, {}
     for r in chosen:
         trial_id = r.metrics["trial_id"]
+        resumed_at[trial_id] = r.metrics["chars_trained"]
         with r.checkpoint.as_directory() as d:
             checkpoint, model = (Path(d) / "checkpoint.pt").read_bytes(), (Path(d) / "model.pt").read_bytes()
         cfg = sweep.trial_config(r.config)
@@ -718,8 +719,9 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
             print(f"note: trial {trial_id} could not train on ({str(e).splitlines()[0][:200]}); its model from the "
                   f"search stands", file=out)
             continue
-        for m in res["history"]:
-            tracker.trial_result(trial_id, m)
+        for m in res["history"]:  # the restored history holds the search's evaluations too
+            if m["chars_trained"] > resumed_at[trial_id]:
+                tracker.trial_result(trial_id, m)
         with tempfile.TemporaryDirectory() as tmp:
             model_file = None
             if res["model"] is not None:
