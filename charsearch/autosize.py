@@ -1,21 +1,28 @@
 """An automatically sized sweep: measure the machine, then choose a search space, ASHA's rungs and the
 time split between searching and finishing, for one corpus and one wall-clock budget.
 
-Measuring comes first because the best shape depends on the machine: on 2 CPU cores a 2x128 LSTM
-trains ~45,000 chars/s and a 2x256 ~8,000, so in 10 minutes the first sees 27 M characters and the
-second 5 M. The sizing rules, with N the characters of the train split and r a shape's measured rate
-(chars/s per trial while `parallel` trials share the machine):
+Measuring comes first because the best shape depends on the machine: on 2 CPU cores, one thread per
+trial, a 2x96 LSTM trains ~60,000 chars/s and a 2x192 ~23,000, so in 10 minutes the first sees 36 M
+characters and the second 14 M. The sizing rules, with N the characters of the train split, S the
+search window and r a shape's measured rate (chars/s per trial while `parallel` trials share the
+machine):
 
-- a shape is kept if, as the winner, it can train from TOKENS_PER_PARAM to MAX_TOKENS_PER_PARAM
-  characters per parameter in the budget (10 * params <= r * budget <= 400 * params: enough to train
-  it, not so few parameters that it plateaus long before the end), and has at most PARAMS_PER_CHAR * N parameters (char-rnn's
-  advice: parameters in the order of the training characters; more would only memorise);
-- ASHA's grace period is what the median kept shape trains in a tenth of the search window, and its
-  maximum what the fastest trains in the whole window: many configurations are compared cheaply;
-- trials report every max(grace / 2, 4 * val characters): an evaluation reads the val split forward
-  only (about a third of a training character's cost), so evaluating costs under ~10% of training;
-- the search gets SEARCH_FRACTION of the budget; the best trial then continues from its checkpoint
-  for the rest, on the whole machine, with its learning rate decaying linearly to 0 (sweep.finish).
+- a shape is kept if, as the winner, it can train TOKENS_PER_PARAM to MAX_TOKENS_PER_PARAM characters
+  per parameter in the budget (20 * params <= r * budget <= 400 * params: enough to train it, not so
+  few parameters that it plateaus long before the end), and has at most PARAMS_PER_CHAR * N
+  parameters (char-rnn's advice: parameters in the order of the training characters);
+- trials report every max(r_median * S / 40, 2 * val characters) characters: an evaluation reads the
+  val split forward only, so it costs about a sixth of the training between two reports;
+- ASHA's grace period is max(r_median * S / 20, one report): the median shape could run 20 trials to
+  their first rung in the window, so many configurations are compared cheaply; its maximum is
+  max(r_fastest * S / 3, 3 * grace): no trial holds a slot for more than a third of the window;
+- the search gets SEARCH_FRACTION of what the budget leaves after calibration and start-up; the best
+  trials then continue from their checkpoints for the rest (sweep.finish_best), their learning rate
+  decaying linearly to 0.
+
+Measured on 2 cores, tiny-shakespeare, 10 minutes (one run each): searching 40% of the budget with
+grace r_median * S / 10 and a maximum of the whole window compared 4 trials and reached 1.604; the
+rules above compared 6 and reached 1.553 (BENCHMARKS.md has the runs over seeds).
 
 This module knows torch and the sweep config, not Ray: the calibration runs in plain processes.
 """

@@ -358,6 +358,7 @@ class Deadline(Searcher):
     raised to the longest seen so far in this sweep (suggestion to first result)."""
 
     ends_at = math.inf  # time.time() at which this invocation's search ends; set by run(), never pickled
+    closed = False  # whether it has refused a trial for lack of time
 
     def __init__(self, searcher: Searcher, first_report_s: float):
         self.searcher, self.first_report_s = searcher, first_report_s
@@ -372,6 +373,7 @@ class Deadline(Searcher):
 
     def suggest(self, trial_id: str):
         if time.time() + self.first_report_s > Deadline.ends_at:
+            Deadline.closed = True
             return Searcher.FINISHED
         self.suggested[trial_id] = time.time()
         return self.searcher.suggest(trial_id)
@@ -569,7 +571,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     search_s = 0.0
     if sweep.sweep_time:
         search_s = max(1.0, sweep.sweep_time - sweep.finish_time - (time.time() - started))
-    Deadline.ends_at = time.time() + search_s if search_s else math.inf
+    Deadline.ends_at, Deadline.closed = (time.time() + search_s if search_s else math.inf), False
 
     chars_per_epoch = len(train_ids)
     scale = chars_per_epoch if sweep.time_attr == "chars_trained" else 1
@@ -612,10 +614,15 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
 
     counts = book.counts(book.trials)
     best = book.best
-    interrupted = counts["interrupted"] > 0
+    # ended by Ctrl-C rather than by its budget, its deadline or its sample count: --resume continues it
+    ended_early = time.time() < Deadline.ends_at - 2.0 and not Deadline.closed and len(book.trials) < sweep.num_samples
+    interrupted = counts["interrupted"] > 0 or ended_early
     finish = None
     if best is not None and sweep.finish_time and not interrupted:
-        finish = finish_best(sweep, grid, tracker, corpus, started, out)
+        try:
+            finish = finish_best(sweep, grid, tracker, corpus, started, out)
+        except KeyboardInterrupt:  # the search's models are all logged already
+            print("\nfinishing interrupted: the models of the search stand", file=out)
         if finish:  # trained to the end of the budget: finished, whatever stopped them in the search
             for trial_id in finish["trials"]:
                 book.outcomes[trial_id] = "finished"
@@ -629,6 +636,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
                                   **{f"trials_{k}": v for k, v in counts.items()}},
                          tags={"best_config": json.dumps(best[2]) if best else "", "best_trial": best[1] if best else "",
                                "interrupted": interrupted, COUNTS_TAG: json.dumps(counts)})
+    remove_stale_trial_dirs()  # again: trial processes ended with the search may have exited only now
     return SweepOutcome(storage.show(exp_dir), tracker.parent_id, counts, interrupted,
                         best[0] if best else None, best[1] if best else None, best[2] if best else None, wall, finish,
                         dict(book.errors))
