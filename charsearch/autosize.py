@@ -17,8 +17,8 @@ machine):
   their first rung in the window, so many configurations are compared cheaply; its maximum is
   max(r_fastest * S / 3, 3 * grace): no trial holds a slot for more than a third of the window;
 - the search gets SEARCH_FRACTION of what the budget leaves after calibration and start-up; the best
-  trials then continue from their checkpoints for the rest (sweep.finish_best), their learning rate
-  decaying linearly to 0.
+  trial then continues from its checkpoint on the whole machine for the rest (sweep.finish_best), its
+  learning rate decaying linearly to 0.
 
 Measured on 2 cores, tiny-shakespeare, 10 minutes (one run each): searching 40% of the budget with
 grace r_median * S / 10 and a maximum of the whole window compared 4 trials and reached 1.604; the

@@ -245,8 +245,8 @@ def cmd_sweep(args) -> int:
         print(f"... and {len(outcome.errors) - 3} more failed trials (their errors: tag 'error' of their MLflow runs)",
               file=sys.stderr)
     if outcome.finish:
-        print(f"the best {len(outcome.finish['trials'])} trial(s) trained on for {outcome.finish['seconds']:.0f} s "
-              f"after the search; the best of them, {outcome.finish['best'][1]}: val {outcome.finish['best'][0]:.4f}")
+        print(f"the search's best trial {', '.join(outcome.finish['trials'])} trained on for "
+              f"{outcome.finish['seconds']:.0f} s: val {outcome.finish['best'][0]:.4f}")
     if outcome.best_val_loss is not None:
         print(f"best val loss {outcome.best_val_loss:.4f} nats/char ({outcome.best_val_loss / math.log(2):.4f} "
               f"bits/char), trial {outcome.best_trial}: {json.dumps(outcome.best_config)}")

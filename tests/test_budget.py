@@ -99,10 +99,9 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     r = charsearch("sweep", "--data", shakespeare_slice, "--time", "80", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert re.search(r"# calibration: \d+ shapes measured in \d+ s on cpu", r.stderr)
-    m = re.search(r"the best (\d+) trial\(s\) trained on for (\d+) s after the search; the best of them, (\w+): "
-                  r"val ([0-9.]+)", r.stdout)
+    m = re.search(r"the search's best trial (\w+) trained on for (\d+) s: val ([0-9.]+)", r.stdout)
     assert m, r.stdout
-    winner, val = m[3], float(m[4])
+    winner, val = m[1], float(m[3])
     summary = counts_in(r.stdout.splitlines()[0])
     assert summary["finished"] >= 1 and summary["never_started"] == 0
     _, trials = runs(f"sqlite:///{workdir}/mlruns/mlflow.db", "auto-shakespeare200k")
