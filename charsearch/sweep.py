@@ -646,14 +646,16 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
 # after the search: the best trial trains on
 
 
-def _finish_task(checkpoint: bytes, model: bytes, cfg_dict: dict, corpus: Corpus, summary: dict, threads: int):
+def _finish_task(checkpoint: bytes, model: bytes, cfg_dict: dict, corpus: Corpus, summary: dict, threads: int,
+                 ends_at: float):
     """Runs in a Ray task: a trial's run resumed from its last checkpoint, its learning rate decaying
-    linearly to 0 over the time left."""
+    linearly to 0 over the time left until `ends_at` (time.time()), however long the task waited to start."""
     import torch
 
     from .config import TrainConfig
     from .train import train
     torch.set_num_threads(threads)
+    cfg_dict = {**cfg_dict, "max_time": max(1.0, ends_at - time.time())}
     work = Path(tempfile.mkdtemp(prefix=f"{TRIAL_DIR_PREFIX}{os.getpid()}-"))
     try:
         (work / "resume.pt").write_bytes(checkpoint)
@@ -707,7 +709,7 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
         options = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": threads}
         summary = {"trial_id": trial_id, "trial_name": f"trial_{trial_id}", "sweep": sweep.name}
         tasks[trial_id] = ray.remote(_finish_task).options(**options).remote(
-            checkpoint, model, cfg.to_dict(), corpus, summary, threads)
+            checkpoint, model, cfg.to_dict(), corpus, summary, threads, time.time() + left)
     tty = out.isatty()
     t0 = time.time()
     names = ", ".join(tasks)
