@@ -263,7 +263,7 @@ def test_worker_node_lost_mid_sweep(cluster, project):
     finally:
         kill_session(driver.pid)
     assert driver.returncode == 0, err
-    assert "sweep cluster-loss: 3 trials (3 done, 0 stopped early, 0 failed)" in out, out + err
+    assert "sweep cluster-loss: 3 trials (3 finished, 0 failed)" in out, out + err
 
     parents, children = runs(cluster.tracking_uri, "cluster-loss")
     assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"
