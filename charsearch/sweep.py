@@ -40,7 +40,8 @@ from . import artifact  # noqa: E402
 from .config import SweepConfig  # noqa: E402
 from .data import Corpus, check_fits, check_val, load_corpus  # noqa: E402
 from .errors import UsageError  # noqa: E402
-from .tracking import COUNTS_TAG, OUTCOME_TAG, OUTCOMES, TRIAL_TAG, Tracker, describe_counts, resolve_uri  # noqa: E402,F401
+from .tracking import (COUNTS_TAG, OUTCOME_TAG, OUTCOMES, TRIAL_TAG, Tracker, backlog,  # noqa: E402,F401
+                       describe_counts, resolve_uri)
 
 STATE_FILE = "charsearch.json"  # in the Ray experiment folder: links it to the sweep's MLflow parent run
 METRIC = "best_val_loss"  # what Optuna and ASHA minimise: the best fair val loss so far
@@ -171,6 +172,10 @@ class MLflowCallback(tune.Callback):
     killed in between, the resumed sweep would otherwise restart a trial that MLflow shows as ended.
     Trials still running when the sweep ends (its budget, Ctrl-C) never reach on_trial_complete: they
     are logged in on_experiment_end with their best model so far.
+
+    The writes themselves are made in the background (tracking.Writer), so a driver killed with writes
+    still waiting may leave a trial that Tune saved as ended without its end in MLflow: a resumed sweep
+    logs such trials from Tune's saved state (their last result and latest checkpoint) at its first step.
     """
 
     def __init__(self, uri: str, sweep: SweepConfig, parent_run_id: str):
@@ -185,8 +190,9 @@ class MLflowCallback(tune.Callback):
 
     def setup(self, **info):
         self.started = time.monotonic()
+        self.replay = True
         self.book = Book.current
-        self.tracker = Tracker(self.uri, self.sweep.name)
+        self.tracker = Tracker(self.uri, self.sweep.name, background=True)
         self.tracker.reopen_sweep(self.parent_run_id)
         for run in self.tracker.child_runs():  # a resumed sweep: what ended before
             trial_id, outcome = run.data.tags[TRIAL_TAG], run.data.tags.get(OUTCOME_TAG)
@@ -200,6 +206,23 @@ class MLflowCallback(tune.Callback):
         params = {k: v for k, v in params.items() if k not in ("init_from", "checkpoint_dir", "device")}
         params.update({k: v for k, v in trial.config.items() if k not in params})  # e.g. shape, as searched
         self.tracker.trial_started(trial.trial_id, str(trial), params)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.replay:
+            self.replay = False
+            self._replay(trials)
+
+    def _replay(self, trials) -> None:
+        for trial in trials:
+            if (trial.status != "TERMINATED" or trial.trial_id in self.book.outcomes
+                    or trial.last_result.get("val_loss") is None):
+                continue
+            self._open(trial)
+            self.book.result(trial, trial.last_result)
+            self.tracker.trial_result(trial.trial_id, trial.last_result)
+            self._log_end(trial)
+            outcome = "finished" if trial.last_result.get("final") else "stopped_early"
+            self.book.outcomes[trial.trial_id] = self.saved[trial.trial_id] = outcome  # Tune saved its end
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id not in self.book.reported or self.book.outcomes.get(trial.trial_id) == "interrupted":
@@ -314,6 +337,8 @@ class StatusLine(tune.Callback):
                  f"trials: {c['running'] + c['starting']} running, {c['finished']} finished, {c['stopped_early']} "
                  f"stopped early, " + (f"{c['cut_by_budget']} cut by the budget, " if c["cut_by_budget"] else "")
                  + f"{c['failed']} failed"]
+        if held := backlog():  # the tracking store is away: trials go on, their writes wait
+            parts.append(held)
         if self.book.best:
             v, trial_id, config = self.book.best
             parts.append(f"best {v:.4f} (trial {trial_id}: {', '.join(f'{k}={_fmt(x)}' for k, x in config.items())})")
@@ -542,7 +567,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     if note:
         print(f"note: {note}", file=out)
 
-    tracker = Tracker(uri, sweep.name)
+    tracker = Tracker(uri, sweep.name, background=True)  # trials never wait for MLflow
     if previous is not None:
         state = storage.read_json(f"{previous}/{STATE_FILE}")
         tracker.reopen_sweep(state["parent_run_id"])
@@ -631,11 +656,14 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
             if winner[0] < best[0]:
                 best = (winner[0], winner[1], next(r.config for r in grid if r.metrics.get("trial_id") == winner[1]))
     wall = time.time() - started
-    tracker.finish_sweep("KILLED" if interrupted else "FINISHED",
-                         metrics={"best_val_loss": best[0] if best else math.nan, "wall_s": wall,
-                                  **{f"trials_{k}": v for k, v in counts.items()}},
-                         tags={"best_config": json.dumps(best[2]) if best else "", "best_trial": best[1] if best else "",
-                               "interrupted": interrupted, COUNTS_TAG: json.dumps(counts)})
+    unwritten = tracker.finish_sweep(
+        "KILLED" if interrupted else "FINISHED",
+        metrics={"best_val_loss": best[0] if best else math.nan, "wall_s": wall,
+                 **{f"trials_{k}": v for k, v in counts.items()}},
+        tags={"best_config": json.dumps(best[2]) if best else "", "best_trial": best[1] if best else "",
+              "interrupted": interrupted, COUNTS_TAG: json.dumps(counts)})
+    if unwritten:  # the tracking store stayed away past the sweep's end
+        print(f"note: {unwritten}", file=out)
     remove_stale_trial_dirs()  # again: trial processes ended with the search may have exited only now
     return SweepOutcome(storage.show(exp_dir), tracker.parent_id, counts, interrupted,
                         best[0] if best else None, best[1] if best else None, best[2] if best else None, wall, finish,

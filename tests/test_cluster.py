@@ -53,8 +53,9 @@ def wait_until(check, timeout: float, what: str, every: float = 0.5):
 class Cluster:
     """Ray head (node_a) + worker (node_b) + MLflow server; `stop()` ends every process it started."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, backend: str | None = None):
         self.root = root
+        self.backend = backend or f"sqlite:///{root}/mlflow.db"  # MLflow's backend store
         # Ray's socket paths must stay under 107 bytes: a short temp dir of its own, not pytest's
         self.ray_tmp = Path(f"/tmp/csc-{secrets.token_hex(3)}")
         self.procs: dict[str, subprocess.Popen] = {}
@@ -79,12 +80,16 @@ class Cluster:
             cmd += ["--address", self.address]
         self.procs[name] = start(cmd, self.root / f"ray-{name}.log")
 
-    def start(self) -> None:
+    def start_mlflow(self, log: str = "mlflow.log") -> None:
+        self.mlflow_log = self.root / log
         self.procs["mlflow"] = start(
-            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+            [MLFLOW, "server", "--backend-store-uri", self.backend,
              "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.mlflow_port),
              "--workers", "1"],
-            self.root / "mlflow.log", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+            self.mlflow_log, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+
+    def start(self) -> None:
+        self.start_mlflow()
         self.ray_node("node_a", head=True)
         wait_until(lambda: self.nodes(), 60, "the Ray head")
         self.ray_node("node_b", head=False)
@@ -107,7 +112,7 @@ class Cluster:
 
     def mlflow_healthy(self) -> bool:
         if self.procs["mlflow"].poll() is not None:
-            raise AssertionError("mlflow server exited:\n" + (self.root / "mlflow.log").read_text()[-3000:])
+            raise AssertionError("mlflow server exited:\n" + self.mlflow_log.read_text()[-3000:])
         try:
             with urllib.request.urlopen(f"{self.tracking_uri}/health", timeout=2) as r:
                 return r.status == 200

@@ -1,0 +1,50 @@
+"""The sweep driver's MLflow writer: writes keep their order, wait while the store is away, and what
+could not be written is named in one line (the real server's outage: tests/test_tracking_server.py)."""
+
+import time
+
+from mlflow.exceptions import MlflowException
+
+from charsearch.tracking import Writer
+
+
+def test_writes_wait_in_order_while_the_store_is_away_and_a_refused_one_is_named_once():
+    w = Writer("http://tracking:5000")
+    failures_left, made = [2], []
+
+    def write(n):
+        def fn():
+            if failures_left[0]:  # the store is away for the first two tries
+                failures_left[0] -= 1
+                raise ConnectionRefusedError("connection refused")
+            made.append(n)
+        return fn
+
+    def refused():
+        raise MlflowException.invalid_parameter_value("Changing param values is not allowed")
+
+    for n in range(3):
+        w.submit(f"write {n}", write(n))
+    w.submit("trial t1's run", refused)
+    w.submit("write 3", write(3))
+    assert w.flush(stall_s=30)
+    assert made == [0, 1, 2, 3]
+    assert w.unwritten() == ("MLflow at http://tracking:5000: 1 refused: trial t1's run "
+                             "(Changing param values is not allowed)")
+    assert w.unwritten() == ""
+
+
+def test_the_wait_at_the_end_gives_up_once_the_store_makes_no_progress():
+    w = Writer("http://tracking:5000")
+
+    def down():  # what MLflow's client raises once its own retries are spent
+        raise MlflowException("API request to http://tracking:5000/api/2.0/mlflow/runs/log-batch failed")
+
+    w.submit("trial t1's model", down)
+    w.submit("trial t1's outcome", down)
+    t0 = time.monotonic()
+    assert not w.flush(stall_s=1.5)
+    assert 1.5 <= time.monotonic() - t0 < 4
+    assert w.unwritten() == ("MLflow at http://tracking:5000: 2 writes not made (API request to "
+                             "http://tracking:5000/api/2.0/mlflow/runs/log-batch failed): trial t1's model, "
+                             "trial t1's outcome")
