@@ -20,9 +20,9 @@ machine):
   trial then continues from its checkpoint on the whole machine for the rest (sweep.finish_best), its
   learning rate decaying linearly to 0.
 
-Measured on 2 cores, tiny-shakespeare, 10 minutes (one run each): searching 40% of the budget with
+Hand-run pilots on 2 cores, tiny-shakespeare, 10 minutes (one run each, no spread): searching 40% of the budget with
 grace r_median * S / 10 and a maximum of the whole window compared 4 trials and reached 1.604; the
-rules above compared 6 and reached 1.553 (BENCHMARKS.md has the runs over seeds).
+rules above compared 6 and reached 1.553 (BENCHMARKS.md: benchmarks/bench_search.py's runs).
 
 This module knows torch and the sweep config, not Ray: the calibration runs in plain processes.
 """

@@ -709,7 +709,7 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
     machine (all CPU threads, or one GPU), then logs into its own MLflow run: metrics go on along the
     same characters-trained axis, and its model is replaced only by a better one.
 
-    One finisher on all threads rather than one per trial slot: measured on 2 cores, tiny-shakespeare,
+    One finisher on all threads rather than one per trial slot: in hand-run pilots (one run each) on 2 cores, tiny-shakespeare,
     10 minutes, the same search (TPE seed 0) then finished by one trial on two threads reached 1.553,
     by the best two side by side on one thread each 1.568 (the runner-up 1.616)."""
     ranked = sorted((r for r in grid if r.checkpoint is not None and r.metrics.get(METRIC) is not None
