@@ -237,8 +237,10 @@ class MLflowCallback(tune.Callback):
     def _log_end(self, trial, error: str | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             model = None
-            if trial.checkpoint is not None and error is None:
-                with trial.checkpoint.as_directory() as d:
+            checkpoint = reported_checkpoint(trial.last_result, trial.storage.trial_fs_path,
+                                             trial.storage.storage_filesystem, trial.checkpoint)
+            if checkpoint is not None and error is None:
+                with checkpoint.as_directory() as d:
                     model = Path(tmp) / "model.pt"
                     shutil.copy(Path(d) / "model.pt", model)
             self.tracker.trial_ended(trial.trial_id, _summary(trial.last_result), model, error)
@@ -292,6 +294,18 @@ class MLflowCallback(tune.Callback):
             self.tracker.close_trial(trial_id, outcome)
             self.saved.pop(trial_id, None)
             self.ended.pop(trial_id, None)
+
+
+def reported_checkpoint(result: dict, trial_path: str, fs, registered):
+    """The checkpoint reported with `result`. Tune registers a reported checkpoint in a step after the
+    result itself, so a sweep ended between the two (its budget, Ctrl-C) holds the result and, as the
+    trial's checkpoint, the one before; the folder the result names is in storage already."""
+    name = result.get("checkpoint_dir_name")
+    if name:
+        path = f"{trial_path}/{name}"
+        if fs.get_file_info(f"{path}/model.pt").type == pyarrow.fs.FileType.File:
+            return tune.Checkpoint(path=path, filesystem=fs)
+    return registered
 
 
 def _summary(result: dict) -> dict:
@@ -724,7 +738,7 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
     for r in chosen:
         trial_id = r.metrics["trial_id"]
         resumed_at[trial_id] = r.metrics["chars_trained"]
-        with r.checkpoint.as_directory() as d:
+        with reported_checkpoint(r.metrics, r.path, r.filesystem, r.checkpoint).as_directory() as d:
             checkpoint, model = (Path(d) / "checkpoint.pt").read_bytes(), (Path(d) / "model.pt").read_bytes()
         cfg = sweep.trial_config(r.config)
         cfg.lr_schedule, cfg.decay_frac, cfg.max_time, cfg.patience = "wsd", 1.0, left, 0

@@ -119,3 +119,23 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     exported = torch.load(workdir / "model.pt", weights_only=True)
     assert exported["summary"]["trial_id"] == trials.loc[trials["metrics.best_val_loss"].idxmin(), "tags.ray.trial_id"]
     assert counts_in(best.stdout.splitlines()[0]) == summary
+
+
+def test_a_trial_ended_between_its_report_and_tune_registering_the_checkpoint_keeps_the_reported_model(tmp_path):
+    # Tune registers a reported checkpoint one step after the result: a sweep ended in between holds the
+    # newer result, and the checkpoint before it as the trial's
+    import pyarrow.fs
+    from ray import tune
+
+    from charsearch.sweep import reported_checkpoint
+    for i in (1, 2):
+        (tmp_path / f"checkpoint_00000{i}").mkdir()
+        (tmp_path / f"checkpoint_00000{i}" / "model.pt").write_text(str(i))
+    fs = pyarrow.fs.LocalFileSystem()
+    registered = tune.Checkpoint(path=str(tmp_path / "checkpoint_000001"), filesystem=fs)
+    got = reported_checkpoint({"checkpoint_dir_name": "checkpoint_000002"}, str(tmp_path), fs, registered)
+    with got.as_directory() as d:
+        assert (Path(d) / "model.pt").read_text() == "2"
+    # a result without a checkpoint, or one whose folder is gone: the registered one
+    assert reported_checkpoint({"checkpoint_dir_name": None}, str(tmp_path), fs, registered) is registered
+    assert reported_checkpoint({"checkpoint_dir_name": "checkpoint_000009"}, str(tmp_path), fs, registered) is registered
