@@ -167,7 +167,7 @@ def report(results: dict, args) -> None:
             ax.step([p[0] / 60 for p in r["points"]], [p[1] for p in r["points"]], where="post",
                     color=colours[method], alpha=1.0 if seed == "0" else 0.55, label=method if seed == "0" else None)
         finals = [r["best"] for k, r in results.items() if k.startswith(corpus)]
-        ax.set_ylim(min(finals) - 0.05, min(finals) + 0.6)
+        ax.set_ylim(min(finals) - 0.05, max(finals) + 0.4)  # every method's end in view
         ax.set(xlabel="wall time since the command started (min)", ylabel="best fair val loss so far (nats/char)",
                title=corpus)
         ax.grid(alpha=0.3)

@@ -233,7 +233,7 @@ def default_sweep(corpus: str, budget_s: float) -> SweepConfig:
     """The sweep `charsearch sweep --data CORPUS --time T` runs (no sweep file)."""
     from .data import resolve_path
     path = resolve_path(corpus)
-    name = f"auto-{(path.parent.name if path.name == 'input.txt' else path.stem)}"
+    name = f"auto-{(path.absolute().parent.name if path.name == 'input.txt' else path.stem)}"
     return SweepConfig(path="", name=name, corpus=str(path), sweep_time=budget_s)
 
 

@@ -30,6 +30,7 @@ os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a failed trial's tr
 import pyarrow  # noqa: E402
 import pyarrow.fs  # noqa: E402
 import ray  # noqa: E402
+import ray.util.queue  # noqa: E402
 import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
@@ -689,9 +690,10 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
 
 
 def _finish_task(checkpoint: bytes, model: bytes, cfg_dict: dict, corpus: Corpus, summary: dict, threads: int,
-                 ends_at: float):
+                 ends_at: float, evaluations):
     """Runs in a Ray task: a trial's run resumed from its last checkpoint, its learning rate decaying
-    linearly to 0 over the time left until `ends_at` (time.time()), however long the task waited to start."""
+    linearly to 0 over the time left until `ends_at` (time.time()), however long the task waited to start.
+    Each evaluation goes to the driver as it is made (`evaluations`, a ray.util.queue.Queue)."""
     import torch
 
     from .config import TrainConfig
@@ -710,10 +712,10 @@ def _finish_task(checkpoint: bytes, model: bytes, cfg_dict: dict, corpus: Corpus
             if is_best:
                 artifact.export(path, work / "model.pt", summary)
                 improved.append(metrics["val_loss"])
+            evaluations.put((summary["trial_id"], metrics))
         result = train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary)
-        return {"history": result.history, "best_val_loss": result.best_val_loss,
-                "model": (work / "model.pt").read_bytes() if improved else None,
-                "chars_per_sec": result.chars_per_sec}
+        return {"last": result.history[-1] if result.history else {}, "best_val_loss": result.best_val_loss,
+                "model": (work / "model.pt").read_bytes() if improved else None}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -734,10 +736,12 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
     gpu = sweep.gpu not in (0, 0.0) and ray.cluster_resources().get("GPU", 0) > 0
     chosen = ranked[:FINISHERS]
     threads = 1 if gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // len(chosen))
-    tasks, resumed_at = {}, {}
+    tasks = {}
+    # the queue's actor must start while the finishers hold every CPU: it asks for none
+    evaluations = ray.util.queue.Queue(actor_options={"num_cpus": 0})
+    tracker.reopen_trials()
     for r in chosen:
         trial_id = r.metrics["trial_id"]
-        resumed_at[trial_id] = r.metrics["chars_trained"]
         with reported_checkpoint(r.metrics, r.path, r.filesystem, r.checkpoint).as_directory() as d:
             checkpoint, model = (Path(d) / "checkpoint.pt").read_bytes(), (Path(d) / "model.pt").read_bytes()
         cfg = sweep.trial_config(r.config)
@@ -751,19 +755,31 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
         options = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": threads}
         summary = {"trial_id": trial_id, "trial_name": f"trial_{trial_id}", "sweep": sweep.name}
         tasks[trial_id] = ray.remote(_finish_task).options(**options).remote(
-            checkpoint, model, cfg.to_dict(), corpus, summary, threads, time.time() + left)
+            checkpoint, model, cfg.to_dict(), corpus, summary, threads, time.time() + left, evaluations)
     tty = out.isatty()
     t0 = time.time()
     names = ", ".join(tasks)
-    pending = list(tasks.values())
+    pending, latest = list(tasks.values()), ""
+
+    def log_evaluations():
+        nonlocal latest
+        for trial_id, m in evaluations.get_nowait_batch(evaluations.qsize()):
+            tracker.trial_result(trial_id, m)  # logged as it comes: MLflow shows the finish as it goes
+            latest = f", val {m['val_loss']:.4f}"
+    last_print = 0.0
     while pending:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0 if tty else 30.0)
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        log_evaluations()
+        if time.time() - last_print < (1.0 if tty else 30.0) and pending:
+            continue
+        last_print = time.time()
         write_line(out, f"{clock_text(time.time() - started, sweep.sweep_time)} | finishing: trial(s) {names} train on "
                         f"({threads} CPU thread(s) each), learning rate to 0 ({_clock(time.time() - t0)} of "
-                        f"{_clock(left)})", tty)
+                        f"{_clock(left)}{latest})", tty)
     if tty:
         out.write("\n")
-    tracker.reopen_trials()
+    log_evaluations()
+    ray.kill(evaluations.actor)
     finished, best = [], None
     for trial_id, task in tasks.items():
         try:
@@ -772,16 +788,12 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
             print(f"note: trial {trial_id} could not train on ({str(e).splitlines()[0][:200]}); its model from the "
                   f"search stands", file=out)
             continue
-        for m in res["history"]:  # the restored history holds the search's evaluations too
-            if m["chars_trained"] > resumed_at[trial_id]:
-                tracker.trial_result(trial_id, m)
         with tempfile.TemporaryDirectory() as tmp:
             model_file = None
             if res["model"] is not None:
                 model_file = Path(tmp) / "model.pt"
                 model_file.write_bytes(res["model"])
-            last = res["history"][-1] if res["history"] else {}
-            tracker.trial_ended(trial_id, {**_summary(last), "best_val_loss": res["best_val_loss"]}, model_file)
+            tracker.trial_ended(trial_id, {**_summary(res["last"]), "best_val_loss": res["best_val_loss"]}, model_file)
         tracker.trial_tags(trial_id, {"charsearch.finish_s": round(left), OUTCOME_TAG: "finished"})
         finished.append(trial_id)
         if best is None or res["best_val_loss"] < best[0]:

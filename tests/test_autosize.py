@@ -124,3 +124,12 @@ def test_dry_run_measures_this_machine_and_prints_an_editable_sweep_file(capsys,
     assert sweep.sweep_time == 90 and 0 < sweep.finish_time < 90 and sweep.grace_epochs < sweep.trial_max_epochs
     assert not any(math.isnan(v) for v in (sweep.grace_epochs, sweep.report_every_epochs))
 
+
+
+def test_an_auto_sweep_is_named_after_its_corpus(tmp_path, monkeypatch):
+    (tmp_path / "pysrc").mkdir()
+    (tmp_path / "pysrc" / "input.txt").write_text("def f():\n    return 1\n" * 100)
+    (tmp_path / "pysrc" / "notes.txt").write_text("a note\n" * 100)
+    monkeypatch.chdir(tmp_path / "pysrc")
+    assert autosize.default_sweep("input.txt", 60).name == "auto-pysrc"  # a relative path, too
+    assert autosize.default_sweep("notes.txt", 60).name == "auto-notes"
