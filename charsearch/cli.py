@@ -216,6 +216,11 @@ def cmd_sweep(args) -> int:
         from .autosize import auto_sweep
         sweep, plan = auto_sweep(sweep, sweep.sweep_time)
         plan_text = plan.describe()
+        import torch
+        if torch.cuda.device_count():  # said before anything runs, not buried in the plan
+            print(f"note: the auto-sized sweep measures and runs CPU trials (its GPU sizing is not built): the "
+                  f"{torch.cuda.device_count()} GPU(s) here stay unused; a sweep file with resources.gpu (e.g. "
+                  f"sweeps/shakespeare.yaml) trains on them", file=sys.stderr)
     if args.dry_run:
         import torch
         gpus = torch.cuda.device_count()
@@ -365,7 +370,6 @@ def cmd_report(args) -> None:
 
 
 def cmd_ui(args) -> None:
-    import json
     import os
 
     from .tracking import resolve_uri
@@ -379,24 +383,13 @@ def cmd_ui(args) -> None:
     print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", file=sys.stderr)
     try:  # MLflow 3 opens an experiment on its GenAI view; the trials are in the classic runs table
         from . import select
-        from .tracking import KIND_TAG, client_for
-        name, df = select.trials(uri)
-        client = client_for(uri)
-        exp = client.get_experiment_by_name(name)
-        parent = client.search_runs([exp.experiment_id], f"tags.`{KIND_TAG}` = 'sweep'",
-                                    order_by=["attributes.start_time DESC"], max_results=1)[0]
-        sweep = df[df["tags.mlflow.parentRunId"] == parent.info.run_id]
-        # the runs table's columns and sort live in the browser, except for a view shared through MLflow's own
-        # experiment tag: the latest sweep's trials, best first, with val loss and the params `best` shows
-        view = {"searchFilter": f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                "orderByKey": "metrics.`best_val_loss`", "orderByAsc": True,
-                "selectedColumns": ["metrics.`best_val_loss`", "tags.`ray.trial_id`", "tags.`charsearch.outcome`",
-                                    *(f"params.`{c}`" for c in select.table(sweep, len(sweep)).columns[4:]
-                                      if f"params.{c}" in sweep)]}
-        key = "charsearch-latest-sweep"  # one view per experiment, replaced by each `charsearch ui`
-        client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{key}", json.dumps(view))
-        print(f"latest sweep '{name}': {base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
-              f"&viewStateShareKey={key}", file=sys.stderr)
+        from .tracking import SHARED_VIEW, client_for
+        name, _ = select.trials(uri)
+        exp = client_for(uri).get_experiment_by_name(name)
+        link = f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        if f"mlflow.sharedViewState.{SHARED_VIEW}" in exp.tags:  # the view the sweep shared (Tracker.share_view)
+            link += f"&viewStateShareKey={SHARED_VIEW}"
+        print(f"latest sweep '{name}': {link}", file=sys.stderr)
     except UsageError:  # no sweep recorded yet
         pass
     sys.stderr.flush()

@@ -604,6 +604,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
             tags={"charsearch.sweep_file": sweep.path or "(auto)", "charsearch.ray_experiment": storage.show(exp_dir),
                   "charsearch.ray_address": ray.get_runtime_context().gcs_address})
         tracker.client.update_run(tracker.parent_id, status="RUNNING")
+        tracker.share_view(list(sweep.space))
         storage.write_json(f"{exp_dir}/{STATE_FILE}", {"parent_run_id": tracker.parent_id, "tracking_uri": uri,
                                                        "sweep_file": str(Path(sweep.path).absolute()) if sweep.path else ""})
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import json
 import logging
 import math
 import os
@@ -49,6 +50,7 @@ OUTCOME_TAG = "charsearch.outcome"  # one of OUTCOMES
 OUTCOMES = ("finished", "stopped_early", "cut_by_budget", "interrupted", "failed")
 OUTCOME_WORDS = {"finished": "finished", "stopped_early": "stopped early by ASHA", "cut_by_budget": "cut by the budget",
                  "interrupted": "interrupted", "failed": "failed"}
+SHARED_VIEW = "charsearch-latest-sweep"  # the key of the runs-table view each sweep shares (share_view)
 COUNTS_TAG = "charsearch.counts"  # on the parent run: the sweep's trial counts as JSON
 STEP_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec", "epoch", "learning_rate", "ss_prob")
 MODEL_ARTIFACT = "model/model.pt"
@@ -263,6 +265,16 @@ class Tracker:
                 (Path(d) / name).write_text(text, encoding="utf-8")
                 self.client.log_artifact(self.parent_id, str(Path(d) / name))
         return self.parent_id
+
+    def share_view(self, searched: list[str]) -> None:
+        """The MLflow runs table as a view shared through MLflow's own experiment tag: this sweep's
+        trials, best first, with val loss and the searched params (columns and sort otherwise live in
+        each browser). Any MLflow UI on this store opens it at `?viewStateShareKey=SHARED_VIEW`."""
+        view = {"searchFilter": f"tags.mlflow.parentRunId = '{self.parent_id}'",
+                "orderByKey": "metrics.`best_val_loss`", "orderByAsc": True,
+                "selectedColumns": ["metrics.`best_val_loss`", f"tags.`{TRIAL_TAG}`", f"tags.`{OUTCOME_TAG}`",
+                                    *(f"params.`{name}`" for name in searched)]}
+        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{SHARED_VIEW}", json.dumps(view))
 
     def reopen_sweep(self, parent_id: str) -> None:
         self.parent_id = parent_id

@@ -66,6 +66,15 @@ def shakespeare_slice(tmp_path, shakespeare) -> Path:
     return p
 
 
+@pytest.fixture
+def project(tmp_path, shakespeare) -> Path:
+    """A project folder: data/tinyshakespeare/input.txt and sweeps/smoke.yaml."""
+    copy_shakespeare(tmp_path, shakespeare)
+    (tmp_path / "sweeps").mkdir()
+    shutil.copy(ROOT / "sweeps" / "smoke.yaml", tmp_path / "sweeps" / "smoke.yaml")
+    return tmp_path
+
+
 def copy_shakespeare(dest_root: Path, shakespeare: Path) -> Path:
     dest = dest_root / "data" / "tinyshakespeare" / "input.txt"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -4,24 +4,17 @@ deadline, and no trial folder is left behind."""
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
-from .conftest import ROOT, charsearch, copy_shakespeare, runs, sweep_file
+from .conftest import charsearch, runs, sweep_file
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def project(tmp_path, shakespeare) -> Path:
-    copy_shakespeare(tmp_path, shakespeare)
-    (tmp_path / "sweeps").mkdir()
-    shutil.copy(ROOT / "sweeps" / "smoke.yaml", tmp_path / "sweeps" / "smoke.yaml")
-    return tmp_path
 
 
 def counts_in(text: str) -> dict:

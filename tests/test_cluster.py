@@ -20,7 +20,7 @@ import mlflow
 import pytest
 import torch
 
-from .conftest import charsearch, cli_env, copy_shakespeare, kill_session, runs, session_pids, sweep_file
+from .conftest import charsearch, cli_env, kill_session, runs, session_pids, sweep_file
 
 pytestmark = pytest.mark.slow
 
@@ -145,11 +145,6 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
-@pytest.fixture
-def project(tmp_path, shakespeare) -> Path:
-    copy_shakespeare(tmp_path, shakespeare)
-    (tmp_path / "sweeps").mkdir()
-    return tmp_path
 
 
 

@@ -83,3 +83,10 @@ def test_a_sweep_packs_its_trials_on_the_gpu(tmp_path, shakespeare):
     assert r.returncode == 0, r.stderr
     r = charsearch("sample", str(out), "--length", "100", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0 and len(r.stdout) >= 100, r.stderr
+
+
+def test_an_auto_sized_sweep_says_the_gpus_here_stay_unused(tmp_path, shakespeare):
+    copy_shakespeare(tmp_path, shakespeare)
+    r = charsearch("sweep", "--data", "tinyshakespeare", "--time", "10m", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "GPU(s) here stay unused" in r.stderr and "gpu: 0.0" in r.stdout

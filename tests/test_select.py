@@ -34,6 +34,7 @@ def store(workdir):
     (workdir / "mlruns").mkdir()
     t = Tracker(uri, "exp")
     t.start_sweep("exp-1", {"num_samples": 3}, {"sweep.yaml": "name: exp\n"}, {})
+    t.share_view(["rnn_size"])
     for trial, val, rnn, has_model in (("t1", 1.7, 64, True), ("t2", 2.0, 32, True), ("t3", 1.5, 128, False)):
         t.trial_started(trial, f"run_{trial}", {"rnn_size": rnn, "dropout": 0.1})
         for step, v in ((1000, val + 0.5), (2000, val)):

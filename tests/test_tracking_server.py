@@ -26,7 +26,7 @@ import torch
 
 from charsearch.cli import main
 
-from .conftest import charsearch, cli_env, copy_shakespeare, kill_session, runs, sweep_file
+from .conftest import charsearch, cli_env, kill_session, runs, sweep_file
 from .test_cluster import Cluster, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -134,10 +134,6 @@ def team(postgres, tmp_path_factory):
         c.stop()
 
 
-@pytest.fixture
-def project(tmp_path, shakespeare) -> Path:
-    copy_shakespeare(tmp_path, shakespeare)
-    return tmp_path
 
 
 def short_sweep(project: Path, name: str, samples: int, seconds: float) -> Path:

@@ -18,9 +18,11 @@ from .web import free_port, wait_http
 @pytest.mark.slow
 def test_the_linked_runs_page_shows_the_trials_best_first_with_val_loss_and_params(browser, smoke_sweep, tmp_path):
     project, uri, _ = smoke_sweep
-    # `charsearch ui` stores its view as an experiment tag: a copy keeps the session's store as the sweep left it
+    # the sweep shared its view as an experiment tag; on a copy of the session's store, neither `charsearch
+    # ui` nor browsing writes anything
     db = tmp_path / "mlflow.db"
     shutil.copy(Path(uri.removeprefix("sqlite:///")), db)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
     uri = f"sqlite:///{db}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("smoke")
@@ -37,7 +39,6 @@ def test_the_linked_runs_page_shows_the_trials_best_first_with_val_loss_and_para
     try:
         wait_http(f"http://127.0.0.1:{port}/health", p, timeout=120, log=log)
         link = re.search(r"latest sweep 'smoke': (\S+)", log.read_text()).group(1)
-        before = hashlib.sha256(db.read_bytes()).hexdigest()
         page = browser.new_page(viewport={"width": 1800, "height": 700})
         page.goto(link)
         run_link = lambda run: page.locator(f"a[href$='/runs/{run.info.run_id}']")  # noqa: E731
@@ -58,7 +59,7 @@ def test_the_linked_runs_page_shows_the_trials_best_first_with_val_loss_and_para
             numbers = [float(x) for x in re.findall(r"\d+\.\d+", text)]
             assert any(abs(x - child.data.metrics["best_val_loss"]) < 1e-6 for x in numbers), text
         page.close()
-        assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # browsing wrote nothing to the store
+        assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # nothing written to the store
     finally:
         kill_session(p.pid)
         p.wait()
