@@ -15,10 +15,7 @@ machine):
   val split forward only, so it costs about a sixth of the training between two reports;
 - ASHA's grace period is max(r_median * S / 20, one report): the median shape could run 20 trials to
   their first rung in the window, so many configurations are compared cheaply; its maximum is
-  max(r_fastest * S / 6, 3 * grace), and a trial's time is capped at S / 6 (but never before its first
-  rung): no trial holds a slot for more than a sixth of the window, slow shapes included. ASHA promotes
-  the first trial to reach each rung, so without the cap the first two trials ran to their maximum and
-  held most of the window;
+  max(r_fastest * S / 3, 3 * grace): no trial holds a slot for more than a third of the window;
 - the search gets SEARCH_FRACTION of what the budget leaves after calibration and start-up; the best
   trial then continues from its checkpoint on the whole machine for the rest (sweep.finish_best), its
   learning rate decaying linearly to 0.
@@ -43,7 +40,6 @@ from .config import SearchParam, SweepConfig
 from .errors import UsageError
 
 SEARCH_FRACTION = 0.3  # of the budget; the rest trains the winner to the end
-SLOT_SHARE = 6  # a search trial holds a slot for at most 1/SLOT_SHARE of the search window
 TOKENS_PER_PARAM = 20
 MAX_TOKENS_PER_PARAM = 400  # a shape that could see more characters per parameter is too small for the budget
 PARAMS_PER_CHAR = 2.0
@@ -147,7 +143,6 @@ class Plan:
     finish_s: float
     grace_chars: float
     max_chars: float
-    max_s: float  # the time cap of a search trial
     report_chars: float
     first_report_s: float
     train_chars: int
@@ -162,7 +157,7 @@ class Plan:
             lines.append(f"#   {name:<12} {c.params[name]:>10,} params {c.rates[name]:>9,} chars/s  {kept}")
         lines.append(f"# search {self.search_s:.0f} s, then the best trial trains on for {self.finish_s:.0f} s; "
                      f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
-                     f"{self.max_chars / self.train_chars:.3g} epochs or {self.max_s:.0f} s; a new trial needs ~{self.first_report_s:.0f} s "
+                     f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
                      f"to report once")
         return "\n".join(lines)
 
@@ -183,10 +178,9 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int) ->
     median, fastest, slowest = rates[len(rates) // 2], rates[-1], rates[0]
     report = max(median * search_s / 40, 2 * val_chars)
     grace = max(median * search_s / 20, report)
-    max_chars = max(fastest * search_s / SLOT_SHARE, grace * 3)
-    max_s = max(search_s / SLOT_SHARE, 1.5 * grace / slowest)
+    max_chars = max(fastest * search_s / 3, grace * 3)
     first_report = 3.0 + report / slowest
-    return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, max_s, report,
+    return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
                 first_report, train_chars, cal)
 
 
@@ -213,7 +207,7 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     sweep.num_samples = max(sweep.num_samples, 1000)  # the budget and the deadline end the search, not a count
     sweep.max_concurrent = p.calibration.parallel
     sweep.cpu, sweep.gpu = float(p.calibration.threads), 0.0
-    sweep.trial_max_time = round(p.max_s, 1)
+    sweep.trial_max_time = 0.0
     sweep.finish_time = round(p.finish_s, 1)
     sweep.first_report_s = round(p.first_report_s, 1)
     return sweep

@@ -45,10 +45,8 @@ def test_the_budget_splits_into_search_and_finish_and_asha_compares_many_cheaply
     # every trial reports at least once before the first rung; evaluations cost a small share
     assert p.report_chars >= 2 * 110_000 and p.grace_chars >= p.report_chars
     assert p.max_chars >= 3 * p.grace_chars  # at least one promotion at reduction factor 3
-    # no trial holds a slot for more than a sixth of the window: by characters at the fastest kept shape's
-    # rate, and by time for the slower ones, though every trial reaches its first rung
-    assert p.max_chars == pytest.approx(max(40_000 * p.search_s / 6, 3 * p.grace_chars))
-    assert p.max_s == pytest.approx(max(p.search_s / 6, 1.5 * p.grace_chars / 36_000))
+    # no trial holds a slot for more than a third of the window (at the fastest kept shape's rate)
+    assert p.max_chars == pytest.approx(max(40_000 * p.search_s / 3, 3 * p.grace_chars))
     assert p.first_report_s == pytest.approx(3.0 + p.report_chars / 36_000)  # by the slowest kept shape
 
 
@@ -70,7 +68,6 @@ def test_the_plan_fills_a_sweep_that_loads_back_from_its_file(tmp_path):
     again = load_sweep(f)
     assert again.space == sweep.space and again.finish_time == sweep.finish_time
     assert again.grace_epochs == sweep.grace_epochs and again.trial_max_epochs == sweep.trial_max_epochs
-    assert again.trial_max_time == pytest.approx(p.max_s, abs=0.1)  # a search trial's time cap
     cfg = again.trial_config({"shape": "gru 3x64", "learning_rate": 0.003})
     assert (cfg.model, cfg.num_layers, cfg.rnn_size, cfg.learning_rate) == ("gru", 3, 64, 0.003)
 
