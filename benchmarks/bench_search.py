@@ -121,7 +121,7 @@ def main() -> None:
         corpora["tiny-shakespeare"][0].write_bytes(SHAKESPEARE.read_bytes())
         for corpus_name, (corpus, budget, seeds) in corpora.items():
             for seed in range(seeds):
-                for method in ("train defaults", "auto sweep (TPE)", "auto sweep, random search"):
+                for method in ("auto sweep (TPE)", "train defaults", "auto sweep, random search"):
                     if method.endswith("random search") and seed > 0:  # one run: TPE vs random is not the claim
                         continue
                     project = tmp / f"p-{len(results)}"
