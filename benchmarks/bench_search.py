@@ -155,7 +155,7 @@ def report(results: dict, args) -> None:
                      "runs": ", ".join(f"{b:.4f}" for b in bests),
                      "wall (s)": ", ".join(f"{r['wall']:.0f}" for r in rs),
                      "calibration (s)": ", ".join(f"{c:.0f}" for c in cal) or "-",
-                     "winner": "; ".join(r.get("winner", "") for r in rs) or "2x128 LSTM (defaults)"})
+                     "winner": "; ".join(r["winner"] for r in rs if r.get("winner")) or "2x128 LSTM (defaults)"})
     corpora = list(dict.fromkeys(k[0] for k in groups))
     fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.2), squeeze=False)
     colours = {"train defaults": "#777777", "auto sweep (TPE)": "#1f6fb4", "auto sweep, random search": "#d9822b"}
