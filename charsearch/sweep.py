@@ -314,6 +314,45 @@ def _summary(result: dict) -> dict:
     return {k: result[k] for k in keys if k in result}
 
 
+class ResumeFromExisting(tune.Callback):
+    """A resumed trial continues from the newest checkpoint it has in storage. Tune deletes a trial's
+    older checkpoints as it registers new ones (num_to_keep) and saves its experiment state only now and
+    then, so a driver killed in between leaves a state naming a checkpoint already deleted, and Tune
+    would fail that trial ("Could not recover from checkpoint"). Before the first trial starts, each
+    such trial is pointed at its newest complete checkpoint folder."""
+
+    def __init__(self):
+        self.done = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.done:
+            return
+        self.done = True
+        from ray.train._internal.session import _TrainingResult
+        for trial in trials:
+            cp = trial.checkpoint
+            if trial.status == "TERMINATED" or cp is None or cp.filesystem.get_file_info(cp.path).type != \
+                    pyarrow.fs.FileType.NotFound:
+                continue
+            fs, root = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+            names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+                           if i.base_name.startswith("checkpoint_") and all(
+                               fs.get_file_info(f"{i.path}/{f}").type == pyarrow.fs.FileType.File
+                               for f in ("checkpoint.pt", "model.pt")))
+            if not names:
+                continue
+            path = f"{root}/{names[-1]}"
+            manager = trial.run_metadata.checkpoint_manager
+            # forget the folders that are gone: registering deletes the oldest kept ones
+            manager._checkpoint_results = [r for r in manager._checkpoint_results if r.checkpoint.filesystem.get_file_info(
+                r.checkpoint.path).type != pyarrow.fs.FileType.NotFound]
+            manager.register_checkpoint(_TrainingResult(
+                checkpoint=tune.Checkpoint(path=path, filesystem=fs),
+                metrics={**trial.last_result, "checkpoint_dir_name": names[-1]}))
+            trial.storage.current_checkpoint_index = int(names[-1].split("_")[-1]) + 1
+            trial.invalidate_json_state()
+
+
 class StatusLine(tune.Callback):
     """One live line, the clock first: elapsed and left, the trial counts, the best val loss so far, and
     last the best trial's parameters (a line cut at the terminal's width never hides the clock)."""
@@ -634,7 +673,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     run_config = tune.RunConfig(
         name=exp_dir.rsplit("/", 1)[1], storage_path=exp_dir.rsplit("/", 1)[0], storage_filesystem=storage.ray_fs,
         verbose=0,
-        callbacks=[MLflowCallback(uri, sweep, tracker.parent_id), StatusLine(sweep)],
+        callbacks=[ResumeFromExisting(), MLflowCallback(uri, sweep, tracker.parent_id), StatusLine(sweep)],
         # two: the experiment state saved last may still name the checkpoint before the latest
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
