@@ -20,9 +20,9 @@ machine):
   trial then continues from its checkpoint on the whole machine for the rest (sweep.finish_best), its
   learning rate decaying linearly to 0.
 
-Hand-run pilots on 2 cores, tiny-shakespeare, 10 minutes (one run each, no spread): searching 40% of the budget with
-grace r_median * S / 10 and a maximum of the whole window compared 4 trials and reached 1.604; the
-rules above compared 6 and reached 1.553 (BENCHMARKS.md: benchmarks/bench_search.py's runs).
+Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40% of the budget
+searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at
+the unigram plateau); bench_search.py measures the rules above (BENCHMARKS.md).
 
 This module knows torch and the sweep config, not Ray: the calibration runs in plain processes.
 """

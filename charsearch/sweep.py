@@ -329,10 +329,15 @@ class ResumeFromExisting(tune.Callback):
             return
         self.done = True
         from ray.train._internal.session import _TrainingResult
+        gone = lambda c: c.filesystem.get_file_info(c.path).type == pyarrow.fs.FileType.NotFound  # noqa: E731
         for trial in trials:
             cp = trial.checkpoint
-            if trial.status == "TERMINATED" or cp is None or cp.filesystem.get_file_info(cp.path).type != \
-                    pyarrow.fs.FileType.NotFound:
+            if trial.status == "TERMINATED" or cp is None:
+                continue
+            # forget the kept folders that are gone: registering a new checkpoint deletes the oldest kept one
+            manager = trial.run_metadata.checkpoint_manager
+            manager._checkpoint_results = [r for r in manager._checkpoint_results if not gone(r.checkpoint)]
+            if not gone(cp):
                 continue
             fs, root = trial.storage.storage_filesystem, trial.storage.trial_fs_path
             names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
@@ -342,10 +347,6 @@ class ResumeFromExisting(tune.Callback):
             if not names:
                 continue
             path = f"{root}/{names[-1]}"
-            manager = trial.run_metadata.checkpoint_manager
-            # forget the folders that are gone: registering deletes the oldest kept ones
-            manager._checkpoint_results = [r for r in manager._checkpoint_results if r.checkpoint.filesystem.get_file_info(
-                r.checkpoint.path).type != pyarrow.fs.FileType.NotFound]
             manager.register_checkpoint(_TrainingResult(
                 checkpoint=tune.Checkpoint(path=path, filesystem=fs),
                 metrics={**trial.last_result, "checkpoint_dir_name": names[-1]}))
@@ -765,9 +766,9 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, star
     machine (all CPU threads, or one GPU), then logs into its own MLflow run: metrics go on along the
     same characters-trained axis, and its model is replaced only by a better one.
 
-    One finisher on all threads rather than one per trial slot: in hand-run pilots (one run each) on 2 cores, tiny-shakespeare,
-    10 minutes, the same search (TPE seed 0) then finished by one trial on two threads reached 1.553,
-    by the best two side by side on one thread each 1.568 (the runner-up 1.616)."""
+    One finisher on all threads rather than one per trial slot: in a single hand-run pilot (2 cores,
+    tiny-shakespeare, 10 minutes, the same search) the best two side by side on one thread each did
+    worse than the best one on both."""
     ranked = sorted((r for r in grid if r.checkpoint is not None and r.metrics.get(METRIC) is not None
                      and math.isfinite(r.metrics[METRIC])), key=lambda r: r.metrics[METRIC])
     left = sweep.sweep_time - (time.time() - started) - FINISH_MARGIN_S
