@@ -181,7 +181,8 @@ def coerce(key: str, value, where: str = ""):
 
 
 def _type_name(kind: type) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list"}[kind]
 
 
 def default_of(name: str):
@@ -253,6 +254,13 @@ class SearchParam:
             return f"choice {self.values}"
         return f"{self.kind} [{self.values[0]}, {self.values[1]}]"
 
+    def allows(self, value) -> bool:
+        """Whether the sampler could draw `value`, of the option's type (ranges include both ends, as
+        Tune's do)."""
+        if self.kind == "choice":
+            return value in self.values
+        return self.values[0] <= value <= self.values[1]
+
 
 @dataclass
 class SweepConfig:
@@ -266,6 +274,8 @@ class SweepConfig:
     space: dict = field(default_factory=dict)  # name -> SearchParam
     algorithm: str = "tpe"
     seed: int = 0
+    startup_trials: int = 10  # TPE: trials drawn at random before it models the results (Optuna's default)
+    points_to_evaluate: list = field(default_factory=list)  # the first trials' parameters, then the sampler's
     num_samples: int = 8
     max_concurrent: int = 0  # 0 (key absent): as many as the resources allow
     scheduler: str = "asha"
@@ -306,7 +316,7 @@ class SweepConfig:
         sections: dict = {"name": self.name}
         for section, keys in SWEEP_SCHEMA.items():
             values = {key: getattr(self, attr) for key, (attr, _, _) in keys.items()
-                      if getattr(self, attr) not in ("", None) and (attr != "max_concurrent" or self.max_concurrent)}
+                      if getattr(self, attr) not in ("", None, []) and (attr != "max_concurrent" or self.max_concurrent)}
             sections[section] = values
         sections["train"] = dict(self.train)
         sections["search_space"] = {k: {p.kind: p.values} for k, p in self.space.items()}
@@ -327,7 +337,9 @@ SWEEP_SCHEMA: dict[str, dict[str, tuple]] = {
     "data": {"corpus": ("corpus", str, None), "min_freq": ("min_freq", int, _nonneg),
              "train_frac": ("train_frac", float, None), "val_frac": ("val_frac", float, None)},
     "search": {"algorithm": ("algorithm", str, ("tpe", "random")), "seed": ("seed", int, None),
-               "num_samples": ("num_samples", int, _pos), "max_concurrent": ("max_concurrent", int, _pos)},
+               "num_samples": ("num_samples", int, _pos), "max_concurrent": ("max_concurrent", int, _pos),
+               "startup_trials": ("startup_trials", int, _nonneg),
+               "points_to_evaluate": ("points_to_evaluate", list, None)},
     "scheduler": {"type": ("scheduler", str, ("asha", "none")),
                   "time_attr": ("time_attr", str, ("chars_trained", "epoch")),
                   "grace_epochs": ("grace_epochs", float, _pos), "reduction_factor": ("reduction_factor", float,
@@ -442,6 +454,9 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
             raise ConfigError(f"{where}budget.sweep_time", "required with search_space: auto (the budget the "
                                                            "search is sized to, in seconds)")
         sweep.auto = True
+        if sweep.points_to_evaluate:
+            raise ConfigError(f"{where}search.points_to_evaluate", "not with search_space: auto (its space is "
+                                                                   "chosen at run time); give a search_space of your own")
         return sweep
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{where}search_space", "required: at least one training option to search, e.g. "
@@ -461,8 +476,27 @@ def load_sweep(path: str | Path, data_root: str = "data") -> SweepConfig:
         section = "search_space" if e.field in sweep.space else "data" if e.field in (
             "train_frac", "val_frac", "min_freq") else "train"
         raise ConfigError(f"{where}{section}.{e.field}", e.problem) from None
+    check_points(sweep, where)
     _check_largest_trial(sweep, data_root, where)
     return sweep
+
+
+def check_points(sweep: SweepConfig, where: str = "") -> None:
+    """Each of search.points_to_evaluate is a mapping of searched keys to values the space allows (keys
+    left out are drawn by the sampler)."""
+    for i, point in enumerate(sweep.points_to_evaluate):
+        at = f"{where}search.points_to_evaluate[{i}]"
+        if not isinstance(point, dict) or not point:
+            raise ConfigError(at, f"must be a mapping of searched keys to values, e.g. {{learning_rate: 0.002}}; "
+                                  f"got {excerpt(point)}")
+        for key, value in point.items():
+            if key not in sweep.space:
+                raise unknown_key(str(key), sweep.space, f"{at}.")
+            if key != "shape":  # the option's own type: 1 is 1.0 for a float option, "x" is refused
+                value = point[key] = coerce(key, value, f"{at}.")
+            if not sweep.space[key].allows(value):
+                raise ConfigError(f"{at}.{key}", f"{excerpt(value)} is outside the search space "
+                                                 f"({sweep.space[key].describe()})")
 
 
 SHAPE = re.compile(r"(rnn|lstm|gru) ([1-9][0-9]*)x([1-9][0-9]*)")

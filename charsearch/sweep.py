@@ -663,10 +663,12 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     else:
         scheduler = FIFOScheduler()
     import optuna
-    sampler = (optuna.samplers.TPESampler(seed=sweep.seed) if sweep.algorithm == "tpe"
-               else optuna.samplers.RandomSampler(seed=sweep.seed))
+    sampler = (optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=sweep.startup_trials)
+               if sweep.algorithm == "tpe" else optuna.samplers.RandomSampler(seed=sweep.seed))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = Deadline(OptunaSearch(sampler=sampler, metric=METRIC, mode="min"), sweep.first_report_s)
+    searcher = Deadline(OptunaSearch(sampler=sampler, metric=METRIC, mode="min",
+                                     points_to_evaluate=[dict(p) for p in sweep.points_to_evaluate] or None),
+                        sweep.first_report_s)
 
     book = Book.current = Book()
     Book.started = started

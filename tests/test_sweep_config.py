@@ -91,6 +91,17 @@ def test_exponents_without_a_dot_are_numbers(sweepdir):
     (edit(scheduler={"time_attr": "training_iteration"}), "scheduler.time_attr", "chars_trained, epoch"),
     (edit(budget={"sweep_time": -5}), "budget.sweep_time", "out of range"),
     (edit(name=""), "name", "required"),
+    (edit(search={"points_to_evaluate": {"rnn_size": 16}}), "search.points_to_evaluate", "must be a list"),
+    (edit(search={"points_to_evaluate": [16]}), "search.points_to_evaluate[0]", "must be a mapping"),
+    (edit(search={"points_to_evaluate": [{"rnn_size": 16}, {"rnn_sise": 16}]}),
+     "search.points_to_evaluate[1].rnn_sise", "did you mean 'rnn_size'"),
+    (edit(search={"points_to_evaluate": [{"rnn_size": 24}]}), "search.points_to_evaluate[0].rnn_size",
+     r"24 is outside the search space \(choice \[16, 32\]\)"),
+    (edit(search={"points_to_evaluate": [{"rnn_size": "big"}]}), "search.points_to_evaluate[0].rnn_size",
+     "must be an integer"),
+    (edit(search={"startup_trials": -1}), "search.startup_trials", "out of range"),
+    (edit(search_space="auto", budget={"sweep_time": 60}, search={"points_to_evaluate": [{"dropout": 0}]}),
+     "search.points_to_evaluate", "not with search_space: auto"),
 ])
 def test_bad_sweep_files(sweepdir, text, where, problem):
     path = write(sweepdir, text)
@@ -99,6 +110,21 @@ def test_bad_sweep_files(sweepdir, text, where, problem):
     msg = str(e.value)
     assert msg.startswith(f"{path}: {where}"), msg
     assert re.search(problem, msg), msg
+
+
+def test_points_to_evaluate_are_checked_against_the_space_and_dry_run_keeps_them(sweepdir, capsys):
+    space = {"rnn_size": {"choice": [16, 32]}, "dropout": {"float": [0.0, 0.5]},
+             "learning_rate": {"log_float": [1e-3, 1e-2]}}
+    path = write(sweepdir, edit(search_space=space, search={"startup_trials": 2, "points_to_evaluate": [
+        {"rnn_size": 32, "dropout": 0, "learning_rate": 0.01}, {"dropout": 0.5}]}))
+    s = load_sweep(path)
+    # both ends of a range are allowed; an int for a float option is that float
+    assert s.points_to_evaluate == [{"rnn_size": 32, "dropout": 0.0, "learning_rate": 0.01}, {"dropout": 0.5}]
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["search"]["points_to_evaluate"] == s.points_to_evaluate
+    assert resolved["search"]["startup_trials"] == 2 and s.startup_trials == 2
+    assert load_sweep(write(sweepdir, BASE)).startup_trials == 10  # Optuna's default
 
 
 def test_bad_sweep_file_through_the_cli(sweepdir, capsys):
