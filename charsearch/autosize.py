@@ -18,7 +18,12 @@ machine):
   max(r_fastest * S / 3, 3 * grace): no trial holds a slot for more than a third of the window;
 - the search gets SEARCH_FRACTION of what the budget leaves after calibration and start-up; the best
   trial then continues from its checkpoint on the whole machine for the rest (sweep.finish_best), its
-  learning rate decaying linearly to 0.
+  learning rate decaying linearly to 0;
+- the first trial is a prior: the kept GRU (else LSTM) nearest PRIOR_TOKENS_PER_PARAM characters per
+  parameter at a learning rate that suits it. The finish, not the rungs, decides the final loss, and
+  rungs at equal characters trained are short: on its own the search favours shapes that learn
+  fastest early, while a larger model trained to the end does better (in a single hand-run pilot of
+  740 s on one thread with the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
 
 Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40% of the budget
 searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at

@@ -72,6 +72,27 @@ def test_the_plan_fills_a_sweep_that_loads_back_from_its_file(tmp_path):
     assert (cfg.model, cfg.num_layers, cfg.rnn_size, cfg.learning_rate) == ("gru", 3, 64, 0.003)
 
 
+def test_the_search_starts_from_a_prior_inside_its_space():
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    usable = p.search_s + p.finish_s
+    sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600), p)
+    (first,) = sweep.points_to_evaluate
+    assert all(sweep.space[k].allows(v) for k, v in first.items()) and set(first) == set(sweep.space)
+    # of the kept shapes (2x128 would see ~94 chars per parameter, 2x256 ~23), the one nearest the prior's
+    assert first["shape"] == min(p.shapes, key=lambda s: abs(math.log(
+        RATES[s][1] * usable / RATES[s][0] / autosize.PRIOR_TOKENS_PER_PARAM)))
+    assert sweep.startup_trials == autosize.STARTUP_TRIALS < 10
+    # a GRU is preferred where one is kept, even if an LSTM is nearer the ratio
+    gru = calibration()
+    gru.rates["gru 2x256"], gru.params["gru 2x256"] = 30_000, 650_000
+    p = plan(gru, budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    assert "gru 2x256" in p.shapes and autosize.prior_shape(p) == "gru 2x256"
+    # an option the user fixed is neither searched nor in the first point
+    fixed = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600,
+                                       train={"learning_rate": 0.001}), p)
+    assert "learning_rate" not in fixed.points_to_evaluate[0] and fixed.points_to_evaluate[0]["shape"] == "gru 2x256"
+
+
 @pytest.mark.parametrize("text, seconds", [("600", 600), ("90s", 90), ("10m", 600), ("1.5h", 5400), (" 2M ", 120)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
