@@ -213,7 +213,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
             del space[key]
     sweep.space = space
     sweep.points_to_evaluate = [{k: v for k, v in first.items() if k in space}]
-    sweep.startup_trials = STARTUP_TRIALS
+    if sweep.startup_trials is None:  # a value from the sweep file stands
+        sweep.startup_trials = STARTUP_TRIALS
     sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sweep.train}
     sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
     sweep.grace_epochs = _round(p.grace_chars / n)

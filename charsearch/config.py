@@ -274,7 +274,7 @@ class SweepConfig:
     space: dict = field(default_factory=dict)  # name -> SearchParam
     algorithm: str = "tpe"
     seed: int = 0
-    startup_trials: int = 10  # TPE: trials drawn at random before it models the results (Optuna's default)
+    startup_trials: int | None = None  # TPE: trials drawn at random before it models the results (None: Optuna's 10)
     points_to_evaluate: list = field(default_factory=list)  # the first trials' parameters, then the sampler's
     num_samples: int = 8
     max_concurrent: int = 0  # 0 (key absent): as many as the resources allow

@@ -663,8 +663,9 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     else:
         scheduler = FIFOScheduler()
     import optuna
-    sampler = (optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=sweep.startup_trials)
-               if sweep.algorithm == "tpe" else optuna.samplers.RandomSampler(seed=sweep.seed))
+    startup = {} if sweep.startup_trials is None else {"n_startup_trials": sweep.startup_trials}
+    sampler = (optuna.samplers.TPESampler(seed=sweep.seed, **startup) if sweep.algorithm == "tpe"
+               else optuna.samplers.RandomSampler(seed=sweep.seed))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = Deadline(OptunaSearch(sampler=sampler, metric=METRIC, mode="min",
                                      points_to_evaluate=[dict(p) for p in sweep.points_to_evaluate] or None),

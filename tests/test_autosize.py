@@ -82,6 +82,9 @@ def test_the_search_starts_from_a_prior_inside_its_space():
     assert first["shape"] == min(p.shapes, key=lambda s: abs(math.log(
         RATES[s][1] * usable / RATES[s][0] / autosize.PRIOR_TOKENS_PER_PARAM)))
     assert sweep.startup_trials == autosize.STARTUP_TRIALS < 10
+    # a value the sweep file set stands
+    own = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600, startup_trials=6), p)
+    assert own.startup_trials == 6
     # a GRU is preferred where one is kept, even if an LSTM is nearer the ratio
     gru = calibration()
     gru.rates["gru 2x256"], gru.params["gru 2x256"] = 30_000, 650_000

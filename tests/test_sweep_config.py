@@ -124,7 +124,7 @@ def test_points_to_evaluate_are_checked_against_the_space_and_dry_run_keeps_them
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["search"]["points_to_evaluate"] == s.points_to_evaluate
     assert resolved["search"]["startup_trials"] == 2 and s.startup_trials == 2
-    assert load_sweep(write(sweepdir, BASE)).startup_trials == 10  # Optuna's default
+    assert load_sweep(write(sweepdir, BASE)).startup_trials is None  # Optuna's default
 
 
 def test_bad_sweep_file_through_the_cli(sweepdir, capsys):
