@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .data import Vocab, atomic_write, not_a_file
+from .data import Vocab
+from .files import atomic_write, not_a_file
 from .errors import UsageError, excerpt
-from .model import ARCH_KEYS, CELLS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, CharRNN, build, expected_shapes
+from .model import ARCH_KEYS, CELLS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, CharRNN, build, expected_shapes, param_count
 
 MODEL_FORMAT, MODEL_VERSION = "charsearch-model", 1
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "charsearch-checkpoint", 1
@@ -42,7 +43,7 @@ class ModelFile:
         return model.to(device).eval()
 
     def num_params(self) -> int:
-        return self.build().num_params()
+        return param_count(self.config)
 
     def to_dict(self) -> dict:
         return {
@@ -52,7 +53,7 @@ class ModelFile:
             "vocab": list(self.vocab.chars),
             "unk": self.vocab.unk,
             "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict.items()},
-            "summary": dict(self.summary),
+            "summary": known_summary(self.summary),
         }
 
 
@@ -70,8 +71,47 @@ def save(path: str | Path, payload: dict) -> None:
     atomic_write(Path(path), lambda f: f.write(buf.getbuffer()))
 
 
+# the training summary a file may carry: its fields and their types (a float field takes an int too);
+# a field of another type makes the file damaged, an unknown one is dropped (export writes only these)
+SUMMARY_FIELDS: dict[str, type] = {
+    "val_loss": float, "val_bpc": float, "epoch": float, "iteration": int, "chars_trained": int, "params": int,
+    "data_path": str, "data_sha256": str, "data_chars": int, "train_frac": float, "val_frac": float,
+    "min_freq": int, "host": str, "device": str, "torch": str, "python": str, "trained_at": str,
+    "trial_id": str, "trial_name": str, "sweep": str, "mlflow_run_id": str, "experiment": str,
+    "tracking_uri": str,
+}
+MAX_ENTRIES = 10_000  # archive members: a model file has one per tensor plus a few
+
+
+def check_archive(path: Path, what: str) -> bool:
+    """Before anything is loaded: a zip archive (torch.save's format) must hold stored, uncompressed
+    entries whose declared sizes fit within the file, so loading it can never expand past the bytes on
+    disk. Returns whether the file is a zip archive (the other format torch reads is a plain pickle)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except zipfile.BadZipFile:
+        return False
+    except (OSError, ValueError, EOFError) as e:
+        raise UsageError(f"{path}: not a {what}, or truncated ({type(e).__name__})") from None
+    if len(infos) > MAX_ENTRIES:
+        raise UsageError(f"{path}: not a {what}: {len(infos):,} archive entries (a model file has a few hundred at "
+                         f"most)")
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise UsageError(f"{path}: not a {what}: archive entry {excerpt(packed[0])} is compressed, which torch.save "
+                         f"never does (a compressed entry could expand far beyond the file's size)")
+    declared, size = sum(i.file_size for i in infos), path.stat().st_size
+    if declared > size:
+        raise UsageError(f"{path}: not a {what}: its archive declares {declared:,} bytes of content in a file of "
+                         f"{size:,}")
+    return True
+
+
 def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
-    """Load plain data only (no code runs), turning every failure into one clear line."""
+    """Load plain data only (no code runs), turning every failure into one clear line. Tensors are
+    memory-mapped, not read: a field that is never used is never read into memory."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{path}: {not_a_file(p)}")
@@ -80,10 +120,11 @@ def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
     if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save's zip archive, or a legacy pickle
         raise UsageError(f"{path}: not a {what}: not a file torch.save wrote (expected a file written by "
                          f"`charsearch export` or `charsearch train`)")
+    zipped = check_archive(p, what)
     try:
         with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol; the error line says it all
             warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise UsageError(f"{path}: not a {what}: it holds Python objects beyond plain data, and loading it could "
@@ -97,16 +138,53 @@ def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
                          f"`charsearch export` or `charsearch train`)")
     supported = MODEL_VERSION if obj["format"] == MODEL_FORMAT else CHECKPOINT_VERSION
     if not isinstance(obj.get("version"), int) or obj["version"] > supported:
-        raise UsageError(f"{path}: {obj['format']} format version {obj.get('version')} is newer than this charsearch "
-                         f"reads (up to {supported}); upgrade charsearch")
+        raise UsageError(f"{path}: {obj['format']} format version {excerpt(obj.get('version'))} is newer than this "
+                         f"charsearch reads (up to {supported}); upgrade charsearch")
+    problem = _layout_problem(obj)
+    if problem:
+        raise UsageError(f"{path}: damaged charsearch file ({problem})")
     return obj
 
 
-def load(path: str | Path) -> ModelFile:
-    """Read a model file, or the model part of a training checkpoint. The stored config is checked
-    against sane maxima and against the weights the file carries before any model is built, so a
-    doctored config cannot make it allocate more than the file holds."""
-    obj = safe_load(path)
+def _layout_problem(obj: dict) -> str | None:
+    """What is wrong with a file's top-level layout and its summary, or None (the model part is checked
+    by _problem, a checkpoint's training state by check_state)."""
+    part = obj
+    if obj["format"] == CHECKPOINT_FORMAT:
+        for key, kind in (("model", dict), ("state", dict), ("train_config", dict)):
+            if not isinstance(obj.get(key), kind):
+                return f"a checkpoint needs a {key!r} mapping; got {excerpt(obj.get(key))}"
+        part = obj["model"]
+    for key in ("config", "vocab", "unk", "state_dict"):
+        if key not in part:
+            return f"no {key!r}"
+    if not isinstance(part["config"], dict):
+        return "config is not a mapping"
+    summary = obj.get("summary", {})
+    if not isinstance(summary, dict):
+        return f"summary is not a mapping; got {excerpt(summary)}"
+    for key, kind in SUMMARY_FIELDS.items():
+        v = summary.get(key)
+        ok = v is None or (isinstance(v, kind) if kind is not float else isinstance(v, (int, float)))
+        if not ok or isinstance(v, bool):
+            return f"summary {key} is {excerpt(v)}; expected {_KIND_WORDS[kind]}"
+    return None
+
+
+_KIND_WORDS = {float: "a number", int: "an integer", str: "a string"}
+
+
+def known_summary(summary: dict) -> dict:
+    """The summary fields a model file keeps (SUMMARY_FIELDS), unknown ones left out."""
+    return {k: v for k, v in summary.items() if k in SUMMARY_FIELDS and v is not None}
+
+
+def load(path: str | Path, obj: dict | None = None) -> ModelFile:
+    """Read a model file, or the model part of a training checkpoint (`obj`: the file's content when the
+    caller has loaded it already). The stored config is checked against sane maxima and against the
+    weights the file carries before any model is built, so a doctored config cannot make it allocate
+    more than the file holds."""
+    obj = obj if obj is not None else safe_load(path)
     part = obj["model"] if obj["format"] == CHECKPOINT_FORMAT else obj
     try:
         problem = _problem(part)
@@ -115,7 +193,7 @@ def load(path: str | Path) -> ModelFile:
     if problem:
         raise UsageError(f"{path}: damaged charsearch file ({problem})")
     mf = ModelFile({k: part["config"][k] for k in ARCH_KEYS}, Vocab(tuple(part["vocab"]), part["unk"]),
-                   part["state_dict"], obj["summary"] if isinstance(obj.get("summary"), dict) else {})
+                   part["state_dict"], known_summary(obj.get("summary", {})))
     try:
         mf.build()  # the shapes match already; this proves the rest
     except (KeyError, TypeError, RuntimeError, ValueError) as e:

@@ -39,7 +39,6 @@ import multiprocessing
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from .config import SearchParam, SweepConfig
 from .errors import UsageError

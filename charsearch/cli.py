@@ -92,6 +92,8 @@ def cmd_train(args) -> None:
 
 def cmd_export(args) -> None:
     from .artifact import export
+    from .files import write_target
+    write_target(args.out)
     mf = export(args.checkpoint, args.out)
     val = mf.summary.get("val_loss")
     print(f"{args.out}: {mf.config['model']} {mf.config['num_layers']}x{mf.config['rnn_size']}, "
@@ -146,7 +148,7 @@ def cmd_eval(args) -> None:
 def cmd_inspect(args) -> None:
     from . import artifact
     obj = artifact.safe_load(args.model, "charsearch model file or checkpoint")
-    mf = artifact.load(args.model)
+    mf = artifact.load(args.model, obj)
     s = mf.summary
     c = mf.config
     preview = "".join(mf.vocab.chars[:60]).encode("unicode_escape").decode("ascii")
@@ -208,7 +210,6 @@ def cmd_sweep(args) -> int:
 
     import yaml
 
-    from .config import load_sweep
     started = time.time()
     sweep = _sweep_from_args(args)
     plan_text = ""
@@ -316,6 +317,9 @@ def cmd_best(args) -> None:
     from .registry import check_name
     if args.register is not None:
         check_name(args.register)
+    if args.export:
+        from .files import write_target
+        write_target(args.export)
     uri = recorded_store(args.tracking_uri)
     name, df = select.trials(uri, args.experiment)
     df = df.reindex(columns=sorted(df.columns))  # MLflow lists params in no fixed order: the table's stay put

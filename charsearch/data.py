@@ -7,12 +7,8 @@ loads memory-map the array, so a trial starts without re-reading or re-encoding 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
-import stat
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .files import atomic_write, not_a_file
 
 CACHE_VERSION = 1
 UNK = "\ufffd"  # Unicode's replacement character stands for every pruned character
@@ -119,21 +116,6 @@ def resolve_path(data: str, data_root: str | Path = "data") -> Path:
                      f"{data_root}/)")
 
 
-def not_a_file(path: Path) -> str:
-    """Why `path` is not a regular file to read, in a few words (for an error line)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "a loop of symbolic links"
-        return "no such file" if e.errno == errno.ENOENT else (e.strerror or str(e)).lower()
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO), not a regular file"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "not a regular file (a device or socket)" if not stat.S_ISREG(mode) else "a regular file"
-
-
 def read_text(path: Path) -> tuple[str | None, bytes]:
     """Return the decoded text (None for pure ASCII, whose bytes are its code points) and the raw bytes,
     with clear errors for empty, binary and non-UTF-8 files."""
@@ -213,31 +195,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _umask()  # read once: os.umask can only be read by setting it
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it into place."""
-    if path.is_dir():
-        raise UsageError(f"{path}: a folder; give the path of a file to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~UMASK)  # as open() would have made it; mkstemp's files are private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_corpus(data: str | Path, min_freq: int = 0, data_root: str | Path = "data", cache: bool = True) -> Corpus:

@@ -13,7 +13,7 @@ import platform
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import artifact
 from .config import DEVICE_NAME, TrainConfig
 from .data import Batches, Corpus, check_fits, check_val, load_corpus
-from .errors import UsageError
+from .errors import UsageError, excerpt
 from .model import CharRNN, State, detach_state
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
@@ -207,6 +207,30 @@ def _state_from_cpu(saved, device: torch.device, model: str) -> State:
     return tuple(tensors) if model == "lstm" else tensors[0]
 
 
+# a checkpoint's training state (Run.payload writes it): each field and the types it may hold
+STATE_FIELDS = {"optimizer": (dict,), "iteration": (int,), "best_val_loss": (float, int), "initial_loss": (float, int, type(None)),
+                "evals_since_best": (int,), "history": (list,), "best_checkpoint": (str, type(None)), "rng": (dict,),
+                "hidden": (list, type(None)), "batch_size": (int,), "grad_scaler": (dict, type(None))}
+
+
+def state_problem(loop: dict) -> str | None:
+    """What is wrong with a checkpoint's training state, or None."""
+    for key, kinds in STATE_FIELDS.items():
+        v = loop.get(key)
+        if key not in loop or not isinstance(v, kinds) or isinstance(v, bool):
+            return f"state {key} is {excerpt(v) if key in loop else 'missing'}"
+    optimizer = loop["optimizer"]
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
+        return "state optimizer lacks its state and parameter groups"
+    if not isinstance(loop["rng"].get("cpu"), torch.Tensor):
+        return "state rng lacks the CPU generator's state"
+    if loop["hidden"] is not None and not all(isinstance(t, torch.Tensor) for t in loop["hidden"]):
+        return "state hidden is not a list of tensors"
+    if loop["iteration"] < 0:
+        return f"state iteration is {loop['iteration']}"
+    return None
+
+
 class Progress:
     """A live progress bar on a terminal; one line per evaluation otherwise (logs, CI)."""
 
@@ -243,7 +267,7 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, corpus: Corpus | None, on_eval: OnEval | None, progress: bool,
                  summary_extra: dict | None):
-        cfg.validate()
+        cfg = replace(cfg.validate())  # the caller's config stays as it was
         self.cfg, self.on_eval = cfg, on_eval
         self.device = device = resolve_device(cfg.device)
         resume = artifact.safe_load(cfg.init_from, "charsearch checkpoint") if cfg.init_from else None
@@ -251,8 +275,9 @@ class Run:
             raise UsageError(f"--init-from {cfg.init_from}: a model file, not a training checkpoint (it has no "
                              f"optimizer state); pass a checkpoint from the checkpoint folder")
         if resume is not None:  # the architecture is the checkpoint's, as char-rnn's init_from
+            arch = artifact.load(cfg.init_from, resume).config  # checked against the weights it carries
             for key in ("model", "rnn_size", "num_layers", "embed_size", "dropout"):
-                setattr(cfg, key, resume["model"]["config"][key])
+                setattr(cfg, key, arch[key])
         self.corpus = corpus = corpus or load_corpus(cfg.data, cfg.min_freq)
         train_ids, val_ids, _ = corpus.split(cfg.train_frac, cfg.val_frac)
         check_fits(len(train_ids), cfg.batch_size, cfg.seq_length, corpus.path)
@@ -333,15 +358,23 @@ class Run:
         }
 
     def restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"]["state_dict"])
-        self.optimizer.load_state_dict(ckpt["state"]["optimizer"])
         loop = ckpt["state"]
-        if self.use_fp16 and loop.get("grad_scaler"):
-            self.scaler.load_state_dict(loop["grad_scaler"])
+        problem = state_problem(loop)
+        if problem is None:
+            try:
+                self.model.load_state_dict(ckpt["model"]["state_dict"])
+                self.optimizer.load_state_dict(loop["optimizer"])
+                if self.use_fp16 and loop.get("grad_scaler"):
+                    self.scaler.load_state_dict(loop["grad_scaler"])
+                _set_rng_state(loop["rng"], self.device)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                problem = f"its optimizer or RNG state does not fit the model ({type(e).__name__}: " \
+                          f"{excerpt(str(e).splitlines()[0] if str(e) else '')})"
+        if problem:
+            raise UsageError(f"--init-from {self.cfg.init_from}: damaged charsearch checkpoint ({problem})")
         self.iteration, self.best_val, self.initial_loss = loop["iteration"], loop["best_val_loss"], loop["initial_loss"]
         self.evals_since_best, self.history = loop["evals_since_best"], list(loop["history"])
         self.best_path = Path(loop["best_checkpoint"]) if loop.get("best_checkpoint") else None
-        _set_rng_state(loop["rng"], self.device)
         if loop["hidden"] is not None and loop["batch_size"] == self.cfg.batch_size and self.iteration % self.iters_per_epoch:
             self.state = _state_from_cpu(loop["hidden"], self.device, self.cfg.model)
 

@@ -130,7 +130,55 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
 def test_written_files_get_the_permissions_the_umask_gives(tmp_path):
     """Files written atomically are readable by whoever the umask lets read them (shared storage, serving)."""
     import os
-    from charsearch.data import UMASK
+    from charsearch.files import UMASK
     artifact.save(tmp_path / "m.pt", {"format": artifact.MODEL_FORMAT})
     assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o666 & ~UMASK
     assert os.umask(UMASK) == UMASK  # reading it left it unchanged
+
+
+def recompress(path, out) -> None:
+    """The same archive with every entry DEFLATE-compressed (torch.save stores them)."""
+    import zipfile
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+
+
+def test_a_compressed_archive_is_refused_before_it_expands(tmp_path):
+    """A few kilobytes on disk that would expand to 400 MB: refused from the sizes the archive declares."""
+    path, _ = model_file(tmp_path)
+    doctor(path, lambda raw: raw["summary"].update(bomb=torch.zeros(100_000_000)))
+    small = tmp_path / "small.pt"
+    recompress(path, small)
+    assert small.stat().st_size < 2_000_000
+    with pytest.raises(UsageError, match=r"archive entry .* is compressed, which torch.save never does"):
+        artifact.load(small)
+
+
+def test_fields_a_model_file_does_not_know_are_never_read_nor_exported(tmp_path):
+    path, _ = model_file(tmp_path, trial_id="t1")
+    doctor(path, lambda raw: raw["summary"].update(extra=torch.ones(20_000_000), note="x"))
+    assert path.stat().st_size > 80_000_000
+    mf = artifact.load(path)
+    assert mf.summary == {"val_loss": 1.5, "trial_id": "t1"}
+    artifact.export(path, tmp_path / "out.pt")
+    assert (tmp_path / "out.pt").stat().st_size < 100_000
+    assert set(torch.load(tmp_path / "out.pt", weights_only=True)["summary"]) == {"val_loss", "trial_id"}
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda raw: raw["summary"].update(epoch="two"), "summary epoch is 'two'; expected a number"),
+    (lambda raw: raw["summary"].update(trial_id=b"abc"), "summary trial_id is b'abc'; expected a string"),
+    (lambda raw: raw["summary"].update(val_loss=True), "summary val_loss is True; expected a number"),
+    (lambda raw: raw["summary"].update(trial_id=torch.zeros(3)), "summary trial_id is tensor"),
+    (lambda raw: raw.update(summary=[1, 2]), "summary is not a mapping"),
+    (lambda raw: raw.pop("state_dict"), "no 'state_dict'"),
+    (lambda raw: raw.update(config=7), "config is not a mapping"),
+    (lambda raw: raw.update(version="1"), "format version '1' is newer"),
+])
+def test_every_value_of_a_model_file_is_checked_against_its_schema(tmp_path, change, match):
+    path, _ = model_file(tmp_path)
+    doctor(path, change)
+    with pytest.raises(UsageError, match=match) as e:
+        artifact.load(path)
+    assert "\n" not in str(e.value)

@@ -215,7 +215,8 @@ def test_a_checkpoint_whose_config_asks_for_a_huge_model_is_refused_before_resum
     from charsearch.model import CharRNN
     part = artifact.model_part(CharRNN(5, "lstm", 16, 1), Vocab(tuple("abcde")))
     part["config"]["num_layers"] = 1_000_000
-    torch.save({"format": artifact.CHECKPOINT_FORMAT, "version": 1, "model": part}, workdir / "ckpt.pt")
+    torch.save({"format": artifact.CHECKPOINT_FORMAT, "version": 1, "model": part, "state": {}, "train_config": {}},
+               workdir / "ckpt.pt")
     t0 = time.monotonic()
     one_line_error(capsys, "train", "--data", small_corpus, "--init-from", "ckpt.pt",
                    match=r"ckpt.pt: damaged charsearch file \(config num_layers is 1000000; expected an integer in "
@@ -257,3 +258,69 @@ def test_reading_sweeps_from_no_store_creates_none(capsys, workdir, monkeypatch)
     one_line_error(capsys, "best", "--register", "two\nlines",
                    match=r"--register 'two\\nlines': a model name is 1 to 256 printable characters on one line")
     assert list(workdir.iterdir()) == []
+
+
+def special_files(workdir) -> dict:
+    """A FIFO, a socket, a device node (as root) and links to them: paths a write must never replace."""
+    import socket
+    import stat
+    os.mkfifo(workdir / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(workdir / "sock"))
+    found = {"pipe": stat.S_ISFIFO, "sock": stat.S_ISSOCK}
+    if os.geteuid() == 0:  # a private copy of /dev/null: the machine's own is never put at risk
+        os.mknod(workdir / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        found["null"] = stat.S_ISCHR
+    for name in list(found):
+        (workdir / f"link-to-{name}").symlink_to(name)
+        found[f"link-to-{name}"] = found[name]
+    return found
+
+
+def test_export_writes_only_to_a_regular_file_or_a_new_path(capsys, trained, workdir):
+    ckpt, model = trained
+    specials = special_files(workdir)
+    for name, is_kind in specials.items():
+        one_line_error(capsys, "export", ckpt, "--out", workdir / name,
+                       match=f"{name}: .*writes only to a regular file or a new path")
+        assert is_kind(os.stat(workdir / name).st_mode), name  # untouched, whatever the link points at
+        assert (workdir / name).is_symlink() == name.startswith("link-to-")
+    (workdir / "folder").mkdir()
+    one_line_error(capsys, "export", ckpt, "--out", workdir / "folder", match="folder: a folder; give the path of a file")
+    # a link to a regular file is followed: the file gets the model, the link stays a link
+    (workdir / "old.pt").write_bytes(b"old")
+    (workdir / "link.pt").symlink_to("old.pt")
+    assert main(["export", str(ckpt), "--out", str(workdir / "link.pt")]) == 0
+    assert (workdir / "link.pt").is_symlink() and (workdir / "old.pt").read_bytes()[:2] == b"PK"
+    assert not [p for p in workdir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_best_export_refuses_a_special_target_before_reading_any_store(capsys, workdir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    specials = special_files(workdir)
+    for name, is_kind in specials.items():
+        one_line_error(capsys, "best", "--export", workdir / name, match=f"{name}: .*untouched")
+        assert is_kind(os.stat(workdir / name).st_mode), name
+    assert not (workdir / "mlruns").exists()
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda raw: raw.pop("model"), "a checkpoint needs a 'model' mapping; got None"),
+    (lambda raw: raw.pop("state"), "a checkpoint needs a 'state' mapping; got None"),
+    (lambda raw: raw["state"].update(optimizer={}), "state optimizer lacks its state and parameter groups"),
+    (lambda raw: raw["state"].update(iteration="7"), "state iteration is '7'"),
+    (lambda raw: raw["state"]["optimizer"]["state"].clear() or raw["state"]["optimizer"]["param_groups"][0]
+     .update(params=[0]), "optimizer or RNG state does not fit the model"),
+    (lambda raw: raw["summary"].update(epoch="x"), "summary epoch is 'x'; expected a number"),
+])
+def test_a_damaged_checkpoint_is_one_line_for_every_command(capsys, trained, workdir, small_corpus, change, match):
+    ckpt, _ = trained
+    raw = torch.load(ckpt, weights_only=True)
+    change(raw)
+    torch.save(raw, workdir / "bad.pt")
+    one_line_error(capsys, "train", "--data", small_corpus, "--init-from", "bad.pt", "--checkpoint-dir", "cv2",
+                   match=f"bad.pt: damaged charsearch (file|checkpoint) \\(.*{match}")
+    assert not (workdir / "cv2").exists() or not list((workdir / "cv2").iterdir())
+    if "state" not in match and "optimizer" not in match:  # the model part alone serves the other commands
+        for cmd in (["inspect"], ["sample", "--length", "5"], ["export", "--out", "x.pt"]):
+            one_line_error(capsys, cmd[0], "bad.pt", *cmd[1:], match=f"bad.pt: damaged charsearch file \\(.*{match}")
