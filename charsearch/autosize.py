@@ -40,7 +40,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from .config import SearchParam, SweepConfig
+from .sweepfile import SearchParam, SweepConfig
 from .errors import UsageError
 
 SEARCH_FRACTION = 0.3  # of the budget; the rest trains the winner to the end

@@ -72,9 +72,8 @@ def cmd_data_info(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .config import check_training_size
     from .data import load_corpus
-    from .model import memory_bytes
+    from .memory import HEADROOM, admissible_bytes, check_training_size
     from .train import resolve_device, train
     cfg = train_config_from_args(args)
     if cfg.init_from:  # a resumed run takes the checkpoint's architecture: checked against its weights
@@ -82,7 +81,8 @@ def cmd_train(args) -> None:
         load(cfg.init_from)
     else:
         vocab = len(load_corpus(cfg.data, cfg.min_freq).vocab)
-        check_training_size(cfg, vocab, memory_bytes(resolve_device(cfg.device)))
+        check_training_size(cfg, vocab, admissible_bytes(resolve_device(cfg.device)),
+                            limit_words=f"available now ({HEADROOM:.0%} of the memory free)")
     result = train(cfg, progress=not args.quiet)
     print(f"best val loss {result.best_val_loss:.4f} nats/char ({result.best_val_loss / math.log(2):.4f} bits/char) "
           f"after {result.epochs:.2f} epochs ({result.stop_reason}); {result.chars_per_sec:,.0f} chars/s")
@@ -273,7 +273,7 @@ def _sweep_from_args(args):
     """The sweep file, or with --data and --time and no file the automatically sized sweep; the
     command line's overrides applied."""
     from .autosize import default_sweep, parse_duration
-    from .config import load_sweep
+    from .sweepfile import load_sweep
     budget = parse_duration(args.time) if args.time is not None else None
     if args.file:
         if args.data:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn as nn
@@ -105,10 +104,3 @@ def param_count(config: dict) -> int:
 
 def build(config: dict) -> CharRNN:
     return CharRNN(**{k: config[k] for k in ARCH_KEYS})
-
-
-def memory_bytes(device: torch.device) -> int:
-    """Memory a run on `device` can use at most: the GPU's, or this machine's RAM."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

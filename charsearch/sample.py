@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from .artifact import ModelFile
 from .errors import UsageError, excerpt
-from .model import GATES, CharRNN, memory_bytes
+from .memory import available_bytes
+from .model import GATES, CharRNN
 
 MAX_SEED = 2 ** 63 - 1  # torch.Generator's seed range
 
@@ -130,7 +131,7 @@ class Sampler:
         """Validate the options and refuse, before anything is allocated, samples that would take
         more than half of the device's memory."""
         opts.validate()
-        need, limit = opts.memory_bytes(self.model.config), memory_bytes(self.device) // 2
+        need, limit = opts.memory_bytes(self.model.config), available_bytes(self.device) // 2
         if need > limit:
             raise UsageError(f"{opts.num_samples:,} samples of {opts.length:,} characters would take about "
                              f"{need / 1e9:,.1f} GB at once; at most {limit / 1e9:,.1f} GB is allowed here: ask "

@@ -38,7 +38,7 @@ from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from . import artifact  # noqa: E402
-from .config import SweepConfig  # noqa: E402
+from .sweepfile import SweepConfig  # noqa: E402
 from .data import Corpus, check_fits, check_val, load_corpus  # noqa: E402
 from .errors import UsageError  # noqa: E402
 from .tracking import (COUNTS_TAG, OUTCOME_TAG, OUTCOMES, TRIAL_TAG, Tracker, backlog,  # noqa: E402,F401

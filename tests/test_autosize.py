@@ -10,7 +10,7 @@ import yaml
 from charsearch import autosize
 from charsearch.autosize import Calibration, parse_duration, plan
 from charsearch.cli import main
-from charsearch.config import SweepConfig, load_sweep
+from charsearch.sweepfile import SweepConfig, load_sweep
 
 from .conftest import make_text
 

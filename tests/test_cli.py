@@ -324,3 +324,19 @@ def test_a_damaged_checkpoint_is_one_line_for_every_command(capsys, trained, wor
     if "state" not in match and "optimizer" not in match:  # the model part alone serves the other commands
         for cmd in (["inspect"], ["sample", "--length", "5"], ["export", "--out", "x.pt"]):
             one_line_error(capsys, cmd[0], "bad.pt", *cmd[1:], match=f"bad.pt: damaged charsearch file \\(.*{match}")
+
+
+def test_training_is_admitted_against_the_memory_free_now_not_the_total(capsys, workdir, small_corpus):
+    """A run sized to need about 90% of the memory free now (less than the machine's total) is refused
+    before anything is allocated, in one line that says what is available."""
+    from charsearch.config import TrainConfig
+    from charsearch.memory import available_bytes, total_bytes, training_size
+    free = available_bytes(torch.device("cpu"))
+    size = next(h for h in range(64, 65536, 64)
+                if training_size(TrainConfig(rnn_size=h, num_layers=4, batch_size=1, seq_length=16), 32)[1] > 0.9 * free)
+    need = training_size(TrainConfig(rnn_size=size, num_layers=4, batch_size=1, seq_length=16), 32)[1]
+    assert need < total_bytes(torch.device("cpu"))
+    one_line_error(capsys, "train", "--data", small_corpus, "--rnn-size", size, "--num-layers", "4",
+                   "--seq-length", "16", "--batch-size", "1",
+                   match=r"more than the [\d,.]+ GB available now \(80% of the memory free\)")
+    assert not (workdir / "cv").exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from charsearch.config import load_sweep
+from charsearch.sweepfile import load_sweep
 from charsearch.sweep import gpu_share, step_work, trial_resources
 
 from .conftest import ROOT, make_text

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from charsearch.cli import main
-from charsearch.config import ConfigError, load_sweep
+from charsearch.config import ConfigError
+from charsearch.sweepfile import load_sweep
 
 from .conftest import ROOT, make_text
 
@@ -199,4 +200,46 @@ def test_a_search_space_whose_largest_trial_cannot_fit_is_refused(sweepdir, caps
     assert len(err.splitlines()) == 1, err
     assert re.search(r"search_space: the largest trial \(rnn_size 65536, num_layers 64, batch_size 4096\): "
                      r"lstm 64x65536, .* parameters, about [\d,.]+ TB to train, more than the", err), err
+    assert not (sweepdir / "mlruns").exists() and not (sweepdir / "ray_results").exists()
+
+
+@pytest.mark.parametrize("space, problem", [
+    ({"min_ss": {"float": [0.1, 0.95]}, "start_ss": {"float": [0.9, 1.0]}},
+     r"search_space.min_ss: must be <= start_ss \(0.9\); got 0.95 \(a draw of min_ss 0.95, start_ss 0.9\)"),
+    ({"start_ss": {"choice": [0.95, 1.0]}, "min_ss": {"choice": [0.2, 0.96]}},
+     r"search_space.min_ss: must be <= start_ss \(0.95\); got 0.96 \(a draw of min_ss 0.96, start_ss 0.95\)"),
+])
+def test_every_pair_of_searched_keys_is_a_valid_draw(sweepdir, space, problem):
+    path = write(sweepdir, edit(search_space=space, train={"use_ss": True}))
+    with pytest.raises(ConfigError, match=problem):
+        load_sweep(path)
+    ok = write(sweepdir, edit(search_space={"min_ss": {"float": [0.1, 0.85]}, "start_ss": {"float": [0.9, 1.0]}}))
+    assert set(load_sweep(ok).space) == {"min_ss", "start_ss"}
+
+
+def test_large_lists_and_files_are_refused_in_linear_time(sweepdir, capsys):
+    values = list(range(16, 16 + 50_000))
+    for n, problem in ((1000, None), (10_000, "has 10,000 values; at most 1,000"),
+                       (50_000, "has 50,000 values; at most 1,000")):
+        path = write(sweepdir, edit(search_space={"rnn_size": {"choice": values[:n]}}))
+        t0 = time.monotonic()
+        code = main(["sweep", str(path), "--dry-run"])
+        err = capsys.readouterr().err.strip()
+        assert time.monotonic() - t0 < 20, n
+        if problem is None:
+            assert code == 0, err
+        else:
+            assert code == 2 and len(err.splitlines()) == 1 and problem in err, err
+    big = write(sweepdir, BASE + "# " + "x" * 2_000_000 + "\n")
+    assert main(["sweep", str(big), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "2,000,0" in err and "at most 1,000,000 bytes" in err, err
+
+
+@pytest.mark.parametrize("name", ["x" * 300, "a\x00b", "two\nlines", "tab\there", ".hidden", "a/b"])
+def test_names_that_cannot_be_an_experiment_a_folder_and_one_line_are_refused(sweepdir, capsys, name):
+    path = write(sweepdir, edit(name=name))
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "name: must be 1 to 100 printable characters" in err, err
     assert not (sweepdir / "mlruns").exists() and not (sweepdir / "ray_results").exists()
