@@ -41,6 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from .sweepfile import SearchParam, SweepConfig
+from .config import shape_label
 from .errors import UsageError
 
 SEARCH_FRACTION = 0.3  # of the budget; the rest trains the winner to the end
@@ -73,10 +74,6 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def shape_name(model: str, layers: int, size: int) -> str:
-    return f"{model} {layers}x{size}"
 
 
 def _probe_family(args) -> list[tuple[str, int, float]]:
@@ -115,7 +112,7 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
                 step()
                 n += 1
             rate = n * PROBE_BATCH * PROBE_SEQ / (time.perf_counter() - t)
-            out.append((shape_name(model, layers, size), params, rate))
+            out.append((shape_label(model, layers, size), params, rate))
             last = (params, rate)
             if rate * budget_s < TOKENS_PER_PARAM * params:  # the larger ones are slower still
                 break

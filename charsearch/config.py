@@ -190,3 +190,14 @@ def coerce(key: str, value, where: str = ""):
 def type_name(kind: type) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             list: "a list"}[kind]
+
+
+def shape_label(model: str, num_layers: int, rnn_size: int) -> str:
+    """'lstm 2x128': how a model's shape is written everywhere (sweep files, tables, plans, lines)."""
+    return f"{model} {num_layers}x{rnn_size}"
+
+
+def label_of(config) -> str:
+    """The shape of a model's config (a dict) or a TrainConfig."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+    return shape_label(get("model"), get("num_layers"), get("rnn_size"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,15 +117,21 @@ def resolve_path(data: str, data_root: str | Path = "data") -> Path:
                      f"{data_root}/)")
 
 
+HEAD_BYTES = 1 << 16  # read first: a binary file is refused before the rest is read
+
+
 def read_text(path: Path) -> tuple[str | None, bytes]:
     """Return the decoded text (None for pure ASCII, whose bytes are its code points) and the raw bytes,
-    with clear errors for empty, binary and non-UTF-8 files."""
+    with clear errors for empty, binary, too large and non-UTF-8 files."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+            check_head(path, head)
+            check_memory(path, os.fstat(f.fileno()).st_size, head.isascii())
+            f.seek(0)
+            raw = f.read()
     except OSError as e:
         raise UsageError(f"{path}: cannot read ({e.strerror})") from None
-    if not raw:
-        raise UsageError(f"{path}: the file is empty; a corpus needs text")
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise UsageError(f"{path}: looks like a binary file (NUL byte at offset {nul}); a corpus must be UTF-8 text")
@@ -140,6 +147,26 @@ def read_text(path: Path) -> tuple[str | None, bytes]:
     if not text:
         raise UsageError(f"{path}: the file holds no text")
     return text, raw
+
+
+def check_head(path: Path, head: bytes) -> None:
+    if not head:
+        raise UsageError(f"{path}: the file is empty; a corpus needs text")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise UsageError(f"{path}: looks like a binary file (NUL byte at offset {nul}); a corpus must be UTF-8 text")
+
+
+def check_memory(path: Path, size: int, ascii_head: bool) -> None:
+    """Reading and encoding a corpus holds its bytes, the decoded text (up to 4 bytes a character) and the
+    encoded ids at once: about 2x the file for ASCII, up to 6x otherwise. Refused when that exceeds what
+    the machine can give now (devices.HEADROOM of its free memory)."""
+    from .devices import admissible_bytes, human_bytes
+    need = size * (2 if ascii_head else 6)
+    limit = admissible_bytes(torch.device("cpu"))
+    if need > limit:
+        raise UsageError(f"{path}: {human_bytes(size)}; reading and encoding it takes about {human_bytes(need)}, more "
+                         f"than the {human_bytes(limit)} this machine can give now; use a part of it")
 
 
 def _codepoints(text: str | None, raw: bytes):
@@ -242,11 +269,31 @@ def encode_with(path: Path, vocab: Vocab) -> np.ndarray:
 # batches for truncated BPTT
 
 
+MIN_EVAL_CHARS = 2  # a split is scored by predicting each character from the ones before it
+
+
 def check_val(n_chars: int, val_frac: float, path: Path | str) -> None:
-    """Fair validation reads its own 16 streams whatever the training batch: it needs 2 characters."""
-    if n_chars < 2:
-        raise UsageError(f"{path}: the val split has {n_chars} characters; validation needs at least 2 "
-                         f"(raise val_frac, now {val_frac})")
+    """Fair validation reads its own streams whatever the training batch: it needs MIN_EVAL_CHARS."""
+    if n_chars < MIN_EVAL_CHARS:
+        raise UsageError(f"{path}: the val split has {n_chars} characters; validation needs at least "
+                         f"{MIN_EVAL_CHARS} (raise val_frac, now {val_frac})")
+
+
+@dataclass
+class Baseline:
+    cross_entropy: float  # nats/char of the val split under the train split's unigram distribution
+    unseen: int  # val characters that never occur in the train split
+
+
+def unigram_baseline(corpus: Corpus, train_frac: float, val_frac: float) -> Baseline:
+    """The bar any model can be held to: each val character scored by its frequency in the train split
+    (add-one smoothed, so a character train never shows costs log(train + vocabulary), not infinity)."""
+    train, val, _ = corpus.split(train_frac, val_frac)
+    v = len(corpus.vocab)
+    in_train = np.bincount(np.asarray(train), minlength=v).astype(np.float64)
+    in_val = np.bincount(np.asarray(val), minlength=v).astype(np.float64)
+    log_p = np.log((in_train + 1) / (len(train) + v))
+    return Baseline(float(-(in_val * log_p).sum() / max(1, len(val))), int(in_val[in_train == 0].sum()))
 
 
 def check_fits(n_chars: int, batch_size: int, seq_length: int, path: Path | str) -> None:
@@ -266,6 +313,11 @@ def check_fits(n_chars: int, batch_size: int, seq_length: int, path: Path | str)
                      f"train_frac")
 
 
+def iters_per_epoch(n_chars: int, batch_size: int, seq_length: int) -> int:
+    """Whole batches of batch_size streams x seq_length in a split (the targets need one character more)."""
+    return (n_chars - 1) // (batch_size * seq_length)
+
+
 class Batches:
     """The training split as `batch_size` contiguous streams on the device, read in seq_length chunks.
 
@@ -276,7 +328,7 @@ class Batches:
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int, device: torch.device):
         self.batch_size, self.seq_length = batch_size, seq_length
-        self.num_batches = (len(ids) - 1) // (batch_size * seq_length)
+        self.num_batches = iters_per_epoch(len(ids), batch_size, seq_length)
         n = self.num_batches * batch_size * seq_length
         data = torch.from_numpy(np.array(ids[: n + 1])).to(device)
         self.x = data[:n].view(batch_size, -1)

@@ -14,7 +14,6 @@ metric history.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 
@@ -24,8 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
+from .config import DEFAULT_SEED, label_of
 from .errors import UsageError, excerpt
-from .serve import sample_options
+from .units import bits, loss_text
+from .sample import request_options
 
 PACKAGE = Path(__file__).resolve().parent
 MAX_ROWS = 32  # samples per request; each is bounded by serve.MAX_LENGTH characters
@@ -49,7 +50,7 @@ class CharRNNModel(mlflow.pyfunc.PythonModel):
         if len(rows) > MAX_ROWS:
             raise MlflowException.invalid_parameter_value(f"at most {MAX_ROWS} rows per request; got {len(rows)}")
         try:
-            opts = [sample_options(row, self.sampler.vocab) for row in rows]
+            opts = [request_options(row, self.sampler.vocab) for row in rows]
         except UsageError as e:  # MLflow's scoring server answers these with 400 and the message
             raise MlflowException.invalid_parameter_value(str(e)) from None
         return [self.sampler.generate(o)[0] for o in opts]
@@ -74,9 +75,10 @@ def check_name(name: str) -> str:
 def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str):
     """Log the best trial's model as a pyfunc model under that trial's run and register a new version
     of `name`, tagged with its val loss, sweep, trial and run. Returns the ModelVersion."""
-    from . import select
+    from . import selection
+    from .tracking import TRIAL_TAG, client_for
     check_name(name)
-    client = select.client_for(uri)
+    client = client_for(uri)
     try:  # a name the registry would refuse is refused before anything is logged
         client.get_registered_model(name)
     except MlflowException as e:
@@ -84,7 +86,7 @@ def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str):
             raise UsageError(f"--register {name!r}: {e.message.splitlines()[0]} "
                              f"(e.g. --register shakespeare-lstm)") from None
     with tempfile.TemporaryDirectory() as tmp:
-        row, mf = select.export_best(uri, df, experiment, Path(tmp) / "model.pt")
+        row, mf = selection.export_best(uri, df, experiment, Path(tmp) / "model.pt")
         run_id, val = row["run_id"], float(row["metrics.best_val_loss"])
         prime = "The " if not mf.vocab.missing("The ") else ""
         mlflow.set_experiment(experiment)  # the logged model lives in the sweep's experiment, beside its trial
@@ -92,19 +94,19 @@ def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str):
             artifact_path=None, name="charsearch", flavor=mlflow.pyfunc, run_id=run_id,
             python_model=str(PACKAGE / "mlflow_model.py"), artifacts={"model_file": str(Path(tmp) / "model.pt")},
             code_paths=[str(PACKAGE)], pip_requirements=requirements(), signature=SIGNATURE,
-            input_example=pd.DataFrame([{"prime_text": prime, "temperature": 0.8, "length": 50, "seed": 123}]),
-            tags={"charsearch.sweep": experiment, "charsearch.trial_id": row[f"tags.{select.TRIAL_TAG}"]},
+            input_example=pd.DataFrame([{"prime_text": prime, "temperature": 0.8, "length": 50, "seed": DEFAULT_SEED}]),
+            tags={"charsearch.sweep": experiment, "charsearch.trial_id": row[f"tags.{TRIAL_TAG}"]},
         )
     c, parent = mf.config, row.get("tags.mlflow.parentRunId")
-    tags = {"val_loss": f"{val:.6f}", "val_bpc": f"{val / math.log(2):.6f}", "sweep": experiment,
-            "trial_id": row[f"tags.{select.TRIAL_TAG}"], "source_run_id": run_id,
+    tags = {"val_loss": f"{val:.6f}", "val_bpc": f"{bits(val):.6f}", "sweep": experiment,
+            "trial_id": row[f"tags.{TRIAL_TAG}"], "source_run_id": run_id,
             "sweep_run_id": parent if isinstance(parent, str) else "",
-            "architecture": f"{c['model']} {c['num_layers']}x{c['rnn_size']}"}
+            "architecture": label_of(c)}
     try:
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     except MlflowException as e:
         raise UsageError(f"cannot register {name!r} in {uri}: {e.message.splitlines()[0]}") from None
     client.update_model_version(name, version.version, description=(
         f"{tags['architecture']} from sweep {experiment!r}, trial {tags['trial_id']}: best fair val loss "
-        f"{val:.4f} nats/char ({val / math.log(2):.4f} bits/char)"))
+        f"{loss_text(val)}"))
     return client.get_model_version(name, version.version)

@@ -37,9 +37,11 @@ from mlflow.exceptions import MlflowException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from . import select
+from . import selection
+from .config import DEFAULT_SEED
 from .errors import UsageError
 from .tracking import KIND_TAG, OUTCOME_TAG, TRIAL_TAG, client_for
+from .units import fmt, loss_text
 
 TARGET = "best val loss (nats/char)"
 ARTIFACT_DIR = "report"  # under the sweep's parent run
@@ -51,7 +53,7 @@ TOP_CURVES = 10  # learning curves drawn: the best trials only, or the plot is a
 # trials differ from all of them: with 10 or fewer, that top is the best trial alone
 FEW_FOR_IMPORTANCES = 10
 NGRAMS = (10, 20, 40)
-MEMO_SAMPLES, MEMO_LENGTH, MEMO_SEED = 8, 1000, 123  # 8,000 sampled characters: a second or two on CPU
+MEMO_SAMPLES, MEMO_LENGTH, MEMO_SEED = 8, 1000, DEFAULT_SEED  # 8,000 sampled characters: a second or two on CPU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,13 +66,13 @@ class SweepRuns:
     parent: Run  # the sweep invocation's parent run
     space: dict  # name -> {kind: values}, as resolved.yaml holds it
     resolved: dict  # the whole resolved sweep (corpus, split, ...)
-    trials: pd.DataFrame  # its trial runs, best first (select.trials' order)
+    trials: pd.DataFrame  # its trial runs, best first (selection.trials' order)
 
 
 def load_sweep_runs(uri: str, experiment: str | None = None, run_id: str | None = None) -> SweepRuns:
     """The latest sweep invocation of the experiment (or the parent run `run_id`) and its trials."""
     client = client_for(uri)
-    name, df = select.trials(uri, experiment)
+    name, df = selection.trials(uri, experiment)
     exp = client.get_experiment_by_name(name)
     if run_id:
         try:
@@ -80,11 +82,9 @@ def load_sweep_runs(uri: str, experiment: str | None = None, run_id: str | None 
         if parent.info.experiment_id != exp.experiment_id or parent.data.tags.get(KIND_TAG) != "sweep":
             raise UsageError(f"run {run_id} is not a sweep run of experiment {name!r}")
     else:
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        if not runs:
+        parent = selection.latest_sweep_run(uri, exp.experiment_id)
+        if parent is None:
             raise UsageError(f"experiment {name!r} has no sweep run (it was not made by `charsearch sweep`)")
-        parent = runs[0]
     df = df[df["tags.mlflow.parentRunId"] == parent.info.run_id].reset_index(drop=True)
     if df.empty:
         raise UsageError(f"sweep run {parent.info.run_name} ({parent.info.run_id}) of experiment {name!r} "
@@ -317,18 +317,49 @@ def plain_log_ticks(axis) -> None:
 
 
 def _draw(study: optuna.Study, top: int, with_importances: bool) -> list[Figure]:
-    figs = [Figure("history", ov.plot_optimization_history(study, target_name=TARGET),
-                   _mpl_figure(om.plot_optimization_history(study, target_name=TARGET))),
+    valued = with_every_value(study)
+    figs = [Figure("history", named(ov.plot_optimization_history(valued, target_name=TARGET), valued),
+                   _mpl_figure(om.plot_optimization_history(valued, target_name=TARGET))),
             Figure("history_wall_time", *_history_wall_time(study)),
             Figure("timeline", ov.plot_timeline(study), _mpl_figure(om.plot_timeline(study)))]
     if with_importances:
         figs.append(Figure("importances", *_importances(study)))
-    figs += [Figure("parallel_coordinate", ov.plot_parallel_coordinate(study, target_name=TARGET),
-                    _mpl_figure(om.plot_parallel_coordinate(study, target_name=TARGET))),
-             Figure("slice", ov.plot_slice(study, target_name=TARGET),
-                    _mpl_figure(om.plot_slice(study, target_name=TARGET))),
+    figs += [Figure("parallel_coordinate", ov.plot_parallel_coordinate(valued, target_name=TARGET),
+                    _mpl_figure(om.plot_parallel_coordinate(valued, target_name=TARGET))),
+             Figure("slice", named(ov.plot_slice(valued, target_name=TARGET), valued),
+                    _mpl_figure(om.plot_slice(valued, target_name=TARGET))),
              Figure("learning_curves", *_learning_curves(study, top))]
     return figs
+
+
+def with_every_value(study: optuna.Study) -> optuna.Study:
+    """The study for the history, slice and parallel-coordinate plots, which draw only COMPLETE trials:
+    every trial with a best val loss (stopped early by ASHA, cut by the budget) counts, as `best` ranks
+    them; trials keep their numbers."""
+    copy = optuna.create_study(direction="minimize")
+    for t in study.get_trials(deepcopy=True):
+        if t.value is not None and t.state != TrialState.COMPLETE:
+            t.state = TrialState.COMPLETE
+            t.datetime_complete = t.datetime_complete or t.datetime_start
+        copy.add_trial(t)
+    return copy
+
+
+def named(fig, study: optuna.Study):
+    """Each point of a plotly history or slice figure hovers with the Ray trial id `charsearch best` prints."""
+    ids = {t.number: t.user_attrs.get("ray_trial_id", f"Trial{t.number}") for t in study.trials}
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    for trace in fig.data:
+        if trace.x is None or trace.mode == "lines":
+            continue
+        if fig.layout.xaxis.title.text == "Trial":  # the history: x is the trial number
+            trace.text = [ids[int(n)] for n in trace.x]
+        elif trace.name in ("Feasible Trial", None) and len(trace.x) == len(complete):
+            trace.text = [ids[t.number] for t in complete]
+        else:
+            continue
+        trace.hovertemplate = "trial %{text}<br>%{x}: %{y}<extra></extra>"
+    return fig
 
 
 def _importances(study: optuna.Study):
@@ -353,8 +384,9 @@ def _learning_curves(study: optuna.Study, top: int):
     labelled with the Ray trial ids that `charsearch best` prints."""
     # Optuna labels its traces and lines Trial<number>
     keep = {f"Trial{t.number}": t.user_attrs.get("ray_trial_id", f"Trial{t.number}") for t in top_trials(study, top)}
+    rank = {name: i for i, name in enumerate(keep)}  # best first, in the legend too
     fig = ov.plot_intermediate_values(study)
-    fig.data = [trace for trace in fig.data if trace.name in keep]
+    fig.data = sorted((trace for trace in fig.data if trace.name in keep), key=lambda trace: rank[trace.name])
     for trace in fig.data:
         trace.name = keep[trace.name]
     fig.update_layout(title=f"Learning curves of the best {len(keep)} trials", xaxis_title="characters trained",
@@ -370,14 +402,17 @@ def _learning_curves(study: optuna.Study, top: int):
     ax.xaxis.set_major_formatter(EngFormatter())  # 200k, 1M: raw character counts run into each other
     ax.set_ylabel("val loss (nats/char)")
     if ax.lines:
-        ax.legend(bbox_to_anchor=(1.05, 1), loc="upper left", borderaxespad=0.0)
+        order = {label: i for i, label in enumerate(keep.values())}
+        lines = sorted(ax.lines, key=lambda line: order.get(line.get_label(), len(order)))
+        ax.legend(lines, [line.get_label() for line in lines], bbox_to_anchor=(1.05, 1), loc="upper left",
+                  borderaxespad=0.0)
     return fig, ax.figure
 
 
 def _history_wall_time(study: optuna.Study):
     """Best value so far against wall time. Optuna draws the best so far only per trial number
     (plot_optimization_history) and wall time only per trial (plot_timeline), so this one is drawn here."""
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+    done = sorted((t for t in study.get_trials(deepcopy=False) if t.value is not None and t.datetime_complete),
                   key=lambda t: t.datetime_complete)
     starts = [t.datetime_start for t in study.trials if t.datetime_start is not None]
     x = [(t.datetime_complete - min(starts)).total_seconds() / 60 for t in done]
@@ -491,10 +526,6 @@ def memorisation_for(sweep: SweepRuns, mf, trial: str) -> tuple[Memorisation | N
 # summary and the whole report
 
 
-def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
 def summary(sweep: SweepRuns, study: optuna.Study, imp: dict[str, float], notes: list[str],
             memo: Memorisation | None) -> str:
     df = sweep.trials
@@ -509,9 +540,9 @@ def summary(sweep: SweepRuns, study: optuna.Study, imp: dict[str, float], notes:
     number = {t.user_attrs["mlflow_run_id"]: t.number for t in study.trials}[best["run_id"]]
     v = best["metrics.best_val_loss"]
     lines.append(f"best trial {best[f'tags.{TRIAL_TAG}']} (Optuna trial {number}, {outcomes.iloc[0]}): "
-                 f"val loss {v:.4f} nats/char ({v / math.log(2):.4f} bits/char)")
+                 f"val loss {loss_text(v)}")
     params = study.trials[number].params
-    lines.append("  " + "  ".join(f"{k}={_fmt(params[k])}" for k in sweep.space if k in params))
+    lines.append("  " + "  ".join(f"{k}={fmt(params[k])}" for k in sweep.space if k in params))
     if imp:
         lines.append("most important params: " + ", ".join(f"{k} {v:.2f}" for k, v in list(imp.items())[:3]))
         caveat = importance_caveat(study)
@@ -554,7 +585,7 @@ def run(uri: str, experiment: str | None = None, run_id: str | None = None, out:
     imp, note = importances(study)
     notes = [note] if note else []
     with tempfile.TemporaryDirectory() as tmp:
-        row, mf = select.export_best(uri, sweep.trials, sweep.experiment, Path(tmp) / "model.pt")
+        row, mf = selection.export_best(uri, sweep.trials, sweep.experiment, Path(tmp) / "model.pt")
     memo, note = memorisation_for(sweep, mf, row[f"tags.{TRIAL_TAG}"])
     notes += [note] if note else []
     text = summary(sweep, study, imp, notes, memo)

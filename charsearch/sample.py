@@ -6,6 +6,8 @@ page) can show text as it is made. All samples advance together as one batch thr
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -13,11 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from .artifact import ModelFile
+from .config import DEFAULT_SEED
 from .errors import UsageError, excerpt
-from .memory import available_bytes
+from .devices import available_bytes
 from .model import GATES, CharRNN
 
 MAX_SEED = 2 ** 63 - 1  # torch.Generator's seed range
+# a request's fields (the web page, the JSON API, the MLflow model's input rows) and their bounds
+FIELDS = ("prime_text", "temperature", "length", "seed")
+DEFAULT_LENGTH = 500
+MAX_LENGTH = 5000
+MAX_PRIME = 1000  # characters: priming costs a forward pass over them, so they are bounded too
 
 
 @dataclass
@@ -27,7 +35,7 @@ class SampleOptions:
     temperature: float = 1.0
     top_k: int = 0
     argmax: bool = False
-    seed: int = 123
+    seed: int = DEFAULT_SEED
     num_samples: int = 1
     stop: str = ""
 
@@ -163,7 +171,10 @@ class Sampler:
             if opts.argmax:
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:
-                scaled = logits.float() / opts.temperature
+                # in float64, shifted so the likeliest is 0: any temperature > 0 a float can hold, however
+                # small, gives finite or -inf scores (never 0/0); softmax is taken back in float32
+                logits = logits.double()
+                scaled = ((logits - logits.max(dim=-1, keepdim=True).values) / opts.temperature).float()
                 if opts.top_k and opts.top_k < scaled.size(-1):
                     kth = torch.topk(scaled, opts.top_k, dim=-1).values[:, -1:]
                     scaled = scaled.masked_fill(scaled < kth, float("-inf"))
@@ -189,3 +200,48 @@ class Sampler:
         for step in self.stream(opts):
             texts = [t + c for t, c in zip(texts, step)]
         return texts
+
+
+def _absent(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))  # NaN: a column missing in that row
+
+
+def request_options(fields: dict, vocab, max_length: int = MAX_LENGTH, allowed: tuple = ()) -> SampleOptions:
+    """Checked sampling options from request fields (JSON values or a DataFrame row; absent or null
+    fields take their defaults). Raises UsageError naming the field and what is valid."""
+    unknown = sorted(set(fields) - set(FIELDS) - set(allowed))
+    if unknown:
+        raise UsageError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(FIELDS + tuple(allowed))}")
+    get = {k: (None if _absent(fields.get(k)) else fields.get(k)) for k in FIELDS}
+
+    def number(name, default, integer=False):
+        v = get[name]
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or (isinstance(v, float) and not math.isfinite(v)):
+            raise UsageError(f"{name} must be {'an integer' if integer else 'a number'}; got {excerpt(v)}")
+        if integer:
+            if v != int(v):
+                raise UsageError(f"{name} must be an integer; got {excerpt(v)}")
+            return int(v)
+        if abs(v) > 1e300:  # beyond a float
+            raise UsageError(f"{name} must be a number of sensible size; got {excerpt(v)}")
+        return float(v)
+
+    prime = get["prime_text"] if get["prime_text"] is not None else ""
+    if not isinstance(prime, str):
+        raise UsageError(f"prime_text must be a string; got {excerpt(prime)}")
+    if len(prime) > MAX_PRIME:
+        raise UsageError(f"prime_text is {len(prime):,} characters; at most {MAX_PRIME:,} are accepted")
+    length = number("length", DEFAULT_LENGTH, integer=True)
+    if length > max_length:
+        raise UsageError(f"length must be <= {max_length:,} (this server's limit); got {excerpt(length)}")
+    opts = SampleOptions(primetext=prime, length=length, temperature=number("temperature", 1.0),
+                         seed=number("seed", DEFAULT_SEED, integer=True))
+    try:
+        opts.validate()
+    except UsageError as e:  # its messages name the command-line flag; here the field has the same name
+        raise UsageError(str(e).removeprefix("--")) from None
+    vocab.encode(prime, what="prime_text")  # unknown characters: named in the error
+    return opts

@@ -18,8 +18,6 @@ connection (and its thread) either. A client that goes away stops its generation
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import socket
 import sys
 import threading
@@ -27,62 +25,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from .config import DEFAULT_SEED, label_of
 from .errors import UsageError, excerpt
-from .sample import Sampler, SampleOptions
+from .units import loss_text
+from .sample import DEFAULT_LENGTH, MAX_LENGTH, MAX_PRIME, Sampler, SampleOptions, request_options
 
-DEFAULT_LENGTH = 500
-MAX_LENGTH = 5000
-MAX_PRIME = 1000  # characters: priming costs a forward pass over them, so they are bounded too
 MAX_BODY = 64 * 1024
 REQUEST_S = 30  # seconds for a request's head and body, however slowly they come
 BACKLOG = 128  # connections the kernel holds while all threads are busy accepting
-FIELDS = ("prime_text", "temperature", "length", "seed")
 FLUSH_S = 0.05  # streamed text is sent in pieces of at most this age: smooth on screen, few tiny writes
-
-
-def _absent(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))  # NaN: a column missing in that row
-
-
-def sample_options(fields: dict, vocab, max_length: int = MAX_LENGTH, allowed: tuple = ()) -> SampleOptions:
-    """Checked sampling options from request fields (JSON values or a DataFrame row; absent or null
-    fields take their defaults). Raises UsageError naming the field and what is valid."""
-    unknown = sorted(set(fields) - set(FIELDS) - set(allowed))
-    if unknown:
-        raise UsageError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                         f"valid: {', '.join(FIELDS + tuple(allowed))}")
-    get = {k: (None if _absent(fields.get(k)) else fields.get(k)) for k in FIELDS}
-
-    def number(name, default, integer=False):
-        v = get[name]
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or (isinstance(v, float) and not math.isfinite(v)):
-            raise UsageError(f"{name} must be {'an integer' if integer else 'a number'}; got {excerpt(v)}")
-        if integer:
-            if v != int(v):
-                raise UsageError(f"{name} must be an integer; got {excerpt(v)}")
-            return int(v)
-        if abs(v) > 1e300:  # beyond a float
-            raise UsageError(f"{name} must be a number of sensible size; got {excerpt(v)}")
-        return float(v)
-
-    prime = get["prime_text"] if get["prime_text"] is not None else ""
-    if not isinstance(prime, str):
-        raise UsageError(f"prime_text must be a string; got {excerpt(prime)}")
-    if len(prime) > MAX_PRIME:
-        raise UsageError(f"prime_text is {len(prime):,} characters; at most {MAX_PRIME:,} are accepted")
-    length = number("length", DEFAULT_LENGTH, integer=True)
-    if length > max_length:
-        raise UsageError(f"length must be <= {max_length:,} (this server's limit); got {excerpt(length)}")
-    opts = SampleOptions(primetext=prime, length=length, temperature=number("temperature", 1.0),
-                         seed=number("seed", 123, integer=True))
-    try:
-        opts.validate()
-    except UsageError as e:  # its messages name the command-line flag; here the field has the same name
-        raise UsageError(str(e).removeprefix("--")) from None
-    vocab.encode(prime, what="prime_text")  # unknown characters: named in the error
-    return opts
 
 
 class SampleServer(ThreadingHTTPServer):
@@ -95,7 +46,8 @@ class SampleServer(ThreadingHTTPServer):
         self.sampler, self.max_length = sampler, max_length
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self.info = {**info, "max_length": max_length, "max_prime": MAX_PRIME, "max_concurrent": max_concurrent,
-                     "defaults": {"prime_text": "", "temperature": 1.0, "length": DEFAULT_LENGTH, "seed": 123}}
+                     "defaults": {"prime_text": "", "temperature": SampleOptions.temperature, "length": DEFAULT_LENGTH,
+                                  "seed": DEFAULT_SEED}}
         super().__init__(address, Handler)
 
     def handle_error(self, request, client_address):
@@ -204,7 +156,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if not isinstance(stream, bool):
                 raise UsageError(f"stream must be true or false; got {excerpt(stream)}")
-            opts = sample_options(body, self.server.sampler.vocab, self.server.max_length, allowed=("stream",))
+            opts = request_options(body, self.server.sampler.vocab, self.server.max_length, allowed=("stream",))
         except UsageError as e:
             return self._error(400, str(e))
         if not self.server.slots.acquire(blocking=False):
@@ -267,9 +219,9 @@ def _not_json(constant: str):
 
 def model_info(path: str, mf) -> dict:
     c, val = mf.config, mf.summary.get("val_loss")
-    description = f"{c['model']} {c['num_layers']}x{c['rnn_size']}, vocabulary {len(mf.vocab)}"
+    description = f"{label_of(c)}, vocabulary {len(mf.vocab)}"
     if isinstance(val, float):
-        description += f", val loss {val:.4f} nats/char ({val / math.log(2):.3f} bits/char)"
+        description += f", val loss {loss_text(val)}"
     return {"file": str(path), "description": description, "config": dict(c), "vocab_size": len(mf.vocab),
             "val_loss": val if isinstance(val, float) else None, "trial_id": mf.summary.get("trial_id")}
 
@@ -278,7 +230,7 @@ def make_server(model_path: str, host: str = "127.0.0.1", port: int = 8000, devi
                 max_length: int = MAX_LENGTH, max_concurrent: int = 2) -> SampleServer:
     """Load the model file (plain data only) and bind; every failure is one UsageError line."""
     from . import artifact
-    from .train import resolve_device
+    from .devices import resolve_device
     if max_length < 1:
         raise UsageError(f"--max-length must be >= 1; got {max_length}")
     if max_concurrent < 1:
@@ -321,9 +273,9 @@ PAGE = """<!doctype html>
 <form id="form" novalidate>
   <label class="wide">prime text
     <textarea id="prime_text" rows="2" placeholder="text to start from, e.g. ROMEO:"></textarea></label>
-  <label>temperature <input id="temperature" value="0.8" inputmode="decimal"></label>
-  <label>length <input id="length" value="500" inputmode="numeric"></label>
-  <label>seed <input id="seed" value="123" inputmode="numeric"></label>
+  <label>temperature <input id="temperature" inputmode="decimal"></label>
+  <label>length <input id="length" inputmode="numeric"></label>
+  <label>seed <input id="seed" inputmode="numeric"></label>
   <button id="generate" type="submit">Generate</button>
 </form>
 <p id="error" role="alert" hidden></p>
@@ -337,6 +289,9 @@ let controller = null;
 
 fetch("/api/model").then((r) => r.json()).then((m) => {
   $("model").textContent = m.description;
+  for (const [name, value] of Object.entries(m.defaults)) {  // the API's own defaults, one truth
+    if (name !== "prime_text") $(name).value = String(value);
+  }
   $("length").title = "at most " + m.max_length;
 });
 

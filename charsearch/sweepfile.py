@@ -432,11 +432,6 @@ def parse_shape(text) -> dict:
     return {"model": m[1], "num_layers": int(m[2]), "rnn_size": int(m[3])}
 
 
-def shape_label(model: str, num_layers: int, rnn_size: int) -> str:
-    """'lstm 2x128': how a model's shape is written everywhere (sweep files, tables, plans)."""
-    return f"{model} {num_layers}x{rnn_size}"
-
-
 # trials may run on a cluster's GPUs rather than here: sizes are checked against the larger of this
 # machine's memory and the largest single GPU (141 GB, an H200)
 LARGEST_DEVICE = 141 * 10 ** 9
@@ -449,7 +444,7 @@ def _check_largest_trial(sweep: SweepConfig, data_root: str, where: str) -> None
     import torch
 
     from .data import load_corpus
-    from .memory import check_training_size, total_bytes
+    from .devices import check_training_size, total_bytes
     try:
         vocab = len(load_corpus(sweep.corpus, sweep.min_freq, data_root).vocab)
     except UsageError as e:

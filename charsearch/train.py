@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from . import artifact
-from .config import DEVICE_NAME, TrainConfig
-from .data import Batches, Corpus, check_fits, check_val, load_corpus
+from .config import TrainConfig, label_of
+from .data import MIN_EVAL_CHARS, Batches, Corpus, check_fits, check_val, load_corpus
+from .devices import resolve_device
 from .errors import UsageError, excerpt
+from .units import bits, loss_text
 from .model import CharRNN, State, detach_state
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
@@ -54,22 +56,6 @@ class TrainResult:
 OnEval = Callable[[dict, Path, bool], bool | None]  # (metrics, checkpoint, is_best) -> stop?
 
 
-def resolve_device(name: str) -> torch.device:
-    if not DEVICE_NAME.fullmatch(name):
-        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}, "
-                             f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0.."
-                             f"cuda:{torch.cuda.device_count() - 1})")
-    return torch.device(name)
-
-
 # ---------------------------------------------------------------------------------------------
 # fair validation
 
@@ -83,8 +69,8 @@ class Evaluator:
     def __init__(self, ids: np.ndarray, device: torch.device, streams: int = VAL_STREAMS):
         data = torch.from_numpy(np.array(ids)).to(device)  # compact dtype; chunks are widened as read
         self.n = len(data) - 1  # predictions: character t+1 from characters 0..t
-        if self.n < 1:
-            raise UsageError("the evaluation split needs at least 2 characters")
+        if len(data) < MIN_EVAL_CHARS:
+            raise UsageError(f"the evaluation split needs at least {MIN_EVAL_CHARS} characters")
         k = min(streams, self.n)
         self.length = -(-self.n // k)
         x = torch.zeros(k * self.length, dtype=data.dtype, device=device)
@@ -266,26 +252,13 @@ class Run:
     `train()` below drives them; a resume is "set up, then restore"."""
 
     def __init__(self, cfg: TrainConfig, corpus: Corpus | None, on_eval: OnEval | None, progress: bool,
-                 summary_extra: dict | None):
+                 summary_extra: dict | None, deadline: float | None = None):
         cfg = replace(cfg.validate())  # the caller's config stays as it was
         self.cfg, self.on_eval = cfg, on_eval
         self.device = device = resolve_device(cfg.device)
-        resume = artifact.safe_load(cfg.init_from, "charsearch checkpoint") if cfg.init_from else None
-        if resume is not None and resume["format"] != artifact.CHECKPOINT_FORMAT:
-            raise UsageError(f"--init-from {cfg.init_from}: a model file, not a training checkpoint (it has no "
-                             f"optimizer state); pass a checkpoint from the checkpoint folder")
-        if resume is not None:  # the architecture is the checkpoint's, as char-rnn's init_from
-            arch = artifact.load(cfg.init_from, resume).config  # checked against the weights it carries
-            for key in ("model", "rnn_size", "num_layers", "embed_size", "dropout"):
-                setattr(cfg, key, arch[key])
+        resume = self.read_resume()
         self.corpus = corpus = corpus or load_corpus(cfg.data, cfg.min_freq)
-        train_ids, val_ids, _ = corpus.split(cfg.train_frac, cfg.val_frac)
-        check_fits(len(train_ids), cfg.batch_size, cfg.seq_length, corpus.path)
-        check_val(len(val_ids), cfg.val_frac, corpus.path)
-        if resume is not None and tuple(resume["model"]["vocab"]) != corpus.vocab.chars:
-            raise UsageError(f"--init-from {cfg.init_from}: the checkpoint's vocabulary ({len(resume['model']['vocab'])} "
-                             f"characters) differs from {corpus.path}'s ({len(corpus.vocab)}); resume on the same "
-                             f"corpus and min_freq")
+        train_ids, val_ids = self.check_data(resume)
         # Mixed precision is opt-in: PyTorch's autocast runs cuDNN RNNs in fp16 whatever dtype it is given
         # (bf16 would still be fp16 there), so it needs loss scaling, and one char-RNN trial is bound by
         # kernel latency rather than arithmetic. fp32 lets cuDNN use TF32 tensor cores where the GPU has them.
@@ -293,9 +266,62 @@ class Run:
         if self.use_fp16 and device.type != "cuda":
             raise UsageError("--precision fp16 needs a CUDA device; use auto or fp32 on CPU")
         self.ckpt_dir = _checkpoint_dir(cfg)
+        self.build(train_ids, val_ids)
+        if resume is not None:
+            self.restore(resume)
+        # a resumed run goes on pruning the folder it resumed in: its best and the checkpoint it started from
+        self.written: list[Path] = []
+        for p in (self.best_path, Path(cfg.init_from) if resume is not None else None):
+            if p is not None and p.is_file() and p.parent.resolve() == self.ckpt_dir.resolve() and p not in self.written:
+                self.written.append(p)
+        self.summary_base = self.describe(summary_extra)
+        self.bar = Progress(progress, self.total_iters, self.iteration)
+        if progress:
+            self.bar.line(f"{label_of(cfg)}: {self.model.num_params():,} parameters; "
+                          f"train {len(train_ids):,} chars ({self.iters_per_epoch} iterations/epoch), val "
+                          f"{len(val_ids):,} chars; vocab {len(corpus.vocab)}; {device}{' fp16' if self.use_fp16 else ''}")
+        # a deadline (time.time()) is the run's time budget counted from now, its set-up done, and the
+        # last evaluation ends before it: training stops that evaluation's length (the longest so far) early
+        self.deadline, self.eval_s = deadline, 0.0
+        if deadline is not None:
+            cfg.max_time = max(1.0, deadline - time.time())
+        # clocks: the whole run (budget, schedule) and training only (throughput; evaluations excluded)
+        self.start = time.monotonic()
+        self.it_at_start = self.iteration
+        self.train_time, self.window_start = 0.0, self.start
+        self.loss_sum = torch.zeros((), device=device)
+        self.window_iters, self.window_loss = 0, math.nan
 
+    def read_resume(self) -> dict | None:
+        """The checkpoint of --init-from, checked; its architecture becomes the run's, as char-rnn's."""
+        cfg = self.cfg
+        if not cfg.init_from:
+            return None
+        resume = artifact.safe_load(cfg.init_from, "charsearch checkpoint")
+        if resume["format"] != artifact.CHECKPOINT_FORMAT:
+            raise UsageError(f"--init-from {cfg.init_from}: a model file, not a training checkpoint (it has no "
+                             f"optimizer state); pass a checkpoint from the checkpoint folder")
+        arch = artifact.load(cfg.init_from, resume).config  # checked against the weights it carries
+        for key in ("model", "rnn_size", "num_layers", "embed_size", "dropout"):
+            setattr(cfg, key, arch[key])
+        return resume
+
+    def check_data(self, resume: dict | None):
+        cfg, corpus = self.cfg, self.corpus
+        train_ids, val_ids, _ = corpus.split(cfg.train_frac, cfg.val_frac)
+        check_fits(len(train_ids), cfg.batch_size, cfg.seq_length, corpus.path)
+        check_val(len(val_ids), cfg.val_frac, corpus.path)
+        if resume is not None and tuple(resume["model"]["vocab"]) != corpus.vocab.chars:
+            raise UsageError(f"--init-from {cfg.init_from}: the checkpoint's vocabulary ({len(resume['model']['vocab'])} "
+                             f"characters) differs from {corpus.path}'s ({len(corpus.vocab)}); resume on the same "
+                             f"corpus and min_freq")
+        return train_ids, val_ids
+
+    def build(self, train_ids, val_ids) -> None:
+        """The model, its optimizer, the batches and the evaluator; the loop's counters at their start."""
+        cfg, device = self.cfg, self.device
         torch.manual_seed(cfg.seed)
-        self.model = CharRNN(len(corpus.vocab), cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size,
+        self.model = CharRNN(len(self.corpus.vocab), cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size,
                              cfg.dropout).to(device)
         self.optimizer = make_optimizer(cfg, self.model, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_fp16)
@@ -305,37 +331,22 @@ class Run:
         self.iters_per_epoch = len(self.batches)
         self.total_iters = max(1, math.ceil(cfg.max_epochs * self.iters_per_epoch))
         self.chars_per_iter = cfg.batch_size * cfg.seq_length
-
         self.iteration, self.best_val, self.initial_loss, self.evals_since_best = 0, math.inf, None, 0
         self.state: State = None
         self.history: list[dict] = []
         self.best_path: Path | None = None
-        if resume is not None:
-            self.restore(resume)
-        # a resumed run goes on pruning the folder it resumed in: its best and the checkpoint it started from
-        self.written: list[Path] = []
-        for p in (self.best_path, Path(cfg.init_from) if resume is not None else None):
-            if p is not None and p.is_file() and p.parent.resolve() == self.ckpt_dir.resolve() and p not in self.written:
-                self.written.append(p)
-        self.summary_base = {
+
+    def describe(self, extra: dict | None) -> dict:
+        """The summary every checkpoint of the run carries: its data, where it ran, and `extra`."""
+        cfg, corpus, device = self.cfg, self.corpus, self.device
+        return {
             "data_path": str(corpus.path), "data_sha256": corpus.sha256, "data_chars": int(len(corpus.ids)),
             "train_frac": cfg.train_frac, "val_frac": cfg.val_frac, "min_freq": cfg.min_freq,
             "host": socket.gethostname(),
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "torch": str(torch.__version__), "python": platform.python_version(), "params": self.model.num_params(),
-            **(summary_extra or {}),
+            **(extra or {}),
         }
-        self.bar = Progress(progress, self.total_iters, self.iteration)
-        if progress:
-            self.bar.line(f"{cfg.model} {cfg.num_layers}x{cfg.rnn_size}: {self.model.num_params():,} parameters; "
-                          f"train {len(train_ids):,} chars ({self.iters_per_epoch} iterations/epoch), val "
-                          f"{len(val_ids):,} chars; vocab {len(corpus.vocab)}; {device}{' fp16' if self.use_fp16 else ''}")
-        # clocks: the whole run (budget, schedule) and training only (throughput; evaluations excluded)
-        self.start = time.monotonic()
-        self.it_at_start = self.iteration
-        self.train_time, self.window_start = 0.0, self.start
-        self.loss_sum = torch.zeros((), device=device)
-        self.window_iters, self.window_loss = 0, math.nan
 
     # --- the checkpoint payload and its reader, side by side -----------------------------------
 
@@ -344,7 +355,7 @@ class Run:
         return {
             "format": artifact.CHECKPOINT_FORMAT, "version": artifact.CHECKPOINT_VERSION,
             "model": artifact.model_part(self.model, self.corpus.vocab),
-            "summary": {**self.summary_base, "val_loss": val, "val_bpc": val / math.log(2), "epoch": epoch,
+            "summary": {**self.summary_base, "val_loss": val, "val_bpc": bits(val), "epoch": epoch,
                         "iteration": self.iteration, "chars_trained": self.iteration * self.chars_per_iter,
                         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
             "train_config": cfg.to_dict(),
@@ -447,7 +458,9 @@ class Run:
     def evaluate_and_checkpoint(self, final: bool) -> bool:
         """Score the val split, write a checkpoint (keeping the best and the latest), report through
         on_eval; returns whether the caller asked to stop."""
+        t0 = time.monotonic()
         val = self.evaluate(self.model)
+        self.eval_s = max(self.eval_s, time.monotonic() - t0)
         is_best = val < self.best_val
         if is_best:
             self.best_val, self.evals_since_best = val, 0
@@ -458,7 +471,7 @@ class Run:
         final = final or self.patience_reached
         metrics = {
             "iteration": self.iteration, "epoch": self.epoch, "chars_trained": self.iteration * self.chars_per_iter,
-            "train_loss": self.window_loss, "val_loss": val, "val_bpc": val / math.log(2), "best_val_loss": self.best_val,
+            "train_loss": self.window_loss, "val_loss": val, "val_bpc": bits(val), "best_val_loss": self.best_val,
             "learning_rate": self.lr(max(0, self.iteration - 1)), "chars_per_sec": self.chars_per_sec,
             "elapsed_s": self.elapsed, "final": final,
         }
@@ -476,7 +489,7 @@ class Run:
                 old.unlink(missing_ok=True)
                 self.written.remove(old)
         self.bar.line(f"iter {self.iteration}/{self.total_iters} (epoch {self.epoch:.2f}): train {self.window_loss:.4f}, "
-                      f"val {val:.4f} nats/char ({val / math.log(2):.3f} bits){' *best*' if is_best else ''}, "
+                      f"val {loss_text(val)}{' *best*' if is_best else ''}, "
                       f"{self.chars_per_sec:,.0f} chars/s")
         stop = self.on_eval(metrics, path, is_best) if self.on_eval else False
         self.window_start = time.monotonic()  # evaluation time is not training time
@@ -486,7 +499,8 @@ class Run:
 
     @property
     def out_of_time(self) -> bool:
-        return self.cfg.max_time > 0 and self.elapsed >= self.cfg.max_time
+        reserve = self.eval_s if self.deadline is not None else 0.0
+        return self.cfg.max_time > 0 and self.elapsed + reserve >= self.cfg.max_time
 
     @property
     def patience_reached(self) -> bool:
@@ -499,10 +513,12 @@ class Run:
 
 
 def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None = None,
-          progress: bool = True, summary_extra: dict | None = None) -> TrainResult:
+          progress: bool = True, summary_extra: dict | None = None, deadline: float | None = None) -> TrainResult:
     """Train one model as configured. `on_eval(metrics, checkpoint, is_best)` is called after every
-    evaluation; returning True stops the run (as ASHA or a budget would)."""
-    run = Run(cfg, corpus, on_eval, progress, summary_extra)
+    evaluation; returning True stops the run (as ASHA or a budget would). With `deadline` (time.time())
+    the run ends by then, its last evaluation included, whatever its set-up took: its max_time is the
+    time left once it is set up."""
+    run = Run(cfg, corpus, on_eval, progress, summary_extra, deadline)
     stop_reason = "max_epochs"
     run.model.train()
     try:
@@ -526,7 +542,7 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
     except torch.cuda.OutOfMemoryError:
         free, total = torch.cuda.mem_get_info(run.device)
         raise UsageError(f"CUDA out of memory on {run.device} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free) "
-                         f"for {cfg.model} {cfg.num_layers}x{cfg.rnn_size} at batch_size {cfg.batch_size} x "
+                         f"for {label_of(cfg)} at batch_size {cfg.batch_size} x "
                          f"seq_length {cfg.seq_length}: lower them, or give the run more of the GPU") from None
     finally:
         run.bar.close()

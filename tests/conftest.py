@@ -37,6 +37,39 @@ def workdir(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+def write_model(path: Path, chars, cell: str = "gru", size: int = 8, layers: int = 1, seed: int | None = None,
+                **summary):
+    """A model file of a randomly initialised CharRNN (seeded when `seed` is given); returns the model."""
+    from charsearch import artifact
+    from charsearch.data import Vocab
+    from charsearch.model import CharRNN
+    vocab = chars if isinstance(chars, Vocab) else Vocab(tuple(chars))
+    if seed is not None:
+        torch.manual_seed(seed)
+    m = CharRNN(len(vocab), cell, size, layers)
+    artifact.save(path, artifact.ModelFile(dict(m.config), vocab, m.state_dict(), summary).to_dict())
+    return m
+
+
+def one_line_error(capsys, *argv, match: str) -> str:
+    """`charsearch ARGV` in this process ends in exit 2 and one line on stderr matching `match` (a regex)."""
+    import re
+
+    from charsearch.cli import main
+    try:
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+    except SystemExit as e:  # argparse's own errors (bad flag values) exit from inside parse_args
+        code, (out, err) = e.code, capsys.readouterr()
+    assert code == 2, err
+    assert not out.strip(), out  # the error goes to stderr alone
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert re.search(match, lines[0]), lines[0]
+    return lines[0]
+
+
 def make_text(n_chars: int, seed: int = 0) -> str:
     """Deterministic English-like text: a small grammar of words, so a model can learn something."""
     rng = random.Random(seed)

@@ -7,17 +7,14 @@ import pytest
 import torch
 
 from charsearch import artifact
-from charsearch.data import Vocab
 from charsearch.errors import UsageError
-from charsearch.model import CharRNN
+
+from .conftest import write_model
 
 
 def model_file(tmp_path, **summary):
-    m = CharRNN(5, "gru", 8, 2)
-    mf = artifact.ModelFile(dict(m.config), Vocab(tuple("abcde")), m.state_dict(), {"val_loss": 1.5, **summary})
     path = tmp_path / "model.pt"
-    artifact.save(path, mf.to_dict())
-    return path, m
+    return path, write_model(path, "abcde", layers=2, **{"val_loss": 1.5, **summary})
 
 
 def test_model_file_is_plain_data_and_rebuilds_the_same_model(tmp_path):

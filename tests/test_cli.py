@@ -1,7 +1,6 @@
 """The command line: every bad input ends in one clear line on stderr, exit code 2, nothing written."""
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -12,27 +11,13 @@ import torch
 
 from charsearch.cli import main
 
-from .conftest import make_text
+from .conftest import make_text, one_line_error
 
 
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def one_line_error(capsys, *argv, match: str):
-    try:
-        code, out, err = run(capsys, *argv)
-    except SystemExit as e:  # argparse's own errors (bad flag values) exit from inside parse_args
-        code, (out, err) = e.code, capsys.readouterr()
-    assert code == 2, err
-    assert not out.strip(), out  # the error goes to stderr alone
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert re.search(match, lines[0]), lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -178,12 +163,19 @@ def test_sample_eval_inspect_and_export(capsys, trained, small_corpus):
         assert code == 0 and "parameters" in out and "val loss" in out and "sha256" in out
 
 
-def test_data_info_reports_unigram_entropy(capsys, workdir, small_corpus):
+def test_data_info_reports_the_train_splits_unigram_score_on_val(capsys, workdir, small_corpus):
     code, out, _ = run(capsys, "data", "info", small_corpus)
     ids = np.frombuffer(small_corpus.read_bytes(), np.uint8)
-    p = np.bincount(ids)[np.bincount(ids) > 0] / len(ids)
-    assert code == 0 and f"entropy {float(-(p * np.log(p)).sum()):.4f} nats/char" in out
-
+    train, val = ids[:27_000], ids[27_000:]
+    counts = np.bincount(train, minlength=256)[sorted(set(ids))] + 1.0
+    p = dict(zip(sorted(set(ids)), counts / counts.sum()))
+    expected = -np.mean([np.log(p[c]) for c in val])
+    assert code == 0 and f"score {expected:.4f} nats/char" in out and "unseen" not in out
+    # characters only the val split holds: counted, and scored as add-one smoothing scores them
+    text = small_corpus.read_text()
+    (workdir / "c.txt").write_text(text[:27_000] + "Z" * 30 + text[27_030:])
+    code, out, _ = run(capsys, "data", "info", workdir / "c.txt")
+    assert code == 0 and "unseen     30 val characters (1.0%) never occur in the train split" in out
 
 def test_a_real_process_prints_no_traceback(workdir):
     r = subprocess.run([sys.executable, "-m", "charsearch", "train", "--data", "nowhere.txt"], capture_output=True,
@@ -330,7 +322,7 @@ def test_training_is_admitted_against_the_memory_free_now_not_the_total(capsys, 
     """A run sized to need about 90% of the memory free now (less than the machine's total) is refused
     before anything is allocated, in one line that says what is available."""
     from charsearch.config import TrainConfig
-    from charsearch.memory import available_bytes, total_bytes, training_size
+    from charsearch.devices import available_bytes, total_bytes, training_size
     free = available_bytes(torch.device("cpu"))
     size = next(h for h in range(64, 65536, 64)
                 if training_size(TrainConfig(rnn_size=h, num_layers=4, batch_size=1, seq_length=16), 32)[1] > 0.9 * free)

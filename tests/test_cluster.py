@@ -9,7 +9,6 @@ stopped by its session id, also when a test fails.
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ import pytest
 import torch
 
 from .conftest import charsearch, cli_env, kill_session, runs, session_pids, sweep_file
+from .web import free_port
 
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], log: Path, **env) -> subprocess.Popen:
@@ -152,7 +146,7 @@ def cluster(tmp_path_factory):
 def test_a_cluster_on_this_machine_is_joined_only_when_asked(cluster):
     """`ray.init()` joins the cluster `ray start` registered on the machine; a sweep without --address
     starts a Ray of its own instead, and `--address auto` joins that cluster."""
-    code = ("import sys, ray; from charsearch.sweep import init_ray; init_ray(sys.argv[1] or None, False); "
+    code = ("import sys, ray; from charsearch.sweep.resources import init_ray; init_ray(sys.argv[1] or None, False); "
             "print(sorted(k for n in ray.nodes() if n['Alive'] for k in n['Resources'] if k.startswith('node_')))")
     seen = {}
     for address in ("", "auto"):

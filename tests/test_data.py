@@ -156,3 +156,26 @@ def test_vocab_encode_names_missing_characters():
     with pytest.raises(UsageError, match="'x', 'y'"):
         v.encode("axyb")
     assert Vocab(tuple("ab" + UNK), unk=2).encode("axb") == [0, 2, 1]
+
+
+def test_a_binary_or_oversized_corpus_is_refused_before_it_is_read(tmp_path):
+    """A sparse file larger than the machine's memory: refused from its first bytes (NUL) or its size,
+    in bounded time, without reading the rest."""
+    import time
+
+    from charsearch.devices import total_bytes
+    huge = total_bytes(torch.device("cpu")) * 2
+    binary = tmp_path / "binary.txt"
+    with open(binary, "wb") as f:
+        f.truncate(huge)  # all NUL, no disk used
+    text = tmp_path / "text.txt"
+    with open(text, "wb") as f:
+        f.write(b"plain text\n" * 7000)  # more than the first block read
+        f.truncate(huge)
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match="looks like a binary file \\(NUL byte at offset 0\\)"):
+        read_text(binary)
+    with pytest.raises(UsageError, match="reading and encoding it takes about .* more than the .* this machine can "
+                                         "give now"):
+        read_text(text)
+    assert time.monotonic() - t0 < 5

@@ -12,18 +12,15 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from charsearch import artifact
 from charsearch.cli import main
-from charsearch.data import Vocab
-from charsearch.model import CharRNN
 from charsearch.sample import Sampler, SampleOptions
 from charsearch.tracking import Tracker
 
-from .conftest import cli_env, kill_session
+from .conftest import cli_env, kill_session, write_model
 from .web import free_port, one_thread, wait_http
 
 CHARS = tuple(sorted(set("\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))
@@ -41,11 +38,8 @@ def store(workdir):
     for trial, val, seed in (("t1", 1.7, 1), ("t2", 2.0, 2)):
         t.trial_started(trial, f"run_{trial}", {"rnn_size": 32})
         t.trial_result(trial, {"val_loss": val, "train_loss": val, "chars_trained": 1000})
-        torch.manual_seed(seed)
-        m = CharRNN(len(CHARS), "gru", 32, 1)
         files[trial] = workdir / f"{trial}.pt"
-        artifact.save(files[trial], artifact.ModelFile(dict(m.config), Vocab(CHARS), m.state_dict(),
-                                                       {"val_loss": val}).to_dict())
+        write_model(files[trial], CHARS, size=32, seed=seed, val_loss=val)
         t.trial_ended(trial, {"best_val_loss": val, "chars_trained": 1000}, files[trial])
         t.close_trial(trial, "finished")
     t.finish_sweep("FINISHED", {"best_val_loss": 1.7}, {})

@@ -16,18 +16,16 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-import torch
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from charsearch import artifact, report
+from charsearch import report
 from charsearch.cli import main
 from charsearch.data import load_corpus
-from charsearch.model import CharRNN
 from charsearch.tracking import Tracker
 
-from .conftest import charsearch, make_text
+from .conftest import charsearch, make_text, write_model
 
 SPACE = {"rnn_size": {"choice": [32, 64]}, "num_layers": {"int": [1, 3]}, "dropout": {"float": [0.0, 0.3]},
          "learning_rate": {"log_float": [1.0e-3, 1.0e-2]}, "use_ss": {"choice": [False, True]}}
@@ -48,9 +46,7 @@ FILES = {f"{name}.{ext}" for name in ("history", "history_wall_time", "timeline"
 
 
 def tiny_model(path, vocab, seed):
-    torch.manual_seed(seed)
-    m = CharRNN(len(vocab), "gru", 8, 1)
-    artifact.save(path, artifact.ModelFile(dict(m.config), vocab, m.state_dict(), {"val_loss": 1.0}).to_dict())
+    write_model(path, vocab, seed=seed, val_loss=1.0)
     return path
 
 
@@ -200,6 +196,25 @@ def test_learning_curves_are_labelled_with_the_ray_trial_ids():
     ax = figs["learning_curves"].png.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == best_two
     assert [trace.name for trace in figs["learning_curves"].html.data] == best_two
+    for f in figs.values():
+        plt.close(f.png)
+
+
+def test_every_trial_with_a_value_is_drawn_named_by_its_ray_trial_id_and_the_legend_is_best_first():
+    dists = {"dropout": FloatDistribution(0.0, 0.5)}
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED, TrialState.COMPLETE)
+    study = report.make_study([optuna.trial.create_trial(
+        state=state, params={"dropout": 0.1 * i}, distributions=dists, value=2.0 - i / 10,
+        intermediate_values={1000: 3.0, 2000: 2.0 - i / 10}, user_attrs={"ray_trial_id": f"t{i}"})
+        for i, state in enumerate(states)])
+    figs = {f.name: f for f in report.figures(study, top=3)}
+    assert list(figs["history"].html.data[0].text) == ["t0", "t1", "t2", "t3"]  # ASHA's stopped trials too
+    assert list(figs["slice"].html.data[0].text) == ["t0", "t1", "t2", "t3"]
+    assert len(figs["history_wall_time"].html.data[0].x) == 4
+    assert [trace.name for trace in figs["learning_curves"].html.data] == ["t3", "t2", "t1"]  # best first
+    ax = figs["learning_curves"].png.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["t3", "t2", "t1"]
+    assert study.trials[1].state == TrialState.PRUNED  # the study itself keeps ASHA's verdict
     for f in figs.values():
         plt.close(f.png)
 
@@ -405,7 +420,7 @@ def test_smoke_sweep_study_matches_mlflow(smoke_report):
 def test_smoke_sweep_figures_have_a_series_per_trial_and_a_panel_per_param(smoke_report):
     copy, uri, r, parent, children = smoke_report
     study = optuna.load_study(study_name=parent["tags.mlflow.runName"], storage=f"sqlite:///{copy}/mlruns/optuna.db")
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    complete = [t for t in study.trials if t.value is not None]  # finished, stopped early or cut: all drawn
     figs = {f.name: f for f in report.figures(study, top=2)}
     n_params = len(study.trials[0].params)
     history = figs["history"].png.axes[0]

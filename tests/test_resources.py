@@ -3,7 +3,7 @@
 import pytest
 
 from charsearch.sweepfile import load_sweep
-from charsearch.sweep import gpu_share, step_work, trial_resources
+from charsearch.sweep.resources import gpu_share, step_work, trial_resources
 
 from .conftest import ROOT, make_text
 

@@ -47,6 +47,8 @@ def test_low_temperature_approaches_argmax():
     greedy = s.generate(SampleOptions(primetext="a", length=30, argmax=True))[0]
     cold = s.generate(SampleOptions(primetext="a", length=30, temperature=1e-4))[0]
     assert cold == greedy
+    for t in (1e-300, 5e-324):  # scaled logits would be infinite: the likeliest still wins, no NaN
+        assert s.generate(SampleOptions(primetext="a", length=30, temperature=t))[0] == greedy
 
 
 def test_top_k_restricts_each_step_to_the_k_likeliest():

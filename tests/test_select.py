@@ -2,28 +2,23 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import mlflow
 import pytest
 import torch
 
-from charsearch import artifact
 from charsearch.cli import main
-from charsearch.data import Vocab
-from charsearch.model import CharRNN
 from charsearch.tracking import Tracker
+
+from .conftest import write_model
+from .web import free_port, wait_http
 
 
 def model_file(path, seed):
-    torch.manual_seed(seed)
-    m = CharRNN(4, "gru", 8, 1)
-    artifact.save(path, artifact.ModelFile(dict(m.config), Vocab(tuple("ab\nc")), m.state_dict(),
-                                           {"val_loss": float(seed)}).to_dict())
+    write_model(path, "ab\nc", seed=seed, val_loss=float(seed))
     return path
 
 
@@ -83,12 +78,6 @@ def test_best_without_any_sweep(workdir, capsys):
     assert "no sweeps recorded" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ui_serves_the_store_on_localhost(store, workdir):
     port = free_port()
@@ -96,13 +85,7 @@ def test_ui_serves_the_store_on_localhost(store, workdir):
                          cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
-        for _ in range(60):
-            time.sleep(1)
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read() == b"OK":
-                    break
-            except OSError:
-                continue
+        wait_http(f"http://127.0.0.1:{port}/health", p, timeout=60)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
                                      data=b'{"max_results": 10}', headers={"Content-Type": "application/json"})
         body = urllib.request.urlopen(req, timeout=10).read().decode()

@@ -10,19 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 from charsearch import artifact
-from charsearch.cli import main
-from charsearch.data import Vocab
-from charsearch.model import CharRNN
 from charsearch.sample import Sampler, SampleOptions
 from charsearch.serve import make_server
 
-from .conftest import ROOT, cli_env, kill_session
+from .conftest import ROOT, cli_env, kill_session, one_line_error, write_model
 from .web import free_port, one_thread, wait_http
 
 CHARS = tuple(sorted(set("\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))
@@ -30,10 +27,8 @@ CHARS = tuple(sorted(set("\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    m = CharRNN(len(CHARS), "lstm", 64, 1)
     path = tmp_path_factory.mktemp("serve") / "model.pt"
-    artifact.save(path, artifact.ModelFile(dict(m.config), Vocab(CHARS), m.state_dict(), {"val_loss": 2.25}).to_dict())
+    write_model(path, CHARS, "lstm", 64, seed=0, val_loss=2.25)
     return path
 
 
@@ -109,6 +104,8 @@ def test_same_seed_same_text_and_the_whole_text_as_json(server):
     assert text_of(pieces(post(server, {"prime_text": "The ", "length": 200, "seed": 7}))) == a
     r = post(server, {"stream": False})  # every field optional: no prime, 500 characters
     assert r.status == 200 and json.loads(r.read())["chars"] == 500
+    r = post(server, {"temperature": 1e-300, "length": 50, "seed": 1, "stream": False})  # near argmax, no NaN
+    assert r.status == 200 and json.loads(r.read())["chars"] == 50
 
 
 @pytest.mark.parametrize("body, match", [
@@ -254,19 +251,13 @@ def test_binds_to_localhost_unless_told_otherwise(server):
     assert listening_addresses(server) == {"0100007F"}  # 127.0.0.1, little-endian hex; nothing on ::
 
 
-def one_line_error(capsys, argv, match):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and match in err, err
-
-
 def test_command_errors(model, tmp_path, capsys, server):
-    one_line_error(capsys, ["serve", str(tmp_path / "missing.pt")], "missing.pt: no such file")
+    one_line_error(capsys, "serve", str(tmp_path / "missing.pt"), match=re.escape("missing.pt: no such file"))
     (tmp_path / "junk.pt").write_bytes(b"not a model")
-    one_line_error(capsys, ["serve", str(tmp_path / "junk.pt")], "not a charsearch model file")
-    one_line_error(capsys, ["serve", str(model), "--port", str(server)], f"cannot listen on 127.0.0.1:{server}")
-    one_line_error(capsys, ["serve", str(model), "--max-length", "0"], "--max-length must be >= 1")
-    one_line_error(capsys, ["serve", str(model), "--max-concurrent", "0"], "--max-concurrent must be >= 1")
+    one_line_error(capsys, "serve", str(tmp_path / "junk.pt"), match=re.escape("not a charsearch model file"))
+    one_line_error(capsys, "serve", str(model), "--port", str(server), match=re.escape(f"cannot listen on 127.0.0.1:{server}"))
+    one_line_error(capsys, "serve", str(model), "--max-length", "0", match=re.escape("--max-length must be >= 1"))
+    one_line_error(capsys, "serve", str(model), "--max-concurrent", "0", match=re.escape("--max-concurrent must be >= 1"))
 
 
 # --- the page, in a real browser ------------------------------------------------------------------
@@ -274,7 +265,7 @@ def test_command_errors(model, tmp_path, capsys, server):
 @pytest.fixture(scope="module")
 def best_model(smoke_sweep, tmp_path_factory) -> Path:
     """The smoke sweep's best model file (read from its MLflow store, which is left untouched)."""
-    from charsearch import select
+    from charsearch import selection as select
     _, uri, _ = smoke_sweep
     name, df = select.trials(uri)
     out = tmp_path_factory.mktemp("best") / "model.pt"
@@ -290,6 +281,9 @@ def test_the_page_streams_text_and_shows_errors(browser, best_model, tmp_path):
         page = browser.new_page(viewport={"width": 900, "height": 560})
         page.goto(f"http://127.0.0.1:{port}/")
         page.locator("#model", has_text="val loss").wait_for()  # (the page's CSP forbids eval: no wait_for_function)
+        defaults = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model").read())["defaults"]
+        assert [float(page.input_value(f"#{k}")) for k in ("temperature", "length", "seed")] == [
+            defaults[k] for k in ("temperature", "length", "seed")]  # the page's defaults are the API's
         page.fill("#prime_text", "ROMEO:")
         page.fill("#temperature", "0.7")
         page.fill("#length", "3000")

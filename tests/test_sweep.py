@@ -6,7 +6,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -116,6 +118,59 @@ def test_resume_after_the_driver_is_killed(project):
     for _, before in ended_before.iterrows():  # finished trials were neither rerun nor lost
         after = children[children.run_id == before.run_id].iloc[0]
         assert after.end_time == before.end_time and after["metrics.best_val_loss"] == before["metrics.best_val_loss"]
+
+
+    # the sweep has finished: --resume reopens nothing, whatever it is asked, and says why in one line
+    for args, extra, problem in (
+            (["--num-samples", "8"], {}, "finished: nothing to resume; run it without --resume to start a new sweep"),
+            ([], {}, "finished: nothing to resume"),
+            ([], {"MLFLOW_TRACKING_URI": f"sqlite:///{project}/other.db"}, "the sweep records to sqlite:///")):
+        again = charsearch("sweep", path, "--resume", *args, cwd=project, **extra)
+        assert again.returncode == 2 and problem in again.stderr and len(again.stderr.splitlines()) == 1, again.stderr
+    parents_after, children_after = runs(uri, "resume")
+    assert parents_after.iloc[0].status == "FINISHED" and parents_after.iloc[0].end_time == parents.iloc[0].end_time
+    assert len(children_after) == len(children) and not (project / "other.db").exists()
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(project):
+    path = sweep_file(project, "term", search={"num_samples": 4, "max_concurrent": 2}, budget={"sweep_time": 0},
+                      scheduler={"type": "none", "report_every_epochs": 0.02})
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    before = set(Path(tempfile.gettempdir()).glob("charsearch-trial-*"))
+    p = subprocess.Popen([sys.executable, "-m", "charsearch", "sweep", str(path)], cwd=project, env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # once a trial has reported twice
+            time.sleep(1)
+            if list((project / "ray_results" / "term").glob("*/charsearch.json")):
+                _, children = runs(uri, "term")
+                client = mlflow.MlflowClient(uri)
+                if any(len(client.get_metric_history(x, "val_loss")) >= 2 for x in children.run_id):
+                    break
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=120)
+    finally:
+        kill_session(p.pid)
+    assert p.returncode == 130, err
+    assert "interrupted: continue with" in err and "Traceback" not in err and "Fatal" not in err, err[-3000:]
+    parents, children = runs(uri, "term")
+    assert parents.iloc[0].status == "KILLED" and not (children.status == "RUNNING").any()
+    assert set(Path(tempfile.gettempdir()).glob("charsearch-trial-*")) <= before  # no trial folder left behind
+    # --resume continues the sweep as it started: a changed file is refused, naming what changed
+    d = yaml.safe_load(path.read_text())
+    d["search_space"]["rnn_size"] = {"choice": [32, 48]}
+    path.with_name("term-edited.yaml").write_text(yaml.safe_dump(d))
+    for args, problem in ((["--num-samples", "6"], "(search.num_samples: 4 -> 6)"),
+                          ([path.with_name("term-edited.yaml")], "(search_space.rnn_size: {'choice': [32, 64]} -> "
+                                                                 "{'choice': [32, 48]})")):
+        again = charsearch("sweep", *(args if args[0] != "--num-samples" else [path, *args]), "--resume", cwd=project)
+        assert again.returncode == 2 and f"changed since the sweep started {problem}" in again.stderr, again.stderr
+    r = charsearch("sweep", path, "--resume", cwd=project)
+    assert r.returncode == 0, r.stderr
+    parents, children = runs(uri, "term")
+    assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"
+    assert (children[children["metrics.best_val_loss"].notna()].status == "FINISHED").sum() == 4
 
 
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(project):

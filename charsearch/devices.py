@@ -1,4 +1,5 @@
-"""Memory: what a training run needs, by arithmetic before anything is built, and what a device has.
+"""Devices: which one a run uses, the memory it has, and the memory a training run needs (by arithmetic,
+before anything is built).
 
 A run is admitted against the memory available now (free RAM, or free GPU memory), with headroom for
 what the estimate leaves out (the allocator's slack, the corpus, Python itself), not against the
@@ -12,10 +13,27 @@ from pathlib import Path
 
 import torch
 
+from .config import DEVICE_NAME, label_of
 from .errors import UsageError
 from .model import GATES, input_size_of, param_count
 
 HEADROOM = 0.8  # of the memory available now, what one run may be admitted to use
+
+
+def resolve_device(name: str) -> torch.device:
+    if not DEVICE_NAME.fullmatch(name):
+        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}, "
+                             f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0.."
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    return torch.device(name)
 
 
 def total_bytes(device: torch.device) -> int:
@@ -91,7 +109,7 @@ def check_training_size(cfg, vocab_size: int, limit: int, where: str = "", limit
     """Refuse a run whose training memory (see training_size) exceeds `limit` bytes, naming what it needs."""
     params, need = training_size(cfg, vocab_size)
     if need > limit:
-        raise UsageError(f"{where}{cfg.model} {cfg.num_layers}x{cfg.rnn_size}"
+        raise UsageError(f"{where}{label_of(cfg)}"
                          f"{f', embedding {cfg.embed_size}' if cfg.embed_size else ''}, vocabulary {vocab_size:,}, "
                          f"batch {cfg.batch_size} x seq {cfg.seq_length}: {params:,} parameters, about "
                          f"{human_bytes(need)} to train, more than the {human_bytes(limit)} {limit_words}; make "

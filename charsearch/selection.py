@@ -12,18 +12,26 @@ import pandas as pd
 
 from . import artifact
 from .errors import UsageError
+from .units import bits
 from .tracking import COUNTS_TAG, KIND_TAG, MODEL_ARTIFACT, OUTCOME_TAG, TRIAL_TAG, client_for, describe_counts
 
 HIDDEN_PARAMS = {"data", "seed", "print_every", "savefile", "compile", "precision"}
 
 
+def latest_sweep_run(uri: str, experiment_id: str | None = None):
+    """The most recently started sweep (parent) run, of one experiment or of the whole store; None if none."""
+    client = client_for(uri)
+    ids = [experiment_id] if experiment_id else [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    return runs[0] if runs else None
+
+
 def latest_sweep_experiment(uri: str) -> str:
-    client_for(uri)
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-    if not runs:
+    run = latest_sweep_run(uri)
+    if run is None:
         raise UsageError(f"no sweeps recorded in {uri}: run `charsearch sweep FILE` first, or pass --tracking-uri")
-    return mlflow.get_experiment(runs[0].info.experiment_id).name
+    return client_for(uri).get_experiment(run.info.experiment_id).name
 
 
 def trials(uri: str, experiment: str | None = None) -> tuple[str, pd.DataFrame]:
@@ -47,10 +55,8 @@ def trials(uri: str, experiment: str | None = None) -> tuple[str, pd.DataFrame]:
 def sweep_counts(uri: str, experiment: str) -> str:
     """The latest sweep's trial counts as its parent run recorded them (the live line's and the summary's)."""
     import json
-    exp = mlflow.get_experiment_by_name(experiment)
-    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
-    tag = runs[0].data.tags.get(COUNTS_TAG) if runs else None
+    run = latest_sweep_run(uri, client_for(uri).get_experiment_by_name(experiment).experiment_id)
+    tag = run.data.tags.get(COUNTS_TAG) if run else None
     return describe_counts(json.loads(tag)) if tag else ""
 
 
@@ -61,7 +67,7 @@ def table(df: pd.DataFrame, top: int) -> pd.DataFrame:
     out = pd.DataFrame({
         "trial": df[f"tags.{TRIAL_TAG}"],
         "best_val_loss": df["metrics.best_val_loss"].round(4),
-        "bits/char": (df["metrics.best_val_loss"] / math.log(2)).round(4),
+        "bits/char": bits(df["metrics.best_val_loss"]).round(4),
         "outcome": df.get(f"tags.{OUTCOME_TAG}", df["status"]).fillna(df["status"].str.lower()),
     })
     for c in varying:

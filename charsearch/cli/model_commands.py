@@ -1,0 +1,244 @@
+"""Commands of the ML core (no Ray, no MLflow): data, train, export, sample, eval, inspect, serve."""
+
+from __future__ import annotations
+
+import sys
+
+from ..config import DEFAULT_SEED, label_of
+from ..errors import UsageError
+from ..units import loss_text
+from .common import add_train_options, command, train_config_from_args
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def add_data(sub) -> None:
+    data = sub.add_parser("data", help="fetch or describe a corpus")
+    data.set_defaults(parser=data)
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(data))
+    actions.required = True
+    f = command(actions, "fetch", cmd_data_fetch, "install a built-in corpus as data/<name>/input.txt (sha256-checked)")
+    f.add_argument("name", help="tinyshakespeare")
+    f.add_argument("--from", dest="source", metavar="FILE", help="install a local copy instead of downloading")
+    f.add_argument("--data-root", default="data", help="folder of corpora (default: %(default)s)")
+    i = command(actions, "info", cmd_data_info, "vocabulary, splits and the unigram baseline of a corpus")
+    i.add_argument("path", help="a text file, a folder with input.txt, or a name under data/")
+    i.add_argument("--min-freq", type=int, default=0)
+    i.add_argument("--train-frac", type=float, default=0.9)
+    i.add_argument("--val-frac", type=float, default=0.1)
+    i.add_argument("--data-root", default="data")
+
+
+def cmd_data_fetch(args) -> None:
+    from ..data import fetch
+    path = fetch(args.name, args.data_root, args.source)
+    print(f"{path}: {path.stat().st_size:,} bytes, sha256 verified")
+
+
+def cmd_data_info(args) -> None:
+    from ..data import load_corpus, split_bounds, unigram_baseline
+    corpus = load_corpus(args.path, args.min_freq, args.data_root)
+    n = len(corpus.ids)
+    a, b = split_bounds(n, args.train_frac, args.val_frac)
+    base = unigram_baseline(corpus, args.train_frac, args.val_frac)
+    preview = "".join(corpus.vocab.chars[:80]).encode("unicode_escape").decode("ascii")
+    print(f"corpus     {corpus.path} ({n:,} characters, sha256 {corpus.sha256[:16]}...)")
+    print(f"vocabulary {len(corpus.vocab):,} characters{' incl. unknown symbol' if corpus.vocab.unk is not None else ''}"
+          f", stored as {corpus.vocab.dtype}: {preview}")
+    print(f"splits     train {a:,} / val {b - a:,} / test {n - b:,} characters")
+    print(f"unigram    the train split's character frequencies score {loss_text(base.cross_entropy)} on val "
+          f"(add-one smoothed): a model must beat this")
+    if base.unseen:
+        print(f"unseen     {base.unseen:,} val characters ({100 * base.unseen / max(1, b - a):.1f}%) never occur in "
+              f"the train split")
+
+
+# --- train, export ------------------------------------------------------------------------------
+
+
+def add_train(sub) -> None:
+    t = command(sub, "train", cmd_train, "train one model (char-rnn's train.lua)")
+    add_train_options(t)
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def cmd_train(args) -> None:
+    from ..data import load_corpus
+    from ..devices import HEADROOM, admissible_bytes, check_training_size, resolve_device
+    from ..train import train
+    cfg = train_config_from_args(args)
+    if cfg.init_from:  # a resumed run takes the checkpoint's architecture: checked against its weights
+        from ..artifact import load
+        load(cfg.init_from)
+    else:
+        vocab = len(load_corpus(cfg.data, cfg.min_freq).vocab)
+        check_training_size(cfg, vocab, admissible_bytes(resolve_device(cfg.device)),
+                            limit_words=f"available now ({HEADROOM:.0%} of the memory free)")
+    result = train(cfg, progress=not args.quiet)
+    print(f"best val loss {loss_text(result.best_val_loss)} after {result.epochs:.2f} epochs ({result.stop_reason}); "
+          f"{result.chars_per_sec:,.0f} chars/s")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"export it with:  charsearch export {result.best_checkpoint} --out model.pt")
+
+
+def add_export(sub) -> None:
+    e = command(sub, "export", cmd_export, "write the portable model file (CPU float32) of a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
+
+
+def cmd_export(args) -> None:
+    from ..artifact import export
+    from ..files import write_target
+    write_target(args.out)
+    mf = export(args.checkpoint, args.out)
+    val = mf.summary.get("val_loss")
+    print(f"{args.out}: {label_of(mf.config)}, {mf.num_params():,} parameters, vocab {len(mf.vocab)}"
+          f"{f', val loss {val:.4f}' if isinstance(val, float) else ''} (CPU float32)")
+
+
+# --- sample, eval, inspect ----------------------------------------------------------------------
+
+
+def add_sample(sub) -> None:
+    s = command(sub, "sample", cmd_sample, "generate text from a model file (char-rnn's sample.lua)")
+    s.add_argument("model", help="model file (from export or best --export) or checkpoint")
+    s.add_argument("--primetext", default="", help="text to start from (default: none)")
+    s.add_argument("--length", type=int, default=2000, help="characters to generate (default: %(default)s)")
+    s.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative (default: 1)")
+    s.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest characters (0: all)")
+    s.add_argument("--argmax", action="store_true", help="always take the likeliest character (char-rnn -sample 0)")
+    s.add_argument("--seed", type=int, default=DEFAULT_SEED, help="same seed, same text (default: %(default)s)")
+    s.add_argument("--num-samples", type=int, default=1, help="samples generated together in one batch")
+    s.add_argument("--stop", default="", help="end a sample once it produces this string")
+    s.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+
+
+def cmd_sample(args) -> None:
+    from .. import artifact
+    from ..devices import resolve_device
+    from ..sample import Sampler, SampleOptions
+    opts = SampleOptions(args.primetext, args.length, args.temperature, args.top_k, args.argmax, args.seed,
+                         args.num_samples, args.stop).validate()
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        import torch
+        torch.backends.mkldnn.enabled = False  # its LSTM is ~10x slower at batch 1; small products ~15% slower
+    sampler = Sampler(artifact.load(args.model), device)
+    out = sys.stdout
+    if opts.num_samples == 1:  # stream characters as they come
+        for step in sampler.stream(opts):
+            out.write(step[0])
+            out.flush()
+        out.write("\n")
+        return
+    for i, text in enumerate(sampler.generate(opts)):
+        out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} ---\n{text}\n")
+    out.flush()
+
+
+def add_eval(sub) -> None:
+    v = command(sub, "eval", cmd_eval, "fair loss of a model on a split or any text file (torch-rnn's eval.lua)")
+    v.add_argument("model")
+    v.add_argument("--data", required=True, help="text file, folder with input.txt, or a name under data/")
+    v.add_argument("--split", choices=("val", "test", "all"), default="val",
+                   help="val/test: by the model's training fractions; all: the whole file (default: %(default)s)")
+    v.add_argument("--train-frac", type=float, default=None)
+    v.add_argument("--val-frac", type=float, default=None)
+    v.add_argument("--device", default="auto")
+
+
+def cmd_eval(args) -> None:
+    from .. import artifact
+    from ..data import MIN_EVAL_CHARS, encode_with, resolve_path, split_bounds_apply
+    from ..devices import resolve_device
+    from ..train import Evaluator
+    mf = artifact.load(args.model)
+    path = resolve_path(args.data)
+    ids = encode_with(path, mf.vocab)
+    train_frac = args.train_frac if args.train_frac is not None else mf.summary.get("train_frac", 0.9)
+    val_frac = args.val_frac if args.val_frac is not None else mf.summary.get("val_frac", 0.1)
+    if args.split != "all":
+        _, val, test = split_bounds_apply(ids, train_frac, val_frac)
+        ids = val if args.split == "val" else test
+        if len(ids) < MIN_EVAL_CHARS:
+            raise UsageError(f"{path}: the {args.split} split is empty with train_frac {train_frac} + val_frac "
+                             f"{val_frac}; use --split all, or other --train-frac/--val-frac")
+    device = resolve_device(args.device)
+    loss = Evaluator(ids, device)(mf.build(device))
+    print(f"{args.split}: {loss_text(loss)} over {len(ids) - 1:,} characters of {path}")
+
+
+def add_inspect(sub) -> None:
+    command(sub, "inspect", cmd_inspect, "what a model file or checkpoint holds").add_argument("model")
+
+
+def cmd_inspect(args) -> None:
+    from .. import artifact
+    obj = artifact.safe_load(args.model, "charsearch model file or checkpoint")
+    mf = artifact.load(args.model, obj)
+    s, c = mf.summary, mf.config
+    preview = "".join(mf.vocab.chars[:60]).encode("unicode_escape").decode("ascii")
+    val = s.get("val_loss")
+    rows = [
+        ("file", f"{args.model} ({obj['format']} v{obj['version']})"),
+        ("model", f"{label_of(c)}, embedding {mf.state_dict['embed.weight'].shape[1]}, dropout {c['dropout']}"),
+        ("parameters", f"{mf.num_params():,}"),
+        ("vocabulary", f"{len(mf.vocab)} characters{' incl. unknown symbol' if mf.vocab.unk is not None else ''}: "
+                       f"{preview}{'...' if len(mf.vocab) > 60 else ''}"),
+        ("val loss", loss_text(val) if isinstance(val, float) else "-"),
+        ("trained", f"{s.get('epoch', 0):.2f} epochs, {s.get('chars_trained', 0):,} characters"),
+        ("data", f"{s.get('data_path', '-')} ({s.get('data_chars', 0):,} characters, sha256 "
+                 f"{str(s.get('data_sha256', '-'))[:16]}...), split {s.get('train_frac')}/{s.get('val_frac')}, "
+                 f"min_freq {s.get('min_freq')}"),
+        ("where", f"{s.get('host', '-')} on {s.get('device', '-')}, torch {s.get('torch', '-')}"),
+        ("when", s.get("trained_at", "-")),
+    ]
+    if s.get("trial_id"):
+        rows.append(("trial", f"{s['trial_id']} (MLflow run {s.get('mlflow_run_id', '-')})"))
+    if obj["format"] == artifact.CHECKPOINT_FORMAT:
+        tc = obj["train_config"]
+        rows.append(("training", ", ".join(f"{k}={tc[k]}" for k in ("optimizer", "learning_rate", "batch_size",
+                                                                      "seq_length") if k in tc)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+# --- serve --------------------------------------------------------------------------------------
+
+
+def add_serve(sub) -> None:
+    r = command(sub, "serve", cmd_serve, "a web page and JSON API to sample from a model file (one process)")
+    r.add_argument("model", help="model file (from export or best --export) or checkpoint")
+    r.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
+    r.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    r.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    r.add_argument("--max-length", type=int, default=5000, help="longest sample a request may ask for "
+                                                                "(default: %(default)s characters)")
+    r.add_argument("--max-concurrent", type=int, default=2, help="samples generated at once; more requests get "
+                                                                 "HTTP 429 (default: %(default)s)")
+
+
+def cmd_serve(args) -> None:
+    from ..serve import make_server
+    server = make_server(args.model, args.host, args.port, args.device, args.max_length, args.max_concurrent)
+    if server.sampler.device.type == "cpu":
+        import torch
+        # generation is one tiny step per character, so per request: one thread (intra-op threads only
+        # contend: 2x128 LSTM on 2 busy cores, 1,800 chars/s with one, 120 with two) and no oneDNN
+        # (its LSTM step is ~10x slower at batch 1: 2x512, 290 chars/s without it, 38 with it)
+        torch.set_num_threads(1)
+        torch.backends.mkldnn.enabled = False
+    host, port = server.server_address[:2]
+    print(f"{server.info['description']}; sampling page at http://{host}:{port} (Ctrl-C stops it)",
+          file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:  # the usual way to stop a server: not an error
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+
+
+COMMANDS = (add_data, add_train, add_export, add_sample, add_eval, add_inspect, add_serve)

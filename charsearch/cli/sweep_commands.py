@@ -1,0 +1,253 @@
+"""Commands of sweeps and what reads them from MLflow: sweep, best, report, ui."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import UsageError
+from ..units import loss_text
+from .common import command, positive, recorded_store
+
+# --- sweep --------------------------------------------------------------------------------------
+
+
+def add_sweep(sub) -> None:
+    w = command(sub, "sweep", cmd_sweep, "search hyperparameters: Optuna in Ray Tune, ASHA, MLflow")
+    w.add_argument("file", nargs="?", default=None, help="sweep file, e.g. sweeps/smoke.yaml (none with --data)")
+    w.add_argument("--data", default=None, help="corpus of an automatically sized sweep (no sweep file): the "
+                                                "machine is measured and the search sized to it and to --time")
+    w.add_argument("--time", default=None, metavar="DURATION",
+                   help="wall-clock budget of the whole sweep: seconds, or with s/m/h (600, 10m, 1h)")
+    w.add_argument("--dry-run", action="store_true", help="print the resolved sweep and trial resources, then exit")
+    w.add_argument("--resume", action="store_true", help="continue the last interrupted run of this sweep")
+    w.add_argument("--address", default=None, help="Ray cluster to run on (default: $RAY_ADDRESS or a local Ray)")
+    w.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                                                        "the sweep file's, or sqlite:///mlruns/mlflow.db)")
+    w.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    w.add_argument("--sweep-time", type=float, default=None, help="override budget.sweep_time (seconds)")
+    w.add_argument("--dashboard", action="store_true", help="start the Ray dashboard")
+
+
+def cmd_sweep(args) -> int:
+    import time
+    started = time.time()
+    sweep, plan_text = sweep_to_run(args)
+    if args.dry_run:
+        dry_run(sweep, plan_text, args.address)
+        return 0
+    if plan_text:
+        print(plan_text, file=sys.stderr)
+    from ..sweep import run
+    outcome = run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
+                  dashboard=args.dashboard, started=started, plan_text=plan_text)
+    return report_outcome(sweep, outcome, args)
+
+
+def sweep_to_run(args):
+    """(sweep, plan text): the sweep file, or with --data and --time the automatically sized sweep (as its
+    latest run recorded it, when resumed); the command line's overrides applied."""
+    from ..autosize import auto_sweep, default_sweep, parse_duration
+    from ..sweepfile import load_sweep
+    budget = parse_duration(args.time) if args.time is not None else None
+    if args.file:
+        if args.data:
+            raise UsageError("--data goes with no sweep file (the file names its corpus in data.corpus)")
+        sweep = load_sweep(args.file)
+    elif not args.data or budget is None:
+        raise UsageError("give a sweep file (e.g. sweeps/smoke.yaml), or --data CORPUS --time DURATION for an "
+                         "automatically sized sweep (e.g. --data tinyshakespeare --time 10m)")
+    else:
+        sweep = default_sweep(args.data, budget)
+        sweep.auto = True
+    if args.resume and sweep.auto:
+        from ..sweep.resume import recorded_sweep
+        sweep = recorded_sweep(sweep) or sweep
+    sweep.sweep_time = budget or sweep.sweep_time
+    if args.num_samples is not None:
+        sweep.num_samples = positive("--num-samples", args.num_samples)
+    if args.sweep_time is not None:
+        if args.sweep_time < 0:
+            raise UsageError(f"--sweep-time must be >= 0 seconds; got {args.sweep_time}")
+        sweep.sweep_time = args.sweep_time
+    if not sweep.auto:
+        return sweep, ""
+    if not sweep.sweep_time:
+        raise UsageError("an automatically sized sweep needs a budget: --time DURATION (e.g. 10m)")
+    sweep, plan = auto_sweep(sweep, sweep.sweep_time)
+    gpu_note()
+    return sweep, plan.describe()
+
+
+def gpu_note() -> None:
+    import torch
+    if torch.cuda.device_count():  # said before anything runs, not buried in the plan
+        print(f"note: the auto-sized sweep measures and runs CPU trials (its GPU sizing is not built): the "
+              f"{torch.cuda.device_count()} GPU(s) here stay unused; a sweep file with resources.gpu (e.g. "
+              f"sweeps/shakespeare.yaml) trains on them", file=sys.stderr)
+
+
+def dry_run(sweep, plan_text: str, address: str | None) -> None:
+    """The resolved sweep as a sweep file, the plan of an auto sweep, and what each trial asks for."""
+    import torch
+    import yaml
+    gpus = torch.cuda.device_count()
+    print(yaml.safe_dump(sweep.to_file(), sort_keys=False).rstrip())
+    if plan_text:
+        print(plan_text)
+    if sweep.gpu == "auto":
+        from ..data import load_corpus
+        from ..sweep.resources import corners, gpu_share, step_work
+        vocab = len(load_corpus(sweep.corpus, sweep.min_freq).vocab)
+        shares = sorted({gpu_share(step_work(sweep, p, vocab)) for p in corners(sweep)})
+        gpu = f"auto: {shares[0]:g} to {shares[-1]:g} of a GPU by model size" if gpus else "0 (no GPU here)"
+    else:
+        gpu = f"{sweep.gpu:g}" + (" -> no GPU here: trials would run on CPU" if sweep.gpu > 0 and not gpus
+                                  and not (address or sweep.address) else "")
+    print(f"# resources per trial: cpu {sweep.cpu:g}, gpu {gpu}; GPUs visible here: {gpus}")
+
+
+def report_outcome(sweep, outcome, args) -> int:
+    from ..tracking import describe_counts
+    print(f"sweep {sweep.name}: {describe_counts(outcome.counts)} in {outcome.wall_s / 60:.1f} min")
+    for trial_id, error in list((outcome.errors or {}).items())[:3]:  # the full tracebacks are in MLflow
+        print(f"trial {trial_id} failed: {error}", file=sys.stderr)
+    if len(outcome.errors or {}) > 3:
+        print(f"... and {len(outcome.errors) - 3} more failed trials (their errors: tag 'error' of their MLflow runs)",
+              file=sys.stderr)
+    if outcome.finish:
+        print(f"the search's best trial {', '.join(outcome.finish.trials)} trained on for "
+              f"{outcome.finish.seconds:.0f} s: val {outcome.finish.best[0]:.4f}")
+    if outcome.best_val_loss is not None:
+        print(f"best val loss {loss_text(outcome.best_val_loss)}, trial {outcome.best_trial}: "
+              f"{json.dumps(outcome.best_config)}")
+    print(f"MLflow: experiment {sweep.name!r}, parent run {outcome.parent_run_id}; Ray results: {outcome.experiment_dir}")
+    again = f"charsearch sweep {args.file}" if args.file else f"charsearch sweep --data {args.data} --time {args.time}"
+    if outcome.interrupted:
+        print(f"interrupted: continue with  {again} --resume", file=sys.stderr)
+        return 130
+    if outcome.best_val_loss is None:
+        print(f"charsearch sweep: error: no trial reported a val loss: {describe_counts(outcome.counts)}; "
+              f"give the sweep more time, or smaller models", file=sys.stderr)
+        return 1
+    print("next: charsearch best --export model.pt   (or charsearch ui to browse)")
+    return 0
+
+
+# --- best, report, ui ---------------------------------------------------------------------------
+
+
+def add_best(sub) -> None:
+    b = command(sub, "best", cmd_best, "rank a sweep's trials from MLflow; --export writes the best model file")
+    b.add_argument("--experiment", default=None, help="sweep name (default: the most recent sweep)")
+    b.add_argument("--top", type=int, default=10, help="rows to show (default: %(default)s)")
+    b.add_argument("--export", metavar="PATH", default=None, help="write the best trial's model file here")
+    b.add_argument("--register", metavar="NAME", default=None,
+                   help="log the best trial's model to MLflow (python_function) and register a new version of NAME")
+    b.add_argument("--tracking-uri", default=None)
+
+
+def cmd_best(args) -> None:
+    import pandas as pd
+
+    from .. import selection
+    from ..registry import check_name
+    if args.register is not None:
+        check_name(args.register)
+    if args.export:
+        from ..files import write_target
+        write_target(args.export)
+    positive("--top", args.top)
+    uri = recorded_store(args.tracking_uri)
+    name, df = selection.trials(uri, args.experiment)
+    df = df.reindex(columns=sorted(df.columns))  # MLflow lists params in no fixed order: the table's stay put
+    with pd.option_context("display.max_columns", 30, "display.width", 200):
+        counts = selection.sweep_counts(uri, name)
+        print(f"experiment {name!r}: {len(df)} trials, best first" + (f"; its latest sweep: {counts}" if counts else ""))
+        print(selection.table(df, args.top).to_string())
+    if args.export:
+        row, mf = selection.export_best(uri, df, name, args.export)
+        print(f"exported trial {row[f'tags.{selection.TRIAL_TAG}']} (val {mf.summary.get('val_loss', float('nan')):.4f} "
+              f"nats/char, MLflow run {row['run_id']}) to {args.export} (CPU float32); sample with: "
+              f"charsearch sample {args.export}")
+    if args.register is not None:
+        register(uri, df, name, args.register)
+
+
+def register(uri: str, df, experiment: str, name: str) -> None:
+    from shlex import quote
+
+    from ..registry import register_best
+    v = register_best(uri, df, experiment, name)
+    print(f"registered {v.name} version {v.version}: trial {v.tags['trial_id']} "
+          f"(val {float(v.tags['val_loss']):.4f} nats/char, MLflow run {v.run_id}); serve it with: "
+          f"MLFLOW_TRACKING_URI={quote(uri)} "
+          f"mlflow models serve -m {quote(f'models:/{v.name}/{v.version}')} --env-manager local")
+
+
+def add_report(sub) -> None:
+    r = command(sub, "report", cmd_report, "plots, summary and memorisation check of a sweep, from MLflow")
+    r.add_argument("--experiment", default=None, help="sweep name (default: the most recent sweep)")
+    r.add_argument("--run", default=None, metavar="RUN_ID",
+                   help="the sweep's parent run, when it ran more than once (default: its latest run)")
+    r.add_argument("--out", default=None, metavar="DIR", help="folder for the files (default: report/<experiment>)")
+    r.add_argument("--top", type=int, default=10, help="trials whose learning curves are drawn (default: %(default)s)")
+    r.add_argument("--storage", default=None, metavar="URL", help="Optuna storage for the rebuilt study (default: "
+                                                                   "optuna.db beside an SQLite tracking store)")
+    r.add_argument("--tracking-uri", default=None)
+
+
+def cmd_report(args) -> None:
+    from .. import report
+    uri = recorded_store(args.tracking_uri)
+    positive("--top", args.top)
+    r = report.run(uri, args.experiment, args.run, args.out, args.storage, args.top)
+    print(r.summary)
+    print(f"report: {len(r.files)} files in {r.out}/, logged to MLflow run {r.parent_run_id} under "
+          f"{report.ARTIFACT_DIR}/ (charsearch ui to browse)")
+    print(f"Optuna study {r.study_name!r} in {r.storage}; browse it with: optuna-dashboard {r.storage}")
+
+
+def add_ui(sub) -> None:
+    u = command(sub, "ui", cmd_ui, "serve the MLflow UI for the project's store on 127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
+    u.add_argument("--tracking-uri", default=None)
+
+
+def cmd_ui(args) -> None:
+    import os
+
+    from ..tracking import resolve_uri
+    uri = resolve_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        raise UsageError(f"{uri} is a tracking server: open it in a browser, it serves the UI itself")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # lean: no job runner workers
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", file=sys.stderr)
+    link = latest_sweep_link(uri, base)
+    if link:
+        print(f"latest sweep {link}", file=sys.stderr)
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, env)
+
+
+def latest_sweep_link(uri: str, base: str) -> str:
+    """MLflow 3 opens an experiment on its GenAI view; the trials are in the classic runs table, and the
+    view the sweep shared (Tracker.share_view) orders them."""
+    from .. import selection
+    from ..tracking import SHARED_VIEW, client_for
+    try:
+        name, _ = selection.trials(uri)
+    except UsageError:  # no sweep recorded yet
+        return ""
+    exp = client_for(uri).get_experiment_by_name(name)
+    link = f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    if f"mlflow.sharedViewState.{SHARED_VIEW}" in exp.tags:
+        link += f"&viewStateShareKey={SHARED_VIEW}"
+    return f"'{name}': {link}"
+
+
+COMMANDS = (add_sweep, add_best, add_report, add_ui)

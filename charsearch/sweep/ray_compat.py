@@ -1,0 +1,61 @@
+"""Every use of Ray's private API, in one place (tested in tests/test_ray_compat.py, so a Ray upgrade that
+breaks one fails there, loudly, rather than in the middle of a sweep).
+
+Ray 2.60 gives no public way to (1) forget a trial's kept checkpoints that are gone from storage and point
+it at another, (2) hand a restored Tuner callbacks and a searcher that hold this invocation's state
+(Tuner.restore brings back the pickled ones), or (3) read where a trial's results are stored.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.fs
+
+RAY_VERSIONS = ("2.60.",)  # the releases this module was written and tested against
+
+# quiet, local-friendly Ray defaults (a user's own environment wins); Ray reads each when it is used
+ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no tensorboard/csv/json files per trial
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",  # a failed trial's traceback goes to MLflow, not the terminal
+}
+
+
+def set_env_defaults() -> None:
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def trial_storage(trial) -> tuple[pyarrow.fs.FileSystem, str]:
+    """(filesystem, path) of the folder holding a trial's checkpoints."""
+    return trial.storage.storage_filesystem, trial.storage.trial_fs_path
+
+
+def forget_checkpoints(trial, gone) -> None:
+    """Drop the kept checkpoints for which gone(checkpoint) is true from the trial's checkpoint manager:
+    registering a new checkpoint deletes the oldest kept one, which must not be one already gone."""
+    manager = trial.run_metadata.checkpoint_manager
+    manager._checkpoint_results = [r for r in manager._checkpoint_results if not gone(r.checkpoint)]
+
+
+def point_at_checkpoint(trial, checkpoint, name: str) -> None:
+    """Make `checkpoint` (the folder `name` under the trial's storage) the one the trial resumes from, with
+    new checkpoints numbered after it."""
+    from ray.train._internal.session import _TrainingResult
+    trial.run_metadata.checkpoint_manager.register_checkpoint(_TrainingResult(
+        checkpoint=checkpoint, metrics={**trial.last_result, "checkpoint_dir_name": name}))
+    trial.storage.current_checkpoint_index = int(name.split("_")[-1]) + 1
+    trial.invalidate_json_state()
+
+
+def replace_callbacks_and_searcher(tuner, callbacks: list, searcher, time_budget_s: float | None) -> None:
+    """A restored Tuner with this invocation's callbacks, search algorithm and search time instead of the
+    pickled ones (which lost their live state when pickled, and hold the first invocation's time); the
+    search algorithm's saved state (the Optuna study) is still restored into `searcher` by Tune."""
+    internal = tuner._local_tuner
+    internal.get_run_config().callbacks = callbacks
+    internal._tune_config.search_alg = searcher
+    internal._tune_config.time_budget_s = time_budget_s

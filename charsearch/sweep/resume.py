@@ -1,0 +1,134 @@
+"""--resume: what may be continued, and the trials' checkpoints made consistent before it continues.
+
+A resumed sweep continues the latest run of the sweep as it was started: Tune restores its search
+space, searcher and scheduler from the saved experiment. So the sweep file is compared with the one the
+record holds, and a change other than more time (or another Ray address) is refused in one line that
+names the keys; a sweep that finished is not reopened (its FINISHED record stays as it is); and the
+tracking store is the one the sweep recorded to.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pyarrow.fs
+from ray import tune
+
+from ..errors import UsageError, excerpt
+from ..sweepfile import SweepConfig, parse_sweep
+from . import ray_compat
+from .storage import Storage
+
+RESUMABLE = {"budget.sweep_time", "ray.address", "tracking.uri"}  # what a resumed sweep may change
+
+
+@dataclass
+class ResumePoint:
+    exp_dir: str  # the Ray experiment folder
+    record: dict  # its charsearch.json
+    tracking_uri: str
+
+
+def recorded_sweep(sweep: SweepConfig) -> SweepConfig | None:
+    """The sweep as its latest run recorded it (an auto-sized sweep resumes with the space it was sized
+    to, not a new calibration), or None when there is none."""
+    storage = Storage(sweep)
+    dirs = storage.experiment_dirs(sweep.name)
+    saved = storage.read_record(dirs[-1]).get("sweep") if dirs else None
+    return parse_sweep(saved, sweep.path) if saved else None
+
+
+def resume_point(sweep: SweepConfig, storage: Storage, uri_flag: str | None) -> ResumePoint:
+    """The run to continue, or one UsageError saying why there is none."""
+    where = sweep.path or sweep.name
+    dirs = storage.experiment_dirs(sweep.name)
+    if not dirs or not tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs):
+        raise UsageError(f"{where}: nothing to resume under {storage.show(storage.root)}/{sweep.name} (run the sweep "
+                         f"without --resume first)")
+    record = storage.read_record(dirs[-1])
+    uri = recorded_uri(record, uri_flag, where)
+    if parent_status(uri, record["parent_run_id"]) == "FINISHED":
+        raise UsageError(f"{where}: its latest run ({storage.show(dirs[-1])}, MLflow run {record['parent_run_id']}) "
+                         f"finished: nothing to resume; run it without --resume to start a new sweep")
+    changed = changed_keys(record.get("sweep"), sweep.to_file())
+    if changed:
+        raise UsageError(f"{where}: changed since the sweep started ({'; '.join(changed[:4])}"
+                         f"{' ...' if len(changed) > 4 else ''}): --resume continues the sweep as it started; undo "
+                         f"the change, or run without --resume to start a new sweep")
+    return ResumePoint(dirs[-1], record, uri)
+
+
+def recorded_uri(record: dict, uri_flag: str | None, where: str) -> str:
+    """The store the sweep recorded to; another one named by --tracking-uri or $MLFLOW_TRACKING_URI is
+    refused (the resumed trials would land in a store that lacks the sweep's parent run)."""
+    asked = uri_flag or os.environ.get("MLFLOW_TRACKING_URI")
+    saved = record.get("tracking_uri")
+    if asked and saved and asked != saved:
+        source = "--tracking-uri" if uri_flag else "MLFLOW_TRACKING_URI"
+        raise UsageError(f"{where}: the sweep records to {saved}, but {source} names {asked}; resume it with its own "
+                         f"store (drop {source}, or set it to {saved})")
+    return saved or asked
+
+
+def changed_keys(saved: dict | None, now: dict) -> list[str]:
+    """'section.key: old -> new' for each key of the sweep file that differs (beyond RESUMABLE)."""
+    if not saved:  # a record without its sweep: nothing to compare with
+        return []
+    a, b = _flat(saved), _flat(now)
+    keys = sorted(k for k in a.keys() | b.keys() if k not in RESUMABLE and a.get(k) != b.get(k))
+    return [f"{k}: {excerpt(a.get(k, '(none)'))} -> {excerpt(b.get(k, '(none)'))}" for k in keys]
+
+
+def _flat(sweep_file: dict) -> dict:
+    out = {}
+    for section, values in sweep_file.items():
+        if isinstance(values, dict):
+            out.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            out[section] = values
+    return out
+
+
+def parent_status(uri: str, run_id: str) -> str | None:
+    from ..tracking import client_for
+    try:
+        return client_for(uri).get_run(run_id).info.status
+    except Exception:  # noqa: BLE001 -- a run the store lacks is checked again when the sweep reopens it
+        return None
+
+
+class ResumeFromExisting(tune.Callback):
+    """A resumed trial continues from the newest checkpoint it has in storage. Tune deletes a trial's
+    older checkpoints as it registers new ones (num_to_keep) and saves its experiment state only now and
+    then, so a driver killed in between leaves a state naming a checkpoint already deleted, and Tune
+    would fail that trial ("Could not recover from checkpoint"). Before the first trial starts, each
+    such trial is pointed at its newest complete checkpoint folder."""
+
+    def __init__(self):
+        self.done = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.done:
+            return
+        self.done = True
+        for trial in trials:
+            if trial.status != "TERMINATED" and trial.checkpoint is not None:
+                point_at_newest(trial)
+
+
+def _gone(checkpoint) -> bool:
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound
+
+
+def point_at_newest(trial) -> None:
+    ray_compat.forget_checkpoints(trial, _gone)
+    if not _gone(trial.checkpoint):
+        return
+    fs, root = ray_compat.trial_storage(trial)
+    names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+                   if i.base_name.startswith("checkpoint_") and all(
+                       fs.get_file_info(f"{i.path}/{f}").type == pyarrow.fs.FileType.File
+                       for f in ("checkpoint.pt", "model.pt")))
+    if names:
+        ray_compat.point_at_checkpoint(trial, tune.Checkpoint(path=f"{root}/{names[-1]}", filesystem=fs), names[-1])

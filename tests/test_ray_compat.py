@@ -1,0 +1,65 @@
+"""Every use of Ray's private API (charsearch/sweep/ray_compat.py) against the installed Ray, on a real Tune
+run: a Ray upgrade that moves one of them fails here, by name, rather than in the middle of a sweep."""
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import ray
+from ray import tune
+
+from charsearch.sweep import ray_compat
+
+
+def trainable(config):
+    for i in range(3):
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "n.txt").write_text(str(i))
+            tune.report({"score": float(i)}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+class Keep(tune.Callback):
+    def __init__(self):
+        self.trials = []
+
+    def on_experiment_end(self, trials, **info):
+        self.trials = list(trials)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray_compat.set_env_defaults()
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_ray_is_a_release_ray_compat_was_written_for():
+    assert ray.__version__.startswith(ray_compat.RAY_VERSIONS), (
+        f"Ray {ray.__version__}: check every function of charsearch/sweep/ray_compat.py against it, then add it")
+
+
+def test_every_private_access_works_on_a_real_run(local_ray, tmp_path):
+    keep = Keep()
+    tuner = tune.Tuner(trainable, param_space={"x": 1}, run_config=tune.RunConfig(
+        name="compat", storage_path=str(tmp_path), callbacks=[keep], verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    tuner.fit()
+    (trial,) = keep.trials
+    fs, path = ray_compat.trial_storage(trial)
+    names = sorted(p.name for p in Path(path).glob("checkpoint_*"))
+    assert fs.get_file_info(path).type.name == "Directory" and len(names) == 2
+
+    ray_compat.forget_checkpoints(trial, lambda c: c.path.endswith(names[0]))
+    kept = trial.run_metadata.checkpoint_manager._checkpoint_results
+    assert [r.checkpoint.path.rsplit("/", 1)[1] for r in kept] == names[1:]
+    ray_compat.point_at_checkpoint(trial, tune.Checkpoint(path=f"{path}/{names[0]}", filesystem=fs), names[0])
+    assert trial.checkpoint.path.endswith(names[0])
+    assert trial.storage.current_checkpoint_index == int(names[0].split("_")[-1]) + 1
+
+    restored = tune.Tuner.restore(str(tmp_path / "compat"), trainable=trainable)
+    callbacks, searcher = [Keep()], object()
+    ray_compat.replace_callbacks_and_searcher(restored, callbacks, searcher, 12.5)
+    internal = restored._local_tuner
+    assert internal.get_run_config().callbacks is callbacks
+    assert internal._tune_config.search_alg is searcher and internal._tune_config.time_budget_s == 12.5
