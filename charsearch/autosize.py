@@ -35,13 +35,11 @@ This module knows torch and the sweep config, not Ray: the calibration runs in p
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from .sweepfile import SearchParam, SweepConfig
-from .config import shape_label
+from .calibrate import MEMORY_SHARE, REFERENCE, Calibration, calibrate_cpu, calibrate_gpu
 from .errors import UsageError
 
 SEARCH_FRACTION = 0.3  # of the budget; the rest trains the winner to the end
@@ -53,7 +51,9 @@ CALIBRATION_FRACTION = 0.04
 # candidate shapes, each family from small to large: a family stops at its first shape too slow to keep
 FAMILIES = {("lstm", 1): (64, 128, 256, 512, 768), ("lstm", 2): (32, 64, 96, 128, 192, 256, 384, 512),
             ("lstm", 3): (128, 192, 256, 384), ("gru", 2): (128, 192, 256, 384, 512)}
-PROBE_BATCH, PROBE_SEQ = 64, 64
+# on a GPU, wider and deeper: its throughput per trial is bound by kernel latency, not arithmetic
+GPU_FAMILIES = {("lstm", 2): (128, 256, 512, 768, 1024), ("lstm", 3): (256, 512, 768, 1024),
+                ("gru", 2): (256, 512, 768, 1024)}
 LR_RANGE = (2e-3, 1e-2)  # Adam with clipping; slower rates are still far from their end when a CPU budget ends
 # the first trial, so the search starts from a configuration that trains well in a short budget; the
 # sampler's own draws follow, TPE modelling from the STARTUP_TRIALS-th finished trial on (a 10-minute
@@ -61,86 +61,6 @@ LR_RANGE = (2e-3, 1e-2)  # Adam with clipping; slower rates are still far from t
 PRIOR = {"learning_rate": 3e-3, "dropout": 0.0, "batch_size": 64, "seq_length": 128}
 PRIOR_TOKENS_PER_PARAM = 40
 STARTUP_TRIALS = 3
-
-
-@dataclass
-class Calibration:
-    device: str
-    parallel: int  # trials at once
-    threads: int  # CPU threads per trial
-    rates: dict = field(default_factory=dict)  # "lstm 2x128" -> chars/s per trial, all `parallel` running
-    params: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _probe_family(args) -> list[tuple[str, int, float]]:
-    """Runs in a calibration process: the shapes of each family, ascending, until one is too slow to
-    keep (or is predicted to be, from the last one's rate per parameter), or the time is up."""
-    families, vocab, threads, seconds_each, budget_s, max_params, seconds = args
-    import torch
-    import torch.nn.functional as F
-
-    from .model import CharRNN
-    torch.set_num_threads(threads)
-    deadline = time.time() + seconds  # from here: the import above is not the probes' time
-    out = []
-    for (model, layers), sizes in families:
-        last = None  # (params, rate) of the family's previous shape
-        for size in sizes:
-            torch.manual_seed(0)
-            net = CharRNN(vocab, model, size, layers)
-            params = net.num_params()
-            # cost per character grows at least with the parameters: predict before paying for a probe
-            if params > max_params or (last and time.time() > deadline) or (
-                    last and last[1] * last[0] / params * budget_s < TOKENS_PER_PARAM * params):
-                break
-            opt = torch.optim.Adam(net.parameters(), 2e-3)
-            x = torch.randint(0, vocab, (PROBE_BATCH, PROBE_SEQ))
-
-            def step():
-                logits, _ = net(x)
-                loss = F.cross_entropy(logits.reshape(-1, vocab), x.reshape(-1))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            step()  # the first step allocates
-            t, n = time.perf_counter(), 0
-            while n < 1 or time.perf_counter() - t < seconds_each:
-                step()
-                n += 1
-            rate = n * PROBE_BATCH * PROBE_SEQ / (time.perf_counter() - t)
-            out.append((shape_label(model, layers, size), params, rate))
-            last = (params, rate)
-            if rate * budget_s < TOKENS_PER_PARAM * params:  # the larger ones are slower still
-                break
-    return out
-
-
-def calibrate(vocab: int, budget_s: float, cpus: int, max_params: float) -> Calibration:
-    """Chars/s of every candidate shape with `cpus` one-thread trials running at once (the way the
-    sweep packs them), the families spread over the processes so every core is busy while measuring."""
-    start = time.monotonic()
-    families = sorted(FAMILIES.items())
-    parallel = max(1, cpus)
-    seconds_each = max(0.1, min(1.0, CALIBRATION_FRACTION * budget_s * parallel / sum(map(len, FAMILIES.values()))))
-    groups = [families[i::parallel] for i in range(parallel)]
-    seconds = max(1.0, CALIBRATION_FRACTION * budget_s - 1)
-    # fork: the children start without importing torch again (~3 s each); the parent has imported torch
-    # but run nothing on it, so no thread pool is copied half-initialised
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(parallel) as pool:
-        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params, seconds) for g in groups if g])
-    cal = Calibration("cpu", parallel, 1, seconds=0.0)
-    if not any(found):
-        raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
-                         f"for its train split); use a larger corpus or a sweep file with search_space of your own")
-    for name, params, rate in sorted(x for part in found for x in part):
-        cal.rates[name], cal.params[name] = round(rate), params
-    cal.seconds = round(time.monotonic() - start, 1)
-    return cal
 
 
 @dataclass
@@ -160,9 +80,15 @@ class Plan:
         c = self.calibration
         lines = [f"# calibration: {len(c.rates)} shapes measured in {c.seconds:.0f} s on {c.device}, "
                  f"{c.parallel} trial(s) at once, {c.threads} thread(s) each"]
+        if c.gpus:
+            curve = ", ".join(f"K={k}: {v:,}" for k, v in sorted(c.packing.items()))
+            lines.append(f"# packing on one GPU ({REFERENCE}, aggregate chars/s): {curve} -> {c.per_gpu} trials per "
+                         f"GPU x {c.gpus} GPU(s), {1 / c.per_gpu:g} of a GPU and {c.cpu_per_trial:g} CPU each; the "
+                         f"best trial finishes on a whole GPU")
         for name in sorted(c.rates, key=lambda n: -c.rates[n]):
             kept = "kept" if name in self.shapes else "dropped"
-            lines.append(f"#   {name:<12} {c.params[name]:>10,} params {c.rates[name]:>9,} chars/s  {kept}")
+            mem = f" {c.memory[name] / 2 ** 30:6.2f} GiB/trial" if name in c.memory else ""
+            lines.append(f"#   {name:<12} {c.params[name]:>10,} params {c.rates[name]:>9,} chars/s{mem}  {kept}")
         lines.append(f"# search {self.search_s:.0f} s, then the best trial trains on for {self.finish_s:.0f} s; "
                      f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
                      f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
@@ -179,9 +105,10 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int) ->
     search_s = SEARCH_FRACTION * usable
     finish_s = usable - search_s
     kept = [n for n in cal.rates if TOKENS_PER_PARAM <= cal.rates[n] * usable / cal.params[n] <= MAX_TOKENS_PER_PARAM
-            and cal.params[n] <= PARAMS_PER_CHAR * train_chars]
-    if not kept:  # the shape nearest the band, whatever the budget: something must train
-        kept = [min(cal.rates, key=lambda n: abs(math.log(cal.rates[n] * usable / cal.params[n] / 60)))]
+            and cal.params[n] <= PARAMS_PER_CHAR * train_chars and fits(cal, n)]
+    if not kept:  # the shape nearest the band that fits, whatever the budget: something must train
+        kept = [min((n for n in cal.rates if fits(cal, n)) or cal.rates,
+                    key=lambda n: abs(math.log(cal.rates[n] * usable / cal.params[n] / 60)))]
     rates = sorted(cal.rates[n] for n in kept)
     median, fastest, slowest = rates[len(rates) // 2], rates[-1], rates[0]
     report = max(median * search_s / 40, 2 * val_chars)
@@ -192,6 +119,13 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int) ->
                 first_report, train_chars, cal)
 
 
+def fits(cal: Calibration, shape: str) -> bool:
+    """Whether calibration.per_gpu trials of a shape fit in one GPU's memory together (always on CPU)."""
+    if not cal.gpus or shape not in cal.memory:
+        return True
+    return cal.per_gpu * cal.memory[shape] <= MEMORY_SHARE * cal.gpu_memory
+
+
 def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     """Fill a sweep config with the planned search: the shapes, the optimiser ranges, ASHA, budgets."""
     n = p.train_chars
@@ -200,7 +134,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
         "shape": SearchParam("choice", list(p.shapes)),
         "learning_rate": SearchParam("log_float", [LR_RANGE[0], LR_RANGE[1]]),
         "dropout": SearchParam("float", [0.0, 0.3 if big else 0.1]),
-        "batch_size": SearchParam("choice", [64, 128]),  # smaller batches waste a CPU's matrix units
+        # smaller batches waste a CPU's matrix units; a GPU's take larger ones at little extra time per step
+        "batch_size": SearchParam("choice", [64, 128, 256] if p.calibration.gpus else [64, 128]),
         "seq_length": SearchParam("choice", [64, 128]),
     }
     first = {"shape": prior_shape(p), **PRIOR}
@@ -218,7 +153,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     sweep.report_every_epochs = _round(p.report_chars / n)
     sweep.num_samples = max(sweep.num_samples, 1000)  # the budget and the deadline end the search, not a count
     sweep.max_concurrent = p.calibration.parallel
-    sweep.cpu, sweep.gpu = float(p.calibration.threads), 0.0
+    cal = p.calibration
+    sweep.cpu, sweep.gpu = cal.cpu_per_trial, (1 / cal.per_gpu if cal.gpus else 0.0)
     sweep.trial_max_time = 0.0
     sweep.finish_time = round(p.finish_s, 1)
     sweep.first_report_s = round(p.first_report_s, 1)
@@ -238,13 +174,26 @@ def _round(x: float) -> float:
     return float(f"{x:.3g}")
 
 
-def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None) -> tuple[SweepConfig, Plan]:
-    """Calibrate on this machine and size `sweep` (its corpus, split and fixed train options) to it."""
+def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpus: int = 0,
+               calibration: Calibration | None = None, measure_gpu=None) -> tuple[SweepConfig, Plan]:
+    """Size `sweep` (its corpus, split and fixed train options) to the machine: to `calibration` where
+    one is given, else measured on the CPUs here or, with `gpus`, on a GPU (`measure_gpu`: a function
+    with calibrate_gpu's arguments that runs it where a GPU is; by default, in this process)."""
     from .data import load_corpus
     corpus = load_corpus(sweep.corpus, sweep.min_freq)
     train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
     cpus = cpus or len(os.sched_getaffinity(0))
-    cal = calibrate(len(corpus.vocab), budget_s, cpus, max_params=PARAMS_PER_CHAR * len(train_ids))
+    max_params = PARAMS_PER_CHAR * len(train_ids)
+    if calibration is not None:
+        cal = calibration
+    elif gpus:
+        cal = (measure_gpu or calibrate_gpu)(len(corpus.vocab), budget_s, gpus, cpus, max_params, GPU_FAMILIES,
+                                             CALIBRATION_FRACTION)
+    else:
+        cal = calibrate_cpu(len(corpus.vocab), budget_s, cpus, max_params, FAMILIES, CALIBRATION_FRACTION)
+    if not cal.rates:
+        raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
+                         f"for its train split); use a larger corpus or a sweep file with search_space of your own")
     p = plan(cal, budget_s, len(train_ids), len(val_ids))
     sweep.sweep_time = budget_s
     return apply(sweep, p), p

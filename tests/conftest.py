@@ -4,6 +4,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,22 @@ def charsearch(*args, cwd, timeout=300, **env_extra) -> subprocess.CompletedProc
     finally:
         kill_session(p.pid)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def start(cmd: list[str], log: Path, **env) -> subprocess.Popen:
+    """A long-running process in a session of its own (its pid is the session id)."""
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=cli_env(**env), start_new_session=True)
+
+
+def wait_until(check, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def sweep_file(project: Path, name: str, **changes) -> Path:

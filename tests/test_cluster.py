@@ -19,29 +19,13 @@ import mlflow
 import pytest
 import torch
 
-from .conftest import charsearch, cli_env, kill_session, runs, session_pids, sweep_file
+from .conftest import charsearch, cli_env, kill_session, runs, session_pids, start, sweep_file, wait_until
 from .web import free_port
 
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-
-
-def start(cmd: list[str], log: Path, **env) -> subprocess.Popen:
-    """A long-running process in a session of its own (its pid is the session id)."""
-    with open(log, "w") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=cli_env(**env), start_new_session=True)
-
-
-def wait_until(check, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Cluster:

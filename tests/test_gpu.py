@@ -1,5 +1,6 @@
 """The CUDA path: training on the GPU (fp32, and fp16 autocast with loss scaling; fused optimizer; data on the device), exporting a
-CPU-portable model file from it, sampling on CPU, and a sweep whose trials share one GPU.
+CPU-portable model file from it, sampling on CPU, a sweep whose trials share one GPU, and the GPU calibration of an
+auto sweep.
 Marked `gpu`: skipped without CUDA (`pytest -m gpu` runs them on a GPU machine)."""
 
 import pytest
@@ -90,3 +91,13 @@ def test_an_auto_sized_sweep_says_the_gpus_here_stay_unused(tmp_path, shakespear
     r = charsearch("sweep", "--data", "tinyshakespeare", "--time", "10m", "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "GPU(s) here stay unused" in r.stderr and "gpu: 0.0" in r.stdout
+
+
+def test_the_gpu_calibration_measures_shapes_memory_and_packing():
+    from charsearch.calibrate import REFERENCE, calibrate_gpu
+    families = {("lstm", 2): (128, 256)}
+    cal = calibrate_gpu(65, budget_s=300, gpus=1, cpus=4, max_params=1e7, families=families, fraction=0.02)
+    assert set(cal.rates) == {"lstm 2x128", "lstm 2x256"} and REFERENCE in cal.single
+    assert all(v > 1000 for v in cal.rates.values()) and all(m > 2 ** 20 for m in cal.memory.values())
+    assert 1 in cal.packing and cal.per_gpu == max(cal.packing) and cal.parallel == cal.per_gpu
+    assert cal.problem() is None

@@ -53,13 +53,13 @@ def test_the_linked_runs_page_shows_the_trials_best_first_with_val_loss_and_para
                  for i in range(len(children))]
         (tmp_path / "runs.txt").write_text("\n".join(texts))
         assert page.locator(f"[role=row][row-index='{len(children)}']").count() == 0  # no other run listed
-        # at 1600 px (MLflow's own side panel takes a quarter) the outcome and the first searched parameter
-        # are in view, left of the window's right edge
+        # the outcome and the first searched parameter come right after the val loss, before MLflow's own
+        # columns: in view at 1600 px even with MLflow's side panel open (it takes a quarter)
         page.set_viewport_size({"width": 1600, "height": 700})
         time.sleep(1)
         for name in ("charsearch.outcome", "rnn_size"):
             box = page.get_by_role("columnheader", name=re.compile(re.escape(name))).first.bounding_box()
-            assert box is not None and box["x"] + box["width"] <= 1600, (name, box)
+            assert box is not None and box["x"] + box["width"] <= 1200, (name, box)
         # one row per trial, best first, each with its best val loss
         for text, child in zip(texts, children):
             assert child.info.run_name in text, texts

@@ -27,25 +27,30 @@ def add_sweep(sub) -> None:
     w.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
     w.add_argument("--sweep-time", type=float, default=None, help="override budget.sweep_time (seconds)")
     w.add_argument("--dashboard", action="store_true", help="start the Ray dashboard")
+    w.add_argument("--calibration", metavar="FILE", default=None,
+                   help="an auto sweep's calibration (JSON, e.g. the calibration.json artifact of an earlier auto "
+                        "sweep on the same kind of machine) instead of measuring this one")
 
 
 def cmd_sweep(args) -> int:
     import time
     started = time.time()
-    sweep, plan_text = sweep_to_run(args)
+    sweep, plan = sweep_to_run(args)
+    plan_text = plan.describe() if plan else ""
     if args.dry_run:
         dry_run(sweep, plan_text, args.address)
         return 0
     if plan_text:
         print(plan_text, file=sys.stderr)
     from ..sweep import run
+    files = {"calibration.json": json.dumps(plan.calibration.to_dict(), indent=1)} if plan else {}
     outcome = run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
-                  dashboard=args.dashboard, started=started, plan_text=plan_text)
+                  dashboard=args.dashboard, started=started, plan_text=plan_text, files=files)
     return report_outcome(sweep, outcome, args)
 
 
 def sweep_to_run(args):
-    """(sweep, plan text): the sweep file, or with --data and --time the automatically sized sweep (as its
+    """(sweep, plan or None): the sweep file, or with --data and --time the automatically sized sweep (as its
     latest run recorded it, when resumed); the command line's overrides applied."""
     from ..autosize import auto_sweep, default_sweep, parse_duration
     from ..sweepfile import load_sweep
@@ -70,21 +75,30 @@ def sweep_to_run(args):
         if args.sweep_time < 0:
             raise UsageError(f"--sweep-time must be >= 0 seconds; got {args.sweep_time}")
         sweep.sweep_time = args.sweep_time
+    if args.calibration and not sweep.auto:
+        raise UsageError("--calibration sizes an automatically sized sweep (--data CORPUS --time DURATION); a sweep "
+                         "file's search space is its own")
     if not sweep.auto:
-        return sweep, ""
+        return sweep, None
     if not sweep.sweep_time:
         raise UsageError("an automatically sized sweep needs a budget: --time DURATION (e.g. 10m)")
-    sweep, plan = auto_sweep(sweep, sweep.sweep_time)
-    gpu_note()
-    return sweep, plan.describe()
+    return auto_sweep(sweep, sweep.sweep_time, **calibration_source(args))
 
 
-def gpu_note() -> None:
-    import torch
-    if torch.cuda.device_count():  # said before anything runs, not buried in the plan
-        print(f"note: the auto-sized sweep measures and runs CPU trials (its GPU sizing is not built): the "
-              f"{torch.cuda.device_count()} GPU(s) here stay unused; a sweep file with resources.gpu (e.g. "
-              f"sweeps/shakespeare.yaml) trains on them", file=sys.stderr)
+def calibration_source(args) -> dict:
+    """auto_sweep's GPUs and calibration: a given one (its GPU count made the cluster's), else measured on a
+    GPU where Ray (or this machine) has one, else on the CPUs here."""
+    from dataclasses import replace
+
+    from ..calibrate import Calibration
+    from ..sweep.resources import cluster_gpus
+    gpus, measure = cluster_gpus(args.address)
+    if not args.calibration:
+        return {"gpus": gpus, "measure_gpu": measure}
+    cal = Calibration.from_file(args.calibration)
+    if cal.gpus and gpus:
+        cal = replace(cal, gpus=gpus, parallel=cal.per_gpu * gpus)
+    return {"gpus": gpus, "calibration": cal}
 
 
 def dry_run(sweep, plan_text: str, address: str | None) -> None:

@@ -53,9 +53,10 @@ class SweepOutcome:
 
 
 def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tracking_uri: str | None = None,
-        dashboard: bool = False, out=sys.stderr, started: float | None = None, plan_text: str = "") -> SweepOutcome:
+        dashboard: bool = False, out=sys.stderr, started: float | None = None, plan_text: str = "",
+        files: dict | None = None) -> SweepOutcome:
     """Run (or resume) a sweep. `started` (time.time()) is when the user's command began: the budget
-    counts from there, calibration included."""
+    counts from there, calibration included. `files` (name -> text) go to the parent run as artifacts."""
     state = SweepState(started or time.time(), sweep.sweep_time)
     corpus = checked_corpus(sweep)
     storage = Storage(sweep)
@@ -72,7 +73,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     exp_dir = None
     try:
         exp_dir = reopen_record(tracker, previous) if previous else start_record(
-            sweep, storage, tracker, corpus, resources, plan_text, uri)
+            sweep, storage, tracker, corpus, resources, plan_text, uri, files or {})
         state.ends_at = search_deadline(sweep, state.started)
         grid = make_tuner(sweep, corpus, storage, exp_dir, tracker, state, resources, previous).fit()
         remove_stale_trial_dirs()
@@ -101,7 +102,7 @@ def largest(sweep: SweepConfig, key: str) -> int:
 
 
 def start_record(sweep: SweepConfig, storage: Storage, tracker: Tracker, corpus: Corpus, resources, plan_text: str,
-                 uri: str) -> str:
+                 uri: str, files: dict) -> str:
     """A new parent run (params, the sweep file as given and as resolved, the plan of an auto sweep) and
     the record that links the Ray experiment folder to it. Returns the experiment folder."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -116,7 +117,7 @@ def start_record(sweep: SweepConfig, storage: Storage, tracker: Tracker, corpus:
                 "resources": json.dumps(resources) if isinstance(resources, dict) else "gpu: auto (by model size)"},
         files={"sweep.yaml": Path(sweep.path).read_text(encoding="utf-8") if sweep.path else as_file,
                "resolved.yaml": yaml.safe_dump(sweep.to_dict(), sort_keys=False),
-               **({"auto-sized.yaml": f"{as_file}\n{plan_text}\n"} if plan_text else {})},
+               **({"auto-sized.yaml": f"{as_file}\n{plan_text}\n"} if plan_text else {}), **files},
         tags={"charsearch.sweep_file": sweep.path or "(auto)", "charsearch.ray_experiment": storage.show(exp_dir),
               "charsearch.ray_address": ray.get_runtime_context().gcs_address})
     tracker.share_view(list(sweep.space))

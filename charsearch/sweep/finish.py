@@ -75,7 +75,6 @@ def start(sweep: SweepConfig, result, corpus: Corpus, gpu: bool, threads: int, e
     cfg.max_epochs = max(cfg.max_epochs, 1e4)  # the clock ends it
     set_report_interval(cfg, (result.metrics.get("chars_per_sec") or 1.0) * left / EVALUATIONS
                         / (cfg.batch_size * cfg.seq_length))
-    cfg.device = "cuda" if gpu else "cpu"
     options = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": threads}
     summary = {"trial_id": trial_id, "trial_name": f"trial_{trial_id}", "sweep": sweep.name}
     return ray.remote(train_on).options(**options).remote(payload, model, cfg.to_dict(), corpus, summary, threads,
@@ -92,6 +91,7 @@ def train_on(checkpoint: bytes, model: bytes, cfg_dict: dict, corpus: Corpus, su
     from ..config import TrainConfig
     from ..train import train
     torch.set_num_threads(threads)
+    cfg_dict = {**cfg_dict, "device": "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"}
     work = trial_dir()
     try:
         (work / "resume.pt").write_bytes(checkpoint)

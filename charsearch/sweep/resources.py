@@ -36,6 +36,25 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) 
     stop_on_sigterm()
 
 
+def cluster_gpus(address: str | None) -> tuple[int, object]:
+    """(GPUs the sweep's trials can use, how to calibrate on one of them): a cluster's (`address`,
+    $RAY_ADDRESS: joined now) are measured in a Ray task that asks for a GPU; this machine's in a process
+    here."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        import torch
+        return torch.cuda.device_count(), None
+    init_ray(address, dashboard=False)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    return gpus, (measure_on_gpu if gpus else None)
+
+
+def measure_on_gpu(*args):
+    """calibrate.calibrate_gpu, in a Ray task on a node with a GPU."""
+    from ..calibrate import calibrate_gpu
+    return ray.get(ray.remote(calibrate_gpu).options(num_gpus=1, num_cpus=1).remote(*args))
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM (a scheduler's or `kill`'s stop) raises SIGINT in its place: Tune ends the experiment as for
     Ctrl-C, the sweep records what it has, and --resume continues it."""

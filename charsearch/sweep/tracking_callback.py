@@ -80,7 +80,9 @@ class MLflowCallback(tune.Callback):
         if result.get("iteration") is not None and "node_id" in result:
             self.tracker.trial_tags(trial.trial_id, {"node_id": result["node_id"], "hostname": result["hostname"],
                                                      "node_ip": result.get("node_ip", ""),
-                                                     "device": result.get("device", "")})
+                                                     "device": result.get("device", ""),
+                                                     "gpu_ids": result.get("gpu_ids", ""),
+                                                     "gpu_share": result.get("gpu_share", 0)})
         self.tracker.trial_result(trial.trial_id, result)
 
     def _log_end(self, trial, error: str | None = None) -> None:

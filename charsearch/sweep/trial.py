@@ -42,7 +42,8 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
     best_model = work / "model.pt"
     summary = {"trial_id": ctx.get_trial_id(), "trial_name": ctx.get_trial_name(), "sweep": sweep.name}
     node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": os.uname().nodename,
-            "device": torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu"}
+            "device": torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu",
+            "gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "gpu_share": float(resources.get("GPU", 0))}
     try:
         restored = tune.get_checkpoint()
         if restored is not None:  # a resumed sweep, or a retried trial: continue from the last report

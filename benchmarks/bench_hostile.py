@@ -1,0 +1,156 @@
+"""Hostile inputs, each run as a user would run it, against one or more charsearch trees side by side:
+exit code, wall time and peak memory (max RSS of the command and everything it waited for).
+
+    python benchmarks/bench_hostile.py --tree before=/path/to/old/checkout --tree after=.
+
+Each case builds its own files in a fresh folder; a case whose command outlives --timeout is killed and
+shown as such. Prints a markdown table (one row per case, a column group per tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = Path(os.environ.get("CHARSEARCH_SHAKESPEARE", ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
+
+
+def model_file(path: Path, **summary) -> None:
+    """A small valid model file, written with the tree under test's own format."""
+    from charsearch import artifact
+    from charsearch.data import Vocab
+    from charsearch.model import CharRNN
+    m = CharRNN(5, "gru", 8, 1)
+    artifact.save(path, artifact.ModelFile(dict(m.config), Vocab(tuple("abcd\n")), m.state_dict(),
+                                           {"val_loss": 1.5, **summary}).to_dict())
+
+
+def bomb(path: Path, elements: int) -> None:
+    """A model file with an extra tensor in its summary, every archive entry DEFLATE-compressed."""
+    plain = path.with_suffix(".plain")
+    model_file(plain)
+    raw = torch.load(plain, weights_only=True)
+    raw["summary"]["extra"] = torch.zeros(elements)
+    torch.save(raw, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    plain.unlink()
+
+
+def sweep_yaml(folder: Path, name: str, extra: str = "", space: str = "  rnn_size: {choice: [16, 32]}\n") -> Path:
+    p = folder / "s.yaml"
+    p.write_text(f"name: {name}\ndata: {{corpus: corpus.txt}}\nsearch_space:\n{space}search: {{num_samples: 2}}\n"
+                 f"budget: {{sweep_time: 60, trial_max_epochs: 0.05}}\nscheduler: {{type: none, report_every_epochs: "
+                 f"0.02}}\ntrain: {{batch_size: 16, seq_length: 32}}\n{extra}")
+    return p
+
+
+def cases(folder: Path):
+    """(name, setup, argv) per case; setup(folder) prepares files and returns nothing."""
+    corpus = lambda f: (f / "corpus.txt").write_text(SHAKESPEARE.read_text()[:300_000])  # noqa: E731
+
+    def fifo_and_model(f):
+        model_file(f / "m.pt")
+        os.mkfifo(f / "pipe")
+
+    def device_node(f):
+        model_file(f / "m.pt")
+        os.mknod(f / "null", 0o666 | 0o020000, os.makedev(1, 3))  # a private copy of /dev/null
+
+    def finished_sweep(f):
+        corpus(f)
+        subprocess.run([sys.executable, "-m", "charsearch", "sweep", str(sweep_yaml(f, "done"))], cwd=f,
+                       capture_output=True, timeout=300)
+
+    def big_choice(f):
+        corpus(f)
+        sweep_yaml(f, "big", space="  rnn_size: {choice: [" + ", ".join(map(str, range(16, 10016))) + "]}\n")
+
+    def sparse_corpus(f):
+        with open(f / "huge.txt", "wb") as h:
+            h.truncate(64 * 2 ** 30)
+
+    def no_model_key(f):
+        torch.save({"format": "charsearch-checkpoint", "version": 1, "summary": {}, "state": {}, "train_config": {}},
+                   f / "ckpt.pt")
+
+    return [
+        ("export --out FIFO", fifo_and_model, ["export", "m.pt", "--out", "pipe"]),
+        ("export --out device node (root)", device_node, ["export", "m.pt", "--out", "null"]),
+        ("resume a finished sweep, --num-samples 6", finished_sweep, ["sweep", "s.yaml", "--resume", "--num-samples", "6"]),
+        ("inspect: 1 GB tensor, DEFLATE (1 MB file)", lambda f: bomb(f / "b.pt", 250_000_000), ["inspect", "b.pt"]),
+        ("sample: same file", lambda f: bomb(f / "b.pt", 250_000_000), ["sample", "b.pt", "--length", "5"]),
+        ("best --tracking-uri http://127.0.0.1:1", None, ["best", "--tracking-uri", "http://127.0.0.1:1"]),
+        ("sweep file: choice of 10,000 values", big_choice, ["sweep", "s.yaml", "--dry-run"]),
+        ("sample --temperature 1e-300", lambda f: model_file(f / "m.pt"),
+         ["sample", "m.pt", "--temperature", "1e-300", "--length", "20"]),
+        ("sweep name of 10,000 characters", lambda f: (corpus(f), sweep_yaml(f, "x" * 10_000)), ["sweep", "s.yaml"]),
+        ("ray.storage not writable", lambda f: (corpus(f), (f / "file").write_text("x"),
+                                                sweep_yaml(f, "st", extra="ray: {storage: file/ray}\n")),
+         ["sweep", "s.yaml"]),
+        ("checkpoint without model", no_model_key, ["inspect", "ckpt.pt"]),
+        ("corpus: 64 GB sparse file (NUL at 0)", sparse_corpus, ["data", "info", "huge.txt"]),
+    ]
+
+
+def run_case(tree: Path, setup, argv: list[str], timeout: float) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlruns/mlflow.db"}
+        env.pop("RAY_ADDRESS", None)
+        if setup is not None:
+            sys.path.insert(0, str(tree))
+            try:
+                setup(folder)
+            finally:
+                sys.path.pop(0)
+                for name in [m for m in sys.modules if m == "charsearch" or m.startswith("charsearch.")]:
+                    del sys.modules[name]
+        t0 = time.monotonic()
+        usage = folder / "usage.txt"  # GNU time: the command's own peak RSS, in KiB
+        p = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(usage), sys.executable, "-m", "charsearch",
+                              *argv], cwd=folder, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = p.communicate(timeout=timeout)
+            code = str(p.returncode)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            _, err = p.communicate()
+            code = f"killed at {timeout:.0f} s"
+        wall = time.monotonic() - t0
+        peak = int(usage.read_text().split()[-1]) / 2 ** 20 if usage.is_file() and usage.read_text().strip() else 0
+        last = (err.strip().splitlines() or [""])[-1][:90].replace("|", "/")
+        return f"{code} | {wall:.1f} s | {peak:.2f} GB | {last}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tree", action="append", required=True, metavar="NAME=PATH")
+    ap.add_argument("--timeout", type=float, default=150)
+    args = ap.parse_args()
+    trees = [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree]
+    header = "| input | " + " | ".join(f"{n}: exit | time | peak RSS | last line" for n, _ in trees) + " |"
+    print(header)
+    print("|" + "---|" * (1 + 4 * len(trees)))
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, setup, argv in cases(Path(scratch)):
+            if name.startswith("export --out device") and os.geteuid() != 0:
+                continue
+            cells = [run_case(tree, setup, argv, args.timeout) for _, tree in trees]
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
