@@ -71,7 +71,7 @@ def cases(folder: Path):
     def finished_sweep(f):
         corpus(f)
         subprocess.run([sys.executable, "-m", "charsearch", "sweep", str(sweep_yaml(f, "done"))], cwd=f,
-                       capture_output=True, timeout=300)
+                       capture_output=True, timeout=300, env=case_env(f))
 
     def big_choice(f):
         corpus(f)
@@ -104,11 +104,21 @@ def cases(folder: Path):
     ]
 
 
+TREE = [Path(".")]  # the tree the case being set up runs against
+
+
+def case_env(folder: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(TREE[0])}
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return env
+
+
 def run_case(tree: Path, setup, argv: list[str], timeout: float) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlruns/mlflow.db"}
-        env.pop("RAY_ADDRESS", None)
+        TREE[0] = tree
+        env = case_env(folder)
         if setup is not None:
             sys.path.insert(0, str(tree))
             try:

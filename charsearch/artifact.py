@@ -9,6 +9,10 @@ Layout (a dict):
 
 Training checkpoints hold the same `model` part plus the optimizer and loop state, so any
 checkpoint exports to a model file without the device it was trained on.
+
+An ensemble file ("charsearch-ensemble") holds one vocabulary and several members, each a config and a
+state dict as above, with their mixture weights (positive, summing to 1); every member is checked as a
+model file's weights are, before anything is built.
 """
 
 from __future__ import annotations
@@ -24,10 +28,15 @@ import torch
 from .data import Vocab
 from .files import atomic_write, not_a_file
 from .errors import UsageError, excerpt
-from .model import ARCH_KEYS, CELLS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, CharRNN, build, expected_shapes, param_count
+from .config import label_of
+from .model import (ARCH_KEYS, CELLS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, CharRNN, Ensemble, build, expected_shapes,
+                    param_count)
 
 MODEL_FORMAT, MODEL_VERSION = "charsearch-model", 1
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "charsearch-checkpoint", 1
+ENSEMBLE_FORMAT, ENSEMBLE_VERSION = "charsearch-ensemble", 1
+VERSIONS = {MODEL_FORMAT: MODEL_VERSION, CHECKPOINT_FORMAT: CHECKPOINT_VERSION, ENSEMBLE_FORMAT: ENSEMBLE_VERSION}
+MAX_MEMBERS = 64
 
 
 @dataclass
@@ -45,6 +54,10 @@ class ModelFile:
     def num_params(self) -> int:
         return param_count(self.config)
 
+    @property
+    def label(self) -> str:
+        return label_of(self.config)
+
     def to_dict(self) -> dict:
         return {
             "format": MODEL_FORMAT,
@@ -55,6 +68,38 @@ class ModelFile:
             "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict.items()},
             "summary": known_summary(self.summary),
         }
+
+
+@dataclass
+class EnsembleFile:
+    """Several models over one vocabulary, mixed by their weights (model.Ensemble)."""
+    members: list  # ModelFile, each with the shared vocabulary
+    weights: list
+    vocab: Vocab
+    summary: dict = field(default_factory=dict)
+
+    def build(self, device: str | torch.device = "cpu") -> Ensemble:
+        return Ensemble([m.build(device) for m in self.members], self.weights).to(device).eval()
+
+    def num_params(self) -> int:
+        return sum(m.num_params() for m in self.members)
+
+    @property
+    def config(self) -> dict:
+        return {"model": "ensemble", "vocab_size": len(self.vocab), "members": [dict(m.config) for m in self.members],
+                "weights": list(self.weights)}
+
+    @property
+    def label(self) -> str:
+        return f"ensemble of {len(self.members)}: " + ", ".join(f"{m.label} x{w:.2f}"
+                                                                for m, w in zip(self.members, self.weights))
+
+    def to_dict(self) -> dict:
+        return {"format": ENSEMBLE_FORMAT, "version": ENSEMBLE_VERSION, "vocab": list(self.vocab.chars),
+                "unk": self.vocab.unk, "weights": [float(w) for w in self.weights],
+                "members": [{k: v for k, v in m.to_dict().items() if k in ("config", "state_dict")}
+                            for m in self.members],
+                "summary": known_summary(self.summary)}
 
 
 def model_part(model: CharRNN, vocab: Vocab) -> dict:
@@ -78,7 +123,7 @@ SUMMARY_FIELDS: dict[str, type] = {
     "data_path": str, "data_sha256": str, "data_chars": int, "train_frac": float, "val_frac": float,
     "min_freq": int, "host": str, "device": str, "torch": str, "python": str, "trained_at": str,
     "trial_id": str, "trial_name": str, "sweep": str, "mlflow_run_id": str, "experiment": str,
-    "tracking_uri": str,
+    "tracking_uri": str, "test_loss": float, "test_frac": float, "ensemble_trials": str,
 }
 MAX_ENTRIES = 10_000  # archive members: a model file has one per tensor plus a few
 
@@ -133,10 +178,10 @@ def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
     except Exception as e:  # a damaged file can fail anywhere in the unpickler (KeyError, IndexError, ...)
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise UsageError(f"{path}: not a {what}, or truncated ({reason})") from None
-    if not isinstance(obj, dict) or obj.get("format") not in (MODEL_FORMAT, CHECKPOINT_FORMAT):
+    if not isinstance(obj, dict) or obj.get("format") not in VERSIONS:
         raise UsageError(f"{path}: not a {what} (no charsearch format tag; expected a file written by "
                          f"`charsearch export` or `charsearch train`)")
-    supported = MODEL_VERSION if obj["format"] == MODEL_FORMAT else CHECKPOINT_VERSION
+    supported = VERSIONS[obj["format"]]
     if not isinstance(obj.get("version"), int) or obj["version"] > supported:
         raise UsageError(f"{path}: {obj['format']} format version {excerpt(obj.get('version'))} is newer than this "
                          f"charsearch reads (up to {supported}); upgrade charsearch")
@@ -147,19 +192,24 @@ def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
 
 
 def _layout_problem(obj: dict) -> str | None:
-    """What is wrong with a file's top-level layout and its summary, or None (the model part is checked
-    by _problem, a checkpoint's training state by check_state)."""
-    part = obj
+    """What is wrong with a file's top-level layout and its summary, or None (the model parts are checked
+    by _problem, a checkpoint's training state by train.state_problem)."""
     if obj["format"] == CHECKPOINT_FORMAT:
         for key, kind in (("model", dict), ("state", dict), ("train_config", dict)):
             if not isinstance(obj.get(key), kind):
                 return f"a checkpoint needs a {key!r} mapping; got {excerpt(obj.get(key))}"
-        part = obj["model"]
-    for key in ("config", "vocab", "unk", "state_dict"):
-        if key not in part:
-            return f"no {key!r}"
-    if not isinstance(part["config"], dict):
-        return "config is not a mapping"
+    if obj["format"] == ENSEMBLE_FORMAT:
+        problem = _ensemble_problem(obj)
+        if problem:
+            return problem
+    for part in parts(obj):
+        if not isinstance(part, dict):
+            return "a member is not a mapping"
+        for key in ("config", "vocab", "unk", "state_dict"):
+            if key not in part:
+                return f"no {key!r}"
+        if not isinstance(part["config"], dict):
+            return "config is not a mapping"
     summary = obj.get("summary", {})
     if not isinstance(summary, dict):
         return f"summary is not a mapping; got {excerpt(summary)}"
@@ -174,18 +224,46 @@ def _layout_problem(obj: dict) -> str | None:
 _KIND_WORDS = {float: "a number", int: "an integer", str: "a string"}
 
 
+def _ensemble_problem(obj: dict) -> str | None:
+    members, weights = obj.get("members"), obj.get("weights")
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
+        return f"an ensemble needs a list of 1 to {MAX_MEMBERS} members; got {excerpt(members)}"
+    if not isinstance(weights, list) or len(weights) != len(members) or not all(
+            isinstance(w, float) and 0 < w <= 1 for w in weights) or abs(sum(weights) - 1) > 1e-4:
+        return f"an ensemble needs one weight in (0, 1] per member, summing to 1; got {excerpt(weights)}"
+    return None
+
+
+def parts(obj: dict) -> list:
+    """The model parts of a loaded file (config, vocab, unk, state_dict each): one, or an ensemble's members
+    (each with the file's vocabulary)."""
+    if obj["format"] == CHECKPOINT_FORMAT:
+        return [obj["model"]]
+    if obj["format"] == ENSEMBLE_FORMAT:
+        return [{**m, "vocab": obj.get("vocab"), "unk": obj.get("unk")} if isinstance(m, dict) else m
+                for m in obj["members"]]
+    return [obj]
+
+
 def known_summary(summary: dict) -> dict:
     """The summary fields a model file keeps (SUMMARY_FIELDS), unknown ones left out."""
     return {k: v for k, v in summary.items() if k in SUMMARY_FIELDS and v is not None}
 
 
-def load(path: str | Path, obj: dict | None = None) -> ModelFile:
-    """Read a model file, or the model part of a training checkpoint (`obj`: the file's content when the
-    caller has loaded it already). The stored config is checked against sane maxima and against the
-    weights the file carries before any model is built, so a doctored config cannot make it allocate
-    more than the file holds."""
+def load(path: str | Path, obj: dict | None = None) -> ModelFile | EnsembleFile:
+    """Read a model file, an ensemble file, or the model part of a training checkpoint (`obj`: the
+    file's content when the caller has loaded it already). Each stored config is checked against sane
+    maxima and against the weights the file carries before any model is built, so a doctored config
+    cannot make it allocate more than the file holds."""
     obj = obj if obj is not None else safe_load(path)
-    part = obj["model"] if obj["format"] == CHECKPOINT_FORMAT else obj
+    summary = known_summary(obj.get("summary", {}))
+    members = [_model(path, part, summary) for part in parts(obj)]
+    if obj["format"] != ENSEMBLE_FORMAT:
+        return members[0]
+    return EnsembleFile(members, list(obj["weights"]), members[0].vocab, summary)
+
+
+def _model(path, part: dict, summary: dict) -> ModelFile:
     try:
         problem = _problem(part)
     except (KeyError, TypeError, AttributeError) as e:
@@ -193,7 +271,7 @@ def load(path: str | Path, obj: dict | None = None) -> ModelFile:
     if problem:
         raise UsageError(f"{path}: damaged charsearch file ({problem})")
     mf = ModelFile({k: part["config"][k] for k in ARCH_KEYS}, Vocab(tuple(part["vocab"]), part["unk"]),
-                   part["state_dict"], known_summary(obj.get("summary", {})))
+                   part["state_dict"], summary)
     try:
         mf.build()  # the shapes match already; this proves the rest
     except (KeyError, TypeError, RuntimeError, ValueError) as e:

@@ -62,6 +62,37 @@ class CharRNN(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
+class Ensemble(nn.Module):
+    """A mixture of CharRNNs over one vocabulary, p(c) = sum_i w_i p_i(c). `forward` returns the mixture's
+    log-probabilities: as logits they give the mixture back under softmax (sampling, temperature) and
+    cross-entropy scores it exactly (fair validation), so every consumer of a CharRNN takes it as is.
+    Its state is the list of the members' states."""
+
+    def __init__(self, members: list[CharRNN], weights: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("log_w", torch.log(torch.tensor(weights, dtype=torch.float32)))
+        self.config = {"model": "ensemble", "vocab_size": members[0].config["vocab_size"],
+                       "members": [dict(m.config) for m in members], "weights": list(weights)}
+
+    def forward(self, x: torch.Tensor, state=None):
+        states = state if state is not None else [None] * len(self.members)
+        logps, new = [], []
+        for member, s in zip(self.members, states):
+            logits, s = member(x, s)
+            logps.append(torch.log_softmax(logits.float(), dim=-1))
+            new.append(s)
+        return torch.logsumexp(torch.stack(logps) + self.log_w.view(-1, 1, 1, 1), dim=0), new
+
+    def num_params(self) -> int:
+        return sum(m.num_params() for m in self.members)
+
+
+def members_of(model: nn.Module) -> list[CharRNN]:
+    """The CharRNNs a model is made of: itself, or an ensemble's members."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]
+
+
 def detach_state(state: State) -> State:
     """Cut the graph between truncated-BPTT chunks while keeping the values."""
     if state is None:

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from .config import DEFAULT_SEED, label_of
+from .config import DEFAULT_SEED
 from .errors import UsageError, excerpt
 from .units import bits, loss_text
 from .sample import request_options
@@ -97,11 +97,11 @@ def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str):
             input_example=pd.DataFrame([{"prime_text": prime, "temperature": 0.8, "length": 50, "seed": DEFAULT_SEED}]),
             tags={"charsearch.sweep": experiment, "charsearch.trial_id": row[f"tags.{TRIAL_TAG}"]},
         )
-    c, parent = mf.config, row.get("tags.mlflow.parentRunId")
+    parent = row.get("tags.mlflow.parentRunId")
     tags = {"val_loss": f"{val:.6f}", "val_bpc": f"{bits(val):.6f}", "sweep": experiment,
             "trial_id": row[f"tags.{TRIAL_TAG}"], "source_run_id": run_id,
             "sweep_run_id": parent if isinstance(parent, str) else "",
-            "architecture": label_of(c)}
+            "architecture": mf.label}
     try:
         version = mlflow.register_model(info.model_uri, name, tags=tags)
     except MlflowException as e:

@@ -29,18 +29,17 @@ import optuna.visualization as ov
 import optuna.visualization.matplotlib as om
 import pandas as pd
 import plotly.graph_objects as go
-import yaml
 from matplotlib.colors import ListedColormap
 from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
-from mlflow.entities import Metric, Run
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from . import selection
+from .candidates import bias_line
+from .selection import SweepRuns, load_sweep_runs
 from .config import DEFAULT_SEED
 from .errors import UsageError
-from .tracking import KIND_TAG, OUTCOME_TAG, TRIAL_TAG, client_for
+from .tracking import OUTCOME_TAG, TRIAL_TAG, client_for
 from .units import fmt, loss_text
 
 TARGET = "best val loss (nats/char)"
@@ -48,7 +47,8 @@ ARTIFACT_DIR = "report"  # under the sweep's parent run
 STATES = {"finished": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "failed": TrialState.FAIL,
           # a trial whose sweep died: Optuna itself marks such trials FAIL (heartbeat), never COMPLETE
           "interrupted": TrialState.FAIL}
-TOP_CURVES = 10  # learning curves drawn: the best trials only, or the plot is a tangle
+TOP_CURVES = 10
+MAX_TRADEOFF = 50  # trials whose models are measured for the size/speed plot (each is sampled a moment)  # learning curves drawn: the best trials only, or the plot is a tangle
 # PED-ANOVA (Optuna's default evaluator) scores each parameter by how its values in the top 10% of finished
 # trials differ from all of them: with 10 or fewer, that top is the best trial alone
 FEW_FOR_IMPORTANCES = 10
@@ -58,45 +58,6 @@ MEMO_SAMPLES, MEMO_LENGTH, MEMO_SEED = 8, 1000, DEFAULT_SEED  # 8,000 sampled ch
 
 # ---------------------------------------------------------------------------------------------
 # the sweep in MLflow
-
-
-@dataclass
-class SweepRuns:
-    experiment: str
-    parent: Run  # the sweep invocation's parent run
-    space: dict  # name -> {kind: values}, as resolved.yaml holds it
-    resolved: dict  # the whole resolved sweep (corpus, split, ...)
-    trials: pd.DataFrame  # its trial runs, best first (selection.trials' order)
-
-
-def load_sweep_runs(uri: str, experiment: str | None = None, run_id: str | None = None) -> SweepRuns:
-    """The latest sweep invocation of the experiment (or the parent run `run_id`) and its trials."""
-    client = client_for(uri)
-    name, df = selection.trials(uri, experiment)
-    exp = client.get_experiment_by_name(name)
-    if run_id:
-        try:
-            parent = client.get_run(run_id)
-        except MlflowException:  # no such run, or not a run id at all
-            raise UsageError(f"no MLflow run {run_id!r} in {uri}") from None
-        if parent.info.experiment_id != exp.experiment_id or parent.data.tags.get(KIND_TAG) != "sweep":
-            raise UsageError(f"run {run_id} is not a sweep run of experiment {name!r}")
-    else:
-        parent = selection.latest_sweep_run(uri, exp.experiment_id)
-        if parent is None:
-            raise UsageError(f"experiment {name!r} has no sweep run (it was not made by `charsearch sweep`)")
-    df = df[df["tags.mlflow.parentRunId"] == parent.info.run_id].reset_index(drop=True)
-    if df.empty:
-        raise UsageError(f"sweep run {parent.info.run_name} ({parent.info.run_id}) of experiment {name!r} "
-                         f"has no trials yet")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(parent.info.run_id, "resolved.yaml", tmp)
-        except (MlflowException, OSError):
-            raise UsageError(f"sweep run {parent.info.run_id} has no resolved.yaml artifact: the search space "
-                             f"is unknown") from None
-        resolved = yaml.safe_load(Path(local).read_text(encoding="utf-8"))
-    return SweepRuns(name, parent, resolved["space"], resolved, df)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,6 +405,68 @@ def save_figures(figs: list[Figure], folder: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------
+# what can be shipped: val loss against size and sampling speed
+
+
+def shippable(uri: str, sweep: SweepRuns, folder: Path) -> list:
+    """The trials with a model (best val first, at most MAX_TRADEOFF), each with its file size, parameters
+    and sampling speed on this CPU; the top ones' test loss where the sweep kept a test split."""
+    from .candidates import TEST_TOP, candidates, held_out, rate_of, splits_of
+    pool = list(candidates(uri, sweep.trials, MAX_TRADEOFF, folder))
+    for c in pool:
+        rate_of(c)
+    splits, _ = splits_of(sweep)
+    if splits is not None:
+        held_out(pool[:TEST_TOP], splits)
+    return pool
+
+
+def front(points: list[tuple[float, float]], lower_x: bool) -> list[int]:
+    """Indices of the Pareto front of (x, val) points: none better in both (lower val, and lower x if
+    lower_x else higher x), in x order."""
+    sign = 1 if lower_x else -1
+    order = sorted(range(len(points)), key=lambda i: (sign * points[i][0], points[i][1]))
+    kept, best = [], math.inf
+    for i in order:
+        if points[i][1] < best:
+            kept.append(i)
+            best = points[i][1]
+    return kept
+
+
+def tradeoff(pool: list) -> Figure:
+    """Val loss against model file size and against sampling speed (one stream on this CPU), each with its
+    Pareto front; the model `charsearch best --export` picks (lowest val) marked."""
+    from plotly.subplots import make_subplots
+    axes = (("model file size (MB)", lambda c: c.size / 1e6, True), ("sampling chars/s (one stream, this CPU)",
+                                                                      lambda c: c.rate, False))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[a[0] for a in axes])
+    mfig, mpl_axes = plt.subplots(1, 2, figsize=(11, 4.5), tight_layout=True)
+    for col, ((label, x_of, lower), ax) in enumerate(zip(axes, mpl_axes), start=1):
+        points = [(x_of(c), c.val) for c in pool]
+        edge = front(points, lower)
+        names = [c.trial_id for c in pool]
+        fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="markers", text=names,
+                                 name="trials", showlegend=col == 1, marker={"color": "#1f77b4"}), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[points[i][0] for i in edge], y=[points[i][1] for i in edge], mode="lines",
+                                 line_shape="hv" if lower else "vh", name="Pareto front", showlegend=col == 1,
+                                 line={"color": "#ff7f0e"}), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[points[0][0]], y=[points[0][1]], mode="markers", text=[names[0]],
+                                 name=f"chosen ({names[0]})", showlegend=col == 1,
+                                 marker={"symbol": "star", "size": 16, "color": "#d62728"}), row=1, col=col)
+        fig.update_xaxes(title_text=label, type="log", row=1, col=col)
+        ax.scatter([p[0] for p in points], [p[1] for p in points], label="trials")
+        ax.step([points[i][0] for i in edge], [points[i][1] for i in edge], where="post" if lower else "pre",
+                color="tab:orange", label="Pareto front")
+        ax.scatter([points[0][0]], [points[0][1]], marker="*", s=200, color="tab:red", label=f"chosen ({names[0]})")
+        ax.set(xlabel=label, ylabel="best val loss (nats/char)", xscale="log")
+        ax.legend(fontsize="small")
+    fig.update_yaxes(title_text="best val loss (nats/char)")
+    fig.update_layout(title="What can be shipped: val loss against size and sampling speed")
+    return Figure("tradeoff", fig, mfig)
+
+
+# ---------------------------------------------------------------------------------------------
 # memorisation
 
 
@@ -585,16 +608,20 @@ def run(uri: str, experiment: str | None = None, run_id: str | None = None, out:
     imp, note = importances(study)
     notes = [note] if note else []
     with tempfile.TemporaryDirectory() as tmp:
-        row, mf = selection.export_best(uri, sweep.trials, sweep.experiment, Path(tmp) / "model.pt")
-    memo, note = memorisation_for(sweep, mf, row[f"tags.{TRIAL_TAG}"])
+        pool = shippable(uri, sweep, Path(tmp))
+    if not pool:
+        raise UsageError(f"no trial of experiment {sweep.experiment!r} has a model yet (none reached its first "
+                         f"evaluation)")
+    memo, note = memorisation_for(sweep, pool[0].mf, pool[0].trial_id)
     notes += [note] if note else []
+    notes += [bias_line(pool)] if bias_line(pool) else []
     text = summary(sweep, study, imp, notes, memo)
 
     client = client_for(uri)
     parent_id = sweep.parent.info.run_id
     study_name = sweep.parent.info.run_name or parent_id
     with tempfile.TemporaryDirectory() as tmp:
-        files = save_figures(figures(study, top, with_importances=bool(imp)), Path(tmp))
+        files = save_figures(figures(study, top, with_importances=bool(imp)) + [tradeoff(pool)], Path(tmp))
         (Path(tmp) / "summary.txt").write_text(text + "\n", encoding="utf-8")
         files.append(Path(tmp) / "summary.txt")
 

@@ -18,7 +18,7 @@ from .artifact import ModelFile
 from .config import DEFAULT_SEED
 from .errors import UsageError, excerpt
 from .devices import available_bytes
-from .model import GATES, CharRNN
+from .model import GATES, CharRNN, Ensemble, members_of
 
 MAX_SEED = 2 ** 63 - 1  # torch.Generator's seed range
 # a request's fields (the web page, the JSON API, the MLflow model's input rows) and their bounds
@@ -128,18 +128,38 @@ class Stepper:
         return torch.addmm(self.head_b, x, self.head_w), new
 
 
+class EnsembleStepper:
+    """One generation step of an Ensemble: each member's Stepper, mixed as Ensemble.forward mixes them."""
+
+    def __init__(self, model: Ensemble):
+        self.steps = [Stepper(m) for m in model.members]
+        self.log_w = model.log_w
+
+    def split(self, state) -> list:
+        return [step.split(s) for step, s in zip(self.steps, state)]
+
+    def __call__(self, ids: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
+        logps, new = [], []
+        for step, s in zip(self.steps, states):
+            logits, s = step(ids, s)
+            logps.append(torch.log_softmax(logits.float(), dim=-1))
+            new.append(s)
+        return torch.logsumexp(torch.stack(logps) + self.log_w.view(-1, 1, 1), dim=0), new
+
+
 class Sampler:
     def __init__(self, mf: ModelFile, device: str | torch.device = "cpu"):
         self.vocab = mf.vocab
         self.device = torch.device(device)
         self.model = mf.build(self.device)
-        self.step = Stepper(self.model)
+        self.step = EnsembleStepper(self.model) if isinstance(self.model, Ensemble) else Stepper(self.model)
 
     def check(self, opts: SampleOptions) -> SampleOptions:
         """Validate the options and refuse, before anything is allocated, samples that would take
         more than half of the device's memory."""
         opts.validate()
-        need, limit = opts.memory_bytes(self.model.config), available_bytes(self.device) // 2
+        need = sum(opts.memory_bytes(m.config) for m in members_of(self.model))
+        limit = available_bytes(self.device) // 2
         if need > limit:
             raise UsageError(f"{opts.num_samples:,} samples of {opts.length:,} characters would take about "
                              f"{need / 1e9:,.1f} GB at once; at most {limit / 1e9:,.1f} GB is allowed here: ask "

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import yaml
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from . import artifact
 from .errors import UsageError
@@ -95,3 +99,42 @@ def export_best(uri: str, df: pd.DataFrame, experiment: str, out: str | Path) ->
         artifact.save(out, mf.to_dict())
         return row, mf
     raise UsageError(f"no trial of experiment {experiment!r} has a model yet (none reached its first evaluation)")
+
+
+@dataclass
+class SweepRuns:
+    experiment: str
+    parent: Run  # the sweep invocation's parent run
+    space: dict  # name -> {kind: values}, as resolved.yaml holds it
+    resolved: dict  # the whole resolved sweep (corpus, split, ...)
+    trials: pd.DataFrame  # its trial runs, best first (trials' order)
+
+
+def load_sweep_runs(uri: str, experiment: str | None = None, run_id: str | None = None) -> SweepRuns:
+    """The latest sweep invocation of the experiment (or the parent run `run_id`) and its trials."""
+    client = client_for(uri)
+    name, df = trials(uri, experiment)
+    exp = client.get_experiment_by_name(name)
+    if run_id:
+        try:
+            parent = client.get_run(run_id)
+        except MlflowException:  # no such run, or not a run id at all
+            raise UsageError(f"no MLflow run {run_id!r} in {uri}") from None
+        if parent.info.experiment_id != exp.experiment_id or parent.data.tags.get(KIND_TAG) != "sweep":
+            raise UsageError(f"run {run_id} is not a sweep run of experiment {name!r}")
+    else:
+        parent = latest_sweep_run(uri, exp.experiment_id)
+        if parent is None:
+            raise UsageError(f"experiment {name!r} has no sweep run (it was not made by `charsearch sweep`)")
+    df = df[df["tags.mlflow.parentRunId"] == parent.info.run_id].reset_index(drop=True)
+    if df.empty:
+        raise UsageError(f"sweep run {parent.info.run_name} ({parent.info.run_id}) of experiment {name!r} "
+                         f"has no trials yet")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(parent.info.run_id, "resolved.yaml", tmp)
+        except (MlflowException, OSError):
+            raise UsageError(f"sweep run {parent.info.run_id} has no resolved.yaml artifact: the search space "
+                             f"is unknown") from None
+        resolved = yaml.safe_load(Path(local).read_text(encoding="utf-8"))
+    return SweepRuns(name, parent, resolved["space"], resolved, df)

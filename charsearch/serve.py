@@ -25,7 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from .config import DEFAULT_SEED, label_of
+from .config import DEFAULT_SEED
 from .errors import UsageError, excerpt
 from .units import loss_text
 from .sample import DEFAULT_LENGTH, MAX_LENGTH, MAX_PRIME, Sampler, SampleOptions, request_options
@@ -219,7 +219,7 @@ def _not_json(constant: str):
 
 def model_info(path: str, mf) -> dict:
     c, val = mf.config, mf.summary.get("val_loss")
-    description = f"{label_of(c)}, vocabulary {len(mf.vocab)}"
+    description = f"{mf.label}, vocabulary {len(mf.vocab)}"
     if isinstance(val, float):
         description += f", val loss {loss_text(val)}"
     return {"file": str(path), "description": description, "config": dict(c), "vocab_size": len(mf.vocab),

@@ -66,6 +66,7 @@ class SweepConfig:
     min_freq: int = 0
     train_frac: float = 0.9
     val_frac: float = 0.1
+    test_frac: float = 0.0  # held out: never trained on, never used to choose (charsearch best shows it)
     train: dict = field(default_factory=dict)
     space: dict = field(default_factory=dict)  # name -> SearchParam
     algorithm: str = "tpe"
@@ -130,7 +131,8 @@ def _nonneg(v):
 
 SWEEP_SCHEMA: dict[str, dict[str, tuple]] = {
     "data": {"corpus": ("corpus", str, None), "min_freq": ("min_freq", int, _nonneg),
-             "train_frac": ("train_frac", float, None), "val_frac": ("val_frac", float, None)},
+             "train_frac": ("train_frac", float, None), "val_frac": ("val_frac", float, None),
+             "test_frac": ("test_frac", float, lambda v: 0 <= v < 1)},
     "search": {"algorithm": ("algorithm", str, ("tpe", "random")), "seed": ("seed", int, None),
                "num_samples": ("num_samples", int, _pos), "max_concurrent": ("max_concurrent", int, _pos),
                "startup_trials": ("startup_trials", int, _nonneg),
@@ -171,6 +173,7 @@ def parse_sweep(raw, path: str = "", data_root: str = "data") -> SweepConfig:
             raise unknown_key(str(key), TOP_LEVEL, where)
     sweep = SweepConfig(path=path, name=check_name(raw.get("name"), f"{where}name"), corpus="")
     _read_sections(raw, sweep, where)
+    set_splits(sweep, "train_frac" in (raw.get("data") or {}), "test_frac" in (raw.get("data") or {}), where)
     _check_resources_and_corpus(sweep, data_root, where)
     _read_train(raw.get("train") or {}, sweep, where)
     space = raw.get("search_space") or {}
@@ -246,6 +249,20 @@ def _read_sections(raw: dict, sweep: SweepConfig, where: str) -> None:
             if value is not None:
                 attr, kind, check = keys[key]
                 setattr(sweep, attr, _checked_value(value, kind, check, f"{where}{section}.{key}"))
+
+
+def set_splits(sweep: SweepConfig, train_given: bool, test_given: bool, where: str = "") -> None:
+    """The three contiguous splits (train, val, test at the end): test_frac given alone makes the train
+    split what is left; without it, the test split is what train and val leave."""
+    if test_given and not train_given:
+        sweep.train_frac = round(1.0 - sweep.val_frac - sweep.test_frac, 10)
+    elif not test_given:  # (train + val > 1 is refused with the training options' own check)
+        sweep.test_frac = round(max(0.0, 1.0 - sweep.train_frac - sweep.val_frac), 10)
+        return
+    if abs(sweep.train_frac + sweep.val_frac + sweep.test_frac - 1.0) > 1e-9 or sweep.train_frac <= 0:
+        raise ConfigError(f"{where}data", f"train_frac {sweep.train_frac} + val_frac {sweep.val_frac} + test_frac "
+                                          f"{sweep.test_frac} must be 1 with a train split (give test_frac and val_frac "
+                                          f"alone: train is what is left)")
 
 
 def _checked_value(value, kind, check, at: str):

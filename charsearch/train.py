@@ -82,17 +82,33 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, model: CharRNN) -> float:
         """Mean negative log-likelihood in nats per character."""
+        total = torch.zeros((), dtype=torch.float64, device=self.x.device)
+        for nll, mask in self._chunks(model):
+            total += (nll * mask).sum(dtype=torch.float64)
+        return total.item() / self.n
+
+    @torch.no_grad()
+    def target_log_probs(self, model: CharRNN) -> torch.Tensor:
+        """log p(character) of every character predicted, in the split's order (float64, on the CPU): what
+        a mixture of models is scored from."""
+        streams = [[] for _ in range(self.x.shape[0])]
+        for nll, _ in self._chunks(model):
+            for k, row in enumerate((-nll).double().cpu()):
+                streams[k].append(row)
+        return torch.cat([torch.cat(s) for s in streams])[: self.n]
+
+    def _chunks(self, model: CharRNN):
+        """(per-character NLL, mask of real characters) of each chunk, the streams read in order with the
+        hidden state carried, dropout off."""
         was_training = model.training
         model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.x.device)
         state = None
         for s in range(0, self.length, VAL_CHUNK):
             cols = slice(s, s + VAL_CHUNK)
             logits, state = model(self.x[:, cols].long(), state)
-            nll = F.cross_entropy(logits.float().transpose(1, 2), self.y[:, cols].long(), reduction="none")
-            total += (nll * self.mask[:, cols]).sum(dtype=torch.float64)
+            yield F.cross_entropy(logits.float().transpose(1, 2), self.y[:, cols].long(), reduction="none"), \
+                self.mask[:, cols]
         model.train(was_training)
-        return total.item() / self.n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ TRIALS = [
 EXPECTED_STATES = {"t1": TrialState.COMPLETE, "t2": TrialState.PRUNED, "t3": TrialState.FAIL,
                    "t4": TrialState.COMPLETE, "t5": TrialState.COMPLETE, "t6": TrialState.FAIL}
 FILES = {f"{name}.{ext}" for name in ("history", "history_wall_time", "timeline", "importances",
-                                      "parallel_coordinate", "slice", "learning_curves")
+                                      "parallel_coordinate", "slice", "learning_curves", "tradeoff")
          for ext in ("html", "png")} | {"summary.txt"}
 
 

@@ -93,7 +93,7 @@ def cmd_export(args) -> None:
     write_target(args.out)
     mf = export(args.checkpoint, args.out)
     val = mf.summary.get("val_loss")
-    print(f"{args.out}: {label_of(mf.config)}, {mf.num_params():,} parameters, vocab {len(mf.vocab)}"
+    print(f"{args.out}: {mf.label}, {mf.num_params():,} parameters, vocab {len(mf.vocab)}"
           f"{f', val loss {val:.4f}' if isinstance(val, float) else ''} (CPU float32)")
 
 
@@ -177,13 +177,11 @@ def cmd_inspect(args) -> None:
     from .. import artifact
     obj = artifact.safe_load(args.model, "charsearch model file or checkpoint")
     mf = artifact.load(args.model, obj)
-    s, c = mf.summary, mf.config
+    s = mf.summary
     preview = "".join(mf.vocab.chars[:60]).encode("unicode_escape").decode("ascii")
     val = s.get("val_loss")
-    rows = [
-        ("file", f"{args.model} ({obj['format']} v{obj['version']})"),
-        ("model", f"{label_of(c)}, embedding {mf.state_dict['embed.weight'].shape[1]}, dropout {c['dropout']}"),
-        ("parameters", f"{mf.num_params():,}"),
+    rows = [("file", f"{args.model} ({obj['format']} v{obj['version']})"), *model_rows(mf),
+            ("parameters", f"{mf.num_params():,}"),
         ("vocabulary", f"{len(mf.vocab)} characters{' incl. unknown symbol' if mf.vocab.unk is not None else ''}: "
                        f"{preview}{'...' if len(mf.vocab) > 60 else ''}"),
         ("val loss", loss_text(val) if isinstance(val, float) else "-"),
@@ -196,6 +194,8 @@ def cmd_inspect(args) -> None:
     ]
     if s.get("trial_id"):
         rows.append(("trial", f"{s['trial_id']} (MLflow run {s.get('mlflow_run_id', '-')})"))
+    if s.get("test_loss") is not None:
+        rows.insert(5, ("test loss", loss_text(s["test_loss"])))
     if obj["format"] == artifact.CHECKPOINT_FORMAT:
         tc = obj["train_config"]
         rows.append(("training", ", ".join(f"{k}={tc[k]}" for k in ("optimizer", "learning_rate", "batch_size",
@@ -206,6 +206,17 @@ def cmd_inspect(args) -> None:
 
 
 # --- serve --------------------------------------------------------------------------------------
+
+
+def model_rows(mf) -> list[tuple[str, str]]:
+    """inspect's rows for the model itself: its shape, or an ensemble's members with their weights."""
+    def shape(m) -> str:
+        c = m.config
+        return f"{label_of(c)}, embedding {m.state_dict['embed.weight'].shape[1]}, dropout {c['dropout']}"
+    if not hasattr(mf, "members"):
+        return [("model", shape(mf))]
+    rows = [("model", f"ensemble of {len(mf.members)}: next-character probabilities mixed by weight")]
+    return rows + [(f"  x{w:.3f}", f"{shape(m)}, {m.num_params():,} parameters") for m, w in zip(mf.members, mf.weights)]
 
 
 def add_serve(sub) -> None:

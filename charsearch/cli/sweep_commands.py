@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UsageError
 from ..units import loss_text
@@ -26,6 +29,9 @@ def add_sweep(sub) -> None:
                                                         "the sweep file's, or sqlite:///mlruns/mlflow.db)")
     w.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
     w.add_argument("--sweep-time", type=float, default=None, help="override budget.sweep_time (seconds)")
+    w.add_argument("--test-frac", type=float, default=None, metavar="F",
+                   help="hold out the corpus's last F as a test split that selection never sees (override "
+                        "data.test_frac; default 0: the val split stays the last 10%%, as published results use)")
     w.add_argument("--dashboard", action="store_true", help="start the Ray dashboard")
     w.add_argument("--calibration", metavar="FILE", default=None,
                    help="an auto sweep's calibration (JSON, e.g. the calibration.json artifact of an earlier auto "
@@ -75,6 +81,13 @@ def sweep_to_run(args):
         if args.sweep_time < 0:
             raise UsageError(f"--sweep-time must be >= 0 seconds; got {args.sweep_time}")
         sweep.sweep_time = args.sweep_time
+    if args.test_frac is not None:
+        from ..sweepfile import set_splits
+        if not 0 <= args.test_frac < 1 - sweep.val_frac:
+            raise UsageError(f"--test-frac must be in [0, {1 - sweep.val_frac:g}) (val_frac is {sweep.val_frac:g}); "
+                             f"got {args.test_frac}")
+        sweep.test_frac = args.test_frac
+        set_splits(sweep, train_given=False, test_given=True, where="--test-frac: ")
     if args.calibration and not sweep.auto:
         raise UsageError("--calibration sizes an automatically sized sweep (--data CORPUS --time DURATION); a sweep "
                          "file's search space is its own")
@@ -109,6 +122,10 @@ def dry_run(sweep, plan_text: str, address: str | None) -> None:
     print(yaml.safe_dump(sweep.to_file(), sort_keys=False).rstrip())
     if plan_text:
         print(plan_text)
+    print(f"# splits: train {sweep.train_frac:g}, val {sweep.val_frac:g}, test {sweep.test_frac:g} of the corpus, in "
+          f"that order" + ("" if sweep.test_frac else " (no test split by default: the val split stays the last 10%, "
+                           "as nanoGPT's shakespeare_char, so val figures compare with published ones; --test-frac "
+                           "holds out a test split that selection never sees, for an unbiased score)"))
     if sweep.gpu == "auto":
         from ..data import load_corpus
         from ..sweep.resources import corners, gpu_share, step_work
@@ -156,6 +173,14 @@ def add_best(sub) -> None:
     b.add_argument("--experiment", default=None, help="sweep name (default: the most recent sweep)")
     b.add_argument("--top", type=int, default=10, help="rows to show (default: %(default)s)")
     b.add_argument("--export", metavar="PATH", default=None, help="write the best trial's model file here")
+    b.add_argument("--ensemble", metavar="K", type=int, default=None,
+                   help="export an ensemble: greedy selection with replacement over the top K trials' models on "
+                        "val, written as one model file (members must share the vocabulary)")
+    b.add_argument("--max-params", metavar="N", type=int, default=None, help="export the lowest-val model with at "
+                                                                             "most N parameters")
+    b.add_argument("--max-size", metavar="SIZE", default=None, help="... whose model file is at most SIZE (5MB, 500kB)")
+    b.add_argument("--min-chars-per-sec", metavar="R", type=float, default=None,
+                   help="... that samples at least R chars/s as one stream on this machine's CPU")
     b.add_argument("--register", metavar="NAME", default=None,
                    help="log the best trial's model to MLflow (python_function) and register a new version of NAME")
     b.add_argument("--tracking-uri", default=None)
@@ -168,24 +193,103 @@ def cmd_best(args) -> None:
     from ..registry import check_name
     if args.register is not None:
         check_name(args.register)
+    constraints = constraints_of(args)
     if args.export:
         from ..files import write_target
         write_target(args.export)
+    elif args.ensemble is not None or constraints:
+        raise UsageError("--ensemble, --max-params, --max-size and --min-chars-per-sec choose what --export writes; "
+                         "give --export PATH too")
     positive("--top", args.top)
     uri = recorded_store(args.tracking_uri)
     name, df = selection.trials(uri, args.experiment)
     df = df.reindex(columns=sorted(df.columns))  # MLflow lists params in no fixed order: the table's stay put
-    with pd.option_context("display.max_columns", 30, "display.width", 200):
-        counts = selection.sweep_counts(uri, name)
-        print(f"experiment {name!r}: {len(df)} trials, best first" + (f"; its latest sweep: {counts}" if counts else ""))
-        print(selection.table(df, args.top).to_string())
-    if args.export:
-        row, mf = selection.export_best(uri, df, name, args.export)
-        print(f"exported trial {row[f'tags.{selection.TRIAL_TAG}']} (val {mf.summary.get('val_loss', float('nan')):.4f} "
-              f"nats/char, MLflow run {row['run_id']}) to {args.export} (CPU float32); sample with: "
-              f"charsearch sample {args.export}")
+    with tempfile.TemporaryDirectory() as tmp:
+        held = held_out_view(uri, name, df, Path(tmp), args.top)
+        chosen = pick(uri, df, name, args, constraints, held, Path(tmp)) if args.export else None  # errors first
+        with pd.option_context("display.max_columns", 30, "display.width", 200):
+            counts = selection.sweep_counts(uri, name)
+            print(f"experiment {name!r}: {len(df)} trials, best first" + (f"; its latest sweep: {counts}" if counts else ""))
+            print(held.table.to_string())
+        if held.bias:
+            print(held.bias)
+        if chosen:
+            write(uri, name, args, constraints, *chosen)
     if args.register is not None:
         register(uri, df, name, args.register)
+
+
+def constraints_of(args):
+    from ..candidates import Constraints, parse_size
+    if args.max_params is not None:
+        positive("--max-params", args.max_params)
+    if args.min_chars_per_sec is not None and not args.min_chars_per_sec > 0:
+        raise UsageError(f"--min-chars-per-sec must be > 0; got {args.min_chars_per_sec}")
+    if args.ensemble is not None:
+        positive("--ensemble", args.ensemble)
+    return Constraints(args.max_params, parse_size(args.max_size) if args.max_size else None, args.min_chars_per_sec)
+
+
+@dataclass
+class HeldOut:
+    table: object  # the ranking, with test loss beside val loss where the sweep kept a test split
+    splits: object  # candidates.Splits, or None
+    pool: list  # the top trials' candidates (downloaded models), when a test split was scored
+    bias: str  # the selection-bias line, or ''
+
+
+def held_out_view(uri: str, name: str, df, folder: Path, top: int) -> HeldOut:
+    from .. import selection
+    from ..candidates import TEST_TOP, bias_line, candidates, held_out, sweep_splits
+    view = selection.table(df, top)
+    splits, _ = sweep_splits(uri, name)
+    if splits is None or len(splits.test) < 2:
+        return HeldOut(view, splits, [], "")
+    pool = list(candidates(uri, df, min(top, TEST_TOP), folder))
+    held_out(pool, splits)
+    tests = {c.trial_id: round(c.test, 4) for c in pool if c.test is not None}
+    view.insert(2, "test_loss", view["trial"].map(tests))
+    return HeldOut(view, splits, pool, bias_line(pool))
+
+
+def pick(uri: str, df, name: str, args, constraints, held: HeldOut, folder: Path):
+    """(model or ensemble file, what it is): the lowest-val model meeting the constraints, or the ensemble
+    of the top trials; its test loss where the sweep kept a test split."""
+    from ..candidates import candidates, choose, ensemble_of, held_out, scores
+    pool = candidates(uri, df, len(df), folder)
+    if args.ensemble is None:
+        chosen = choose(pool, constraints)
+        if held.splits is not None:
+            held_out([chosen], held.splits)
+        chosen.mf.summary.update({"mlflow_run_id": chosen.run_id,
+                                  **({"test_loss": chosen.test} if chosen.test is not None else {})})
+        return chosen.mf, f"trial {chosen.trial_id} ({chosen.mf.label}; val {chosen.val:.4f} nats/char, MLflow run " \
+                          f"{chosen.run_id})"
+    top = list(pool)[: args.ensemble]
+    if len(top) < args.ensemble:
+        raise UsageError(f"--ensemble {args.ensemble}: experiment {name!r} has {len(top)} trial(s) with a model")
+    if held.splits is None:
+        raise UsageError(f"--ensemble needs the sweep's val split to weigh its members: {sweep_splits_why(uri, name)}")
+    mf, val = ensemble_of(top, held.splits, constraints, rounds=max(20, 4 * args.ensemble))
+    if len(held.splits.test) >= 2:
+        mf.summary["test_loss"] = scores(mf, held.splits.test)
+    return mf, f"{mf.label}; val {val:.4f}"
+
+
+def write(uri: str, name: str, args, constraints, mf, what: str) -> None:
+    from .. import artifact
+    from ..candidates import sampling_rate
+    mf.summary.update({"experiment": name, "tracking_uri": uri})
+    artifact.save(args.export, mf.to_dict())
+    test = mf.summary.get("test_loss")
+    speed = f", {sampling_rate(mf):,.0f} chars/s sampling one stream here" if constraints or args.ensemble else ""
+    print(f"exported {what}{f', test {test:.4f}' if test is not None else ''}{speed} to {args.export} (CPU float32); "
+          f"sample with: charsearch sample {args.export}")
+
+
+def sweep_splits_why(uri: str, name: str) -> str:
+    from ..candidates import sweep_splits
+    return sweep_splits(uri, name)[1]
 
 
 def register(uri: str, df, experiment: str, name: str) -> None:
