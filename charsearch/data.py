@@ -230,6 +230,10 @@ def load_corpus(data: str | Path, min_freq: int = 0, data_root: str | Path = "da
     if min_freq < 0:
         raise UsageError(f"min_freq must be >= 0; got {min_freq}")
     try:
+        with open(path, "rb") as f:  # refused before the whole file is hashed
+            head = f.read(HEAD_BYTES)
+            check_head(path, head)
+            check_memory(path, os.fstat(f.fileno()).st_size, head.isascii())
         sha = file_sha256(path)
     except OSError as e:
         raise UsageError(f"{path}: cannot read ({e.strerror})") from None
