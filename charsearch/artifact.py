@@ -29,7 +29,7 @@ from .data import Vocab
 from .files import atomic_write, not_a_file
 from .errors import UsageError, excerpt
 from .config import label_of
-from .model import (ARCH_KEYS, CELLS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, CharRNN, Ensemble, build, expected_shapes,
+from .model import (ARCH_KEYS, CELLS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, CharRNN, Ensemble, arch_of, build, expected_shapes,
                     param_count)
 
 MODEL_FORMAT, MODEL_VERSION = "charsearch-model", 1
@@ -62,7 +62,7 @@ class ModelFile:
         return {
             "format": MODEL_FORMAT,
             "version": MODEL_VERSION,
-            "config": {k: self.config[k] for k in ARCH_KEYS},
+            "config": arch_of(self.config),
             "vocab": list(self.vocab.chars),
             "unk": self.vocab.unk,
             "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict.items()},
@@ -270,7 +270,7 @@ def _model(path, part: dict, summary: dict) -> ModelFile:
         problem = f"{type(e).__name__}: {excerpt(e.args[0]) if e.args else ''}"
     if problem:
         raise UsageError(f"{path}: damaged charsearch file ({problem})")
-    mf = ModelFile({k: part["config"][k] for k in ARCH_KEYS}, Vocab(tuple(part["vocab"]), part["unk"]),
+    mf = ModelFile(arch_of(part["config"]), Vocab(tuple(part["vocab"]), part["unk"]),
                    part["state_dict"], summary)
     try:
         mf.build()  # the shapes match already; this proves the rest
@@ -283,9 +283,14 @@ def _problem(part: dict) -> str | None:
     """What is wrong with the model part of a file, or None: the config's types and ranges, the
     vocabulary, then every weight's name, shape and values against what the config builds."""
     config, vocab, unk, weights = part["config"], part["vocab"], part["unk"], part["state_dict"]
-    missing = [k for k in ARCH_KEYS if k not in config]
+    missing = [k for k in ARCH_KEYS if k not in config and k != "cutoffs"]
     if missing:
         return f"config lacks {', '.join(missing)}"
+    cutoffs = config.get("cutoffs", [])
+    if not isinstance(cutoffs, list) or len(cutoffs) > 8 or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in cutoffs) or cutoffs != sorted(set(cutoffs)) or (
+            cutoffs and not 0 < cutoffs[0] <= cutoffs[-1] < config.get("vocab_size", 0) - 1):
+        return f"config cutoffs is {excerpt(cutoffs)}; expected at most 8 increasing ranks inside the vocabulary"
     limits = {"vocab_size": (1, MAX_VOCAB), "rnn_size": (1, MAX_WIDTH), "num_layers": (1, MAX_LAYERS),
               "embed_size": (0, MAX_WIDTH)}
     for key, (lo, hi) in limits.items():
@@ -316,6 +321,9 @@ def _problem(part: dict) -> str | None:
             return f"{name} has shape {tuple(t.shape)}; the config needs {shape}"
         if not torch.isfinite(t).all():
             return f"{name} holds NaN or infinite values"
+    if "rank" in shapes and not torch.equal(torch.sort(weights["rank"]).values,
+                                              torch.arange(config["vocab_size"], dtype=weights["rank"].dtype)):
+        return "rank is not a ranking of the vocabulary (each of 0 .. vocab_size - 1 once)"
     return None
 
 

@@ -4,8 +4,9 @@ time split between searching and finishing, for one corpus and one wall-clock bu
 Measuring comes first because the best shape depends on the machine: on 2 CPU cores, one thread per
 trial, a 2x96 LSTM trains ~60,000 chars/s and a 2x192 ~23,000, so in 10 minutes the first sees 36 M
 characters and the second 14 M. The sizing rules, with N the characters of the train split, S the
-search window and r a shape's measured rate (chars/s per trial while `parallel` trials share the
-machine):
+search window, r a shape's measured rate (chars/s per trial while `parallel` trials share the machine)
+and params its recurrent core's parameters (model.core_params: not the input embedding nor the output
+layer, whose size follows the vocabulary; their cost shows in r, where it is paid):
 
 - a shape is kept if, as the winner, it can train TOKENS_PER_PARAM to MAX_TOKENS_PER_PARAM characters
   per parameter in the budget (20 * params <= r * budget <= 400 * params: enough to train it, not so
@@ -29,7 +30,7 @@ Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40
 searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at
 the unigram plateau); bench_search.py measures the rules above (BENCHMARKS.md).
 
-This module knows torch and the sweep config, not Ray: the calibration runs in plain processes.
+This module knows the sweep config, not Ray; the measuring is calibrate.py's.
 """
 
 from __future__ import annotations

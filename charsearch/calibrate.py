@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .config import shape_label
+from .model import core_params, cutoffs_for
 from .errors import UsageError, excerpt
 
 PROBE_BATCH, PROBE_SEQ = 64, 64  # CPU
@@ -42,7 +43,7 @@ class Calibration:
     parallel: int  # trials at once, on all devices
     threads: int  # CPU threads per trial
     rates: dict = field(default_factory=dict)  # "lstm 2x128" -> chars/s per trial, all `parallel` running
-    params: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # shape -> its recurrent core's parameters (model.core_params)
     seconds: float = 0.0
     gpus: int = 0  # GPUs the trials share (0: CPU trials)
     per_gpu: int = 0  # trials packed on each GPU
@@ -116,19 +117,20 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
     deadline = time.time() + seconds  # from here: the import above is not the probes' time
     out = []
     for (model, layers), sizes in families:
-        last = None  # (params, rate) of the family's previous shape
+        last = None  # (all parameters, rate) of the family's previous shape
         for size in sizes:
             torch.manual_seed(0)
-            net = CharRNN(vocab, model, size, layers)
-            params = net.num_params()
-            # cost per character grows at least with the parameters: predict before paying for a probe
-            if params > max_params or (last and time.time() > deadline) or (
-                    last and last[1] * last[0] / params * budget_s < TOKENS_PER_PARAM * params):
+            net = CharRNN(vocab, model, size, layers, cutoffs=cutoffs_for(vocab))  # as the sweep's trials build it
+            total, core = net.num_params(), core_params(net.config)
+            # the cost of a character grows at least with all the parameters (the vocabulary's included): the
+            # rate is predicted from the last shape's before paying for a probe; what it must train is the core
+            if core > max_params or (last and time.time() > deadline) or (
+                    last and last[1] * last[0] / total * budget_s < TOKENS_PER_PARAM * core):
                 break
             rate, _ = _steps(net, vocab, PROBE_BATCH, PROBE_SEQ, seconds_each, "cpu")
-            out.append((shape_label(model, layers, size), params, rate))
-            last = (params, rate)
-            if rate * budget_s < TOKENS_PER_PARAM * params:  # the larger ones are slower still
+            out.append((shape_label(model, layers, size), core, rate))
+            last = (total, rate)
+            if rate * budget_s < TOKENS_PER_PARAM * core:  # the larger ones are slower still
                 break
     return out
 
@@ -137,14 +139,12 @@ def _steps(net, vocab: int, batch: int, seq: int, seconds: float, device: str) -
     """(chars/s, peak bytes reserved) of Adam steps on random ids for about `seconds`, the first step
     (which allocates) not counted."""
     import torch
-    import torch.nn.functional as F
     net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
     x = torch.randint(0, vocab, (batch, seq), device=device)
 
     def step():
-        logits, _ = net(x)
-        loss = F.cross_entropy(logits.reshape(-1, vocab), x.reshape(-1))
+        loss, _ = net(x, None, x)  # the training step's own path (an adaptive softmax's too)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -194,7 +194,7 @@ def _gpu_shape(args) -> tuple[float, int]:
     from .model import CharRNN
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    net = CharRNN(vocab, model, size, layers)
+    net = CharRNN(vocab, model, size, layers, cutoffs=cutoffs_for(vocab))
     if start_at:  # packed trials start measuring together
         time.sleep(max(0.0, start_at - time.time()))
     rate, peak = _steps(net, vocab, GPU_PROBE_BATCH, GPU_PROBE_SEQ, seconds, "cuda")
@@ -216,8 +216,7 @@ def calibrate_gpu(vocab: int, budget_s: float, gpus: int, cpus: int, max_params:
     with ctx.Pool(1) as pool:  # one process for the shapes: each measured alone on the GPU
         for (model, layers), sizes in sorted(families.items()):
             for size in sizes:
-                from .model import param_count
-                params = param_count({"vocab_size": vocab, "model": model, "rnn_size": size, "num_layers": layers,
+                params = core_params({"vocab_size": vocab, "model": model, "rnn_size": size, "num_layers": layers,
                                       "embed_size": 0})
                 if params > max_params:
                     break

@@ -21,6 +21,7 @@ MODELS = ("rnn", "lstm", "gru")
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
 LR_SCHEDULES = ("step", "cosine", "constant", "wsd")
 PRECISIONS = ("auto", "fp32", "fp16")
+SOFTMAXES = ("auto", "full", "adaptive")
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
 DEFAULT_SEED = 123  # of training and of sampling, as char-rnn's
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # MLflow 3.17+ refuses the plain file store
@@ -50,6 +51,9 @@ class TrainConfig:
     num_layers: int = opt(2, "number of stacked recurrent layers", group="model")
     embed_size: int = opt(0, "trained character embedding size (0: one-hot input as char-rnn, or rnn-size for vocabularies larger than it)", group="model")
     dropout: float = opt(0.0, "dropout between layers and before the output layer, in [0, 1)", group="model")
+    softmax: str = opt("auto", "output layer: full, adaptive (exact, ~3x faster to train over thousands of "
+                       "characters), or auto: adaptive from 1,000 distinct characters", choices=SOFTMAXES,
+                       group="model")
     # optimisation
     seq_length: int = opt(50, "characters per sequence chunk (truncated BPTT length)")
     batch_size: int = opt(50, "parallel contiguous streams per batch")

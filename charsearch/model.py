@@ -1,4 +1,13 @@
-"""CharRNN: one-hot input (or a trained embedding) -> stacked RNN / LSTM / GRU (cuDNN on CUDA) -> dropout -> linear head."""
+"""CharRNN: one-hot input (or a trained embedding) -> stacked RNN / LSTM / GRU (cuDNN on CUDA) -> dropout -> an
+output layer over the vocabulary: a linear layer with a full softmax, or for vocabularies of thousands of
+characters an adaptive softmax (Grave et al. 2017, torch.nn.AdaptiveLogSoftmaxWithLoss) that is exact too.
+
+The adaptive softmax puts the most frequent characters in a head with one entry per tail cluster and
+the rarer ones in clusters behind it, each cluster scored through a narrower projection (width / 4 per
+cluster): a character's probability is its head probability, or its cluster's times its probability
+within the cluster, a proper distribution over the whole vocabulary. Training pays for a tail cluster
+only at the characters that fall in it. It needs the characters ranked by frequency: the model keeps
+that ranking (`rank`, id -> rank, from the train split) as a buffer, so the ids stay the corpus's own."""
 
 from __future__ import annotations
 
@@ -8,7 +17,9 @@ import torch
 import torch.nn as nn
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-ARCH_KEYS = ("vocab_size", "model", "rnn_size", "num_layers", "embed_size", "dropout")
+ARCH_KEYS = ("vocab_size", "model", "rnn_size", "num_layers", "embed_size", "dropout", "cutoffs")
+ADAPTIVE_FROM = 1000  # distinct characters from which `softmax: auto` is adaptive
+DIV_VALUE = 4.0  # each tail cluster's projection is this much narrower than the one before
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # weight blocks per layer: one per gate
 # sizes beyond any char-rnn anyone trains; checked before anything is allocated, so an absurd
 # flag or a doctored model file is refused at once instead of building a model for minutes
@@ -21,10 +32,10 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 
 class CharRNN(nn.Module):
     def __init__(self, vocab_size: int, model: str = "lstm", rnn_size: int = 128, num_layers: int = 2,
-                 embed_size: int = 0, dropout: float = 0.0):
+                 embed_size: int = 0, dropout: float = 0.0, cutoffs: list | tuple = ()):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, model=model, rnn_size=rnn_size, num_layers=num_layers,
-                           embed_size=embed_size, dropout=dropout)
+                           embed_size=embed_size, dropout=dropout, cutoffs=list(cutoffs))
         # By default, as char-rnn: one-hot input vectors (a fixed identity embedding: no gradient flows
         # into the input, the first layer's W_ih is the per-character table). A vocabulary wider than the
         # hidden state (thousands of CJK characters) gets a trained embedding of rnn_size instead.
@@ -35,13 +46,20 @@ class CharRNN(nn.Module):
         self.rnn = CELLS[model](self.embed.embedding_dim, rnn_size, num_layers, batch_first=True,
                                 dropout=dropout if num_layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(rnn_size, vocab_size)
+        self.adaptive = bool(cutoffs)
+        if self.adaptive:
+            self.head = nn.AdaptiveLogSoftmaxWithLoss(rnn_size, vocab_size, list(cutoffs), div_value=DIV_VALUE)
+            self.register_buffer("rank", torch.arange(vocab_size, dtype=torch.float32))  # id -> frequency rank
+        else:
+            self.head = nn.Linear(rnn_size, vocab_size)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # char-rnn's init: U(-0.08, 0.08) everywhere, LSTM forget-gate bias 1 to remember by default
         for p in self.parameters():
             nn.init.uniform_(p, -0.08, 0.08)
+        if self.adaptive:
+            self.rank.copy_(torch.arange(len(self.rank), dtype=torch.float32))
         if self.one_hot:
             with torch.no_grad():
                 self.embed.weight.copy_(torch.eye(self.embed.num_embeddings))
@@ -52,10 +70,29 @@ class CharRNN(nn.Module):
                     with torch.no_grad():
                         p[h:2 * h] = 1.0 if name.startswith("bias_ih") else 0.0
 
-    def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
-        """x: (batch, time) character ids -> logits (batch, time, vocab), new state."""
+    def forward(self, x: torch.Tensor, state: State = None, targets: torch.Tensor | None = None):
+        """x: (batch, time) character ids -> logits (batch, time, vocab), new state; with `targets` (the
+        next characters, same shape), (mean cross-entropy, new state) instead: what training needs, without
+        the adaptive softmax's full distribution."""
         out, state = self.rnn(self.embed(x), state)
-        return self.head(self.drop(out)), state
+        out = self.drop(out)
+        if not self.adaptive:
+            logits = self.head(out)
+            if targets is None:
+                return logits, state
+            return nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)), state
+        h = out.reshape(-1, out.size(-1)).float()
+        rank = self.rank.long()
+        if targets is not None:
+            return self.head(h, rank[targets.reshape(-1)]).loss, state
+        # log-probabilities over the vocabulary (by rank, then back to the ids): exact, and valid logits
+        return self.head.log_prob(h)[:, rank].view(*x.shape, -1), state
+
+    def rank_by(self, counts: torch.Tensor) -> None:
+        """Rank the characters by `counts` (their frequency in the train split), the most frequent first."""
+        if self.adaptive:
+            order = torch.argsort(counts.to(self.rank.device), descending=True, stable=True)
+            self.rank[order] = torch.arange(len(order), dtype=torch.float32, device=self.rank.device)
 
     def num_params(self) -> int:
         """Trained parameters (the fixed one-hot input is not counted, as char-rnn did not)."""
@@ -122,16 +159,46 @@ def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     for k in range(n):
         shapes |= {f"rnn.weight_ih_l{k}": (g, width if k == 0 else h), f"rnn.weight_hh_l{k}": (g, h),
                    f"rnn.bias_ih_l{k}": (g,), f"rnn.bias_hh_l{k}": (g,)}
-    return shapes | {"head.weight": (v, h), "head.bias": (v,)}
+    cutoffs = list(config.get("cutoffs") or [])
+    if not cutoffs:
+        return shapes | {"head.weight": (v, h), "head.bias": (v,)}
+    shapes |= {"head.head.weight": (cutoffs[0] + len(cutoffs), h), "rank": (v,)}
+    edges = cutoffs + [v]
+    for i in range(len(cutoffs)):
+        width_i = int(h // (DIV_VALUE ** (i + 1)))
+        shapes |= {f"head.tail.{i}.0.weight": (width_i, h), f"head.tail.{i}.1.weight": (edges[i + 1] - edges[i], width_i)}
+    return shapes
+
+
+def cutoffs_for(vocab_size: int, softmax: str = "auto") -> list[int]:
+    """The adaptive softmax's cluster edges by frequency rank ([] for a full softmax): a head of the 256
+    most frequent characters, then one cluster to 1,024 and one for the rest (one for all the rest below
+    2,048 distinct characters)."""
+    if softmax == "full" or (softmax == "auto" and vocab_size < ADAPTIVE_FROM) or vocab_size <= 300:
+        return []
+    return [256, 1024] if vocab_size > 2048 else [256]
 
 
 def param_count(config: dict) -> int:
-    """Trained parameters, as CharRNN.num_params (the fixed one-hot table is not counted)."""
+    """Trained parameters, as CharRNN.num_params (the fixed one-hot table and the rank are not counted)."""
     shapes = expected_shapes(config)
     if input_size_of(config)[1]:
         del shapes["embed.weight"]
+    shapes.pop("rank", None)
     return sum(math.prod(s) for s in shapes.values())
 
 
+def core_params(config: dict) -> int:
+    """The recurrent core's parameters: all but the input embedding and the output layer, as scaling-law
+    work counts them. They are what learns the text's structure; the embedding and the output layer grow
+    with the vocabulary (with 3,600 distinct characters they hold most of a small model's parameters)."""
+    return sum(math.prod(s) for name, s in expected_shapes(config).items() if name.startswith("rnn."))
+
+
+def arch_of(config: dict) -> dict:
+    """The architecture keys of a stored config; files from before the adaptive softmax have no cutoffs."""
+    return {k: config.get(k, []) if k == "cutoffs" else config[k] for k in ARCH_KEYS}
+
+
 def build(config: dict) -> CharRNN:
-    return CharRNN(**{k: config[k] for k in ARCH_KEYS})
+    return CharRNN(**arch_of(config))

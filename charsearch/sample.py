@@ -90,7 +90,10 @@ class Stepper:
                                         w_hh.T.contiguous(), None))
                 else:
                     self.layers.append((None, torch.cat([w_ih, w_hh], 1).T.contiguous(), b_ih + b_hh))
-            self.head_w, self.head_b = model.head.weight.T.contiguous(), model.head.bias.detach()
+            if model.adaptive:  # the exact distribution, as CharRNN.forward gives it
+                self.adaptive, self.rank = model.head, model.rank.long()
+            else:
+                self.adaptive, self.head_w, self.head_b = None, model.head.weight.T.contiguous(), model.head.bias.detach()
 
     def split(self, state) -> list:
         """nn.RNN-style state ((layers, batch, hidden) tensors) -> a list per layer."""
@@ -125,6 +128,8 @@ class Stepper:
                     h = torch.tanh(gates)
                     new.append(h)
             x = h
+        if self.adaptive is not None:
+            return self.adaptive.log_prob(x.float())[:, self.rank], new
         return torch.addmm(self.head_b, x, self.head_w), new
 
 

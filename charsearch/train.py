@@ -28,7 +28,7 @@ from .data import MIN_EVAL_CHARS, Batches, Corpus, check_fits, check_val, load_c
 from .devices import resolve_device
 from .errors import UsageError, excerpt
 from .units import bits, loss_text
-from .model import CharRNN, State, detach_state
+from .model import CharRNN, State, cutoffs_for, detach_state
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
 VAL_CHUNK = 512  # memory only: with the state carried, the chunk length does not change the result
@@ -320,6 +320,7 @@ class Run:
         arch = artifact.load(cfg.init_from, resume).config  # checked against the weights it carries
         for key in ("model", "rnn_size", "num_layers", "embed_size", "dropout"):
             setattr(cfg, key, arch[key])
+        cfg.softmax = "adaptive" if arch["cutoffs"] else "full"
         return resume
 
     def check_data(self, resume: dict | None):
@@ -337,8 +338,10 @@ class Run:
         """The model, its optimizer, the batches and the evaluator; the loop's counters at their start."""
         cfg, device = self.cfg, self.device
         torch.manual_seed(cfg.seed)
-        self.model = CharRNN(len(self.corpus.vocab), cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size,
-                             cfg.dropout).to(device)
+        vocab = len(self.corpus.vocab)
+        self.model = CharRNN(vocab, cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size, cfg.dropout,
+                             cutoffs_for(vocab, cfg.softmax)).to(device)
+        self.model.rank_by(torch.from_numpy(np.bincount(np.asarray(train_ids), minlength=vocab)))
         self.optimizer = make_optimizer(cfg, self.model, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_fp16)
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
@@ -431,9 +434,9 @@ class Run:
             if cfg.use_ss:
                 logits, state = forward_scheduled_sampling(self.step_model, x, self.state,
                                                            ss_probability(cfg, self.iteration))
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
             else:
-                logits, state = self.step_model(x, self.state)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+                loss, state = self.step_model(x, self.state, y)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # the scaler is a pass-through unless fp16
         if cfg.grad_clip > 0:

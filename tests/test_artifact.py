@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from charsearch import artifact
+from charsearch.data import Vocab
 from charsearch.errors import UsageError
+from charsearch.model import CharRNN
 
 from .conftest import write_model
 
@@ -179,3 +181,28 @@ def test_every_value_of_a_model_file_is_checked_against_its_schema(tmp_path, cha
     with pytest.raises(UsageError, match=match) as e:
         artifact.load(path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda raw: raw["config"].update(cutoffs=[900, 100]), "config cutoffs is \\[900, 100\\]; expected at most 8"),
+    (lambda raw: raw["config"].update(cutoffs=[1000]), "config cutoffs"),
+    (lambda raw: raw["state_dict"]["rank"].fill_(0.0), "rank is not a ranking of the vocabulary"),
+    (lambda raw: raw["config"].update(cutoffs=[100]), "weights do not match the config"),
+])
+def test_an_adaptive_softmax_file_is_checked_too(tmp_path, change, match):
+    m = CharRNN(1000, "gru", 16, 1, cutoffs=[100, 400])
+    m.rank_by(torch.rand(1000))
+    path = tmp_path / "a.pt"
+    artifact.save(path, artifact.ModelFile(dict(m.config), Vocab(tuple(chr(0x4E00 + i) for i in range(1000))),
+                                           m.state_dict()).to_dict())
+    x = torch.randint(0, 1000, (2, 5))
+    torch.testing.assert_close(artifact.load(path).build()(x)[0], m.eval()(x)[0])
+    doctor(path, change)
+    with pytest.raises(UsageError, match=match):
+        artifact.load(path)
+
+
+def test_a_model_file_from_before_the_adaptive_softmax_loads(tmp_path):
+    path, m = model_file(tmp_path)
+    doctor(path, lambda raw: raw["config"].pop("cutoffs"))
+    assert artifact.load(path).config["cutoffs"] == []

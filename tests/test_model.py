@@ -54,3 +54,26 @@ def test_shapes_and_parameters_are_known_before_a_model_is_built(config):
     m = build(config)
     assert expected_shapes(config) == {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert param_count(config) == m.num_params()
+
+
+def test_the_adaptive_softmax_is_an_exact_distribution_over_the_vocabulary():
+    """Over thousands of characters the output layer is an adaptive softmax: it gives a proper distribution
+    over every character (so sampling, fair validation and ensembles take it as any model), its training
+    loss is the cross-entropy of that distribution, and its ranking follows the frequencies given."""
+    import torch.nn.functional as F
+
+    from charsearch.model import cutoffs_for, expected_shapes, param_count
+    assert cutoffs_for(65) == [] and cutoffs_for(999) == [] and cutoffs_for(1500) == [256]
+    assert cutoffs_for(4000) == [256, 1024] and cutoffs_for(4000, "full") == [] and cutoffs_for(500, "adaptive")
+    torch.manual_seed(0)
+    model = CharRNN(4000, "gru", 32, 2, cutoffs=[256, 1024])
+    counts = torch.rand(4000)
+    model.rank_by(counts)
+    assert model.rank[counts.argmax()] == 0 and model.rank[counts.argmin()] == 3999
+    x, y = torch.randint(0, 4000, (3, 7)), torch.randint(0, 4000, (3, 7))
+    logp, _ = model(x)
+    assert torch.allclose(torch.logsumexp(logp, -1), torch.zeros(3, 7), atol=1e-5)
+    loss, _ = model(x, None, y)
+    assert loss.item() == pytest.approx(F.cross_entropy(logp.reshape(-1, 4000), y.reshape(-1)).item(), rel=1e-5)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_shapes(model.config)
+    assert param_count(model.config) == model.num_params() < param_count({**model.config, "cutoffs": []})

@@ -96,13 +96,15 @@ def test_no_newline_in_vocabulary_starts_from_a_random_character():
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("layers, embed", [(1, 0), (2, 0), (3, 7)])
-def test_the_generation_step_computes_what_the_model_computes(cell, layers, embed):
+@pytest.mark.parametrize("layers, embed, vocab, cutoffs", [(1, 0, 11, []), (2, 0, 11, []), (3, 7, 11, []),
+                                                           (2, 0, 600, [40, 200])])
+def test_the_generation_step_computes_what_the_model_computes(cell, layers, embed, vocab, cutoffs):
     from charsearch.sample import Stepper
     torch.manual_seed(0)
-    model = CharRNN(11, cell, 16, layers, embed_size=embed, dropout=0.3).eval()
+    model = CharRNN(vocab, cell, 16, layers, embed_size=embed, dropout=0.3, cutoffs=cutoffs).eval()
+    model.rank_by(torch.rand(vocab))  # an adaptive softmax ranks characters by frequency
     step = Stepper(model)
-    ids = torch.randint(0, 11, (3, 12))
+    ids = torch.randint(0, vocab, (3, 12))
     with torch.no_grad():
         ref, _ = model(ids)
         _, state = model(ids[:, :1])

