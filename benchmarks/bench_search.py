@@ -53,8 +53,12 @@ def env() -> dict:
 
 
 def run_train(corpus: Path, budget: float, seed: int, project: Path) -> dict:
-    cmd = [sys.executable, "-m", "charsearch", "train", "--data", str(corpus), "--max-time", str(budget),
-           "--seed", str(seed), "--checkpoint-dir", str(project / "cv")]
+    return follow_train([sys.executable, "-m", "charsearch", "train", "--data", str(corpus), "--max-time", str(budget),
+                         "--seed", str(seed), "--checkpoint-dir", str(project / "cv")], project)
+
+
+def follow_train(cmd: list[str], project: Path) -> dict:
+    """A `charsearch train` command, its best val loss so far read off its evaluation lines as they come."""
     t0 = time.time()
     p = subprocess.Popen(cmd, cwd=project, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     points, best = [], float("inf")

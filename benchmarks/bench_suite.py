@@ -31,13 +31,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import VAL_LINE, env, python_corpus, run_sweep, run_train  # noqa: E402
+from bench_search import env, follow_train, python_corpus, run_sweep, run_train  # noqa: E402
 from common import PLOTS, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
 # --- the corpora ---------------------------------------------------------------------------------
@@ -111,16 +110,7 @@ def run_prior(corpus: Path, budget: float, seed: int, project: Path) -> dict:
            "--checkpoint-dir", str(project / "cv")]
     for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip"):
         cmd += [f"--{key.replace('_', '-')}", str(prior[key])]
-    t0 = time.time()
-    p = subprocess.Popen(cmd, cwd=project, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    points, best = [], float("inf")
-    for line in p.stderr:
-        m = VAL_LINE.search(line)
-        if m:
-            best = min(best, float(m[1]))
-            points.append((time.time() - t0, best))
-    p.wait()
-    return {"points": points, "best": best, "wall": time.time() - t0, "winner": f"{model} {shape} (prior)"}
+    return {**follow_train(cmd, project), "winner": f"{model} {shape} (prior)"}
 
 
 # --- measuring first: S2 ------------------------------------------------------------------------------

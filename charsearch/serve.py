@@ -60,9 +60,9 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive and chunked responses
     timeout = 30  # seconds a connection may sit idle or send slowly before it is closed
     server: SampleServer
-    _holding = False  # this request holds one of the server's generation slots
 
     def handle_one_request(self):
+        self._holding = False  # whether this request holds one of the server's generation slots
         # the socket timeout bounds each read; this bounds the whole head and body, so a client that
         # trickles a byte at a time is cut off (the timer is stopped once the request is read)
         self._deadline = threading.Timer(self.server.request_s, self._cut_off)
