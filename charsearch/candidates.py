@@ -195,18 +195,9 @@ def ensemble_of(pool: list[Candidate], splits: Splits, constraints: Constraints,
     return ens, loss
 
 
-def sweep_splits(uri: str, experiment: str) -> tuple[Splits | None, str]:
-    """The latest sweep's val and test splits of its corpus, or (None, why not) when the corpus is not
-    here as it was."""
-    from .selection import load_sweep_runs
-    try:
-        return splits_of(load_sweep_runs(uri, experiment))
-    except UsageError as e:
-        return None, str(e)
-
-
 def splits_of(sweep) -> tuple[Splits | None, str]:
-    """splits_of(selection.SweepRuns): as sweep_splits, for one sweep run."""
+    """A sweep run's (selection.SweepRuns) val and test splits of its corpus, or (None, why not) when the
+    corpus is not here as it was."""
     from .data import load_corpus
     path, resolved = sweep.parent.data.params.get("corpus", ""), sweep.resolved
     try:

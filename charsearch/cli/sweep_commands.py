@@ -205,7 +205,7 @@ def cmd_best(args) -> None:
     name, df = selection.trials(uri, args.experiment)
     df = df.reindex(columns=sorted(df.columns))  # MLflow lists params in no fixed order: the table's stay put
     with tempfile.TemporaryDirectory() as tmp:
-        held = held_out_view(uri, name, df, Path(tmp), args.top)
+        held = held_out_view(uri, name, df, Path(tmp), args.top, need_val=args.ensemble is not None)
         chosen = pick(uri, df, name, args, constraints, held, Path(tmp)) if args.export else None  # errors first
         with pd.option_context("display.max_columns", 30, "display.width", 200):
             counts = selection.sweep_counts(uri, name)
@@ -236,15 +236,24 @@ class HeldOut:
     splits: object  # candidates.Splits, or None
     pool: list  # the top trials' candidates (downloaded models), when a test split was scored
     bias: str  # the selection-bias line, or ''
+    why: str = ""  # why there are no splits
 
 
-def held_out_view(uri: str, name: str, df, folder: Path, top: int) -> HeldOut:
+def held_out_view(uri: str, name: str, df, folder: Path, top: int, need_val: bool) -> HeldOut:
+    """The ranking, with the test loss of the top trials where the sweep kept a test split; the corpus is
+    read only for that, or for the val split an ensemble is weighed on (`need_val`)."""
     from .. import selection
-    from ..candidates import TEST_TOP, bias_line, candidates, held_out, sweep_splits
+    from ..candidates import TEST_TOP, bias_line, candidates, held_out, splits_of
     view = selection.table(df, top)
-    splits, _ = sweep_splits(uri, name)
+    try:
+        sweep = selection.load_sweep_runs(uri, name)
+    except UsageError as e:
+        return HeldOut(view, None, [], "", str(e))
+    if not need_val and not float(sweep.resolved.get("test_frac") or 0):
+        return HeldOut(view, None, [], "", "the sweep kept no test split")
+    splits, why = splits_of(sweep)
     if splits is None or len(splits.test) < 2:
-        return HeldOut(view, splits, [], "")
+        return HeldOut(view, splits, [], "", why)
     pool = list(candidates(uri, df, min(top, TEST_TOP), folder))
     held_out(pool, splits)
     tests = {c.trial_id: round(c.test, 4) for c in pool if c.test is not None}
@@ -269,7 +278,7 @@ def pick(uri: str, df, name: str, args, constraints, held: HeldOut, folder: Path
     if len(top) < args.ensemble:
         raise UsageError(f"--ensemble {args.ensemble}: experiment {name!r} has {len(top)} trial(s) with a model")
     if held.splits is None:
-        raise UsageError(f"--ensemble needs the sweep's val split to weigh its members: {sweep_splits_why(uri, name)}")
+        raise UsageError(f"--ensemble needs the sweep's val split to weigh its members: {held.why}")
     mf, val = ensemble_of(top, held.splits, constraints, rounds=max(20, 4 * args.ensemble))
     if len(held.splits.test) >= 2:
         mf.summary["test_loss"] = scores(mf, held.splits.test)
@@ -285,11 +294,6 @@ def write(uri: str, name: str, args, constraints, mf, what: str) -> None:
     speed = f", {sampling_rate(mf):,.0f} chars/s sampling one stream here" if constraints or args.ensemble else ""
     print(f"exported {what}{f', test {test:.4f}' if test is not None else ''}{speed} to {args.export} (CPU float32); "
           f"sample with: charsearch sample {args.export}")
-
-
-def sweep_splits_why(uri: str, name: str) -> str:
-    from ..candidates import sweep_splits
-    return sweep_splits(uri, name)[1]
 
 
 def register(uri: str, df, experiment: str, name: str) -> None:
