@@ -50,9 +50,15 @@ def cluster_gpus(address: str | None) -> tuple[int, object]:
 
 
 def measure_on_gpu(*args):
-    """calibrate.calibrate_gpu, in a Ray task on a node with a GPU."""
+    """calibrate.calibrate_gpu, in a Ray task on a node with a GPU (its one-line errors stay one line)."""
     from ..calibrate import calibrate_gpu
-    return ray.get(ray.remote(calibrate_gpu).options(num_gpus=1, num_cpus=1).remote(*args))
+    from ..errors import UsageError
+    try:
+        return ray.get(ray.remote(calibrate_gpu).options(num_gpus=1, num_cpus=1).remote(*args))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, UsageError):
+            raise UsageError(str(e.cause)) from None
+        raise
 
 
 def stop_on_sigterm() -> None:
