@@ -113,8 +113,17 @@ def resolve_path(data: str, data_root: str | Path = "data") -> Path:
         return named
     if data in DATASETS:
         raise UsageError(f"corpus {data!r} is not downloaded yet: run `charsearch data fetch {data}`")
-    raise UsageError(f"{data}: {not_a_file(p)} (expected a text file, a folder with input.txt, or a name under "
-                     f"{data_root}/)")
+    raise UsageError(f"{data}: {not_a_file(p)}{did_you_mean(data, data_root)} (expected a text file, a folder "
+                     f"with input.txt, or a name under {data_root}/)")
+
+
+def did_you_mean(data: str, data_root: str | Path) -> str:
+    """' (did you mean ...?)' for a corpus name close to one under data/ or a built-in one."""
+    import difflib
+    root = Path(data_root)
+    names = {d.name for d in root.iterdir() if (d / "input.txt").is_file()} if root.is_dir() else set()
+    close = difflib.get_close_matches(data, sorted(names | set(DATASETS)), n=1) if len(data) <= 100 else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 HEAD_BYTES = 1 << 16  # read first: a binary file is refused before the rest is read

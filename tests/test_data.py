@@ -179,3 +179,13 @@ def test_a_binary_or_oversized_corpus_is_refused_before_it_is_read(tmp_path):
                                          "give now"):
         read_text(text)
     assert time.monotonic() - t0 < 5
+
+
+def test_a_misspelt_corpus_name_gets_the_closest_one(tmp_path):
+    from charsearch.data import resolve_path
+    (tmp_path / "data" / "tinyshakespeare").mkdir(parents=True)
+    (tmp_path / "data" / "tinyshakespeare" / "input.txt").write_text("x")
+    with pytest.raises(UsageError, match="tinyshakespear: no such file \\(did you mean 'tinyshakespeare'\\?\\)"):
+        resolve_path("tinyshakespear", tmp_path / "data")
+    with pytest.raises(UsageError, match="did you mean 'tinyshakespeare'"):  # the built-in name, not fetched yet
+        resolve_path("tinyshakespere", tmp_path / "nothing")
