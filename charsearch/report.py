@@ -280,7 +280,7 @@ def plain_log_ticks(axis) -> None:
 def _draw(study: optuna.Study, top: int, with_importances: bool) -> list[Figure]:
     valued = with_every_value(study)
     figs = [Figure("history", named(ov.plot_optimization_history(valued, target_name=TARGET), valued),
-                   _mpl_figure(om.plot_optimization_history(valued, target_name=TARGET))),
+                   labelled(_mpl_figure(om.plot_optimization_history(valued, target_name=TARGET)), valued)),
             Figure("history_wall_time", *_history_wall_time(study)),
             Figure("timeline", ov.plot_timeline(study), _mpl_figure(om.plot_timeline(study)))]
     if with_importances:
@@ -304,6 +304,20 @@ def with_every_value(study: optuna.Study) -> optuna.Study:
             t.datetime_complete = t.datetime_complete or t.datetime_start
         copy.add_trial(t)
     return copy
+
+
+MAX_LABELS = 30  # trials whose ids are written beside their points in the PNG history
+
+
+def labelled(fig, study: optuna.Study):
+    """The PNG history with each point's Ray trial id beside it (up to MAX_LABELS points)."""
+    ids = {t.number: t.user_attrs.get("ray_trial_id", f"Trial{t.number}") for t in study.trials}
+    ax = fig.axes[0]
+    points = ax.collections[0].get_offsets() if ax.collections else []
+    if 0 < len(points) <= MAX_LABELS:
+        for x, y in points:
+            ax.annotate(ids.get(int(round(x)), ""), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
+    return fig
 
 
 def named(fig, study: optuna.Study):

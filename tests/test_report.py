@@ -209,6 +209,7 @@ def test_every_trial_with_a_value_is_drawn_named_by_its_ray_trial_id_and_the_leg
         for i, state in enumerate(states)])
     figs = {f.name: f for f in report.figures(study, top=3)}
     assert list(figs["history"].html.data[0].text) == ["t0", "t1", "t2", "t3"]  # ASHA's stopped trials too
+    assert [t.get_text() for t in figs["history"].png.axes[0].texts] == ["t0", "t1", "t2", "t3"]
     assert list(figs["slice"].html.data[0].text) == ["t0", "t1", "t2", "t3"]
     assert len(figs["history_wall_time"].html.data[0].x) == 4
     assert [trace.name for trace in figs["learning_curves"].html.data] == ["t3", "t2", "t1"]  # best first
