@@ -72,9 +72,10 @@ def check_name(name: str) -> str:
     return name
 
 
-def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str):
-    """Log the best trial's model as a pyfunc model under that trial's run and register a new version
-    of `name`, tagged with its val loss, sweep, trial and run. Returns the ModelVersion."""
+def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str, exported: Path | None = None):
+    """Log the best trial's model (or `exported`, the model or ensemble file `best --export` just wrote)
+    as a pyfunc model under its trial's run (an ensemble's: its best member's) and register a new version
+    of `name`, tagged with its val loss, sweep, trial(s) and run. Returns the ModelVersion."""
     from . import selection
     from .tracking import TRIAL_TAG, client_for
     check_name(name)
@@ -86,8 +87,18 @@ def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str):
             raise UsageError(f"--register {name!r}: {e.message.splitlines()[0]} "
                              f"(e.g. --register shakespeare-lstm)") from None
     with tempfile.TemporaryDirectory() as tmp:
-        row, mf = selection.export_best(uri, df, experiment, Path(tmp) / "model.pt")
-        run_id, val = row["run_id"], float(row["metrics.best_val_loss"])
+        if exported is None:
+            row, mf = selection.export_best(uri, df, experiment, Path(tmp) / "model.pt")
+            val = float(row["metrics.best_val_loss"])
+        else:
+            from . import artifact
+            mf, val = artifact.load(exported), None
+            artifact.save(Path(tmp) / "model.pt", mf.to_dict())
+            first = mf.summary.get("ensemble_trials", "").split(":")[0] or mf.summary.get("trial_id")
+            row = df[df[f"tags.{TRIAL_TAG}"] == first].iloc[0]
+            val = mf.summary.get("val_loss", float(row["metrics.best_val_loss"]))
+        run_id = row["run_id"]
+        trials = mf.summary.get("ensemble_trials") or row[f"tags.{TRIAL_TAG}"]
         prime = "The " if not mf.vocab.missing("The ") else ""
         mlflow.set_experiment(experiment)  # the logged model lives in the sweep's experiment, beside its trial
         info = Model.log(  # mlflow.pyfunc.log_model, but linked to the trial's run without reopening it
@@ -95,11 +106,11 @@ def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str):
             python_model=str(PACKAGE / "mlflow_model.py"), artifacts={"model_file": str(Path(tmp) / "model.pt")},
             code_paths=[str(PACKAGE)], pip_requirements=requirements(), signature=SIGNATURE,
             input_example=pd.DataFrame([{"prime_text": prime, "temperature": 0.8, "length": 50, "seed": DEFAULT_SEED}]),
-            tags={"charsearch.sweep": experiment, "charsearch.trial_id": row[f"tags.{TRIAL_TAG}"]},
+            tags={"charsearch.sweep": experiment, "charsearch.trial_id": trials},
         )
     parent = row.get("tags.mlflow.parentRunId")
     tags = {"val_loss": f"{val:.6f}", "val_bpc": f"{bits(val):.6f}", "sweep": experiment,
-            "trial_id": row[f"tags.{TRIAL_TAG}"], "source_run_id": run_id,
+            "trial_id": trials, "source_run_id": run_id,
             "sweep_run_id": parent if isinstance(parent, str) else "",
             "architecture": mf.label}
     try:

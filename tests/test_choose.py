@@ -186,3 +186,19 @@ def test_the_report_draws_val_against_size_and_speed_and_names_the_test_gap(swee
     # the front: no point on it is beaten on both axes
     points = [(1.0, 3.0), (2.0, 2.5), (3.0, 2.7), (4.0, 2.0)]
     assert front(points, lower_x=True) == [0, 1, 3] and front(points, lower_x=False) == [3]
+
+
+def test_an_exported_ensemble_is_what_gets_registered(sweep_store, capsys, tmp_path):
+    import mlflow
+    import pandas as pd
+    uri, _, _ = sweep_store
+    assert best(uri, "--export", tmp_path / "e.pt", "--ensemble", 2, "--register", "pick-ens") == 0
+    out = capsys.readouterr().out
+    version = mlflow.MlflowClient(uri).get_model_version("pick-ens", "1")
+    ens = artifact.load(tmp_path / "e.pt")
+    assert version.tags["trial_id"] == ens.summary["ensemble_trials"] and "registered pick-ens version 1" in out
+    assert version.tags["architecture"] == ens.label
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/pick-ens/1")
+    (text,) = model.predict(pd.DataFrame([{"prime_text": "", "length": 30, "seed": 1}]))
+    assert len(text) == 30

@@ -216,7 +216,7 @@ def cmd_best(args) -> None:
         if chosen:
             write(uri, name, args, constraints, *chosen)
     if args.register is not None:
-        register(uri, df, name, args.register)
+        register(uri, df, name, args.register, Path(args.export) if args.export else None)
 
 
 def constraints_of(args):
@@ -296,11 +296,11 @@ def write(uri: str, name: str, args, constraints, mf, what: str) -> None:
           f"sample with: charsearch sample {args.export}")
 
 
-def register(uri: str, df, experiment: str, name: str) -> None:
+def register(uri: str, df, experiment: str, name: str, exported: Path | None) -> None:
     from shlex import quote
 
     from ..registry import register_best
-    v = register_best(uri, df, experiment, name)
+    v = register_best(uri, df, experiment, name, exported)
     print(f"registered {v.name} version {v.version}: trial {v.tags['trial_id']} "
           f"(val {float(v.tags['val_loss']):.4f} nats/char, MLflow run {v.run_id}); serve it with: "
           f"MLFLOW_TRACKING_URI={quote(uri)} "
