@@ -208,7 +208,7 @@ def build_vocab(text: str | None, raw: bytes, min_freq: int = 0) -> tuple[Vocab,
     return vocab, lut
 
 
-def encode_corpus(text: str | None, raw: bytes, vocab: Vocab, lut: np.ndarray, out: np.ndarray) -> None:
+def encode_corpus(text: str | None, raw: bytes, lut: np.ndarray, out: np.ndarray) -> None:
     pos = 0
     for cp in _codepoints(text, raw):
         out[pos:pos + len(cp)] = lut[cp]
@@ -259,7 +259,7 @@ def load_corpus(data: str | Path, min_freq: int = 0, data_root: str | Path = "da
     text, raw = read_text(path)
     vocab, lut = build_vocab(text, raw, min_freq)
     ids = np.empty(len(raw) if text is None else len(text), dtype=vocab.dtype)
-    encode_corpus(text, raw, vocab, lut, ids)
+    encode_corpus(text, raw, lut, ids)
     del text, raw, lut
     if cache:
         try:

@@ -82,7 +82,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     except BaseException as e:
         end_failed(tracker, storage, exp_dir, e)
         raise
-    outcome = close_record(sweep, tracker, storage, exp_dir, state, interrupted, finish, grid, out)
+    outcome = close_record(tracker, storage, exp_dir, state, interrupted, finish, out)
     remove_stale_trial_dirs()  # again: trial processes ended with the search may have exited only now
     return outcome
 
@@ -189,8 +189,8 @@ def finish_search(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, st
     return finish
 
 
-def close_record(sweep: SweepConfig, tracker: Tracker, storage: Storage, exp_dir: str, state: SweepState,
-                 interrupted: bool, finish: Finish | None, grid, out) -> SweepOutcome:
+def close_record(tracker: Tracker, storage: Storage, exp_dir: str, state: SweepState, interrupted: bool,
+                 finish: Finish | None, out) -> SweepOutcome:
     ledger = state.ledger
     counts, best = ledger.counts(ledger.trials), ledger.best
     wall = time.time() - state.started
