@@ -2,7 +2,7 @@
 
 Trials ask for fractional GPUs so several small models share one GPU. With `resources.gpu: auto` the
 share follows the work of one training step, W = characters per step x parameters (about the
-multiply-adds of a step), from the packing measured on one H100 (shared/notes/anchors.md): a 2x128
+multiply-adds of a step), from packing measured on one H100 with a standalone trainer: a 2x128
 LSTM at B50 S50 (W = 0.7e9) still gained at 8 per GPU (x6.8), a 2x512 LSTM at B64 S100 (W = 27e9)
 stopped gaining beyond 4 per GPU.
 """
