@@ -157,3 +157,31 @@ def test_an_auto_sweep_is_named_after_its_corpus(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "pysrc")
     assert autosize.default_sweep("input.txt", 60).name == "auto-pysrc"  # a relative path, too
     assert autosize.default_sweep("notes.txt", 60).name == "auto-notes"
+
+
+def test_a_large_vocabulary_is_sized_by_the_recurrent_core(tmp_path):
+    """3,000 distinct characters: a shape's parameter count is its recurrent core's (the same as over 65
+    characters), not its embedding and output layer's, and it is measured as the trials build it (an
+    adaptive softmax over so many characters)."""
+    import random
+
+    from charsearch.calibrate import calibrate_cpu
+    from charsearch.model import core_params
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(3000)]
+    corpus = tmp_path / "cjk.txt"
+    corpus.write_text("".join(rng.choices(chars, [1 / (i + 1) for i in range(3000)], k=60_000)) + "".join(chars),
+                      encoding="utf-8")
+    families = {("lstm", 2): (32, 64), ("gru", 2): (64,)}
+    cal = calibrate_cpu(3000, budget_s=1200, cpus=1, max_params=1e7, families=families, fraction=0.05)
+    for name, params in cal.params.items():
+        model, shape = name.split()
+        layers, size = map(int, shape.split("x"))
+        core = core_params({"vocab_size": 3000, "model": model, "rnn_size": size, "num_layers": layers,
+                            "embed_size": 0})
+        assert params == core == core_params({"vocab_size": 65, "model": model, "rnn_size": size,
+                                              "num_layers": layers, "embed_size": 0}), name
+    # a whole-model count would put the 2x32 LSTM (252 k in all) above the 2x64's core (66 k)
+    assert cal.params["lstm 2x32"] < 20_000 < cal.params["lstm 2x64"] < 100_000
+    sweep, p = autosize.auto_sweep(SweepConfig(path="", name="cjk", corpus=str(corpus)), 120, cpus=1, calibration=cal)
+    assert p.shapes and all(s in cal.rates for s in p.shapes)
