@@ -108,9 +108,35 @@ def run_prior(corpus: Path, budget: float, seed: int, project: Path) -> dict:
            "--rnn-size", size, "--max-time", str(budget), "--seed", str(123 + seed), "--lr-schedule", "wsd",
            "--decay-frac", "1.0", "--max-epochs", "10000", "--eval-every", str(evals),
            "--checkpoint-dir", str(project / "cv")]
-    for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip"):
-        cmd += [f"--{key.replace('_', '-')}", str(prior[key])]
-    return {**follow_train(cmd, project), "winner": f"{model} {shape} (prior)"}
+    for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip", "eval_chars"):
+        if key in prior:
+            cmd += [f"--{key.replace('_', '-')}", str(prior[key])]
+    r = follow_train(cmd, project)
+    return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
+            "winner": f"{model} {shape} (prior)"}
+
+
+# --- every row scored on the whole val split ------------------------------------------------------------
+
+
+def best_checkpoint(folder: Path) -> Path:
+    from charsearch import artifact
+    return min(folder.glob("*.pt"), key=lambda p: artifact.load(p).summary["val_loss"])
+
+
+def whole_val(model: Path, corpus: Path, project: Path, recorded: float) -> dict:
+    """The model's fair loss on the whole val split (`charsearch eval`): a run that scored a sample of the
+    split during training (eval_chars) is compared with the others on the same characters."""
+    r = subprocess.run([sys.executable, "-m", "charsearch", "eval", str(model), "--data", str(corpus), "--split", "val"],
+                       cwd=project, env=env(), capture_output=True, text=True, check=True)
+    return {"best": float(re.search(r"([0-9.]+) nats/char", r.stdout)[1]), "recorded": recorded}
+
+
+def run_auto_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dict:
+    r = run_sweep(corpus, budget, seed, "tpe", project)
+    subprocess.run([sys.executable, "-m", "charsearch", "best", "--experiment", f"bench-tpe-{seed}", "--export",
+                    str(project / "best.pt")], cwd=project, env=env(), capture_output=True, check=True)
+    return {**r, **whole_val(project / "best.pt", corpus, project, r["best"])}
 
 
 # --- measuring first: S2 ------------------------------------------------------------------------------
@@ -145,7 +171,7 @@ def s2(seconds: float = 15.0) -> list[dict]:
 
 METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            "prior alone": run_prior,
-           "auto sweep": lambda c, b, s, p: run_sweep(c, b, s, "tpe", p)}
+           "auto sweep": run_auto_sweep}
 
 
 def main() -> None:

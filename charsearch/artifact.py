@@ -121,7 +121,7 @@ def save(path: str | Path, payload: dict) -> None:
 SUMMARY_FIELDS: dict[str, type] = {
     "val_loss": float, "val_bpc": float, "epoch": float, "iteration": int, "chars_trained": int, "params": int,
     "data_path": str, "data_sha256": str, "data_chars": int, "train_frac": float, "val_frac": float,
-    "min_freq": int, "host": str, "device": str, "torch": str, "python": str, "trained_at": str,
+    "eval_chars": int, "min_freq": int, "host": str, "device": str, "torch": str, "python": str, "trained_at": str,
     "trial_id": str, "trial_name": str, "sweep": str, "mlflow_run_id": str, "experiment": str,
     "tracking_uri": str, "test_loss": float, "test_frac": float, "ensemble_trials": str,
 }

@@ -12,8 +12,12 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   per parameter in the budget (20 * params <= r * budget <= 400 * params: enough to train it, not so
   few parameters that it plateaus long before the end), and has at most PARAMS_PER_CHAR * N
   parameters (char-rnn's advice: parameters in the order of the training characters);
-- trials report every max(r_median * S / 40, 2 * val characters) characters: an evaluation reads the
-  val split forward only, so it costs about a sixth of the training between two reports;
+- trials report every max(r_median * S / 40, 2 * V) characters, V the val characters an evaluation
+  scores: it reads them forward only, about three times as fast as training, so it costs about a sixth
+  of the training between two reports. V is the whole val split unless that exceeds r_median * S / 20
+  (a large corpus: reports would be too sparse to compare trials, or come after the window); then
+  every trial and the finish score the same evenly spread r_median * S / 20 characters of it
+  (train's eval_chars; at least MIN_EVAL_SAMPLE), and `charsearch eval` scores the whole split;
 - ASHA's grace period is max(r_median * S / 20, one report): the median shape could run 20 trials to
   their first rung in the window, so many configurations are compared cheaply; its maximum is
   max(r_fastest * S / 3, 3 * grace): no trial holds a slot for more than a third of the window;
@@ -62,6 +66,7 @@ LR_RANGE = (2e-3, 1e-2)  # Adam with clipping; slower rates are still far from t
 PRIOR = {"learning_rate": 3e-3, "dropout": 0.0, "batch_size": 64, "seq_length": 128}
 PRIOR_TOKENS_PER_PARAM = 40
 STARTUP_TRIALS = 3
+MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks close trials by its noise
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Plan:
     grace_chars: float
     max_chars: float
     report_chars: float
+    eval_chars: int  # val characters each evaluation scores when not the whole split; 0: the whole split
     first_report_s: float
     train_chars: int
     calibration: Calibration
@@ -94,10 +100,16 @@ class Plan:
                      f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
                      f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
                      f"to report once")
+        if self.eval_chars:
+            lines.append(f"# each evaluation scores {self.eval_chars:,} val characters spread evenly over the split "
+                         f"(reading all of it at every report would leave too little time to train; `charsearch eval` scores "
+                         f"the whole split)")
         return "\n".join(lines)
 
 
-def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int) -> Plan:
+def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, may_sample: bool = True) -> Plan:
+    """The sizing for `val_chars` scored per evaluation: the whole val split, of which the plan may score a
+    sample instead (`may_sample`), or a sample the user fixed."""
     usable = budget_s - cal.seconds - FIXED_COST_S
     if usable < 10:
         raise UsageError(f"a {budget_s:g} s budget leaves {usable:.0f} s to train after calibration "
@@ -112,12 +124,14 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int) ->
                     key=lambda n: abs(math.log(cal.rates[n] * usable / cal.params[n] / 60)))]
     rates = sorted(cal.rates[n] for n in kept)
     median, fastest, slowest = rates[len(rates) // 2], rates[-1], rates[0]
-    report = max(median * search_s / 40, 2 * val_chars)
+    affordable = max(MIN_EVAL_SAMPLE, round(median * search_s / 20))
+    eval_chars = affordable if may_sample and val_chars > affordable else 0
+    report = max(median * search_s / 40, 2 * (eval_chars or val_chars))
     grace = max(median * search_s / 20, report)
     max_chars = max(fastest * search_s / 3, grace * 3)
     first_report = 3.0 + report / slowest
     return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
-                first_report, train_chars, cal)
+                eval_chars, first_report, train_chars, cal)
 
 
 def fits(cal: Calibration, shape: str) -> bool:
@@ -147,7 +161,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     sweep.points_to_evaluate = [{k: v for k, v in first.items() if k in space}]
     if sweep.startup_trials is None:  # a value from the sweep file stands
         sweep.startup_trials = STARTUP_TRIALS
-    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sweep.train}
+    sample = {"eval_chars": p.eval_chars} if p.eval_chars else {}
+    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **sweep.train}
     sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
     sweep.grace_epochs = _round(p.grace_chars / n)
     sweep.trial_max_epochs = _round(p.max_chars / n)
@@ -195,7 +210,8 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
     if not cal.rates:
         raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
                          f"for its train split); use a larger corpus or a sweep file with search_space of your own")
-    p = plan(cal, budget_s, len(train_ids), len(val_ids))
+    fixed = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
+    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), fixed or len(val_ids)), may_sample=not fixed)
     sweep.sweep_time = budget_s
     return apply(sweep, p), p
 

@@ -82,6 +82,9 @@ class TrainConfig:
     seed: int = opt(DEFAULT_SEED, "random seed", group="run")
     print_every: int = opt(10, "iterations between loss read-outs (each costs a device sync)", group="run")
     eval_every: int = opt(1000, "iterations between validation passes and checkpoints", group="run")
+    eval_chars: int = opt(0, "characters of the val split each validation pass scores, in stretches spread evenly "
+                          "over it, the same for every model (0: all); for val splits too large to read often",
+                          group="run")
     checkpoint_dir: str = opt("cv", "folder for checkpoints", group="run")
     savefile: str = opt("", "checkpoint name prefix (default: lm_<model>)", group="run")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", group="run")
@@ -103,7 +106,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0; got {excerpt(getattr(self, name))}")
         non_negative = ("min_freq", "embed_size", "weight_decay", "grad_clip", "max_time", "patience",
-                        "learning_rate_decay_after", "decay_ss")
+                        "learning_rate_decay_after", "decay_ss", "eval_chars")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0; got {excerpt(getattr(self, name))}")

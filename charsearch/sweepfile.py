@@ -26,6 +26,8 @@ SWEEP_MANAGED = {
     "eval_every": "scheduler.report_every_epochs", "init_from": "--resume", "checkpoint_dir": "ray.storage",
     "device": "resources.gpu",
 }
+# options whose value must be the same for every trial
+SAME_FOR_ALL = {"eval_chars": "trials scored on different parts of the val split would not compare"}
 MAX_FILE_BYTES = 1_000_000  # a sweep file is a page of YAML; this bounds the parser's time and memory
 MAX_CHOICES = 1_000  # values of one choice (or points to evaluate): a search compares tens of trials
 MAX_NAME = 100  # characters: the name is an MLflow experiment, a folder and part of every summary line
@@ -333,6 +335,8 @@ def _search_param(key: str, spec, train: dict, where: str) -> SearchParam:
         raise ConfigError(at, f"set by the sweep, not searchable; use {SWEEP_MANAGED[key]}")
     if key in train:
         raise ConfigError(at, "also fixed in train:; a key is either fixed or searched")
+    if key in SAME_FOR_ALL:
+        raise ConfigError(at, f"not searchable: {SAME_FOR_ALL[key]}; fix it in train: instead")
     example = "e.g. {choice: [128, 256]}, {int: [1, 3]}, {float: [0.0, 0.5]} or {log_float: [1.0e-4, 1.0e-2]}"
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(at, f"must be one distribution, {example}")

@@ -64,9 +64,11 @@ class Evaluator:
     """Scores a split the same way for every model: VAL_STREAMS contiguous streams read in order with
     the hidden state carried, every character predicted exactly once, dropout off, float32. The
     number therefore depends only on the weights and the split, not on the batch size or sequence
-    length the model was trained with."""
+    length the model was trained with. With `limit`, each stream is read only from its start until about
+    `limit` characters are scored in all: stretches spread evenly over the split, the same for every
+    model (a large val split would otherwise cost more than the training between two evaluations)."""
 
-    def __init__(self, ids: np.ndarray, device: torch.device, streams: int = VAL_STREAMS):
+    def __init__(self, ids: np.ndarray, device: torch.device, streams: int = VAL_STREAMS, limit: int = 0):
         data = torch.from_numpy(np.array(ids)).to(device)  # compact dtype; chunks are widened as read
         self.n = len(data) - 1  # predictions: character t+1 from characters 0..t
         if len(data) < MIN_EVAL_CHARS:
@@ -78,6 +80,10 @@ class Evaluator:
         mask = torch.zeros(k * self.length, dtype=torch.bool, device=device)
         x[: self.n], y[: self.n], mask[: self.n] = data[:-1], data[1:], True
         self.x, self.y, self.mask = x.view(k, -1), y.view(k, -1), mask.view(k, -1)
+        if 0 < limit < self.n:
+            self.length = -(-limit // k)
+            self.x, self.y, self.mask = self.x[:, :self.length], self.y[:, :self.length], self.mask[:, :self.length]
+            self.n = int(self.mask.sum())
 
     @torch.no_grad()
     def __call__(self, model: CharRNN) -> float:
@@ -346,7 +352,7 @@ class Run:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_fp16)
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.batches = Batches(train_ids, cfg.batch_size, cfg.seq_length, device)
-        self.evaluate = Evaluator(val_ids, device)
+        self.evaluate = Evaluator(val_ids, device, limit=cfg.eval_chars)
         self.iters_per_epoch = len(self.batches)
         self.total_iters = max(1, math.ceil(cfg.max_epochs * self.iters_per_epoch))
         self.chars_per_iter = cfg.batch_size * cfg.seq_length
@@ -360,8 +366,8 @@ class Run:
         cfg, corpus, device = self.cfg, self.corpus, self.device
         return {
             "data_path": str(corpus.path), "data_sha256": corpus.sha256, "data_chars": int(len(corpus.ids)),
-            "train_frac": cfg.train_frac, "val_frac": cfg.val_frac, "min_freq": cfg.min_freq,
-            "host": socket.gethostname(),
+            "train_frac": cfg.train_frac, "val_frac": cfg.val_frac, "eval_chars": cfg.eval_chars,
+            "min_freq": cfg.min_freq, "host": socket.gethostname(),
             "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
             "torch": str(torch.__version__), "python": platform.python_version(), "params": self.model.num_params(),
             **(extra or {}),

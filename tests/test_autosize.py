@@ -50,6 +50,27 @@ def test_the_budget_splits_into_search_and_finish_and_asha_compares_many_cheaply
     assert p.first_report_s == pytest.approx(3.0 + p.report_chars / 36_000)  # by the slowest kept shape
 
 
+def test_a_large_val_split_is_scored_by_an_evenly_spread_sample():
+    """Reading 2.5 M val characters at every report would leave no trial time to report in the window:
+    every evaluation of the sweep (search and finish) scores the same median * S / 20 characters."""
+    p = plan(calibration(), budget_s=600, train_chars=22_500_000, val_chars=2_500_000)
+    median = 40_000  # of the kept shapes, 2x128 and 2x256
+    assert p.eval_chars == round(median * p.search_s / 20)
+    assert p.report_chars == pytest.approx(2 * p.eval_chars)
+    assert p.first_report_s < p.search_s / 5  # every shape reports early in the window
+    whole = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    assert whole.eval_chars == 0 and whole.report_chars == pytest.approx(2 * 110_000)
+    sweep = autosize.apply(SweepConfig(path="", name="s", corpus="c.txt"), p)
+    assert sweep.train["eval_chars"] == p.eval_chars
+    assert "eval_chars" not in autosize.apply(SweepConfig(path="", name="s", corpus="c.txt"), whole).train
+    # a sample the user fixed stands, and sizes the reports
+    fixed = plan(calibration(), budget_s=600, train_chars=22_500_000, val_chars=50_000, may_sample=False)
+    assert fixed.eval_chars == 0 and fixed.report_chars == pytest.approx(max(median * fixed.search_s / 40, 100_000))
+    slow = Calibration("cpu", 2, 1, rates={"lstm 2x128": 10_000}, params={"lstm 2x128": 240_321}, seconds=10.0)
+    tiny = plan(slow, budget_s=60, train_chars=22_500_000, val_chars=2_500_000)
+    assert tiny.eval_chars == autosize.MIN_EVAL_SAMPLE  # too small a sample would rank trials by its noise
+
+
 def test_a_budget_too_small_to_train_is_refused_with_the_least_that_works():
     with pytest.raises(Exception, match=r"leaves -?\d+ s to train.*give at least \d+ s"):
         plan(calibration(seconds=20), budget_s=40, train_chars=1_000_000, val_chars=100_000)

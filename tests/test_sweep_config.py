@@ -87,6 +87,7 @@ def test_exponents_without_a_dot_are_numbers(sweepdir):
     (edit(search_space={}), "search_space", "at least one"),
     (edit(train={"max_epochs": 3}), "train.max_epochs", "use budget.trial_max_epochs"),
     (edit(train={"rnn_size": 64}), "search_space.rnn_size", "also fixed in train"),
+    (edit(search_space={"eval_chars": {"choice": [10_000, 20_000]}}), "search_space.eval_chars", "would not compare"),
     (edit(data={"corpus": "nowhere.txt"}), "data.corpus", "nowhere.txt: no such file"),
     (edit(data={"corpus": "corpus.txt", "val_frac": 0.5, "train_frac": 0.6}), "data.val_frac", "must be <= 1"),
     (edit(scheduler={"time_attr": "training_iteration"}), "scheduler.time_attr", "chars_trained, epoch"),

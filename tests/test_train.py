@@ -44,6 +44,22 @@ def test_evaluator_scores_every_character_once_with_state_carried():
     assert Evaluator(ids, torch.device("cpu"), streams=1)(model) == pytest.approx(single, rel=1e-6)
 
 
+def test_a_limited_evaluation_scores_the_start_of_every_stream():
+    """eval_chars: each of the 16 streams (spread evenly over the split) is read from its start only, so
+    the sample covers the whole split; the loss is the mean over exactly those characters."""
+    torch.manual_seed(0)
+    model = CharRNN(11, "gru", 16, 2).eval()
+    ids = np.random.default_rng(0).integers(0, 11, 16_001).astype(np.uint8)
+    full = Evaluator(ids, torch.device("cpu"))
+    per_stream = -full.target_log_probs(model).view(16, -1)  # 16 streams of 1,000 predictions
+    for limit in (160, 1_000, 4_001):
+        sample = Evaluator(ids, torch.device("cpu"), limit=limit)
+        m = -(-limit // 16)
+        assert sample.n == 16 * m
+        assert sample(model) == pytest.approx(per_stream[:, :m].mean().item(), rel=1e-6)
+    assert Evaluator(ids, torch.device("cpu"), limit=10**9)(model) == pytest.approx(full(model), rel=1e-9)
+
+
 def test_evaluation_does_not_depend_on_chunk_length(monkeypatch):
     torch.manual_seed(0)
     model = CharRNN(9, "gru", 12, 2, dropout=0.5)
@@ -253,7 +269,7 @@ def test_training_with_scheduled_sampling_runs_and_reports_the_probability(small
     (dict(rnn_size=0), "rnn_size"), (dict(batch_size=-1), "batch_size"), (dict(seq_length=0), "seq_length"),
     (dict(train_frac=0.8, val_frac=0.3), "val_frac"), (dict(val_frac=0.0), "val_frac"),
     (dict(model="transformer"), "model"), (dict(device="tpu"), "device"), (dict(min_ss=0.9, start_ss=0.5), "min_ss"),
-    (dict(learning_rate=float("nan")), "learning_rate"),
+    (dict(learning_rate=float("nan")), "learning_rate"), (dict(eval_chars=-1), "eval_chars"),
 ])
 def test_impossible_hyperparameters_are_refused(kw, field):
     with pytest.raises(ConfigError) as e:
