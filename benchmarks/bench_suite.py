@@ -179,21 +179,27 @@ def main() -> None:
     ap.add_argument("--budgets", default="300,600", help="seconds, comma-separated")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5), or all")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
+    ap.add_argument("--keep", action="store_true", help="start from the results in benchmarks/plots/suite_cpu.json "
+                    "(rows run again replace theirs)")
     ap.add_argument("--report-only", action="store_true", help="redraw from benchmarks/plots/suite_cpu.json")
     args = ap.parse_args()
     if args.report_only:
         saved = json.loads((PLOTS / "suite_cpu.json").read_text())
         return report(saved["results"], saved["s2"], args)
     names = list(CORPORA) if args.corpora == "all" else [list(CORPORA)[int(i) - 1] for i in args.corpora.split(",")]
-    measured = s2()
-    results: dict = {}
+    methods = args.methods.split(",")
+    saved = json.loads((PLOTS / "suite_cpu.json").read_text()) if args.keep else {"results": {}, "s2": []}
+    measured = s2() if not args.keep else saved["s2"]
+    results: dict = saved["results"]
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names):
             corpus = CORPORA[name](Path(tmp) / f"c{i}" / "input.txt")
             for budget in map(float, args.budgets.split(",")):
                 for seed in range(args.seeds):
-                    for method, run in METHODS.items():
-                        project = Path(tmp) / f"p{len(results)}"
+                    for method in methods:
+                        run = METHODS[method]
+                        project = Path(tmp) / f"p{len(list(Path(tmp).glob('p*')))}"
                         project.mkdir()
                         print(f"{name}, {budget:g} s, seed {seed}, {method} ...", file=sys.stderr, flush=True)
                         r = run(corpus, budget, seed, project)

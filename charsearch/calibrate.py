@@ -27,7 +27,7 @@ from .config import shape_label
 from .model import core_params, cutoffs_for
 from .errors import UsageError, excerpt
 
-PROBE_BATCH, PROBE_SEQ = 64, 64  # CPU
+PROBE_BATCH, PROBE_SEQ = 32, 64  # CPU: the step the auto sweep's prior trains with (autosize.STEPS)
 GPU_PROBE_BATCH, GPU_PROBE_SEQ = 128, 128
 PACKING = (1, 2, 4, 8, 16)  # trials per GPU tried, while the aggregate grows by GROWTH
 GROWTH = 1.1

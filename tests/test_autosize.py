@@ -103,6 +103,10 @@ def test_the_search_starts_from_a_prior_inside_its_space():
     assert first["shape"] == min(p.shapes, key=lambda s: abs(math.log(
         RATES[s][1] * usable / RATES[s][0] / autosize.PRIOR_TOKENS_PER_PARAM)))
     assert sweep.startup_trials == autosize.STARTUP_TRIALS < 10
+    # on a CPU it steps on 2,048 characters, inside a space that reaches 1,024 and 8,192
+    assert first["batch_size"] * first["seq_length"] == 2_048
+    steps = [b * s for b in sweep.space["batch_size"].values for s in sweep.space["seq_length"].values]
+    assert min(steps) == 1_024 and max(steps) == 8_192
     # a value the sweep file set stands
     own = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600, startup_trials=6), p)
     assert own.startup_trials == 6

@@ -123,7 +123,7 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     _, trials = runs(f"sqlite:///{workdir}/mlruns/mlflow.db", "auto-shakespeare200k")
     # the search started from its prior (a drawn learning rate of exactly 0.003 would be a coincidence)
     prior = trials[(trials["params.learning_rate"] == "0.003") & (trials["params.dropout"] == "0.0")
-                   & (trials["params.batch_size"] == "64") & (trials["params.seq_length"] == "128")]
+                   & (trials["params.batch_size"] == "32") & (trials["params.seq_length"] == "64")]
     assert len(prior) == 1, trials.filter(like="params.").to_string()
     row = trials[trials["tags.ray.trial_id"] == winner].iloc[0]
     assert row["tags.charsearch.outcome"] == "finished" and int(row["tags.charsearch.finish_s"]) > 0
