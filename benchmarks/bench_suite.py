@@ -232,7 +232,9 @@ def report(results: dict, measured: list, args) -> None:
             "fair val loss (nats/char) ± standard deviation over seeds (each seed's value in brackets). "
             "(a) `charsearch train --data C --max-time T` with its defaults; (b) the auto sweep's prior (its "
             "first planned trial) trained alone for T, its learning rate decaying linearly to 0; (c) `charsearch "
-            "sweep --data C --time T`. Negative differences: the sweep did better.\n\n" + table(rows)
+            "sweep --data C --time T`, its exported model. Every row's model is scored on the whole val split "
+            "(`charsearch eval --split val`), also where the run itself scored a sample of it (`eval_chars`). "
+            "Negative differences: the sweep did better.\n\n" + table(rows)
             + "\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
               "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured))
     write_section("suite-cpu", "The auto sweep on a suite of corpora (CPU)", body,
