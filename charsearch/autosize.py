@@ -28,8 +28,9 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   parameter at a learning rate that suits it, stepping on 2,048 characters on a CPU (STEPS: a short
   run learns per optimizer step, and on a CPU smaller steps cost little throughput). The finish, not
   the rungs, decides the final loss, and rungs at equal characters trained are short: on its own
-  the search favours shapes that learn fastest early, while a larger model trained to the end does better (in a single hand-run pilot of
-  740 s on one thread with the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
+  the search favours shapes that learn fastest early, while a larger model trained to the end does
+  better (in a single hand-run pilot of 740 s on one thread with the rate decaying, a GRU 2x192
+  ended lower than a GRU 2x128).
 
 Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40% of the budget
 searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at
@@ -66,10 +67,11 @@ LR_RANGE = (2e-3, 1e-2)  # Adam with clipping; slower rates are still far from t
 # CPU sweep runs about 6 trials: Optuna's default of 10 random ones would leave TPE nothing to do)
 PRIOR = {"learning_rate": 3e-3, "dropout": 0.0}
 # Characters per optimizer step. A run of minutes is far below its critical batch size: its loss falls
-# per step, almost whatever the characters in it (at 150 s on 2 cores, one run each, GRU 2x128, lr 3e-3
-# decaying: tiny-shakespeare 1.547 at 32x64 against 1.720 at 64x128, a 4,046-character CJK corpus 4.805
-# against 5.541), while on a CPU a step of 2,048 characters costs only 11-15% more per character than one
-# of 8,192. A GPU's throughput falls faster with smaller steps: it keeps larger ones.
+# per step, almost whatever the characters in it (hand-run pilots at 150 s on 2 cores, one run each,
+# GRU 2x128, lr 3e-3 decaying: tiny-shakespeare 1.547 at 32x64 against 1.720 at 64x128, a
+# 4,046-character CJK corpus 4.805 against 5.541), while on a CPU a step of 2,048 characters costs only
+# 11-15% more per character than one of 8,192. A GPU's throughput falls faster with smaller steps: it
+# keeps larger ones.
 STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)},
          "gpu": {"batch_size": ([64, 128, 256], 64), "seq_length": ([64, 128], 128)}}
 PRIOR_TOKENS_PER_PARAM = 40
