@@ -178,6 +178,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="300,600", help="seconds, comma-separated")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (with --keep: add seeds)")
     ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5), or all")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     ap.add_argument("--keep", action="store_true", help="start from the results in benchmarks/plots/suite_cpu.json "
@@ -196,7 +197,7 @@ def main() -> None:
         for i, name in enumerate(names):
             corpus = CORPORA[name](Path(tmp) / f"c{i}" / "input.txt")
             for budget in map(float, args.budgets.split(",")):
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     for method in methods:
                         run = METHODS[method]
                         project = Path(tmp) / f"p{len(list(Path(tmp).glob('p*')))}"
@@ -237,9 +238,10 @@ def report(results: dict, measured: list, args) -> None:
             "Negative differences: the sweep did better.\n\n" + table(rows)
             + "\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
               "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured))
+    budgets = ",".join(sorted({k.split("|")[1] for k in results}, key=float))
+    seeds = len({k.split("|")[3] for k in results})
     write_section("suite-cpu", "The auto sweep on a suite of corpora (CPU)", body,
-                  f"python benchmarks/bench_suite.py --budgets {args.budgets} --seeds {args.seeds} "
-                  f"--corpora {args.corpora}")
+                  f"python benchmarks/bench_suite.py --budgets {budgets} --seeds {seeds} --corpora all")
 
 
 if __name__ == "__main__":

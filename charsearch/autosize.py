@@ -25,12 +25,13 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   trial then continues from its checkpoint on the whole machine for the rest (sweep.finish_best), its
   learning rate decaying linearly to 0;
 - the first trial is a prior: the kept GRU (else LSTM) nearest PRIOR_TOKENS_PER_PARAM characters per
-  parameter at a learning rate that suits it, stepping on 2,048 characters on a CPU (STEPS: a short
-  run learns per optimizer step, and on a CPU smaller steps cost little throughput). The finish, not
-  the rungs, decides the final loss, and rungs at equal characters trained are short: on its own
-  the search favours shapes that learn fastest early, while a larger model trained to the end does
-  better (in a single hand-run pilot of 740 s on one thread with the rate decaying, a GRU 2x192
-  ended lower than a GRU 2x128).
+  parameter at a learning rate that suits it, with dropout where it would memorise the train split
+  (prior_dropout: by its passes over the split times all its parameters per train character), stepping
+  on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
+  cost little throughput). The finish, not the rungs, decides the final loss, and rungs at equal
+  characters trained are short: on its own the search favours shapes that learn fastest early, while a
+  larger model trained to the end does better (in a single hand-run pilot of 740 s on one thread with
+  the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
 
 Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40% of the budget
 searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at
@@ -45,7 +46,8 @@ import math
 import os
 from dataclasses import dataclass
 
-from .sweepfile import SearchParam, SweepConfig
+from .model import cutoffs_for, param_count
+from .sweepfile import SearchParam, SweepConfig, parse_shape
 from .calibrate import MEMORY_SHARE, REFERENCE, Calibration, calibrate_cpu, calibrate_gpu
 from .errors import UsageError
 
@@ -65,7 +67,7 @@ LR_RANGE = (2e-3, 1e-2)  # Adam with clipping; slower rates are still far from t
 # the first trial, so the search starts from a configuration that trains well in a short budget; the
 # sampler's own draws follow, TPE modelling from the STARTUP_TRIALS-th finished trial on (a 10-minute
 # CPU sweep runs about 6 trials: Optuna's default of 10 random ones would leave TPE nothing to do)
-PRIOR = {"learning_rate": 3e-3, "dropout": 0.0}
+PRIOR_LR = 3e-3
 # Characters per optimizer step. A run of minutes is far below its critical batch size: its loss falls
 # per step, almost whatever the characters in it (hand-run pilots at 150 s on 2 cores, one run each,
 # GRU 2x128, lr 3e-3 decaying: tiny-shakespeare 1.547 at 32x64 against 1.720 at 64x128, a
@@ -76,6 +78,16 @@ STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)
          "gpu": {"batch_size": ([64, 128, 256], 64), "seq_length": ([64, 128], 128)}}
 PRIOR_TOKENS_PER_PARAM = 40
 STARTUP_TRIALS = 3
+# Memorising: a run that passes over the train split many times with many parameters per character of it
+# learns the split rather than the text. Up to about 4 passes a repeated character is worth nearly a fresh
+# one (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models"); with parameters a fraction of
+# the characters, as char-rnn advises, that is a pressure of about 1. The pressure counts all parameters:
+# with thousands of distinct characters, the rows of the rare ones are fitted to their few contexts.
+FREE_PRESSURE = 3.0  # passes x (all parameters / train characters) that trains without dropout
+# the prior's dropout above it (prior alone, 300 s, 2 cores, one run each: 0.2 did better than 0 and 0.1 on
+# the suite's CJK corpus, pressure 7.5, and better than 0 and 0.3 on its 180 kB one, pressure 85; 0.1 did
+# worse than 0 on tiny-shakespeare, pressure 2)
+MAX_DROPOUT = 0.2
 MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks close trials by its noise
 
 
@@ -91,6 +103,7 @@ class Plan:
     eval_chars: int  # val characters each evaluation scores when not the whole split; 0: the whole split
     first_report_s: float
     train_chars: int
+    vocab_size: int
     calibration: Calibration
 
     def describe(self) -> str:
@@ -110,14 +123,19 @@ class Plan:
                      f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
                      f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
                      f"to report once")
+        passes, press = pressure(self)
+        lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
+                     f"in the budget; times its parameters per train character: {press:.3g} (above "
+                     f"{FREE_PRESSURE:g} it memorises the split): dropout {prior_dropout(self):g}")
         if self.eval_chars:
             lines.append(f"# each evaluation scores {self.eval_chars:,} val characters spread evenly over the split "
-                         f"(reading all of it at every report would leave too little time to train; `charsearch eval` scores "
-                         f"the whole split)")
+                         f"(reading all of it at every report would leave too little time to train; `charsearch eval` "
+                         f"scores the whole split)")
         return "\n".join(lines)
 
 
-def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, may_sample: bool = True) -> Plan:
+def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vocab_size: int,
+         may_sample: bool = True) -> Plan:
     """The sizing for `val_chars` scored per evaluation: the whole val split, of which the plan may score a
     sample instead (`may_sample`), or a sample the user fixed."""
     usable = budget_s - cal.seconds - FIXED_COST_S
@@ -141,7 +159,7 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, ma
     max_chars = max(fastest * search_s / 3, grace * 3)
     first_report = 3.0 + report / slowest
     return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
-                eval_chars, first_report, train_chars, cal)
+                eval_chars, first_report, train_chars, vocab_size, cal)
 
 
 def fits(cal: Calibration, shape: str) -> bool:
@@ -154,15 +172,17 @@ def fits(cal: Calibration, shape: str) -> bool:
 def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     """Fill a sweep config with the planned search: the shapes, the optimiser ranges, ASHA, budgets."""
     n = p.train_chars
-    big = max(p.calibration.params[s] for s in p.shapes) > n  # more parameters than characters: room to overfit
+    dropout = prior_dropout(p)
     steps = STEPS["gpu" if p.calibration.gpus else "cpu"]
     space = {
         "shape": SearchParam("choice", list(p.shapes)),
         "learning_rate": SearchParam("log_float", [LR_RANGE[0], LR_RANGE[1]]),
-        "dropout": SearchParam("float", [0.0, 0.3 if big else 0.1]),
+        # around the prior's: ASHA's short rungs favour little dropout, which pays only later, when memorising starts
+        "dropout": SearchParam("float", [dropout / 2, 2 * dropout] if dropout else [0.0, 0.1]),
         **{key: SearchParam("choice", values) for key, (values, _) in steps.items()},
     }
-    first = {"shape": prior_shape(p), **PRIOR, **{key: prior for key, (_, prior) in steps.items()}}
+    first = {"shape": prior_shape(p), "learning_rate": PRIOR_LR, "dropout": dropout,
+             **{key: prior for key, (_, prior) in steps.items()}}
     for key in list(space):
         if key in sweep.train:  # a value the user fixed is not searched
             del space[key]
@@ -195,6 +215,21 @@ def prior_shape(p: Plan) -> str:
     return min(shapes, key=lambda s: abs(math.log(rates[s] * usable / params[s] / PRIOR_TOKENS_PER_PARAM)))
 
 
+def pressure(p: Plan) -> tuple[float, float]:
+    """(passes over the train split, memorising pressure) of the prior trained for the whole budget: its
+    passes times all its parameters (the vocabulary's included) per train character."""
+    shape = prior_shape(p)
+    passes = p.calibration.rates[shape] * (p.search_s + p.finish_s) / p.train_chars
+    cfg = {**parse_shape(shape), "vocab_size": p.vocab_size, "embed_size": 0, "cutoffs": cutoffs_for(p.vocab_size)}
+    return passes, passes * param_count(cfg) / p.train_chars
+
+
+def prior_dropout(p: Plan) -> float:
+    """None up to FREE_PRESSURE; then 0.1, rising with the pressure's logarithm to MAX_DROPOUT at twice it."""
+    excess = pressure(p)[1] / FREE_PRESSURE
+    return 0.0 if excess <= 1 else round(min(MAX_DROPOUT, 0.1 * (1 + math.log2(excess))), 2)
+
+
 def _round(x: float) -> float:
     return float(f"{x:.3g}")
 
@@ -220,7 +255,8 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
         raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
                          f"for its train split); use a larger corpus or a sweep file with search_space of your own")
     fixed = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
-    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), fixed or len(val_ids)), may_sample=not fixed)
+    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), fixed or len(val_ids)), len(corpus.vocab),
+             may_sample=not fixed)
     sweep.sweep_time = budget_s
     return apply(sweep, p), p
 

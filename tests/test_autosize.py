@@ -25,7 +25,7 @@ def calibration(seconds=10.0) -> Calibration:
 
 
 def test_shapes_are_kept_by_characters_per_parameter_and_corpus_size():
-    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     usable = 600 - 10 - autosize.FIXED_COST_S
     for name, (params, rate) in RATES.items():
         per_param = rate * usable / params
@@ -33,12 +33,12 @@ def test_shapes_are_kept_by_characters_per_parameter_and_corpus_size():
         assert (name in p.shapes) == expected, (name, per_param)
     assert p.shapes == ["lstm 2x128", "lstm 2x256"]  # 1x64 would plateau, 2x512 cannot train enough
     # a small corpus caps the parameters: 2x256 has more than twice its characters
-    small = plan(calibration(), budget_s=600, train_chars=300_000, val_chars=30_000)
+    small = plan(calibration(), budget_s=600, train_chars=300_000, val_chars=30_000, vocab_size=65)
     assert small.shapes == ["lstm 2x128"]
 
 
 def test_the_budget_splits_into_search_and_finish_and_asha_compares_many_cheaply():
-    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     usable = 600 - 10 - autosize.FIXED_COST_S
     assert p.search_s + p.finish_s == pytest.approx(usable)
     assert p.search_s == pytest.approx(autosize.SEARCH_FRACTION * usable)
@@ -53,33 +53,33 @@ def test_the_budget_splits_into_search_and_finish_and_asha_compares_many_cheaply
 def test_a_large_val_split_is_scored_by_an_evenly_spread_sample():
     """Reading 2.5 M val characters at every report would leave no trial time to report in the window:
     every evaluation of the sweep (search and finish) scores the same median * S / 20 characters."""
-    p = plan(calibration(), budget_s=600, train_chars=22_500_000, val_chars=2_500_000)
+    p = plan(calibration(), budget_s=600, train_chars=22_500_000, val_chars=2_500_000, vocab_size=65)
     median = 40_000  # of the kept shapes, 2x128 and 2x256
     assert p.eval_chars == round(median * p.search_s / 20)
     assert p.report_chars == pytest.approx(2 * p.eval_chars)
     assert p.first_report_s < p.search_s / 5  # every shape reports early in the window
-    whole = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    whole = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     assert whole.eval_chars == 0 and whole.report_chars == pytest.approx(2 * 110_000)
     sweep = autosize.apply(SweepConfig(path="", name="s", corpus="c.txt"), p)
     assert sweep.train["eval_chars"] == p.eval_chars
     assert "eval_chars" not in autosize.apply(SweepConfig(path="", name="s", corpus="c.txt"), whole).train
     # a sample the user fixed stands, and sizes the reports
-    fixed = plan(calibration(), budget_s=600, train_chars=22_500_000, val_chars=50_000, may_sample=False)
+    fixed = plan(calibration(), budget_s=600, train_chars=22_500_000, val_chars=50_000, vocab_size=65, may_sample=False)
     assert fixed.eval_chars == 0 and fixed.report_chars == pytest.approx(max(median * fixed.search_s / 40, 100_000))
     slow = Calibration("cpu", 2, 1, rates={"lstm 2x128": 10_000}, params={"lstm 2x128": 240_321}, seconds=10.0)
-    tiny = plan(slow, budget_s=60, train_chars=22_500_000, val_chars=2_500_000)
+    tiny = plan(slow, budget_s=60, train_chars=22_500_000, val_chars=2_500_000, vocab_size=65)
     assert tiny.eval_chars == autosize.MIN_EVAL_SAMPLE  # too small a sample would rank trials by its noise
 
 
 def test_a_budget_too_small_to_train_is_refused_with_the_least_that_works():
     with pytest.raises(Exception, match=r"leaves -?\d+ s to train.*give at least \d+ s"):
-        plan(calibration(seconds=20), budget_s=40, train_chars=1_000_000, val_chars=100_000)
+        plan(calibration(seconds=20), budget_s=40, train_chars=1_000_000, val_chars=100_000, vocab_size=65)
 
 
 def test_the_plan_fills_a_sweep_that_loads_back_from_its_file(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(50_000))
-    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     sweep = autosize.apply(SweepConfig(path="", name="auto-c", corpus=str(corpus), sweep_time=600,
                                        train={"weight_decay": 0.01}), p)
     assert sweep.space["shape"].values == p.shapes and sweep.train["weight_decay"] == 0.01
@@ -94,7 +94,7 @@ def test_the_plan_fills_a_sweep_that_loads_back_from_its_file(tmp_path):
 
 
 def test_the_search_starts_from_a_prior_inside_its_space():
-    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     usable = p.search_s + p.finish_s
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600), p)
     (first,) = sweep.points_to_evaluate
@@ -113,12 +113,47 @@ def test_the_search_starts_from_a_prior_inside_its_space():
     # a GRU is preferred where one is kept, even if an LSTM is nearer the ratio
     gru = calibration()
     gru.rates["gru 2x256"], gru.params["gru 2x256"] = 30_000, 650_000
-    p = plan(gru, budget_s=600, train_chars=1_000_000, val_chars=110_000)
+    p = plan(gru, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     assert "gru 2x256" in p.shapes and autosize.prior_shape(p) == "gru 2x256"
     # an option the user fixed is neither searched nor in the first point
     fixed = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600,
                                        train={"learning_rate": 0.001}), p)
     assert "learning_rate" not in fixed.points_to_evaluate[0] and fixed.points_to_evaluate[0]["shape"] == "gru 2x256"
+
+
+def test_dropout_follows_the_pressure_to_memorise_the_train_split():
+    """Passes over the train split times all parameters per train character: an English corpus of 1 M
+    characters is read ~10 times by a 182 k-parameter prior (pressure ~2: no dropout); the same corpus at
+    a tenth of its size, or with thousands of distinct characters whose rows the model also fits, is
+    memorised without it."""
+    cal = Calibration("cpu", 2, 1, rates={"gru 2x128": 40_000}, params={"gru 2x128": 173_952}, seconds=10.0)
+
+    def planned(train_chars, vocab_size):
+        p = plan(cal, budget_s=300, train_chars=train_chars, val_chars=train_chars // 9, vocab_size=vocab_size)
+        sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=300), p)
+        return p, sweep.points_to_evaluate[0]["dropout"], sweep.space["dropout"].values
+
+    p, dropout, space = planned(1_000_000, 65)
+    passes, pressure = autosize.pressure(p)
+    assert passes == pytest.approx(40_000 * (300 - 10 - autosize.FIXED_COST_S) / 1_000_000)
+    assert pressure == pytest.approx(passes * 182_337 / 1_000_000)  # GRU core + output layer (one-hot input)
+    assert pressure < autosize.FREE_PRESSURE and dropout == 0.0 and space == [0.0, 0.1]
+    # the vocabulary's rows count: 4,000 distinct characters add a trained embedding and an adaptive softmax
+    p, cjk, space = planned(1_000_000, 4_000)
+    assert autosize.pressure(p)[1] > 2 * autosize.FREE_PRESSURE and cjk == autosize.MAX_DROPOUT
+    assert space == [cjk / 2, 2 * cjk]  # searched around the prior's: ASHA's short rungs favour the least
+    # a tenth of the corpus: ten times the passes and ten times the parameters per character
+    p, small, space = planned(100_000, 65)
+    assert autosize.pressure(p)[1] == pytest.approx(100 * pressure, rel=0.01)
+    assert small == autosize.MAX_DROPOUT and space == [small / 2, 2 * small]
+    # between the threshold and twice it, dropout rises from 0.1 with the pressure's logarithm
+    p, some, _ = planned(800_000, 65)
+    p2, more, _ = planned(700_000, 65)
+    assert autosize.FREE_PRESSURE < autosize.pressure(p)[1] < autosize.pressure(p2)[1] < 2 * autosize.FREE_PRESSURE
+    assert 0.1 <= some < more < autosize.MAX_DROPOUT
+    # a dropout the user fixed is neither searched nor in the first point
+    fixed = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=300, train={"dropout": 0.0}), p)
+    assert "dropout" not in fixed.space and "dropout" not in fixed.points_to_evaluate[0]
 
 
 @pytest.mark.parametrize("text, seconds", [("600", 600), ("90s", 90), ("10m", 600), ("1.5h", 5400), (" 2M ", 120)])

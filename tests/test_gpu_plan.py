@@ -36,7 +36,7 @@ def h100(per_gpu=8, gpus=2, **changes) -> Calibration:
 
 
 def test_a_gpu_plan_packs_trials_where_throughput_grows_and_memory_allows():
-    p = autosize.plan(h100(), budget_s=1200, train_chars=10_000_000, val_chars=110_000)
+    p = autosize.plan(h100(), budget_s=1200, train_chars=10_000_000, val_chars=110_000, vocab_size=65)
     # eight 2x1024 trials would take 96 GiB of an 80 GiB GPU: dropped; the others fit eight at once
     assert "lstm 2x1024" not in p.shapes and "lstm 2x512" in p.shapes
     sweep = autosize.apply(SweepConfig(path="", name="g", corpus="c.txt"), p)
@@ -52,7 +52,7 @@ def test_a_gpu_plan_packs_trials_where_throughput_grows_and_memory_allows():
 def test_fewer_trials_are_packed_when_larger_ones_take_the_memory():
     cal = h100(per_gpu=2, packing={1: 535_000, 2: 1_015_000}, memory={
         "lstm 2x128": 0.8 * GIB, "lstm 2x512": 30 * GIB, "lstm 2x1024": 50 * GIB, "gru 2x512": 30 * GIB})
-    p = autosize.plan(cal, budget_s=1200, train_chars=20_000_000, val_chars=110_000)
+    p = autosize.plan(cal, budget_s=1200, train_chars=20_000_000, val_chars=110_000, vocab_size=65)
     assert "lstm 2x1024" not in p.shapes and "lstm 2x512" in p.shapes  # 2 x 30 GiB fit in 72, 2 x 50 do not
     assert autosize.apply(SweepConfig(path="", name="g", corpus="c.txt"), p).gpu == 0.5
 
