@@ -10,8 +10,10 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
 
 - a shape is kept if, as the winner, it can train TOKENS_PER_PARAM to MAX_TOKENS_PER_PARAM characters
   per parameter in the budget (20 * params <= r * budget <= 400 * params: enough to train it, not so
-  few parameters that it plateaus long before the end), and has at most PARAMS_PER_CHAR * N
-  parameters (char-rnn's advice: parameters in the order of the training characters);
+  few parameters that it plateaus long before the end; for English prose, and for another corpus in
+  proportion to REFERENCE_NATS / its information per character: a parameter absorbs information, not
+  characters), and has at most PARAMS_PER_CHAR * N parameters (char-rnn's advice: parameters in the
+  order of the training characters);
 - trials report every max(r_median * S / 40, 2 * V) characters, V the val characters an evaluation
   scores: it reads them forward only, about three times as fast as training, so it costs about a sixth
   of the training between two reports. V is the whole val split unless that exceeds r_median * S / 20
@@ -42,6 +44,7 @@ This module knows the sweep config, not Ray; the measuring is calibrate.py's.
 
 from __future__ import annotations
 
+import lzma
 import math
 import os
 from dataclasses import dataclass
@@ -77,6 +80,14 @@ PRIOR_LR = 3e-3
 STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)},
          "gpu": {"batch_size": ([64, 128, 256], 64), "seq_length": ([64, 128], 128)}}
 PRIOR_TOKENS_PER_PARAM = 40
+# The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
+# not characters: a CJK character carries about three times an English one's (as a subword token does),
+# so as many parameters train on a third of the characters. A corpus's constants are scaled by
+# REFERENCE_NATS / its information per character, measured as lzma's compressed size of INFO_SAMPLE
+# characters of its train split (a trained char-rnn ends 10-25% below it): 1.97 nats/char on
+# tiny-shakespeare, 5.7 on a 4,046-character CJK corpus, 0.88 on a corpus of licence texts.
+REFERENCE_NATS = 2.0
+INFO_SAMPLE = 200_000
 STARTUP_TRIALS = 3
 # Memorising: a run that passes over the train split many times with many parameters per character of it
 # learns the split rather than the text. Up to about 4 passes a repeated character is worth nearly a fresh
@@ -104,7 +115,13 @@ class Plan:
     first_report_s: float
     train_chars: int
     vocab_size: int
+    nats_per_char: float  # the train split's information per character (nats_per_char)
     calibration: Calibration
+
+    @property
+    def per_param(self) -> float:
+        """The factor on every characters-per-parameter constant: 1 for English prose."""
+        return REFERENCE_NATS / self.nats_per_char
 
     def describe(self) -> str:
         c = self.calibration
@@ -123,6 +140,8 @@ class Plan:
                      f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
                      f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
                      f"to report once")
+        lines.append(f"# the train split carries {self.nats_per_char:.3g} nats/char (lzma, first {INFO_SAMPLE:,} "
+                     f"characters; English prose ~{REFERENCE_NATS:g}): characters per parameter x{self.per_param:.2g}")
         passes, press = pressure(self)
         lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
                      f"in the budget; times its parameters per train character: {press:.3g} (above "
@@ -135,7 +154,7 @@ class Plan:
 
 
 def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vocab_size: int,
-         may_sample: bool = True) -> Plan:
+         nats_per_char: float = REFERENCE_NATS, may_sample: bool = True) -> Plan:
     """The sizing for `val_chars` scored per evaluation: the whole val split, of which the plan may score a
     sample instead (`may_sample`), or a sample the user fixed."""
     usable = budget_s - cal.seconds - FIXED_COST_S
@@ -145,11 +164,12 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
                          f"{math.ceil(cal.seconds + FIXED_COST_S + 30)} s")
     search_s = SEARCH_FRACTION * usable
     finish_s = usable - search_s
-    kept = [n for n in cal.rates if TOKENS_PER_PARAM <= cal.rates[n] * usable / cal.params[n] <= MAX_TOKENS_PER_PARAM
-            and cal.params[n] <= PARAMS_PER_CHAR * train_chars and fits(cal, n)]
+    scale = REFERENCE_NATS / nats_per_char
+    kept = [n for n in cal.rates if TOKENS_PER_PARAM * scale <= cal.rates[n] * usable / cal.params[n]
+            <= MAX_TOKENS_PER_PARAM * scale and cal.params[n] <= PARAMS_PER_CHAR * train_chars and fits(cal, n)]
     if not kept:  # the shape nearest the band that fits, whatever the budget: something must train
         kept = [min((n for n in cal.rates if fits(cal, n)) or cal.rates,
-                    key=lambda n: abs(math.log(cal.rates[n] * usable / cal.params[n] / 60)))]
+                    key=lambda n: abs(math.log(cal.rates[n] * usable / cal.params[n] / (60 * scale))))]
     rates = sorted(cal.rates[n] for n in kept)
     median, fastest, slowest = rates[len(rates) // 2], rates[-1], rates[0]
     affordable = max(MIN_EVAL_SAMPLE, round(median * search_s / 20))
@@ -159,7 +179,7 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
     max_chars = max(fastest * search_s / 3, grace * 3)
     first_report = 3.0 + report / slowest
     return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
-                eval_chars, first_report, train_chars, vocab_size, cal)
+                eval_chars, first_report, train_chars, vocab_size, nats_per_char, cal)
 
 
 def fits(cal: Calibration, shape: str) -> bool:
@@ -212,7 +232,8 @@ def prior_shape(p: Plan) -> str:
     usable = p.search_s + p.finish_s
     shapes = [s for s in p.shapes if s.startswith("gru")] or p.shapes
     rates, params = p.calibration.rates, p.calibration.params
-    return min(shapes, key=lambda s: abs(math.log(rates[s] * usable / params[s] / PRIOR_TOKENS_PER_PARAM)))
+    target = PRIOR_TOKENS_PER_PARAM * p.per_param
+    return min(shapes, key=lambda s: abs(math.log(rates[s] * usable / params[s] / target)))
 
 
 def pressure(p: Plan) -> tuple[float, float]:
@@ -244,21 +265,30 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
     train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
     cpus = cpus or len(os.sched_getaffinity(0))
     max_params = PARAMS_PER_CHAR * len(train_ids)
+    nats = nats_per_char(corpus.vocab.decode(train_ids[:INFO_SAMPLE]))
+    least = TOKENS_PER_PARAM * REFERENCE_NATS / nats
     if calibration is not None:
         cal = calibration
     elif gpus:
         cal = (measure_gpu or calibrate_gpu)(len(corpus.vocab), budget_s, gpus, cpus, max_params, GPU_FAMILIES,
                                              CALIBRATION_FRACTION)
     else:
-        cal = calibrate_cpu(len(corpus.vocab), budget_s, cpus, max_params, FAMILIES, CALIBRATION_FRACTION)
+        cal = calibrate_cpu(len(corpus.vocab), budget_s, cpus, max_params, FAMILIES, CALIBRATION_FRACTION, least)
     if not cal.rates:
         raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
                          f"for its train split); use a larger corpus or a sweep file with search_space of your own")
     fixed = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
-    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), fixed or len(val_ids)), len(corpus.vocab),
+    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), fixed or len(val_ids)), len(corpus.vocab), nats,
              may_sample=not fixed)
     sweep.sweep_time = budget_s
     return apply(sweep, p), p
+
+
+def nats_per_char(text: str) -> float:
+    """Information per character, model-free: lzma's compressed size of the text in nats per character."""
+    if not text:
+        return REFERENCE_NATS
+    return len(lzma.compress(text.encode("utf-8"), preset=6)) * 8 * math.log(2) / len(text)
 
 
 def default_sweep(corpus: str, budget_s: float) -> SweepConfig:

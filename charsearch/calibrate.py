@@ -34,7 +34,7 @@ GROWTH = 1.1
 REFERENCE = "lstm 2x128"  # the packing curve's shape: char-rnn's default
 MEMORY_SHARE = 0.9  # of a GPU's memory, what its packed trials may take together
 CONTEXT_BYTES = 500 * 2 ** 20  # the CUDA context each trial's process holds beside what PyTorch reserves
-TOKENS_PER_PARAM = 20  # a shape is not probed once a smaller one of its family cannot train this long
+TOKENS_PER_PARAM = 20  # by default, a shape is not probed once a smaller one of its family cannot train this long
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Calibration:
 def _probe_family(args) -> list[tuple[str, int, float]]:
     """Runs in a calibration process: the shapes of each family, ascending, until one is too slow to
     keep (or is predicted to be, from the last one's rate per parameter), or the time is up."""
-    families, vocab, threads, seconds_each, budget_s, max_params, seconds = args
+    families, vocab, threads, seconds_each, budget_s, max_params, seconds, least = args
     import torch
 
     from .model import CharRNN
@@ -125,12 +125,12 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
             # the cost of a character grows at least with all the parameters (the vocabulary's included): the
             # rate is predicted from the last shape's before paying for a probe; what it must train is the core
             if core > max_params or (last and time.time() > deadline) or (
-                    last and last[1] * last[0] / total * budget_s < TOKENS_PER_PARAM * core):
+                    last and last[1] * last[0] / total * budget_s < least * core):
                 break
             rate, _ = _steps(net, vocab, PROBE_BATCH, PROBE_SEQ, seconds_each, "cpu")
             out.append((shape_label(model, layers, size), core, rate))
             last = (total, rate)
-            if rate * budget_s < TOKENS_PER_PARAM * core:  # the larger ones are slower still
+            if rate * budget_s < least * core:  # the larger ones are slower still
                 break
     return out
 
@@ -163,7 +163,9 @@ def _steps(net, vocab: int, batch: int, seq: int, seconds: float, device: str) -
 
 
 def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, families: dict,
-                  fraction: float) -> Calibration:
+                  fraction: float, least: float = TOKENS_PER_PARAM) -> Calibration:
+    """Each family's shapes, smallest first, until one could not train `least` characters per parameter
+    in the budget (as many one-thread trials at once as there are `cpus`)."""
     start = time.monotonic()
     families = sorted(families.items())
     parallel = max(1, cpus)
@@ -174,7 +176,8 @@ def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, fam
     # but run nothing on it, so no thread pool is copied half-initialised
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(parallel) as pool:
-        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params, seconds) for g in groups if g])
+        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params, seconds, least)
+                                         for g in groups if g])
     cal = Calibration("cpu", parallel, 1)
     for name, params, rate in sorted(x for part in found for x in part):
         cal.rates[name], cal.params[name] = round(rate), params

@@ -245,3 +245,28 @@ def test_a_large_vocabulary_is_sized_by_the_recurrent_core(tmp_path):
     assert cal.params["lstm 2x32"] < 20_000 < cal.params["lstm 2x64"] < 100_000
     sweep, p = autosize.auto_sweep(SweepConfig(path="", name="cjk", corpus=str(corpus)), 120, cpus=1, calibration=cal)
     assert p.shapes and all(s in cal.rates for s in p.shapes)
+    # each of these characters carries several times an English one's information: fewer per parameter
+    assert p.nats_per_char > 2 * autosize.REFERENCE_NATS and p.per_param < 0.5
+
+
+def test_characters_per_parameter_follow_the_information_a_character_carries(shakespeare):
+    """lzma's measure: English prose near the reference, text over thousands of characters several times
+    it, a repetitive text a fraction; the sizing's characters-per-parameter constants scale inversely."""
+    import random
+    english = shakespeare.read_text(encoding="utf-8")[:autosize.INFO_SAMPLE]
+    assert 0.85 < autosize.nats_per_char(english) / autosize.REFERENCE_NATS < 1.15
+    rng = random.Random(0)
+    cjk = "".join(rng.choices([chr(0x4E00 + i) for i in range(3000)], [1 / (i + 1) for i in range(3000)], k=100_000))
+    assert autosize.nats_per_char(cjk) > 2.5 * autosize.REFERENCE_NATS
+    assert autosize.nats_per_char("the same licence clause again. " * 5_000) < 0.1 * autosize.REFERENCE_NATS
+    # one shape at 15 characters per parameter in the budget: below the band for English prose, inside it
+    # for a corpus whose characters carry three times as much; a shape at 300 leaves the band there
+    usable = 600 - 10 - autosize.FIXED_COST_S
+    params = {"gru 2x128": 174_000, "lstm 1x64": 33_000}
+    rates = {"gru 2x128": round(15 * 174_000 / usable), "lstm 1x64": round(300 * 33_000 / usable)}
+    cal = Calibration("cpu", 2, 1, rates=rates, params=params, seconds=10.0)
+    english_plan = plan(cal, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    dense = plan(cal, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=4_000,
+                 nats_per_char=3 * autosize.REFERENCE_NATS)
+    assert english_plan.shapes == ["lstm 1x64"] and dense.shapes == ["gru 2x128"]
+    assert dense.per_param == pytest.approx(1 / 3)
