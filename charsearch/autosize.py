@@ -44,7 +44,6 @@ This module knows the sweep config, not Ray; the measuring is calibrate.py's.
 
 from __future__ import annotations
 
-import lzma
 import math
 import os
 from dataclasses import dataclass
@@ -83,11 +82,10 @@ PRIOR_TOKENS_PER_PARAM = 40
 # The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
 # not characters: a CJK character carries about three times an English one's (as a subword token does),
 # so as many parameters train on a third of the characters. A corpus's constants are scaled by
-# REFERENCE_NATS / its information per character, measured as lzma's compressed size of INFO_SAMPLE
-# characters of its train split (a trained char-rnn ends 10-25% below it): 1.97 nats/char on
+# REFERENCE_NATS / its information per character (data.compressed_nats: lzma's compressed size of the
+# start of its train split; a trained char-rnn ends 10-25% below it): 1.97 nats/char on
 # tiny-shakespeare, 5.7 on a 4,046-character CJK corpus, 0.88 on a corpus of licence texts.
 REFERENCE_NATS = 2.0
-INFO_SAMPLE = 200_000
 STARTUP_TRIALS = 3
 # Memorising: a run that passes over the train split many times with many parameters per character of it
 # learns the split rather than the text. Up to about 4 passes a repeated character is worth nearly a fresh
@@ -115,7 +113,7 @@ class Plan:
     first_report_s: float
     train_chars: int
     vocab_size: int
-    nats_per_char: float  # the train split's information per character (nats_per_char)
+    nats_per_char: float  # the train split's information per character (data.compressed_nats)
     calibration: Calibration
 
     @property
@@ -140,8 +138,8 @@ class Plan:
                      f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
                      f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
                      f"to report once")
-        lines.append(f"# the train split carries {self.nats_per_char:.3g} nats/char (lzma, first {INFO_SAMPLE:,} "
-                     f"characters; English prose ~{REFERENCE_NATS:g}): characters per parameter x{self.per_param:.2g}")
+        lines.append(f"# the train split carries {self.nats_per_char:.3g} nats/char (lzma; English prose "
+                     f"~{REFERENCE_NATS:g}): characters per parameter x{self.per_param:.2g}")
         passes, press = pressure(self)
         lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
                      f"in the budget; times its parameters per train character: {press:.3g} (above "
@@ -260,12 +258,12 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
     """Size `sweep` (its corpus, split and fixed train options) to the machine: to `calibration` where
     one is given, else measured on the CPUs here or, with `gpus`, on a GPU (`measure_gpu`: a function
     with calibrate_gpu's arguments that runs it where a GPU is; by default, in this process)."""
-    from .data import load_corpus
+    from .data import compressed_nats, load_corpus
     corpus = load_corpus(sweep.corpus, sweep.min_freq)
     train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
     cpus = cpus or len(os.sched_getaffinity(0))
     max_params = PARAMS_PER_CHAR * len(train_ids)
-    nats = nats_per_char(corpus.vocab.decode(train_ids[:INFO_SAMPLE]))
+    nats = compressed_nats(corpus, sweep.train_frac, sweep.val_frac)
     least = TOKENS_PER_PARAM * REFERENCE_NATS / nats
     if calibration is not None:
         cal = calibration
@@ -282,13 +280,6 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
              may_sample=not fixed)
     sweep.sweep_time = budget_s
     return apply(sweep, p), p
-
-
-def nats_per_char(text: str) -> float:
-    """Information per character, model-free: lzma's compressed size of the text in nats per character."""
-    if not text:
-        return REFERENCE_NATS
-    return len(lzma.compress(text.encode("utf-8"), preset=6)) * 8 * math.log(2) / len(text)
 
 
 def default_sweep(corpus: str, budget_s: float) -> SweepConfig:

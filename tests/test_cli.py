@@ -171,11 +171,16 @@ def test_data_info_reports_the_train_splits_unigram_score_on_val(capsys, workdir
     p = dict(zip(sorted(set(ids)), counts / counts.sum()))
     expected = -np.mean([np.log(p[c]) for c in val])
     assert code == 0 and f"score {expected:.4f} nats/char" in out and "unseen" not in out
+    # lzma's size of the train split, per character: below the unigram score on a text with structure
+    import lzma
+    lz = len(lzma.compress(small_corpus.read_bytes()[:27_000], preset=6)) * 8 * np.log(2) / 27_000
+    assert f"lzma       {lz:.4f} nats/char" in out and lz < expected
     # characters only the val split holds: counted, and scored as add-one smoothing scores them
     text = small_corpus.read_text()
     (workdir / "c.txt").write_text(text[:27_000] + "Z" * 30 + text[27_030:])
     code, out, _ = run(capsys, "data", "info", workdir / "c.txt")
     assert code == 0 and "unseen     30 val characters (1.0%) never occur in the train split" in out
+
 
 def test_a_real_process_prints_no_traceback(workdir):
     r = subprocess.run([sys.executable, "-m", "charsearch", "train", "--data", "nowhere.txt"], capture_output=True,

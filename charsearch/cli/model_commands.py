@@ -36,7 +36,7 @@ def cmd_data_fetch(args) -> None:
 
 
 def cmd_data_info(args) -> None:
-    from ..data import load_corpus, split_bounds, unigram_baseline
+    from ..data import compressed_nats, load_corpus, split_bounds, unigram_baseline
     corpus = load_corpus(args.path, args.min_freq, args.data_root)
     n = len(corpus.ids)
     a, b = split_bounds(n, args.train_frac, args.val_frac)
@@ -48,6 +48,8 @@ def cmd_data_info(args) -> None:
     print(f"splits     train {a:,} / val {b - a:,} / test {n - b:,} characters")
     print(f"unigram    the train split's character frequencies score {loss_text(base.cross_entropy)} on val "
           f"(add-one smoothed): a model must beat this")
+    print(f"lzma       {loss_text(compressed_nats(corpus, args.train_frac, args.val_frac))} on the start of the train "
+          f"split: the information a character carries; a trained model usually ends 10-25% below")
     if base.unseen:
         print(f"unseen     {base.unseen:,} val characters ({100 * base.unseen / max(1, b - a):.1f}%) never occur in "
               f"the train split")
