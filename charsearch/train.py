@@ -111,9 +111,13 @@ class Evaluator:
         state = None
         for s in range(0, self.length, VAL_CHUNK):
             cols = slice(s, s + VAL_CHUNK)
-            logits, state = model(self.x[:, cols].long(), state)
-            yield F.cross_entropy(logits.float().transpose(1, 2), self.y[:, cols].long(), reduction="none"), \
-                self.mask[:, cols]
+            x, y = self.x[:, cols].long(), self.y[:, cols].long()
+            if isinstance(model, CharRNN):
+                nll, state = model.target_nll(x, y, state)
+            else:  # a mixture of models: its probabilities are mixed over the whole vocabulary
+                logits, state = model(x, state)
+                nll = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+            yield nll, self.mask[:, cols]
         model.train(was_training)
 
 

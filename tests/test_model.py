@@ -77,3 +77,14 @@ def test_the_adaptive_softmax_is_an_exact_distribution_over_the_vocabulary():
     assert loss.item() == pytest.approx(F.cross_entropy(logp.reshape(-1, 4000), y.reshape(-1)).item(), rel=1e-5)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected_shapes(model.config)
     assert param_count(model.config) == model.num_params() < param_count({**model.config, "cutoffs": []})
+    # scoring a split takes each target's log-probability alone: the same numbers, state carried alike
+    model.eval()
+    nll, state = model.target_nll(x, y)
+    expected = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    assert nll.shape == (3, 7) and torch.allclose(nll, expected, atol=1e-5)
+    assert torch.allclose(state, model(x)[1])
+    carried = -model(x, state)[0].gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(model.target_nll(x, y, state)[0], carried, atol=1e-5)
+    full, x65, y65 = CharRNN(65, "lstm", 32, 2), x % 65, y % 65
+    expected = F.cross_entropy(full(x65)[0].transpose(1, 2), y65, reduction="none")
+    assert torch.allclose(full.target_nll(x65, y65)[0], expected)
