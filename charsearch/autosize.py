@@ -10,9 +10,9 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
 
 - a shape is kept if, as the winner, it can train TOKENS_PER_PARAM to MAX_TOKENS_PER_PARAM characters
   per parameter in the budget (20 * params <= r * budget <= 400 * params: enough to train it, not so
-  few parameters that it plateaus long before the end; for English prose, and for another corpus in
-  proportion to REFERENCE_NATS / its information per character: a parameter absorbs information, not
-  characters), and has at most PARAMS_PER_CHAR * N parameters (char-rnn's advice: parameters in the
+  few parameters that it plateaus long before the end; for English prose, and for a corpus whose
+  characters carry more, in proportion to REFERENCE_NATS / its information per character: a parameter
+  absorbs information, not characters), and has at most PARAMS_PER_CHAR * N parameters (char-rnn's advice: parameters in the
   order of the training characters);
 - trials report every max(r_median * S / 40, 2 * V) characters, V the val characters an evaluation
   scores: it reads them forward only, about three times as fast as training, so it costs about a sixth
@@ -81,10 +81,13 @@ STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)
 PRIOR_TOKENS_PER_PARAM = 40
 # The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
 # not characters: a CJK character carries about three times an English one's (as a subword token does),
-# so as many parameters train on a third of the characters. A corpus's constants are scaled by
-# REFERENCE_NATS / its information per character (data.compressed_nats: lzma's compressed size of the
-# start of its train split; a trained char-rnn ends 10-25% below it): 1.97 nats/char on
-# tiny-shakespeare, 5.7 on a 4,046-character CJK corpus, 0.88 on a corpus of licence texts.
+# so as many parameters train on a third of the characters. Where a corpus's characters carry more than
+# REFERENCE_NATS (data.compressed_nats: lzma's compressed size of the start of its train split; a trained
+# char-rnn ends 10-25% below it), the constants are scaled by REFERENCE_NATS / its figure: 1.97 nats/char
+# on tiny-shakespeare, 5.7 on a 4,046-character CJK corpus. Below it they stand: they were measured on
+# prose and on Python source (1.21), and scaled up there (one run at 300 s) the band admitted shapes so
+# small and fast that ASHA's longest rung (a third of the window at the fastest rate) let 2 trials run,
+# and the sweep ended at 1.314 against 1.247 unscaled.
 REFERENCE_NATS = 2.0
 STARTUP_TRIALS = 3
 # Memorising: a run that passes over the train split many times with many parameters per character of it
@@ -118,8 +121,8 @@ class Plan:
 
     @property
     def per_param(self) -> float:
-        """The factor on every characters-per-parameter constant: 1 for English prose."""
-        return REFERENCE_NATS / self.nats_per_char
+        """The factor on every characters-per-parameter constant: 1 up to English prose's information."""
+        return scale_for(self.nats_per_char)
 
     def describe(self) -> str:
         c = self.calibration
@@ -162,7 +165,7 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
                          f"{math.ceil(cal.seconds + FIXED_COST_S + 30)} s")
     search_s = SEARCH_FRACTION * usable
     finish_s = usable - search_s
-    scale = REFERENCE_NATS / nats_per_char
+    scale = scale_for(nats_per_char)
     kept = [n for n in cal.rates if TOKENS_PER_PARAM * scale <= cal.rates[n] * usable / cal.params[n]
             <= MAX_TOKENS_PER_PARAM * scale and cal.params[n] <= PARAMS_PER_CHAR * train_chars and fits(cal, n)]
     if not kept:  # the shape nearest the band that fits, whatever the budget: something must train
@@ -178,6 +181,11 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
     first_report = 3.0 + report / slowest
     return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
                 eval_chars, first_report, train_chars, vocab_size, nats_per_char, cal)
+
+
+def scale_for(nats_per_char: float) -> float:
+    """The factor on the characters-per-parameter constants for a corpus of this information per character."""
+    return min(1.0, REFERENCE_NATS / nats_per_char)
 
 
 def fits(cal: Calibration, shape: str) -> bool:
@@ -264,7 +272,7 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
     cpus = cpus or len(os.sched_getaffinity(0))
     max_params = PARAMS_PER_CHAR * len(train_ids)
     nats = compressed_nats(corpus, sweep.train_frac, sweep.val_frac)
-    least = TOKENS_PER_PARAM * REFERENCE_NATS / nats
+    least = TOKENS_PER_PARAM * scale_for(nats)
     if calibration is not None:
         cal = calibration
     elif gpus:
