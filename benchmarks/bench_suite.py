@@ -11,7 +11,9 @@ machine or in packages:
 
 and for each: (a) `charsearch train` with its defaults, (b) the auto sweep's prior trained alone for the
 budget (the first trial `charsearch sweep --data C --time T --dry-run` plans, its learning rate decaying
-linearly to 0 as the sweep's finish does), (c) the auto sweep (`charsearch sweep --data C --time T`).
+linearly to 0 as the sweep's finish does), (c) the auto sweep (`charsearch sweep --data C --time T`), and
+where asked (`--methods "warm second sweep"`), (d) the auto sweep run twice in one project, the second
+starting from the first.
 
     python benchmarks/bench_suite.py [--budgets 300,600] [--seeds 2] [--corpora all]
 
@@ -139,6 +141,27 @@ def run_auto_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dic
     return {**r, **whole_val(project / "best.pt", corpus, project, r["best"])}
 
 
+def run_warm_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dict:
+    """(d) The auto sweep twice in one project: the second starts from the first (a warm start). Its value is
+    the second sweep's own best model (the first's trials excluded), beside the first's."""
+    first = run_auto_sweep(corpus, budget, seed, project)
+    r = run_sweep(corpus, budget, seed, "tpe", project)
+    import mlflow
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"bench-tpe-{seed}")
+    parent = client.search_runs([exp.experiment_id], "tags.`charsearch.kind` = 'sweep'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    if "charsearch.warm_start" not in parent.data.tags:
+        raise SystemExit("the second sweep did not start warm")
+    trials = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                order_by=["metrics.best_val_loss ASC"], max_results=1)
+    model = mlflow.artifacts.download_artifacts(run_id=trials[0].info.run_id, artifact_path="model/model.pt",
+                                                dst_path=str(project / "second"), tracking_uri=uri)
+    return {**r, **whole_val(Path(model), corpus, project, r["best"]), "first": first["best"],
+            "wall": first["wall"] + r["wall"]}
+
+
 # --- measuring first: S2 ------------------------------------------------------------------------------
 
 
@@ -171,7 +194,9 @@ def s2(seconds: float = 15.0) -> list[dict]:
 
 METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            "prior alone": run_prior,
-           "auto sweep": run_auto_sweep}
+           "auto sweep": run_auto_sweep,
+           "warm second sweep": run_warm_sweep}
+DEFAULT_METHODS = ("train defaults", "prior alone", "auto sweep")
 
 
 def main() -> None:
@@ -180,7 +205,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (with --keep: add seeds)")
     ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5), or all")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     ap.add_argument("--keep", action="store_true", help="start from the results in benchmarks/plots/suite_cpu.json "
                     "(rows run again replace theirs)")
     ap.add_argument("--report-only", action="store_true", help="redraw from benchmarks/plots/suite_cpu.json")
@@ -214,13 +239,20 @@ def report(results: dict, measured: list, args) -> None:
     groups: dict = {}
     for key, r in results.items():
         corpus, budget, method, _ = key.split("|")
-        groups.setdefault((corpus, budget), {}).setdefault(method, []).append(r["best"])
-    rows = []
+        if method in DEFAULT_METHODS:
+            groups.setdefault((corpus, budget), {}).setdefault(method, []).append(r["best"])
+    rows, warm_rows = [], []
+    for key, r in results.items():
+        corpus, budget, method, seed = key.split("|")
+        if method == "warm second sweep":
+            warm_rows.append({"corpus": corpus, "budget": f"{float(budget):.0f} s", "seed": seed,
+                              "first sweep (cold)": f"{r['first']:.4f}", "second sweep (warm)": f"{r['best']:.4f}",
+                              "second - first": f"{r['best'] - r['first']:+.4f}", "second's winner": r["winner"]})
     for (corpus, budget), by_method in groups.items():
         mean = {m: statistics.mean(v) for m, v in by_method.items()}
         sd = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in by_method.items()}
         row = {"corpus": corpus, "budget": f"{float(budget):.0f} s"}
-        for m in METHODS:
+        for m in DEFAULT_METHODS:
             if m in by_method:
                 row[m] = f"{mean[m]:.4f}" + (f" ± {sd[m]:.3f}" if len(by_method[m]) > 1 else "") + \
                          f" ({', '.join(f'{v:.3f}' for v in by_method[m])})"
@@ -238,6 +270,11 @@ def report(results: dict, measured: list, args) -> None:
             "Negative differences: the sweep did better.\n\n" + table(rows)
             + "\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
               "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured))
+    if warm_rows:
+        body += ("\n\nA second sweep of the same corpus and budget in the same project starts from the first (its "
+                 "best configuration first, its trials in the Optuna study): the first sweep's exported model and "
+                 "the second sweep's own best model (the first's trials excluded), each on the whole val split:\n\n"
+                 + table(warm_rows))
     budgets = ",".join(sorted({k.split("|")[1] for k in results}, key=float))
     seeds = len({k.split("|")[3] for k in results})
     write_section("suite-cpu", "The auto sweep on a suite of corpora (CPU)", body,

@@ -75,6 +75,7 @@ class SweepConfig:
     seed: int = 0
     startup_trials: int | None = None  # TPE: trials drawn at random before it models the results (None: Optuna's 10)
     points_to_evaluate: list = field(default_factory=list)  # the first trials' parameters, then the sampler's
+    warm_start: bool | None = None  # start from the last finished sweep like it (sweep/warm.py); None: auto sweeps do
     num_samples: int = 8
     max_concurrent: int = 0  # 0 (key absent): as many as the resources allow
     scheduler: str = "asha"
@@ -138,7 +139,8 @@ SWEEP_SCHEMA: dict[str, dict[str, tuple]] = {
     "search": {"algorithm": ("algorithm", str, ("tpe", "random")), "seed": ("seed", int, None),
                "num_samples": ("num_samples", int, _pos), "max_concurrent": ("max_concurrent", int, _pos),
                "startup_trials": ("startup_trials", int, _nonneg),
-               "points_to_evaluate": ("points_to_evaluate", list, None)},
+               "points_to_evaluate": ("points_to_evaluate", list, None),
+               "warm_start": ("warm_start", bool, None)},
     "scheduler": {"type": ("scheduler", str, ("asha", "none")),
                   "time_attr": ("time_attr", str, ("chars_trained", "epoch")),
                   "grace_epochs": ("grace_epochs", float, _pos), "reduction_factor": ("reduction_factor", float,
@@ -271,7 +273,7 @@ def _checked_value(value, kind, check, at: str):
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, kinds) or isinstance(value, bool):
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise ConfigError(at, f"must be {' or '.join(type_name(k) for k in kinds)}; got {excerpt(value)}")
     if isinstance(check, tuple) and value not in check:
         raise ConfigError(at, f"must be one of {', '.join(check)}; got {excerpt(value)}")

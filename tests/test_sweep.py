@@ -196,3 +196,29 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(project):
     assert f"{len(failed)} failed" in r.stdout
     assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 40  # one line per failed trial, not Ray's
     assert re.search(r"trial \w+ failed: .*diverged", r.stderr)
+
+
+def test_a_second_sweep_of_the_same_corpus_and_budget_starts_where_the_first_ended(smoke_sweep, tmp_path):
+    first_project, _, _ = smoke_sweep
+    project = tmp_path / "again"
+    shutil.copytree(first_project, project, ignore=shutil.ignore_patterns("ray_results", "*.pt"))
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    (first_parent,), first = runs(uri, "smoke")
+    d = yaml.safe_load((project / "sweeps" / "smoke.yaml").read_text())
+    d["search"].update(warm_start=True, num_samples=2)
+    (project / "sweeps" / "smoke.yaml").write_text(yaml.safe_dump(d))
+
+    r = charsearch("sweep", "sweeps/smoke.yaml", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"warm start: {first['metrics.best_val_loss'].notna().sum()} trial\(s\) of smoke-\S+ .* its best configuration runs first", r.stderr)
+    parents, children = runs(uri, "smoke")
+    second_parent = parents[parents.run_id != first_parent.run_id].iloc[0]
+    assert second_parent["tags.charsearch.warm_start"] == first_parent.run_id
+    ours = children[children["tags.mlflow.parentRunId"] == second_parent.run_id].sort_values("start_time")
+    assert len(ours) == 2
+    best = first.loc[first["metrics.best_val_loss"].idxmin()]
+    for key in d["search_space"]:  # the first sweep's best configuration ran first
+        assert ours.iloc[0][f"params.{key}"] == best[f"params.{key}"], key
+
+    cold = charsearch("sweep", "sweeps/smoke.yaml", "--no-warm-start", "--num-samples", "1", cwd=project)
+    assert cold.returncode == 0 and "warm start" not in cold.stderr, cold.stderr

@@ -102,6 +102,9 @@ def test_exponents_without_a_dot_are_numbers(sweepdir):
     (edit(search={"points_to_evaluate": [{"rnn_size": "big"}]}), "search.points_to_evaluate[0].rnn_size",
      "must be an integer"),
     (edit(search={"startup_trials": -1}), "search.startup_trials", "out of range"),
+    (edit(search={"warm_start": "yes"}), "search.warm_start", "must be true or false"),
+    (edit(search={"warm_start": 1}), "search.warm_start", "must be true or false"),
+    (edit(search={"num_samples": True}), "search.num_samples", "must be an integer"),
     (edit(search_space="auto", budget={"sweep_time": 60}, search={"points_to_evaluate": [{"dropout": 0}]}),
      "search.points_to_evaluate", "not with search_space: auto"),
 ])

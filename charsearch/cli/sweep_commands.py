@@ -32,6 +32,11 @@ def add_sweep(sub) -> None:
     w.add_argument("--test-frac", type=float, default=None, metavar="F",
                    help="hold out the corpus's last F as a test split that selection never sees (override "
                         "data.test_frac; default 0: the val split stays the last 10%%, as published results use)")
+    w.add_argument("--no-warm-start", action="store_true",
+                   help="start the search afresh: an automatically sized sweep otherwise begins from the last "
+                        "finished sweep of the same corpus and budget in the tracking store (its best "
+                        "configuration first, its trials known to the sampler); a sweep file asks for that with "
+                        "search.warm_start: true")
     w.add_argument("--dashboard", action="store_true", help="start the Ray dashboard")
     w.add_argument("--calibration", metavar="FILE", default=None,
                    help="an auto sweep's calibration (JSON, e.g. the calibration.json artifact of an earlier auto "
@@ -75,6 +80,8 @@ def sweep_to_run(args):
         from ..sweep.resume import recorded_sweep
         sweep = recorded_sweep(sweep) or sweep
     sweep.sweep_time = budget or sweep.sweep_time
+    if args.no_warm_start and not args.resume:  # a resumed sweep continues its own study
+        sweep.warm_start = False
     if args.num_samples is not None:
         sweep.num_samples = positive("--num-samples", args.num_samples)
     if args.sweep_time is not None:

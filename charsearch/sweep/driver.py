@@ -1,6 +1,7 @@
 """The sweep's driver: `run` reads top to bottom as its steps.
 
     check the corpus and where the sweep will be kept (or what --resume continues)
+    find what the last finished sweep like it found (a warm start), unless resuming
     start Ray; decide each trial's resources
     open (or reopen) the sweep's MLflow parent run and its record beside Tune's experiment
     search: Tune runs the trials until the search's deadline, its sample count, or Ctrl-C
@@ -36,6 +37,7 @@ from .status import StatusLine
 from .storage import Storage
 from .tracking_callback import MLflowCallback
 from .trial import remove_stale_trial_dirs, run_trial
+from .warm import WARM_TAG, WarmStart, earlier_sweep
 
 
 @dataclass
@@ -63,6 +65,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     previous = resume_point(sweep, storage, tracking_uri) if resume else None
     uri = previous.tracking_uri if previous else resolve_uri(tracking_uri, sweep.tracking_uri)
     storage.check_writable()
+    warm = None if previous else warm_start(sweep, uri, corpus, out)
 
     init_ray(address or sweep.address, dashboard)
     resources, note = trial_resources(sweep, ray.cluster_resources().get("GPU", 0), len(corpus.vocab))
@@ -73,9 +76,9 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     exp_dir = None
     try:
         exp_dir = reopen_record(tracker, previous) if previous else start_record(
-            sweep, storage, tracker, corpus, resources, plan_text, uri, files or {})
+            sweep, storage, tracker, corpus, resources, plan_text, uri, files or {}, warm)
         state.ends_at = search_deadline(sweep, state.started)
-        grid = make_tuner(sweep, corpus, storage, exp_dir, tracker, state, resources, previous).fit()
+        grid = make_tuner(sweep, corpus, storage, exp_dir, tracker, state, resources, previous, warm).fit()
         remove_stale_trial_dirs()
         interrupted = ended_early(sweep, state)
         finish = finish_search(sweep, grid, tracker, corpus, state, interrupted, out)
@@ -96,13 +99,24 @@ def checked_corpus(sweep: SweepConfig) -> Corpus:
     return corpus
 
 
+def warm_start(sweep: SweepConfig, uri: str, corpus: Corpus, out) -> WarmStart | None:
+    """Auto sweeps start from the last finished one like them unless told not to; sweep files when they
+    say `search.warm_start: true`."""
+    if not (sweep.auto if sweep.warm_start is None else sweep.warm_start):
+        return None
+    warm = earlier_sweep(uri, sweep, corpus.sha256)
+    if warm is not None:
+        print(warm.describe(), file=out)
+    return warm
+
+
 def largest(sweep: SweepConfig, key: str) -> int:
     p = sweep.space.get(key)
     return max(p.values) if p is not None else getattr(sweep.trial_config({}), key)
 
 
 def start_record(sweep: SweepConfig, storage: Storage, tracker: Tracker, corpus: Corpus, resources, plan_text: str,
-                 uri: str, files: dict) -> str:
+                 uri: str, files: dict, warm: WarmStart | None) -> str:
     """A new parent run (params, the sweep file as given and as resolved, the plan of an auto sweep) and
     the record that links the Ray experiment folder to it. Returns the experiment folder."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -119,7 +133,8 @@ def start_record(sweep: SweepConfig, storage: Storage, tracker: Tracker, corpus:
                "resolved.yaml": yaml.safe_dump(sweep.to_dict(), sort_keys=False),
                **({"auto-sized.yaml": f"{as_file}\n{plan_text}\n"} if plan_text else {}), **files},
         tags={"charsearch.sweep_file": sweep.path or "(auto)", "charsearch.ray_experiment": storage.show(exp_dir),
-              "charsearch.ray_address": ray.get_runtime_context().gcs_address})
+              "charsearch.ray_address": ray.get_runtime_context().gcs_address,
+              **({WARM_TAG: warm.source_run_id} if warm else {})})
     tracker.share_view(list(sweep.space))
     storage.write_record(exp_dir, {"parent_run_id": tracker.parent_id, "tracking_uri": uri,
                                    "sweep_file": str(Path(sweep.path).absolute()) if sweep.path else "",
@@ -141,10 +156,10 @@ def search_deadline(sweep: SweepConfig, started: float) -> float:
 
 
 def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: str, tracker: Tracker,
-               state: SweepState, resources, previous: ResumePoint | None) -> tune.Tuner:
+               state: SweepState, resources, previous: ResumePoint | None, warm: WarmStart | None) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus), resources)
     callbacks = [ResumeFromExisting(), MLflowCallback(sweep, tracker, state), StatusLine(state)]
-    searcher = make_searcher(sweep, state)
+    searcher = make_searcher(sweep, state, warm)
     search_s = state.ends_at - time.time() if math.isfinite(state.ends_at) else None
     if previous is not None:
         # Tune brings back the search space, the scheduler and the searcher's study from the saved experiment

@@ -13,6 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ..sweepfile import SweepConfig
 from .ledger import METRIC, SweepState
+from .warm import WarmStart
 
 MAKE = {"choice": lambda v: tune.choice(v), "int": lambda v: tune.randint(v[0], v[1] + 1),
         "log_int": lambda v: tune.lograndint(v[0], v[1] + 1), "float": lambda v: tune.uniform(v[0], v[1]),
@@ -32,24 +33,32 @@ def make_scheduler(sweep: SweepConfig, train_chars: int):
                          reduction_factor=sweep.reduction_factor)
 
 
-def make_searcher(sweep: SweepConfig, state: SweepState) -> "Deadline":
+def make_searcher(sweep: SweepConfig, state: SweepState, warm: WarmStart | None = None) -> "Deadline":
+    """Optuna's sampler in OptunaSearch. The sweep's first points run first; with a warm start, its best
+    configuration runs before them and those it evaluated already do not run again, and its trials are in
+    the study before the first draw."""
     import optuna
     startup = {} if sweep.startup_trials is None else {"n_startup_trials": sweep.startup_trials}
     sampler = (optuna.samplers.TPESampler(seed=sweep.seed, **startup) if sweep.algorithm == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.seed))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    points = [dict(p) for p in sweep.points_to_evaluate] or None
-    return Deadline(OptunaSearch(sampler=sampler, metric=METRIC, mode="min", points_to_evaluate=points),
-                    sweep.first_report_s, state)
+    points = [dict(p) for p in sweep.points_to_evaluate]
+    if warm is not None:
+        done = [params for params, _ in warm.evaluated]
+        points = [warm.best] + [p for p in points if p not in done]
+    return Deadline(OptunaSearch(sampler=sampler, metric=METRIC, mode="min", points_to_evaluate=points or None),
+                    sweep.first_report_s, state, warm.evaluated if warm else [])
 
 
 class Deadline(Searcher):
     """Wraps the search algorithm: no new trial once too little search time is left for it to report
     once. The time a trial needs to report is `first_report_s` (from the calibration of an auto sweep),
-    raised to the longest seen so far in this sweep (suggestion to first result)."""
+    raised to the longest seen so far in this sweep (suggestion to first result). `evaluated` (parameters,
+    value) go into the study as finished trials once it exists."""
 
-    def __init__(self, searcher: Searcher, first_report_s: float, state: SweepState):
+    def __init__(self, searcher: Searcher, first_report_s: float, state: SweepState, evaluated: list = ()):
         self.searcher, self.first_report_s, self.state = searcher, first_report_s, state
+        self.evaluated = list(evaluated)
         self.suggested: dict[str, float] = {}
         super().__init__(metric=searcher.metric, mode=searcher.mode)
 
@@ -57,7 +66,12 @@ class Deadline(Searcher):
         return {**self.__dict__, "state": None}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
+        if not self.searcher.set_search_properties(metric, mode, config, **spec):
+            return False
+        for params, value in self.evaluated:  # once: a restored study holds them already
+            self.searcher.add_evaluated_point(params, value)
+        self.evaluated = []
+        return True
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         return self.searcher.set_max_concurrency(max_concurrent)

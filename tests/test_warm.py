@@ -1,0 +1,109 @@
+"""A warm start: what the last finished sweep of the same corpus and budget found, read from a real
+MLflow store (SQLite) and handed to a real Optuna study."""
+
+import time
+
+import optuna
+import pytest
+
+from charsearch.sweep.ledger import SweepState
+from charsearch.sweep.search import make_searcher, search_space
+from charsearch.sweep.warm import earlier_sweep
+from charsearch.sweepfile import parse_sweep
+from charsearch.tracking import Tracker
+
+from .conftest import make_text
+
+SHA = "a" * 64
+
+
+@pytest.fixture
+def sweep(workdir):
+    (workdir / "corpus.txt").write_text(make_text(20_000))
+    return parse_sweep({
+        "name": "w", "data": {"corpus": "corpus.txt"},
+        "search_space": {"shape": {"choice": ["lstm 1x32", "gru 1x32"]}, "learning_rate": {"log_float": [1e-3, 1e-2]},
+                         "use_ss": {"choice": [False, True]}},
+        "search": {"points_to_evaluate": [{"shape": "gru 1x32", "learning_rate": 3e-3, "use_ss": False}],
+                   "seed": 0},
+        "budget": {"sweep_time": 300}})
+
+
+def record(uri, sweep, trials, sha=SHA, budget=300, status="FINISHED", **fixed):
+    """One sweep as the driver records it: a parent run, one child run per trial (params, best_val_loss)."""
+    t = Tracker(uri, sweep.name)
+    t.start_sweep(f"{sweep.name}-{time.time_ns()}", params={"corpus_sha256": sha, "sweep_time": budget}, files={},
+                  tags={})
+    base = {k: v for k, v in sweep.trial_config({}).to_dict().items() if k in ("min_freq", "train_frac", "val_frac")}
+    for i, (params, value) in enumerate(trials):
+        t.trial_started(f"t{i}", f"trial_{i}", {**base, **fixed, **params})
+        if value is not None:
+            t.trial_ended(f"t{i}", {"best_val_loss": value, "chars_trained": 1000})
+        t.close_trial(f"t{i}", "finished")
+    t.finish_sweep(status, metrics={}, tags={})
+    return t.parent_id
+
+
+def test_the_last_finished_sweep_of_the_same_corpus_and_budget_is_read_back_in_the_space_types(workdir, sweep):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    assert earlier_sweep(uri, sweep, SHA) is None  # no experiment yet
+    lstm = {"shape": "lstm 1x32", "learning_rate": 0.005, "use_ss": True}
+    gru = {"shape": "gru 1x32", "learning_rate": 0.003, "use_ss": False}
+    older = record(uri, sweep, [(lstm, 2.5)])
+    source = record(uri, sweep, [(lstm, 2.1), (gru, 2.0), ({**gru, "shape": "rnn 1x32"}, 1.0),  # no longer searched
+                                 ({**gru, "learning_rate": 0.5}, 1.0), (gru, None)])  # out of range; no value
+    record(uri, sweep, [(gru, 1.5)], budget=600)  # another budget
+    record(uri, sweep, [(gru, 1.5)], sha="b" * 64)  # another corpus
+    record(uri, sweep, [(gru, 1.5)], status="FAILED")
+    record(uri, sweep, [(gru, 1.5)], val_frac=0.2)  # another val split: its trials do not count
+    warm = earlier_sweep(uri, sweep, SHA)
+    assert warm.source_run_id == source != older
+    assert warm.evaluated == [(gru, 2.0), (lstm, 2.1)] and warm.best == gru
+    assert isinstance(warm.evaluated[1][0]["use_ss"], bool)
+    assert "2 trial(s)" in warm.describe()
+    sweep.sweep_time = 315  # within 5%: the same budget
+    assert earlier_sweep(uri, sweep, SHA).source_run_id == source
+    sweep.sweep_time = 400
+    assert earlier_sweep(uri, sweep, SHA) is None
+
+
+def test_a_warm_study_runs_the_earlier_best_first_knows_its_trials_and_skips_points_already_run(workdir, sweep):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    lstm = {"shape": "lstm 1x32", "learning_rate": 0.005, "use_ss": True}
+    prior = sweep.points_to_evaluate[0]
+    record(uri, sweep, [(prior, 2.3), (lstm, 2.1)])
+    state = SweepState(time.time())
+    state.ends_at = time.time() + 600
+    searcher = make_searcher(sweep, state, earlier_sweep(uri, sweep, SHA))
+    assert searcher.set_search_properties("best_val_loss", "min", search_space(sweep))
+    study = searcher.searcher._ot_study
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted((t.params["shape"], t.value) for t in done) == [("gru 1x32", 2.3), ("lstm 1x32", 2.1)]
+    assert searcher.suggest("first") == lstm  # the earlier best, not the prior it already ran
+    second = searcher.suggest("second")
+    assert second != prior and second["shape"] in ("lstm 1x32", "gru 1x32")
+
+    cold = make_searcher(sweep, state)
+    assert cold.set_search_properties("best_val_loss", "min", search_space(sweep))
+    assert not cold.searcher._ot_study.trials or all(t.state != optuna.trial.TrialState.COMPLETE
+                                                      for t in cold.searcher._ot_study.trials)
+    assert cold.suggest("first") == prior
+
+
+def test_auto_sweeps_start_warm_unless_told_not_to_and_sweep_files_only_when_they_ask(workdir, sweep):
+    import io
+
+    from charsearch.data import load_corpus
+    from charsearch.sweep.driver import warm_start
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    corpus = load_corpus(sweep.corpus)
+    record(uri, sweep, [(sweep.points_to_evaluate[0], 2.0)], sha=corpus.sha256)
+    out = io.StringIO()
+    assert warm_start(sweep, uri, corpus, out) is None and not out.getvalue()  # a sweep file: off by default
+    sweep.auto = True
+    assert warm_start(sweep, uri, corpus, out).evaluated == [(sweep.points_to_evaluate[0], 2.0)]
+    assert out.getvalue().startswith("warm start: 1 trial(s) of w-")
+    sweep.warm_start = False  # --no-warm-start
+    assert warm_start(sweep, uri, corpus, io.StringIO()) is None
+    sweep.auto, sweep.warm_start = False, True  # search.warm_start: true
+    assert warm_start(sweep, uri, corpus, io.StringIO()) is not None
