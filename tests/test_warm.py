@@ -107,3 +107,16 @@ def test_auto_sweeps_start_warm_unless_told_not_to_and_sweep_files_only_when_the
     assert warm_start(sweep, uri, corpus, io.StringIO()) is None
     sweep.auto, sweep.warm_start = False, True  # search.warm_start: true
     assert warm_start(sweep, uri, corpus, io.StringIO()) is not None
+
+
+def test_no_warm_start_on_the_command_line_turns_it_off_but_leaves_a_resumed_sweep_as_recorded(workdir, sweep):
+    import yaml
+
+    from charsearch.cli import build_parser
+    from charsearch.cli.sweep_commands import sweep_to_run
+    path = workdir / "w.yaml"
+    path.write_text(yaml.safe_dump({**sweep.to_file(), "search": {"warm_start": True}}))
+    parse = build_parser().parse_args
+    assert sweep_to_run(parse(["sweep", str(path)]))[0].warm_start is True
+    assert sweep_to_run(parse(["sweep", str(path), "--no-warm-start"]))[0].warm_start is False
+    assert sweep_to_run(parse(["sweep", str(path), "--no-warm-start", "--resume"]))[0].warm_start is True
