@@ -8,7 +8,8 @@ import pytest
 
 from charsearch.sweep.ledger import SweepState
 from charsearch.sweep.search import make_searcher, search_space
-from charsearch.sweep.warm import earlier_sweep
+from charsearch.sweep.tracking_callback import trial_params
+from charsearch.sweep.warm import WARM_TAG, earlier_sweep
 from charsearch.sweepfile import parse_sweep
 from charsearch.tracking import Tracker
 
@@ -29,14 +30,13 @@ def sweep(workdir):
         "budget": {"sweep_time": 300}})
 
 
-def record(uri, sweep, trials, sha=SHA, budget=300, status="FINISHED", **fixed):
+def record(uri, sweep, trials, sha=SHA, budget=300, status="FINISHED", tags=None, **fixed):
     """One sweep as the driver records it: a parent run, one child run per trial (params, best_val_loss)."""
     t = Tracker(uri, sweep.name)
     t.start_sweep(f"{sweep.name}-{time.time_ns()}", params={"corpus_sha256": sha, "sweep_time": budget}, files={},
-                  tags={})
-    base = {k: v for k, v in sweep.trial_config({}).to_dict().items() if k in ("min_freq", "train_frac", "val_frac")}
+                  tags=tags or {})
     for i, (params, value) in enumerate(trials):
-        t.trial_started(f"t{i}", f"trial_{i}", {**base, **fixed, **params})
+        t.trial_started(f"t{i}", f"trial_{i}", {**trial_params(sweep, params), **fixed})
         if value is not None:
             t.trial_ended(f"t{i}", {"best_val_loss": value, "chars_trained": 1000})
         t.close_trial(f"t{i}", "finished")
@@ -56,6 +56,8 @@ def test_the_last_finished_sweep_of_the_same_corpus_and_budget_is_read_back_in_t
     record(uri, sweep, [(gru, 1.5)], sha="b" * 64)  # another corpus
     record(uri, sweep, [(gru, 1.5)], status="FAILED")
     record(uri, sweep, [(gru, 1.5)], val_frac=0.2)  # another val split: its trials do not count
+    record(uri, sweep, [(gru, 1.5)], optimizer="sgd")  # another fixed option
+    record(uri, sweep, [(gru, 1.5)], max_epochs=20.0)  # an epoch cap far from this sweep's 10
     warm = earlier_sweep(uri, sweep, SHA)
     assert warm.source_run_id == source != older
     assert warm.evaluated == [(gru, 2.0), (lstm, 2.1)] and warm.best == gru
@@ -65,6 +67,21 @@ def test_the_last_finished_sweep_of_the_same_corpus_and_budget_is_read_back_in_t
     assert earlier_sweep(uri, sweep, SHA).source_run_id == source
     sweep.sweep_time = 400
     assert earlier_sweep(uri, sweep, SHA) is None
+    sweep.sweep_time = 300
+    record(uri, sweep, [(gru, 1.9)], max_epochs=11.0, eval_chars=0)  # an auto sweep's planned cap moves a little
+    assert earlier_sweep(uri, sweep, SHA).evaluated == [(gru, 1.9)]
+
+
+def test_warm_starts_chain_back_through_the_sweeps_they_started_from(workdir, sweep):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    lstm = {"shape": "lstm 1x32", "learning_rate": 0.005, "use_ss": True}
+    gru = {"shape": "gru 1x32", "learning_rate": 0.003, "use_ss": False}
+    first = record(uri, sweep, [(lstm, 2.1)])
+    second = record(uri, sweep, [(gru, 2.0)], tags={WARM_TAG: first})
+    warm = earlier_sweep(uri, sweep, SHA)
+    assert warm.source_run_id == second and warm.sweeps == 2
+    assert warm.evaluated == [(gru, 2.0), (lstm, 2.1)]
+    assert "and 1 sweep(s) it started from" in warm.describe()
 
 
 def test_a_warm_study_runs_the_earlier_best_first_knows_its_trials_and_skips_points_already_run(workdir, sweep):

@@ -20,7 +20,8 @@ from ..sweepfile import SweepConfig, parse_sweep
 from . import ray_compat
 from .storage import Storage
 
-RESUMABLE = {"budget.sweep_time", "ray.address", "tracking.uri"}  # what a resumed sweep may change
+# what a resumed sweep may change (it continues its own study: a warm start does not apply)
+RESUMABLE = {"budget.sweep_time", "ray.address", "tracking.uri", "search.warm_start"}
 
 
 @dataclass

@@ -30,6 +30,12 @@ from . import ray_compat
 from .ledger import SweepState
 
 NOT_PARAMS = ("init_from", "checkpoint_dir", "device")  # per-trial plumbing, not hyperparameters
+def trial_params(sweep: SweepConfig, config: dict) -> dict:
+    """A trial run's params: every training option, and the searched values as drawn (e.g. shape)."""
+    params = {k: v for k, v in sweep.trial_config(config).to_dict().items() if k not in NOT_PARAMS}
+    return {**params, **{k: v for k, v in config.items() if k not in params}}
+
+
 SUMMARY_KEYS = ("best_val_loss", "chars_trained", "epoch", "iteration", "elapsed_s")
 
 
@@ -69,9 +75,7 @@ class MLflowCallback(tune.Callback):
             self.saved[trial.trial_id] = self.ledger.completed(trial)  # Tune saved its end
 
     def _open(self, trial) -> None:
-        params = {k: v for k, v in self.sweep.trial_config(trial.config).to_dict().items() if k not in NOT_PARAMS}
-        params.update({k: v for k, v in trial.config.items() if k not in params})  # e.g. shape, as searched
-        self.tracker.trial_started(trial.trial_id, str(trial), params)
+        self.tracker.trial_started(trial.trial_id, str(trial), trial_params(self.sweep, trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if trial.trial_id not in self.ledger.reported or self.ledger.outcomes.get(trial.trial_id) == "interrupted":
