@@ -102,7 +102,13 @@ def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: P
     winner = re.search(r"best val loss .*?trial \w+: (\{.*\})", r.stdout)
     return {"points": points, "best": parent.data.metrics["best_val_loss"], "wall": wall,
             "calibration_s": float(cal[1]) if cal else None, "summary": r.stdout.splitlines()[0],
-            "winner": winner[1] if winner else ""}
+            "winner": winner[1] if winner else "", "plan": plan_lines(r.stderr)}
+
+
+def plan_lines(text: str) -> list[str]:
+    """An auto sweep's plan as printed (calibration rates, kept shapes, the first trial): kept with the
+    results, so a row's sizing can be read afterwards."""
+    return [line for line in text.splitlines() if line.startswith("# ")][:40]
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_search import env, follow_train, python_corpus, run_sweep, run_train  # noqa: E402
+from bench_search import env, follow_train, plan_lines, python_corpus, run_sweep, run_train  # noqa: E402
 from common import PLOTS, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
 # --- the corpora ---------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def run_prior(corpus: Path, budget: float, seed: int, project: Path) -> dict:
                         "--dry-run"], cwd=project, env=env(), capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"dry run failed:\n{r.stderr[-3000:]}")
-    plan = yaml.safe_load(r.stdout)
+    plan, plan_text = yaml.safe_load(r.stdout), r.stdout
     prior = {**plan["train"], **plan["search"]["points_to_evaluate"][0]}
     model, shape = prior.pop("shape").split()
     layers, size = shape.split("x")
@@ -115,7 +115,7 @@ def run_prior(corpus: Path, budget: float, seed: int, project: Path) -> dict:
             cmd += [f"--{key.replace('_', '-')}", str(prior[key])]
     r = follow_train(cmd, project)
     return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
-            "winner": f"{model} {shape} (prior)"}
+            "winner": f"{model} {shape} (prior)", "plan": plan_lines(plan_text)}
 
 
 # --- every row scored on the whole val split ------------------------------------------------------------
