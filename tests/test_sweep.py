@@ -207,7 +207,9 @@ def test_a_second_sweep_of_the_same_corpus_and_budget_starts_where_the_first_end
         db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
                    (str(first_project), str(project)))
     uri = f"sqlite:///{project}/mlruns/mlflow.db"
-    (first_parent,), first = runs(uri, "smoke")
+    parents, first = runs(uri, "smoke")
+    assert len(parents) == 1
+    first_parent = parents.iloc[0]
     d = yaml.safe_load((project / "sweeps" / "smoke.yaml").read_text())
     d["search"].update(warm_start=True, num_samples=2)
     (project / "sweeps" / "smoke.yaml").write_text(yaml.safe_dump(d))

@@ -153,7 +153,10 @@ def report_outcome(sweep, outcome, args) -> int:
     if len(outcome.errors or {}) > 3:
         print(f"... and {len(outcome.errors) - 3} more failed trials (their errors: tag 'error' of their MLflow runs)",
               file=sys.stderr)
-    if outcome.finish:
+    if outcome.finish and outcome.finish.from_start:
+        print(f"no trial reported in the search: its first trial {', '.join(outcome.finish.trials)} trained from the "
+              f"start for {outcome.finish.seconds:.0f} s: val {outcome.finish.best[0]:.4f}")
+    elif outcome.finish:
         print(f"the search's best trial {', '.join(outcome.finish.trials)} trained on for "
               f"{outcome.finish.seconds:.0f} s: val {outcome.finish.best[0]:.4f}")
     if outcome.best_val_loss is not None:

@@ -5,7 +5,7 @@
     start Ray; decide each trial's resources
     open (or reopen) the sweep's MLflow parent run and its record beside Tune's experiment
     search: Tune runs the trials until the search's deadline, its sample count, or Ctrl-C
-    finish: the best trial trains on to the end of the budget
+    finish: the best trial trains on to the end of the budget (the first from its start if none reported)
     close the record: the parent run's metrics, counts and status
 From the parent run's start on, any failure ends that run as FAILED (Ctrl-C: KILLED) before it is raised.
 """
@@ -191,7 +191,7 @@ def ended_early(sweep: SweepConfig, state: SweepState) -> bool:
 
 def finish_search(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, state: SweepState, interrupted: bool,
                   out) -> Finish | None:
-    if state.ledger.best is None or not sweep.finish_time or interrupted:
+    if not sweep.finish_time or interrupted:
         return None
     try:
         finish = finish_best(sweep, grid, tracker, corpus, state, out)
@@ -200,7 +200,7 @@ def finish_search(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, st
         return None
     if finish:
         value, trial_id = finish.best
-        state.ledger.improve(value, trial_id, next(r.config for r in grid if r.metrics.get("trial_id") == trial_id))
+        state.ledger.improve(value, trial_id, finish.config)
     return finish
 
 
