@@ -113,8 +113,9 @@ def start(sweep: SweepConfig, begin: Start, corpus: Corpus, gpu: bool, threads: 
 
 def train_on(checkpoint: bytes | None, model: bytes | None, cfg_dict: dict, corpus: Corpus, summary: dict, threads: int,
              ends_at: float, evaluations):
-    """Runs in a Ray task: a trial's run resumed from its last checkpoint (or from its start), its learning rate decaying
-    linearly to 0 over the time left until `ends_at` (time.time()), however long the task waited to start.
+    """Runs in a Ray task: a trial's run resumed from its last checkpoint (or from its start), its learning
+    rate decaying linearly to 0 over the time left until `ends_at` (time.time()), however long the task
+    waited to start.
     Each evaluation goes to the driver as it is made (`evaluations`, a ray.util.queue.Queue)."""
     import torch
 
