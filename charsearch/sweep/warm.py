@@ -5,11 +5,12 @@ sweeps that one started from in turn.
 Their best configuration is the first trial (the sweep's own first points follow, less those they ran
 already), and each of their trials with a value, the same fixed options and parameters inside this
 sweep's space goes into the Optuna study as a finished trial (Optuna's `add_trial`, through
-OptunaSearch's `add_evaluated_point`): TPE models them and counts them toward its startup trials. A trial's value is what its sweep
-ranked it by, its best fair val loss at its last rung (the finished trial's after the finish): a number
-of the kind the new sweep's trials report where the budget and the fixed options are the same and the
-rungs close. An auto sweep derives its rungs, its trials' epoch cap and its val sample from the rates
-it measures, which move a little from run to run, so those may differ by PLANNED_TOLERANCE.
+OptunaSearch's `add_evaluated_point`): TPE models them and counts them toward its startup trials. A
+trial's value is what its sweep ranked it by, its best fair val loss at its last rung (the finished
+trial's after the finish): a number of the kind the new sweep's trials report where the budget and
+the fixed options are the same and the rungs close. An auto sweep derives its rungs, its trials' epoch
+cap and its val sample from the rates it measures, which move a little from run to run, so those may
+differ by PLANNED_TOLERANCE.
 """
 
 from __future__ import annotations
