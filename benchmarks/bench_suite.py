@@ -235,6 +235,15 @@ def main() -> None:
     report(results, measured, args)
 
 
+def brief(winner: str) -> str:
+    """A winning configuration as JSON, its floats to 3 significant digits."""
+    try:
+        config = json.loads(winner)
+    except ValueError:
+        return winner
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in config.items())
+
+
 def report(results: dict, measured: list, args) -> None:
     groups: dict = {}
     for key, r in results.items():
@@ -247,7 +256,7 @@ def report(results: dict, measured: list, args) -> None:
         if method == "warm second sweep":
             warm_rows.append({"corpus": corpus, "budget": f"{float(budget):.0f} s", "seed": seed,
                               "first sweep (cold)": f"{r['first']:.4f}", "second sweep (warm)": f"{r['best']:.4f}",
-                              "second - first": f"{r['best'] - r['first']:+.4f}", "second's winner": r["winner"]})
+                              "second - first": f"{r['best'] - r['first']:+.4f}", "second's winner": brief(r["winner"])})
     for (corpus, budget), by_method in groups.items():
         mean = {m: statistics.mean(v) for m, v in by_method.items()}
         sd = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in by_method.items()}
