@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .model import cutoffs_for, param_count
 from .sweepfile import SearchParam, SweepConfig, parse_shape
@@ -118,6 +118,7 @@ class Plan:
     vocab_size: int
     nats_per_char: float  # the train split's information per character (data.compressed_nats)
     calibration: Calibration
+    fixed: dict = field(default_factory=dict)  # the sweep's fixed embed_size and softmax (calibrate.candidate)
 
     @property
     def per_param(self) -> float:
@@ -127,7 +128,9 @@ class Plan:
     def describe(self) -> str:
         c = self.calibration
         lines = [f"# calibration: {len(c.rates)} shapes measured in {c.seconds:.0f} s on {c.device}, "
-                 f"{c.parallel} trial(s) at once, {c.threads} thread(s) each"]
+                 f"{c.parallel} trial(s) at once, {c.threads} thread(s) each"
+                 + (f"; each with the sweep's {', '.join(f'{k} {v}' for k, v in sorted(self.fixed.items()))}"
+                    if self.fixed else "")]
         if c.gpus:
             curve = ", ".join(f"K={k}: {v:,}" for k, v in sorted(c.packing.items()))
             lines.append(f"# packing on one GPU ({REFERENCE}, aggregate chars/s): {curve} -> {c.per_gpu} trials per "
@@ -155,9 +158,9 @@ class Plan:
 
 
 def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vocab_size: int,
-         nats_per_char: float = REFERENCE_NATS, may_sample: bool = True) -> Plan:
+         nats_per_char: float = REFERENCE_NATS, may_sample: bool = True, fixed: dict | None = None) -> Plan:
     """The sizing for `val_chars` scored per evaluation: the whole val split, of which the plan may score a
-    sample instead (`may_sample`), or a sample the user fixed."""
+    sample instead (`may_sample`), or a sample the user fixed; `fixed` as calibrate.candidate's."""
     usable = budget_s - cal.seconds - FIXED_COST_S
     if usable < 10:
         raise UsageError(f"a {budget_s:g} s budget leaves {usable:.0f} s to train after calibration "
@@ -180,7 +183,7 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
     max_chars = max(fastest * search_s / 3, grace * 3)
     first_report = 3.0 + report / slowest
     return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
-                eval_chars, first_report, train_chars, vocab_size, nats_per_char, cal)
+                eval_chars, first_report, train_chars, vocab_size, nats_per_char, cal, dict(fixed or {}))
 
 
 def scale_for(nats_per_char: float) -> float:
@@ -247,7 +250,8 @@ def pressure(p: Plan) -> tuple[float, float]:
     passes times all its parameters (the vocabulary's included) per train character."""
     shape = prior_shape(p)
     passes = p.calibration.rates[shape] * (p.search_s + p.finish_s) / p.train_chars
-    cfg = {**parse_shape(shape), "vocab_size": p.vocab_size, "embed_size": 0, "cutoffs": cutoffs_for(p.vocab_size)}
+    cfg = {**parse_shape(shape), "vocab_size": p.vocab_size, "embed_size": p.fixed.get("embed_size", 0),
+           "cutoffs": cutoffs_for(p.vocab_size, p.fixed.get("softmax", "auto"))}
     return passes, passes * param_count(cfg) / p.train_chars
 
 
@@ -273,19 +277,22 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
     max_params = PARAMS_PER_CHAR * len(train_ids)
     nats = compressed_nats(corpus, sweep.train_frac, sweep.val_frac)
     least = TOKENS_PER_PARAM * scale_for(nats)
+    # an input or output layer the user fixed is what the trials will pay for, and what may memorise
+    fixed = {key: sweep.train[key] for key in ("embed_size", "softmax") if key in sweep.train}
     if calibration is not None:
         cal = calibration
     elif gpus:
         cal = (measure_gpu or calibrate_gpu)(len(corpus.vocab), budget_s, gpus, cpus, max_params, GPU_FAMILIES,
-                                             CALIBRATION_FRACTION)
+                                             CALIBRATION_FRACTION, fixed)
     else:
-        cal = calibrate_cpu(len(corpus.vocab), budget_s, cpus, max_params, FAMILIES, CALIBRATION_FRACTION, least)
+        cal = calibrate_cpu(len(corpus.vocab), budget_s, cpus, max_params, FAMILIES, CALIBRATION_FRACTION, least,
+                            fixed)
     if not cal.rates:
         raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
                          f"for its train split); use a larger corpus or a sweep file with search_space of your own")
-    fixed = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
-    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), fixed or len(val_ids)), len(corpus.vocab), nats,
-             may_sample=not fixed)
+    sample = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
+    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), sample or len(val_ids)), len(corpus.vocab), nats,
+             may_sample=not sample, fixed=fixed)
     sweep.sweep_time = budget_s
     return apply(sweep, p), p
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .config import shape_label
-from .model import core_params, cutoffs_for
+from .model import CharRNN, core_params, cutoffs_for
 from .errors import UsageError, excerpt
 
 PROBE_BATCH, PROBE_SEQ = 32, 64  # CPU: the step the auto sweep's prior trains with (autosize.STEPS)
@@ -102,6 +102,15 @@ class Calibration:
         return self.single[shape] * self.packing[k] / (k * self.packing[1])
 
 
+def candidate(vocab: int, model: str, layers: int, size: int, fixed: dict | None = None) -> CharRNN:
+    """A shape as the sweep's trials will build it: its input and output layers follow the options the
+    sweep fixed (`fixed`: embed_size, softmax; by default the vocabulary's own), which can change its cost
+    several times over where the vocabulary is large."""
+    fixed = fixed or {}
+    return CharRNN(vocab, model, size, layers, fixed.get("embed_size", 0),
+                   cutoffs=cutoffs_for(vocab, fixed.get("softmax", "auto")))
+
+
 # ---------------------------------------------------------------------------------------------
 # CPU
 
@@ -109,10 +118,8 @@ class Calibration:
 def _probe_family(args) -> list[tuple[str, int, float]]:
     """Runs in a calibration process: the shapes of each family, ascending, until one is too slow to
     keep (or is predicted to be, from the last one's rate per parameter), or the time is up."""
-    families, vocab, threads, seconds_each, budget_s, max_params, seconds, least = args
+    families, vocab, threads, seconds_each, budget_s, max_params, seconds, least, fixed = args
     import torch
-
-    from .model import CharRNN
     torch.set_num_threads(threads)
     deadline = time.time() + seconds  # from here: the import above is not the probes' time
     out = []
@@ -120,7 +127,7 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
         last = None  # (all parameters, rate) of the family's previous shape
         for size in sizes:
             torch.manual_seed(0)
-            net = CharRNN(vocab, model, size, layers, cutoffs=cutoffs_for(vocab))  # as the sweep's trials build it
+            net = candidate(vocab, model, layers, size, fixed)
             total, core = net.num_params(), core_params(net.config)
             # the cost of a character grows at least with all the parameters (the vocabulary's included): the
             # rate is predicted from the last shape's before paying for a probe; what it must train is the core
@@ -163,9 +170,9 @@ def _steps(net, vocab: int, batch: int, seq: int, seconds: float, device: str) -
 
 
 def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, families: dict,
-                  fraction: float, least: float = TOKENS_PER_PARAM) -> Calibration:
+                  fraction: float, least: float = TOKENS_PER_PARAM, fixed: dict | None = None) -> Calibration:
     """Each family's shapes, smallest first, until one could not train `least` characters per parameter
-    in the budget (as many one-thread trials at once as there are `cpus`)."""
+    in the budget (as many one-thread trials at once as there are `cpus`); `fixed` as candidate's."""
     start = time.monotonic()
     families = sorted(families.items())
     parallel = max(1, cpus)
@@ -176,7 +183,7 @@ def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, fam
     # but run nothing on it, so no thread pool is copied half-initialised
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ctx.Pool(parallel) as pool:
-        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params, seconds, least)
+        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params, seconds, least, fixed)
                                          for g in groups if g])
     cal = Calibration("cpu", parallel, 1)
     for name, params, rate in sorted(x for part in found for x in part):
@@ -191,13 +198,11 @@ def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, fam
 
 def _gpu_shape(args) -> tuple[float, int]:
     """In a fresh process on the GPU: (chars/s, bytes one trial of a shape takes)."""
-    vocab, model, layers, size, seconds, start_at = args
+    vocab, model, layers, size, seconds, start_at, fixed = args
     import torch
-
-    from .model import CharRNN
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    net = CharRNN(vocab, model, size, layers, cutoffs=cutoffs_for(vocab))
+    net = candidate(vocab, model, layers, size, fixed)
     if start_at:  # packed trials start measuring together
         time.sleep(max(0.0, start_at - time.time()))
     rate, peak = _steps(net, vocab, GPU_PROBE_BATCH, GPU_PROBE_SEQ, seconds, "cuda")
@@ -205,8 +210,9 @@ def _gpu_shape(args) -> tuple[float, int]:
 
 
 def calibrate_gpu(vocab: int, budget_s: float, gpus: int, cpus: int, max_params: float, families: dict,
-                  fraction: float) -> Calibration:
-    """On the GPU this process sees; `gpus` is how many the sweep's trials will share."""
+                  fraction: float, fixed: dict | None = None) -> Calibration:
+    """On the GPU this process sees; `gpus` is how many the sweep's trials will share; `fixed` as
+    candidate's."""
     import torch
     if not torch.cuda.is_available():
         raise UsageError("Ray declares GPUs, but the process it gave one to sees no CUDA device; run where the "
@@ -219,14 +225,13 @@ def calibrate_gpu(vocab: int, budget_s: float, gpus: int, cpus: int, max_params:
     with ctx.Pool(1) as pool:  # one process for the shapes: each measured alone on the GPU
         for (model, layers), sizes in sorted(families.items()):
             for size in sizes:
-                params = core_params({"vocab_size": vocab, "model": model, "rnn_size": size, "num_layers": layers,
-                                      "embed_size": 0})
+                params = core_params(candidate(vocab, model, layers, size, fixed).config)
                 if params > max_params:
                     break
-                rate, mem = pool.apply(_gpu_shape, ((vocab, model, layers, size, seconds, 0.0),))
+                rate, mem = pool.apply(_gpu_shape, ((vocab, model, layers, size, seconds, 0.0, fixed),))
                 name = shape_label(model, layers, size)
                 cal.single[name], cal.memory[name], cal.params[name] = round(rate), mem, params
-    cal.packing = measure_packing(ctx, vocab, seconds, cal.gpu_memory, cal.memory.get(REFERENCE))
+    cal.packing = measure_packing(ctx, vocab, seconds, cal.gpu_memory, cal.memory.get(REFERENCE), fixed)
     cal.per_gpu = max(cal.packing)
     cal.parallel = cal.per_gpu * gpus
     cal.threads = max(1, cpus // cal.parallel)
@@ -236,7 +241,8 @@ def calibrate_gpu(vocab: int, budget_s: float, gpus: int, cpus: int, max_params:
     return cal
 
 
-def measure_packing(ctx, vocab: int, seconds: float, gpu_memory: int, reference_memory: int | None) -> dict:
+def measure_packing(ctx, vocab: int, seconds: float, gpu_memory: int, reference_memory: int | None,
+                    fixed: dict | None = None) -> dict:
     """Aggregate chars/s of REFERENCE with K trials on the GPU, for K in PACKING while it grows by GROWTH
     and K trials fit in MEMORY_SHARE of the GPU."""
     model, layers, size = REFERENCE.split()[0], *map(int, REFERENCE.split()[1].split("x"))
@@ -246,7 +252,7 @@ def measure_packing(ctx, vocab: int, seconds: float, gpu_memory: int, reference_
             break
         with ctx.Pool(k) as pool:
             start_at = time.time() + 5.0 + 0.5 * k  # every process up and its model built
-            found = pool.map(_gpu_shape, [(vocab, model, layers, size, seconds, start_at)] * k)
+            found = pool.map(_gpu_shape, [(vocab, model, layers, size, seconds, start_at, fixed)] * k)
         packing[k] = round(sum(rate for rate, _ in found))
         if k > 1 and packing[k] < GROWTH * packing[k // 2]:
             del packing[k]  # no gain: the previous K stands

@@ -281,3 +281,35 @@ def test_characters_per_parameter_follow_the_information_a_character_carries(tmp
     # below English prose's information the constants stand (measured there; scaled up, they kept shapes so
     # fast that ASHA's longest rung let two trials run)
     assert planned(1.0).per_param == 1.0 and planned(1.0).shapes == ["lstm 1x64"]
+
+
+def test_an_input_or_output_layer_the_sweep_fixes_is_what_the_sizing_measures(tmp_path):
+    """A sweep that fixes embed_size or softmax trains shapes with that input and output layer: they are
+    calibrated as such (a full softmax over thousands of characters costs several times an adaptive one),
+    counted by their core with that input, and their memorising pressure counts that output layer."""
+    import random
+
+    from charsearch.calibrate import candidate
+    from charsearch.model import core_params, param_count
+    rng = random.Random(0)
+    chars = [chr(0x4E00 + i) for i in range(3000)]
+    corpus = tmp_path / "cjk.txt"
+    corpus.write_text("".join(rng.choices(chars, [1 / (i + 1) for i in range(3000)], k=60_000)) + "".join(chars),
+                      encoding="utf-8")
+    fixed = {"embed_size": 16, "softmax": "full"}
+    assert not candidate(3000, "lstm", 2, 64, fixed).adaptive and candidate(3000, "lstm", 2, 64).adaptive
+    sweep = SweepConfig(path="", name="cjk", corpus=str(corpus), train=dict(fixed))
+    sweep, p = autosize.auto_sweep(sweep, 120, cpus=1)
+    assert p.fixed == fixed and sweep.train["softmax"] == "full" and sweep.train["embed_size"] == 16
+    for name, params in p.calibration.params.items():
+        model, shape = name.split()
+        layers, size = map(int, shape.split("x"))
+        assert params == core_params(candidate(3000, model, layers, size, fixed).config), name
+    assert p.calibration.params["lstm 2x32"] < core_params(candidate(3000, "lstm", 2, 32).config)
+    # the pressure counts the output layer the trials will have
+    cal = Calibration("cpu", 2, 1, rates={"gru 2x128": 40_000}, params={"gru 2x128": 173_952}, seconds=10.0)
+    own = plan(cal, budget_s=300, train_chars=1_000_000, val_chars=100_000, vocab_size=4000)
+    full = plan(cal, budget_s=300, train_chars=1_000_000, val_chars=100_000, vocab_size=4000, fixed={"softmax": "full"})
+    ratio = param_count(candidate(4000, "gru", 2, 128, {"softmax": "full"}).config) / \
+        param_count(candidate(4000, "gru", 2, 128).config)
+    assert ratio > 1.3 and autosize.pressure(full)[1] == pytest.approx(ratio * autosize.pressure(own)[1])
