@@ -266,6 +266,10 @@ def test_characters_per_parameter_follow_the_information_a_character_carries(tmp
     cjk = "".join(rng.choices([chr(0x4E00 + i) for i in range(3000)], [1 / (i + 1) for i in range(3000)], k=100_000))
     assert nats(cjk) > 2.5 * autosize.REFERENCE_NATS
     assert nats("the same licence clause again. " * 5_000) < 0.1 * autosize.REFERENCE_NATS
+    # a large corpus is read across its train split, not at its start: a repetitive preface of 300,000
+    # characters before 1.5 M of random letters (~3.26 nats/char) counts for a part, not for all
+    letters = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=1_500_000))
+    assert 2.0 < nats("the same licence clause again. " * 10_000 + letters) < 3.26
     # one shape at 15 characters per parameter in the budget: below the band for English prose, inside it
     # for a corpus whose characters carry three times as much; a shape at 300 leaves the band there
     usable = 600 - 10 - autosize.FIXED_COST_S
