@@ -18,8 +18,8 @@ starting from the first.
     python benchmarks/bench_suite.py [--budgets 300,600] [--seeds 2] [--corpora all]
 
 Also measured first (the `measure` rows): S2, the aggregate throughput of two one-thread trials against
-one two-thread trial, for two shapes. Writes the `suite-cpu` section of BENCHMARKS.md and
-benchmarks/plots/suite_cpu.json.
+one two-thread trial, for two shapes. Writes the `suite-cpu` section of BENCHMARKS.md,
+benchmarks/plots/suite_cpu.json and benchmarks/plots/suite_cpu.png (each row's gain over the defaults).
 """
 
 from __future__ import annotations
@@ -244,6 +244,35 @@ def brief(winner: str) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in config.items())
 
 
+def gains_chart(groups: dict) -> str:
+    """Per corpus and budget, how far the prior alone and the auto sweep end below `train`'s defaults
+    (nats/char, ± the method's standard deviation over seeds), as grouped horizontal bars; saved as
+    benchmarks/plots/suite_cpu.png. Returns the Markdown image line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [(f"{corpus.split(' (')[0]}, {float(budget):.0f} s", by_method) for (corpus, budget), by_method
+            in sorted(groups.items(), key=lambda kv: (float(kv[0][1]), list(CORPORA).index(kv[0][0])))
+            if {"train defaults", "prior alone", "auto sweep"} <= set(by_method)]
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.4))
+    height = 0.38
+    for k, (method, color) in enumerate((("prior alone", "#a8a8a8"), ("auto sweep", "#4878a8"))):
+        ys = [len(rows) - 1 - i + (0.5 - k) * height for i in range(len(rows))]
+        gains = [statistics.mean(m["train defaults"]) - statistics.mean(m[method]) for _, m in rows]
+        spread = [statistics.stdev(m[method]) if len(m[method]) > 1 else 0.0 for _, m in rows]
+        ax.barh(ys, gains, height, xerr=spread, color=color, label=method, capsize=2)
+        for y, g, sd in zip(ys, gains, spread):
+            ax.text(max(g, 0) + sd, y, f"  {g:.3f}", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows][::-1], fontsize=8)
+    ax.set(xlabel="val loss below `charsearch train` defaults (nats/char; more is better)",
+           title="The auto sweep and its prior alone, against the defaults (2 CPU cores)")
+    ax.legend(fontsize=8, loc="upper right")
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOTS / "suite_cpu.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "![The auto sweep and its prior alone against the defaults](benchmarks/plots/suite_cpu.png)"
+
+
 def report(results: dict, measured: list, args) -> None:
     groups: dict = {}
     for key, r in results.items():
@@ -276,7 +305,7 @@ def report(results: dict, measured: list, args) -> None:
             "first planned trial) trained alone for T, its learning rate decaying linearly to 0; (c) `charsearch "
             "sweep --data C --time T`, its exported model. Every row's model is scored on the whole val split "
             "(`charsearch eval --split val`), also where the run itself scored a sample of it (`eval_chars`). "
-            "Negative differences: the sweep did better.\n\n" + table(rows)
+            "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups)
             + "\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
               "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured))
     if warm_rows:
