@@ -82,12 +82,12 @@ PRIOR_TOKENS_PER_PARAM = 40
 # The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
 # not characters: a CJK character carries about three times an English one's (as a subword token does),
 # so as many parameters train on a third of the characters. Where a corpus's characters carry more than
-# REFERENCE_NATS (data.compressed_nats: lzma's compressed size of the start of its train split; a trained
-# char-rnn ends 10-25% below it), the constants are scaled by REFERENCE_NATS / its figure: 1.97 nats/char
-# on tiny-shakespeare, 5.7 on a 4,046-character CJK corpus. Below it they stand: they were measured on
-# prose and on Python source (1.21), and scaled up there (one run at 300 s) the band admitted shapes so
-# small and fast that ASHA's longest rung (a third of the window at the fastest rate) let 2 trials run,
-# and the sweep ended at 1.314 against 1.247 unscaled.
+# REFERENCE_NATS (data.compressed_nats: lzma's compressed size of 200,000 characters spread over its train
+# split; a trained char-rnn ends 10-25% below it), the constants are scaled by REFERENCE_NATS / its figure:
+# 2.03 nats/char on tiny-shakespeare (x0.99: prose sits at the reference), 5.79 on a 4,046-character CJK
+# corpus. Below it they stand: they were measured on prose and on Python source (1.21), and scaled up there
+# (one run at 300 s) the band admitted shapes so small and fast that ASHA's longest rung (a third of the
+# window at the fastest rate) let 2 trials run, and the sweep ended at 1.314 against 1.247 unscaled.
 REFERENCE_NATS = 2.0
 STARTUP_TRIALS = 3
 # Memorising: a run that passes over the train split many times with many parameters per character of it
