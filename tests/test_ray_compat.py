@@ -63,3 +63,18 @@ def test_every_private_access_works_on_a_real_run(local_ray, tmp_path):
     internal = restored._local_tuner
     assert internal.get_run_config().callbacks is callbacks
     assert internal._tune_config.search_alg is searcher and internal._tune_config.time_budget_s == 12.5
+
+
+def test_a_search_algorithm_forgets_the_trials_the_saved_state_lacks():
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    limiter = ConcurrencyLimiter(OptunaSearch(space={"x": tune.uniform(0, 1)}, metric="score", mode="min"), 2)
+    search_alg = SearchGenerator(limiter)
+    assert limiter.suggest("saved") and limiter.suggest("lost")
+    search_alg.set_state({**search_alg.get_state(), "counter": 2})
+    assert limiter.suggest("third") is None  # both slots held
+
+    ray_compat.forget_unsaved_trials(search_alg, {"saved"})
+    assert search_alg.get_state()["counter"] == 1 and limiter.live_trials == {"saved"}
+    assert limiter.suggest("third") is not None  # the lost trial's slot is free again

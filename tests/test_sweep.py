@@ -14,6 +14,7 @@ import mlflow
 import pytest
 import torch
 import yaml
+from ray import cloudpickle
 
 from .conftest import charsearch, cli_env as env, kill_session, runs, sweep_file
 
@@ -103,6 +104,13 @@ def test_resume_after_the_driver_is_killed(project):
             continue
         for old in sorted(trial_dir.glob("checkpoint_*"))[:-1]:
             shutil.rmtree(old)
+    # as a driver killed while Tune copied its saved state would leave it: the search algorithm's state copied,
+    # the trials' not, so the search algorithm counts (and holds a concurrency slot for) a trial Tune never saved
+    (newest,) = sorted((project / "ray_results" / "resume").glob("*/search_gen_state-*.json"))[-1:]
+    saved = cloudpickle.loads(newest.read_bytes())
+    saved["counter"] += 1
+    saved["name:ConcurrencyLimiter"]["live_trials"].add("lost0001")
+    newest.write_bytes(cloudpickle.dumps(saved))
     time.sleep(1)
     r = charsearch("sweep", path, "--resume", cwd=project)
     assert r.returncode == 0, r.stderr

@@ -10,7 +10,8 @@ Callback API do the work. One module per job:
     search            the space, OptunaSearch and its sampler, ASHA, the search's deadline
     resources         Ray's start, CPU and GPU per trial
     storage           where Tune keeps the experiment, and the sweep's record beside it
-    resume            what --resume may continue, and the trials' checkpoints made consistent
+    resume            what --resume may continue, and the trials' checkpoints and the searcher's count
+                      made consistent
     tracking_callback Tune's events into MLflow
     status            the live line
     finish            the best trial trains on to the end of the budget

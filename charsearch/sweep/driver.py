@@ -32,7 +32,7 @@ from .finish import Finish, finish_best
 from .ledger import METRIC, SweepState
 from .resources import init_ray, trial_resources
 from .resume import ResumeFromExisting, ResumePoint, resume_point
-from .search import make_scheduler, make_searcher, search_space
+from .search import make_scheduler, make_searcher, search_algorithm, search_space
 from .status import StatusLine
 from .storage import Storage
 from .tracking_callback import MLflowCallback
@@ -158,8 +158,8 @@ def search_deadline(sweep: SweepConfig, started: float) -> float:
 def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: str, tracker: Tracker,
                state: SweepState, resources, previous: ResumePoint | None, warm: WarmStart | None) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus), resources)
-    callbacks = [ResumeFromExisting(), MLflowCallback(sweep, tracker, state), StatusLine(state)]
-    searcher = make_searcher(sweep, state, warm)
+    searcher = search_algorithm(make_searcher(sweep, state, warm), sweep.max_concurrent)
+    callbacks = [ResumeFromExisting(searcher), MLflowCallback(sweep, tracker, state), StatusLine(state)]
     search_s = state.ends_at - time.time() if math.isfinite(state.ends_at) else None
     if previous is not None:
         # Tune brings back the search space, the scheduler and the searcher's study from the saved experiment
@@ -176,7 +176,7 @@ def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: st
     tune_config = tune.TuneConfig(
         metric=METRIC, mode="min", search_alg=searcher,
         scheduler=make_scheduler(sweep, len(corpus.split(sweep.train_frac, sweep.val_frac)[0])),
-        num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent or None, time_budget_s=search_s,
+        num_samples=sweep.num_samples, time_budget_s=search_s,
         reuse_actors=True, trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}")
     return tune.Tuner(trainable, param_space=search_space(sweep), tune_config=tune_config, run_config=run_config)
 

@@ -3,7 +3,8 @@ breaks one fails there, loudly, rather than in the middle of a sweep).
 
 Ray 2.60 gives no public way to (1) forget a trial's kept checkpoints that are gone from storage and point
 it at another, (2) hand a restored Tuner callbacks and a searcher that hold this invocation's state
-(Tuner.restore brings back the pickled ones), or (3) read where a trial's results are stored.
+(Tuner.restore brings back the pickled ones), (3) read where a trial's results are stored, or (4) make a
+restored search algorithm forget trials that Tune's restored experiment state lacks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 
 import pyarrow.fs
+from ray.tune.search import ConcurrencyLimiter
 
 RAY_VERSIONS = ("2.60.",)  # the releases this module was written and tested against
 
@@ -59,3 +61,13 @@ def replace_callbacks_and_searcher(tuner, callbacks: list, searcher, time_budget
     internal.get_run_config().callbacks = callbacks
     internal._tune_config.search_alg = searcher
     internal._tune_config.time_budget_s = time_budget_s
+
+
+def forget_unsaved_trials(search_alg, saved: set[str]) -> None:
+    """Make a SearchGenerator count as created the `saved` trials only (its counter ends the search at
+    num_samples), and its concurrency limit hold slots for those of them still live only."""
+    search_alg.set_state({**search_alg.get_state(), "counter": len(saved)})
+    limiter = search_alg.searcher
+    if isinstance(limiter, ConcurrencyLimiter):
+        limiter.live_trials &= saved
+        limiter.num_unfinished_live_trials = len(limiter.live_trials)

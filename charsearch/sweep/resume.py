@@ -100,19 +100,27 @@ def parent_status(uri: str, run_id: str) -> str | None:
 
 
 class ResumeFromExisting(tune.Callback):
-    """A resumed trial continues from the newest checkpoint it has in storage. Tune deletes a trial's
-    older checkpoints as it registers new ones (num_to_keep) and saves its experiment state only now and
-    then, so a driver killed in between leaves a state naming a checkpoint already deleted, and Tune
-    would fail that trial ("Could not recover from checkpoint"). Before the first trial starts, each
-    such trial is pointed at its newest complete checkpoint folder."""
+    """A resumed sweep continues from what Tune saved, made consistent before the first trial starts.
 
-    def __init__(self):
-        self.done = False
+    Each trial continues from the newest checkpoint it has in storage. Tune deletes a trial's older
+    checkpoints as it registers new ones (num_to_keep) and saves its experiment state only now and then,
+    so a driver killed in between leaves a state naming a checkpoint already deleted, and Tune would fail
+    that trial ("Could not recover from checkpoint"); such a trial is pointed at its newest complete
+    checkpoint folder.
+
+    The search algorithm counts the trials the saved state holds. Tune copies its trials' state and the
+    search algorithm's to storage as separate files, in the background; a driver killed between the two
+    leaves a search algorithm that counts a trial the resumed sweep does not have (and holds a concurrency
+    slot for it), so the sweep would run one trial fewer than num_samples, one trial at a time short."""
+
+    def __init__(self, search_alg):
+        self.search_alg, self.done = search_alg, False
 
     def on_step_begin(self, iteration, trials, **info):
         if self.done:
             return
         self.done = True
+        ray_compat.forget_unsaved_trials(self.search_alg, {trial.trial_id for trial in trials})
         for trial in trials:
             if trial.status != "TERMINATED" and trial.checkpoint is not None:
                 point_at_newest(trial)

@@ -8,7 +8,7 @@ import time
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..sweepfile import SweepConfig
@@ -48,6 +48,13 @@ def make_searcher(sweep: SweepConfig, state: SweepState, warm: WarmStart | None 
         points = [warm.best] + [p for p in points if p not in done]
     return Deadline(OptunaSearch(sampler=sampler, metric=METRIC, mode="min", points_to_evaluate=points or None),
                     sweep.first_report_s, state, warm.evaluated if warm else [])
+
+
+def search_algorithm(searcher: Searcher, max_concurrent: int) -> SearchGenerator:
+    """The searcher wrapped as Tune would wrap it (a concurrency limit, then a SearchGenerator), built here
+    so that the sweep holds it: a resumed sweep makes it agree with the trials Tune saved
+    (resume.ResumeFromExisting)."""
+    return SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher)
 
 
 class Deadline(Searcher):
