@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import env, follow_train, plan_lines, python_corpus, run_sweep, run_train  # noqa: E402
 from common import PLOTS, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
+from charsearch.autosize import SEARCH_FRACTION  # noqa: E402
+
 # --- the corpora ---------------------------------------------------------------------------------
 
 
@@ -94,8 +96,9 @@ CORPORA = {"English prose (tiny-shakespeare)": shakespeare, "source code (Python
 # --- the prior alone --------------------------------------------------------------------------------
 
 
-def run_prior(corpus: Path, budget: float, seed: int, project: Path) -> dict:
-    """The first trial the auto sweep would run, trained alone for the budget, its rate decaying to 0."""
+def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> dict:
+    """The first trial the auto sweep would run, trained alone for the budget, its rate decaying to 0 over
+    the last `decay_frac` of it."""
     r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
                         "--dry-run"], cwd=project, env=env(), capture_output=True, text=True)
     if r.returncode:
@@ -108,7 +111,7 @@ def run_prior(corpus: Path, budget: float, seed: int, project: Path) -> dict:
     evals = max(1, round(rate * budget / 20 / (prior["batch_size"] * prior["seq_length"])))
     cmd = [sys.executable, "-m", "charsearch", "train", "--data", str(corpus), "--model", model, "--num-layers", layers,
            "--rnn-size", size, "--max-time", str(budget), "--seed", str(123 + seed), "--lr-schedule", "wsd",
-           "--decay-frac", "1.0", "--max-epochs", "10000", "--eval-every", str(evals),
+           "--decay-frac", str(decay_frac), "--max-epochs", "10000", "--eval-every", str(evals),
            "--checkpoint-dir", str(project / "cv")]
     for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip", "eval_chars"):
         if key in prior:
@@ -192,8 +195,11 @@ def s2(seconds: float = 15.0) -> list[dict]:
 
 # --- the suite ----------------------------------------------------------------------------------------
 
+SCHEDULE = "prior alone (sweep's schedule)"
 METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            "prior alone": run_prior,
+           # the schedule the sweep's winner gets: a constant rate while the search runs, then the finish's decay
+           SCHEDULE: lambda c, b, s, p: run_prior(c, b, s, p, 1 - SEARCH_FRACTION),
            "auto sweep": run_auto_sweep,
            "warm second sweep": run_warm_sweep}
 DEFAULT_METHODS = ("train defaults", "prior alone", "auto sweep")
@@ -233,6 +239,12 @@ def main() -> None:
                         results[f"{name}|{budget:g}|{method}|{seed}"] = {k: v for k, v in r.items() if k != "points"}
                         save_json("suite_cpu", {"results": results, "s2": measured})
     report(results, measured, args)
+
+
+def cell(values: list[float]) -> str:
+    """Mean ± standard deviation over seeds (with two or more), each seed's value in brackets."""
+    spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4f}{spread} ({', '.join(f'{v:.3f}' for v in values)})"
 
 
 def brief(winner: str) -> str:
@@ -277,7 +289,7 @@ def report(results: dict, measured: list, args) -> None:
     groups: dict = {}
     for key, r in results.items():
         corpus, budget, method, _ = key.split("|")
-        if method in DEFAULT_METHODS:
+        if method != "warm second sweep":
             groups.setdefault((corpus, budget), {}).setdefault(method, []).append(r["best"])
     rows, warm_rows = [], []
     for key, r in results.items():
@@ -288,12 +300,10 @@ def report(results: dict, measured: list, args) -> None:
                               "second - first": f"{r['best'] - r['first']:+.4f}", "second's winner": brief(r["winner"])})
     for (corpus, budget), by_method in groups.items():
         mean = {m: statistics.mean(v) for m, v in by_method.items()}
-        sd = {m: statistics.stdev(v) if len(v) > 1 else 0.0 for m, v in by_method.items()}
         row = {"corpus": corpus, "budget": f"{float(budget):.0f} s"}
         for m in DEFAULT_METHODS:
             if m in by_method:
-                row[m] = f"{mean[m]:.4f}" + (f" ± {sd[m]:.3f}" if len(by_method[m]) > 1 else "") + \
-                         f" ({', '.join(f'{v:.3f}' for v in by_method[m])})"
+                row[m] = cell(by_method[m])
         if {"auto sweep", "train defaults", "prior alone"} <= set(mean):
             bar = min(mean["train defaults"], mean["prior alone"])
             row["sweep - better of the two"] = f"{mean['auto sweep'] - bar:+.4f}"
@@ -308,6 +318,17 @@ def report(results: dict, measured: list, args) -> None:
             "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups)
             + "\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
               "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured))
+    schedule_rows = [{"corpus": corpus, "budget": f"{float(budget):.0f} s",
+                      "prior alone, decaying over the whole budget": cell(by_method["prior alone"]),
+                      f"prior alone, constant, then decaying over the last {1 - SEARCH_FRACTION:.0%}":
+                          cell(by_method[SCHEDULE]),
+                      "auto sweep": cell(by_method["auto sweep"])}
+                     for (corpus, budget), by_method in groups.items()
+                     if {"prior alone", SCHEDULE, "auto sweep"} <= set(by_method)]
+    if schedule_rows:
+        body += ("\n\nThe sweep's winner trains at a constant rate while the search runs and decays over the finish "
+                 "only; the prior alone above decays over the whole budget. The prior alone with the sweep's "
+                 "schedule separates the schedule from the search:\n\n" + table(schedule_rows))
     if warm_rows:
         body += ("\n\nA second sweep of the same corpus and budget in the same project starts from the first (its "
                  "best configuration first, its trials in the Optuna study): the first sweep's exported model and "
