@@ -5,7 +5,8 @@ and a Lua worker for the same). Work per request is bounded (body size, JSON nes
 length) and at most `max_concurrent` samples are generated at once; a request beyond that is answered
 429 at once rather than queued, so one client cannot stall everyone else. A request's head and body
 must arrive within REQUEST_S seconds in all, so a client sending a byte at a time cannot hold a
-connection (and its thread) either. A client that goes away stops its generation.
+connection (and its thread) either. A client that goes away stops its generation; the log says after how
+many characters.
 
     GET  /              the page: prime text, temperature, length, seed; the text streams in
     GET  /api/model     the model: architecture, vocabulary, val loss, this server's limits
@@ -162,11 +163,13 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.slots.acquire(blocking=False):
             return self._error(429, "busy: the server is generating as many samples as it allows at once; "
                                     "try again in a moment", {"Retry-After": "1"})
-        self._holding = True
+        self._holding, self._made = True, 0
         try:
             (self._stream if stream else self._whole)(opts)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True  # the client left: stop generating for it
+            self.log_message('"%s" client left after %d of %d characters', self.requestline, self._made,
+                             opts.length)
         finally:
             self._release()
 
@@ -204,6 +207,7 @@ class Handler(BaseHTTPRequestHandler):
         buf, sent = [], time.monotonic()
         for step in steps:
             buf.append(step[0])
+            self._made += 1
             if time.monotonic() - sent >= FLUSH_S:
                 chunk("".join(buf))
                 buf, sent = [], time.monotonic()
