@@ -185,7 +185,8 @@ class Handler(BaseHTTPRequestHandler):
         text = self.server.sampler.generate(opts)[0]
         seconds = time.perf_counter() - t0
         self._release()
-        self._json(200, {"text": text, "chars": len(text) - len(opts.primetext), "seconds": round(seconds, 4)})
+        self._made = len(text) - len(opts.primetext)
+        self._json(200, {"text": text, "chars": self._made, "seconds": round(seconds, 4)})
 
     def _stream(self, opts: SampleOptions) -> None:
         steps = self.server.sampler.stream(opts)
