@@ -18,6 +18,7 @@ model file's weights are, before anything is built.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -128,17 +129,14 @@ SUMMARY_FIELDS: dict[str, type] = {
 MAX_ENTRIES = 10_000  # archive members: a model file has one per tensor plus a few
 
 
-def check_archive(path: Path, what: str) -> bool:
-    """Before anything is loaded: a zip archive (torch.save's format) must hold stored, uncompressed
-    entries whose declared sizes fit within the file, so loading it can never expand past the bytes on
-    disk. Returns whether the file is a zip archive (the other format torch reads is a plain pickle)."""
+def check_archive(f, size: int, path, what: str) -> None:
+    """Before anything is loaded: the zip archive torch.save writes must hold stored, uncompressed entries
+    whose declared sizes fit within the file, so loading it can never expand past the bytes on disk."""
     import zipfile
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(f) as z:
             infos = z.infolist()
-    except zipfile.BadZipFile:
-        return False
-    except (OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise UsageError(f"{path}: not a {what}, or truncated ({type(e).__name__})") from None
     if len(infos) > MAX_ENTRIES:
         raise UsageError(f"{path}: not a {what}: {len(infos):,} archive entries (a model file has a few hundred at "
@@ -147,29 +145,54 @@ def check_archive(path: Path, what: str) -> bool:
     if packed:
         raise UsageError(f"{path}: not a {what}: archive entry {excerpt(packed[0])} is compressed, which torch.save "
                          f"never does (a compressed entry could expand far beyond the file's size)")
-    declared, size = sum(i.file_size for i in infos), path.stat().st_size
+    declared = sum(i.file_size for i in infos)
     if declared > size:
         raise UsageError(f"{path}: not a {what}: its archive declares {declared:,} bytes of content in a file of "
                          f"{size:,}")
-    return True
 
 
 def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
-    """Load plain data only (no code runs), turning every failure into one clear line. Tensors are
-    memory-mapped, not read: a field that is never used is never read into memory."""
+    """Load plain data only (no code runs), turning every failure into one clear line. The file is read
+    into the process's own memory through one open handle (never memory-mapped), and its size and
+    modification time are compared before and after: once this returns, a file truncated or copied over
+    in place cannot change or take away the weights a command uses."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{path}: {not_a_file(p)}")
     with open(p, "rb") as f:
+        before = _identity(os.fstat(f.fileno()))
         head = f.read(4)
-    if head != b"PK\x03\x04" and not head.startswith(b"\x80"):  # torch.save's zip archive, or a legacy pickle
-        raise UsageError(f"{path}: not a {what}: not a file torch.save wrote (expected a file written by "
+        if head != b"PK\x03\x04":  # torch.save's zip archive (its legacy format could declare storages it lacks)
+            raise UsageError(f"{path}: not a {what}: not a file torch.save wrote (expected a file written by "
+                             f"`charsearch export` or `charsearch train`)")
+        check_archive(f, before[0], path, what)
+        f.seek(0)
+        obj = _unpickle(f, path, what)
+        if _identity(os.fstat(f.fileno())) != before:
+            raise UsageError(f"{path}: changed while it was read (another program is writing it); run the command "
+                             f"again once the file is complete")
+    if not isinstance(obj, dict) or obj.get("format") not in VERSIONS:
+        raise UsageError(f"{path}: not a {what} (no charsearch format tag; expected a file written by "
                          f"`charsearch export` or `charsearch train`)")
-    zipped = check_archive(p, what)
+    supported = VERSIONS[obj["format"]]
+    if not isinstance(obj.get("version"), int) or obj["version"] > supported:
+        raise UsageError(f"{path}: {obj['format']} format version {excerpt(obj.get('version'))} is newer than this "
+                         f"charsearch reads (up to {supported}); upgrade charsearch")
+    problem = storage_problem(obj) or _layout_problem(obj)
+    if problem:
+        raise UsageError(f"{path}: damaged charsearch file ({problem})")
+    return obj
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _unpickle(f, path, what: str):
     try:
         with warnings.catch_warnings():  # torch warns about a foreign pickle's protocol; the error line says it all
             warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipped)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise UsageError(f"{path}: not a {what}: it holds Python objects beyond plain data, and loading it could "
@@ -178,17 +201,49 @@ def safe_load(path: str | Path, what: str = "charsearch model file") -> dict:
     except Exception as e:  # a damaged file can fail anywhere in the unpickler (KeyError, IndexError, ...)
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise UsageError(f"{path}: not a {what}, or truncated ({reason})") from None
-    if not isinstance(obj, dict) or obj.get("format") not in VERSIONS:
-        raise UsageError(f"{path}: not a {what} (no charsearch format tag; expected a file written by "
-                         f"`charsearch export` or `charsearch train`)")
-    supported = VERSIONS[obj["format"]]
-    if not isinstance(obj.get("version"), int) or obj["version"] > supported:
-        raise UsageError(f"{path}: {obj['format']} format version {excerpt(obj.get('version'))} is newer than this "
-                         f"charsearch reads (up to {supported}); upgrade charsearch")
-    problem = _layout_problem(obj)
-    if problem:
-        raise UsageError(f"{path}: damaged charsearch file ({problem})")
-    return obj
+
+
+def tensors_in(obj, depth: int = 0):
+    """Every tensor a loaded file holds, at any depth of its dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif depth < 32 and isinstance(obj, dict):
+        for v in obj.values():
+            yield from tensors_in(v, depth + 1)
+    elif depth < 32 and isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from tensors_in(v, depth + 1)
+
+
+def storage_problem(obj) -> str | None:
+    """A small file must not stand for a large model: every element of every tensor must have bytes of its
+    own in the file. A view that repeats its storage (a stride of 0, as `expand` makes), overlaps itself or
+    another tensor, or reaches past its storage is refused here, before any of it is used. The storages
+    themselves are bounded by the file's size (check_archive), so the tensors are too."""
+    spans: dict[int, list] = {}
+    for t in tensors_in(obj):
+        if t.layout != torch.strided or t.is_quantized:
+            return f"a tensor is stored as {t.layout} {t.dtype}; charsearch files hold dense tensors only"
+        if t.numel() == 0:
+            continue
+        dims = sorted((st, n) for st, n in zip(t.stride(), t.shape) if n > 1)
+        extent = 1  # elements that the dimensions with smaller strides cover, each once
+        for st, n in dims:
+            if st < extent:
+                return (f"a tensor of shape {tuple(t.shape)} repeats or overlaps its own elements (stride "
+                        f"{tuple(t.stride())}): a file must hold every element it stands for")
+            extent = st * (n - 1) + extent
+        start = t.storage_offset() * t.element_size()
+        end = start + extent * t.element_size()
+        storage = t.untyped_storage()
+        if end > storage.nbytes():
+            return f"a tensor of shape {tuple(t.shape)} reaches past the bytes the file stores for it"
+        spans.setdefault(storage.data_ptr(), []).append((start, end))
+    for ranges in spans.values():
+        ranges.sort()
+        if any(b[0] < a[1] for a, b in zip(ranges, ranges[1:])):
+            return "two tensors share the same stored bytes: a file must hold every element it stands for"
+    return None
 
 
 def _layout_problem(obj: dict) -> str | None:

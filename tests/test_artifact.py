@@ -11,7 +11,7 @@ from charsearch.data import Vocab
 from charsearch.errors import UsageError
 from charsearch.model import CharRNN
 
-from .conftest import write_model
+from .conftest import one_line_error, write_model
 
 
 def model_file(tmp_path, **summary):
@@ -107,12 +107,17 @@ def test_a_doctored_config_is_refused_before_any_model_is_built(tmp_path, change
     assert str(e.value).startswith(f"{path}: damaged charsearch file (") and "\n" not in str(e.value)
 
 
-def test_a_foreign_pickle_is_refused_without_torch_warnings(tmp_path):
+@pytest.mark.parametrize("write", [
+    lambda p: p.write_bytes(pickle.dumps({"a": 1}, protocol=4)),
+    # torch's legacy format names each storage's size in its pickle: a few bytes could declare gigabytes
+    lambda p: torch.save({"format": "charsearch-model", "version": 1}, p, _use_new_zipfile_serialization=False),
+])
+def test_a_foreign_pickle_or_the_legacy_format_is_refused_without_torch_warnings(tmp_path, write):
     path = tmp_path / "raw.pkl"
-    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    write(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(UsageError, match="could run code"):
+        with pytest.raises(UsageError, match="not a file torch.save wrote"):
             artifact.load(path)
     assert [str(w.message) for w in caught] == []
 
@@ -154,7 +159,7 @@ def test_a_compressed_archive_is_refused_before_it_expands(tmp_path):
         artifact.load(small)
 
 
-def test_fields_a_model_file_does_not_know_are_never_read_nor_exported(tmp_path):
+def test_fields_a_model_file_does_not_know_are_dropped_and_never_exported(tmp_path):
     path, _ = model_file(tmp_path, trial_id="t1")
     doctor(path, lambda raw: raw["summary"].update(extra=torch.ones(20_000_000), note="x"))
     assert path.stat().st_size > 80_000_000
@@ -206,3 +211,93 @@ def test_a_model_file_from_before_the_adaptive_softmax_loads(tmp_path):
     path, m = model_file(tmp_path)
     doctor(path, lambda raw: raw["config"].pop("cutoffs"))
     assert artifact.load(path).config["cutoffs"] == []
+
+
+def expand_weights(raw, part=lambda raw: raw) -> None:
+    """Every weight a stride-0 view of one stored element: torch.save writes one float for each."""
+    weights = part(raw)["state_dict"]
+    for name, t in weights.items():
+        weights[name] = torch.full((1,), 0.01).expand(*t.shape)
+
+
+@pytest.mark.parametrize("change, refused", [
+    (expand_weights, True),
+    (lambda raw: raw["state_dict"].update(  # two weights reading the same stored bytes
+        {"head.bias": raw["state_dict"]["head.weight"][0, :5]}), True),
+    (lambda raw: raw["state_dict"].update({"head.bias": torch.zeros(10)[::2]}), False),  # each element stored
+])
+def test_every_element_of_a_weight_must_be_stored_in_the_file(tmp_path, change, refused):
+    """A small file cannot stand for a large model: an expanded or overlapping view is refused before any
+    model is built; a strided view whose elements each have their own bytes is only a layout."""
+    path, _ = model_file(tmp_path)
+    doctor(path, change)
+    if not refused:
+        assert artifact.load(path).state_dict["head.bias"].shape == (5,)
+        return
+    with pytest.raises(UsageError, match="a file must hold every element it stands for") as e:
+        artifact.load(path)
+    assert str(e.value).startswith(f"{path}: damaged charsearch file (")
+
+
+def test_an_expanded_wide_model_is_refused_before_anything_is_allocated(tmp_path, capsys):
+    """A 2x4096 LSTM (537 M parameters) stood for by a file of a few kilobytes: `inspect` refuses it in one
+    line instead of allocating gigabytes."""
+    import resource
+    m = CharRNN(5, "lstm", 8, 2)
+    config = {**m.config, "rnn_size": 4096}
+    from charsearch.model import expected_shapes
+    weights = {name: torch.full((1,), 0.01).expand(*shape) for name, shape in expected_shapes(config).items()}
+    path = tmp_path / "wide.pt"
+    torch.save(artifact.ModelFile(config, Vocab(tuple("abcd\n")), {}).to_dict() | {"state_dict": weights}, path)
+    assert path.stat().st_size < 100_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    one_line_error(capsys, "inspect", path, match="a file must hold every element it stands for")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: far below the 8.6 GB asked
+
+
+def test_an_ensemble_member_or_a_checkpoints_optimizer_state_is_checked_the_same(tmp_path):
+    from charsearch.cli import main
+    path, _ = model_file(tmp_path)
+    ens = tmp_path / "e.pt"
+    mf = artifact.load(path)
+    artifact.save(ens, artifact.EnsembleFile([mf], [1.0], mf.vocab).to_dict())
+    doctor(ens, lambda raw: expand_weights(raw, lambda r: r["members"][0]))
+    with pytest.raises(UsageError, match="a file must hold every element"):
+        artifact.load(ens)
+    ckpt = tmp_path / "c.pt"
+    torch.save({"format": artifact.CHECKPOINT_FORMAT, "version": 1, "model": torch.load(path, weights_only=True),
+                "state": {"optimizer": {"state": {0: {"exp_avg": torch.zeros(1).expand(10_000, 10_000)}}}},
+                "train_config": {}}, ckpt)
+    with pytest.raises(UsageError, match="a file must hold every element"):
+        artifact.safe_load(ckpt, "charsearch checkpoint")
+    assert main(["inspect", str(ckpt)]) == 2
+
+
+def test_the_weights_a_command_loaded_are_its_own(tmp_path):
+    """Once loaded, a model file truncated or copied over in place (a user's cp, a full disk) changes
+    nothing the command holds."""
+    path, m = model_file(tmp_path)
+    (tmp_path / "o").mkdir()
+    other, _ = model_file(tmp_path / "o")
+    mf = artifact.load(path)
+    before = {k: v.clone() for k, v in mf.state_dict.items()}
+    path.write_bytes(other.read_bytes())  # in place: same inode
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    assert all(torch.equal(before[k], v) for k, v in mf.state_dict.items())
+    x = torch.randint(0, 5, (2, 4))
+    torch.testing.assert_close(mf.build()(x)[0], m.eval()(x)[0])
+
+
+def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    path, _ = model_file(tmp_path)
+    unpickle = artifact._unpickle
+
+    def written_meanwhile(f, *args):
+        obj = unpickle(f, *args)
+        with open(path, "ab") as g:  # another program appends while the file is read
+            g.write(b"\0" * 10)
+        return obj
+    monkeypatch.setattr(artifact, "_unpickle", written_meanwhile)
+    with pytest.raises(UsageError, match="changed while it was read .* run the command again"):
+        artifact.load(path)
