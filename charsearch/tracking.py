@@ -40,6 +40,7 @@ from .errors import UsageError
 KIND_TAG = "charsearch.kind"  # "sweep" (parent) or "trial" (child)
 TRIAL_TAG = "ray.trial_id"
 SWEEP_TAG = "charsearch.sweep"
+RAY_EXPERIMENT_TAG = "charsearch.ray_experiment"  # on the parent run: the Ray experiment folder it records
 OUTCOME_TAG = "charsearch.outcome"  # one of OUTCOMES
 OUTCOMES = ("finished", "stopped_early", "cut_by_budget", "interrupted", "failed")
 OUTCOME_WORDS = {"finished": "finished", "stopped_early": "stopped early by ASHA", "cut_by_budget": "cut by the budget",
@@ -68,9 +69,18 @@ def resolve_uri(flag: str | None = None, configured: str | None = None) -> str:
     return uri
 
 
+def existing_store(uri: str) -> bool:
+    """Whether a store is there to read: a local SQLite file must exist (MLflow would create it by looking);
+    any other store is asked when it is used."""
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).is_file()
+
+
 def client_for(uri: str) -> MlflowClient:
     configure()
     check_server(uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # MLflow keeps one store per URI string for the process: a relative path must not outlive a chdir
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).absolute()}"
     mlflow.set_tracking_uri(uri)
     return MlflowClient(uri)
 

@@ -190,8 +190,12 @@ def sweep_file(project: Path, name: str, **changes) -> Path:
 def runs(uri: str, experiment: str):
     """(parent runs, trial runs) of an experiment, as MLflow's DataFrames."""
     import mlflow
-    mlflow.set_tracking_uri(uri)
-    df = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # which sets MLFLOW_TRACKING_URI: put back, so a command in this process sees none
+    try:
+        df = mlflow.search_runs(experiment_names=[experiment], max_results=1000)
+    finally:
+        mlflow.set_tracking_uri(before) if before else os.environ.pop("MLFLOW_TRACKING_URI", None)
     if df.empty:
         return df, df
     return df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]

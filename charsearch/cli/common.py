@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import fields
-from pathlib import Path
 
 from ..config import DEFAULT_TRACKING_URI, FIELDS, ConfigError, TrainConfig, field_type
 from ..errors import UsageError
@@ -46,9 +45,9 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 def recorded_store(uri_flag: str | None) -> str:
     """The tracking URI of a command that reads sweeps: a local SQLite store that does not exist holds
     none, and is not created by looking (resolve_uri's own precedence: flag, environment, default)."""
-    from ..tracking import resolve_uri
+    from ..tracking import existing_store, resolve_uri
     uri = uri_flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if not existing_store(uri):
         raise UsageError(f"no sweeps recorded in {uri} (no such database): run `charsearch sweep FILE` first, "
                          f"or pass --tracking-uri")
     return resolve_uri(uri_flag)

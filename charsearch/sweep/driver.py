@@ -26,7 +26,7 @@ from ray import tune
 
 from ..data import Corpus, check_fits, check_val, load_corpus
 from ..sweepfile import SweepConfig
-from ..tracking import COUNTS_TAG, Tracker, resolve_uri
+from ..tracking import COUNTS_TAG, RAY_EXPERIMENT_TAG, Tracker, resolve_uri
 from . import ray_compat
 from .finish import Finish, finish_best
 from .ledger import METRIC, SweepState
@@ -62,7 +62,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     state = SweepState(started or time.time(), sweep.sweep_time)
     corpus = checked_corpus(sweep)
     storage = Storage(sweep)
-    previous = resume_point(sweep, storage, tracking_uri) if resume else None
+    previous = resume_point(sweep, storage, tracking_uri, corpus.sha256) if resume else None
     uri = previous.tracking_uri if previous else resolve_uri(tracking_uri, sweep.tracking_uri)
     storage.check_writable()
     warm = None if previous else warm_start(sweep, uri, corpus, out)
@@ -132,7 +132,7 @@ def start_record(sweep: SweepConfig, storage: Storage, tracker: Tracker, corpus:
         files={"sweep.yaml": Path(sweep.path).read_text(encoding="utf-8") if sweep.path else as_file,
                "resolved.yaml": yaml.safe_dump(sweep.to_dict(), sort_keys=False),
                **({"auto-sized.yaml": f"{as_file}\n{plan_text}\n"} if plan_text else {}), **files},
-        tags={"charsearch.sweep_file": sweep.path or "(auto)", "charsearch.ray_experiment": storage.show(exp_dir),
+        tags={"charsearch.sweep_file": sweep.path or "(auto)", RAY_EXPERIMENT_TAG: storage.show(exp_dir),
               "charsearch.ray_address": ray.get_runtime_context().gcs_address,
               **({WARM_TAG: warm.source_run_id} if warm else {})})
     tracker.share_view(list(sweep.space))

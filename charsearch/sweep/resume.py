@@ -15,10 +15,13 @@ from dataclasses import dataclass
 import pyarrow.fs
 from ray import tune
 
+from mlflow.exceptions import MlflowException
+
 from ..errors import UsageError, excerpt
 from ..sweepfile import SweepConfig, parse_sweep
+from ..tracking import resolve_uri
 from . import ray_compat
-from .storage import Storage
+from .storage import RECORD_FILE, Storage
 
 # what a resumed sweep may change (it continues its own study: a warm start does not apply)
 RESUMABLE = {"budget.sweep_time", "ray.address", "tracking.uri", "search.warm_start"}
@@ -40,8 +43,10 @@ def recorded_sweep(sweep: SweepConfig) -> SweepConfig | None:
     return parse_sweep(saved, sweep.path) if saved else None
 
 
-def resume_point(sweep: SweepConfig, storage: Storage, uri_flag: str | None) -> ResumePoint:
-    """The run to continue, or one UsageError saying why there is none."""
+def resume_point(sweep: SweepConfig, storage: Storage, uri_flag: str | None, corpus_sha256: str) -> ResumePoint:
+    """The run to continue, or one UsageError saying why there is none. The record is checked against what
+    it names before anything is opened or created: its store exists, its run is this sweep's parent run
+    for this experiment folder, and the corpus is the one that run trained on."""
     where = sweep.path or sweep.name
     dirs = storage.experiment_dirs(sweep.name)
     if not dirs or not tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs):
@@ -49,7 +54,9 @@ def resume_point(sweep: SweepConfig, storage: Storage, uri_flag: str | None) -> 
                          f"without --resume first)")
     record = storage.read_record(dirs[-1])
     uri = recorded_uri(record, uri_flag, where)
-    if parent_status(uri, record["parent_run_id"]) == "FINISHED":
+    status = parent_status(uri, record, sweep.name, dirs[-1], corpus_sha256,
+                           f"{storage.show(dirs[-1])}/{RECORD_FILE}")
+    if status == "FINISHED":
         raise UsageError(f"{where}: its latest run ({storage.show(dirs[-1])}, MLflow run {record['parent_run_id']}) "
                          f"finished: nothing to resume; run it without --resume to start a new sweep")
     changed = changed_keys(record.get("sweep"), sweep.to_file())
@@ -91,12 +98,35 @@ def _flat(sweep_file: dict) -> dict:
     return out
 
 
-def parent_status(uri: str, run_id: str) -> str | None:
-    from ..tracking import client_for
+def parent_status(uri: str, record: dict, experiment: str, exp_dir: str, corpus_sha256: str, record_path: str) -> str:
+    """The status of the parent run the record names, once it is shown to be this sweep's: in the store the
+    record names (which must exist: looking never creates one), in the sweep's experiment, tagged as the
+    parent of this experiment folder, trained on this corpus. Anything else is one line naming the record."""
+    from ..tracking import KIND_TAG, RAY_EXPERIMENT_TAG, client_for, existing_store
+    run_id = record["parent_run_id"]
+    bad = f"{record_path}: the sweep's record names"
+    if not existing_store(uri):
+        raise UsageError(f"{bad} the tracking store {uri}, which does not exist; resume where the sweep was started, "
+                         f"or run it without --resume to start a new one")
+    client = client_for(resolve_uri(uri))
     try:
-        return client_for(uri).get_run(run_id).info.status
-    except Exception:  # noqa: BLE001 -- a run the store lacks is checked again when the sweep reopens it
-        return None
+        run = client.get_run(run_id)
+        exp_name = client.get_experiment(run.info.experiment_id).name
+    except MlflowException:
+        raise UsageError(f"{bad} MLflow run {run_id}, which {uri} does not hold; restore the record, or run the "
+                         f"sweep without --resume to start a new one") from None
+    tags = run.data.tags
+    folder = tags.get(RAY_EXPERIMENT_TAG, "").rstrip("/").split("/")[-2:]
+    if exp_name != experiment or tags.get(KIND_TAG) != "sweep" or folder != exp_dir.rstrip("/").split("/")[-2:]:
+        raise UsageError(f"{bad} MLflow run {run_id} of experiment {excerpt(exp_name)}, which is not this sweep's "
+                         f"parent run ({experiment!r}, {'/'.join(exp_dir.split('/')[-2:])}); --resume writes only "
+                         f"into the sweep's own run: restore the record, or run without --resume")
+    recorded_hash = run.data.params.get("corpus_sha256")
+    if recorded_hash != corpus_sha256:
+        raise UsageError(f"{bad} a sweep trained on a corpus with sha256 {excerpt(recorded_hash)}; the corpus now "
+                         f"has {corpus_sha256[:16]}...: resume it with the corpus it started on, or run without "
+                         f"--resume to start a new sweep")
+    return run.info.status
 
 
 class ResumeFromExisting(tune.Callback):

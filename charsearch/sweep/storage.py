@@ -12,15 +12,42 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow
 import pyarrow.fs
 
-from ..errors import UsageError
+from ..errors import UsageError, excerpt
 from ..sweepfile import SweepConfig
 
 RECORD_FILE = "charsearch.json"  # in the Ray experiment folder
+RECORD_MAX_BYTES = 1_000_000  # a record holds a sweep file (itself at most 1 MB) and a few names
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids
+RECORD_FIELDS = {"parent_run_id": str, "tracking_uri": str, "sweep_file": str, "sweep": dict, "status": str}
+RECORD_STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+
+
+def record_problem(raw: bytes) -> tuple[dict | None, str | None]:
+    """(the record, None), or (None, what is wrong with it): the one check of a record read back."""
+    if len(raw) > RECORD_MAX_BYTES:
+        return None, f"over {RECORD_MAX_BYTES:,} bytes"
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # RecursionError: brackets nested past the parser's depth
+        return None, f"not JSON: {str(e)[:80] or type(e).__name__}"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, not an object"
+    for key, kind in RECORD_FIELDS.items():
+        if key in record and not isinstance(record[key], kind):
+            return None, f"{key} is {excerpt(record[key])}; expected a {'string' if kind is str else 'mapping'}"
+    if not RUN_ID.fullmatch(record.get("parent_run_id", "")):
+        return None, f"parent_run_id is {excerpt(record.get('parent_run_id', '(missing)'))}; expected an MLflow run id"
+    if not record.get("tracking_uri"):
+        return None, "no tracking_uri"
+    if record.get("status", "RUNNING") not in RECORD_STATUSES:
+        return None, f"status is {excerpt(record['status'])}; expected one of {', '.join(RECORD_STATUSES)}"
+    return record, None
 
 
 class Storage:
@@ -56,8 +83,19 @@ class Storage:
         return [d for d in dirs if self.fs.get_file_info(f"{d}/{RECORD_FILE}").type == pyarrow.fs.FileType.File]
 
     def read_record(self, exp_dir: str) -> dict:
-        with self.fs.open_input_stream(f"{exp_dir}/{RECORD_FILE}") as f:
-            return json.loads(f.read().decode())
+        """The record, checked (record_problem); a damaged one is one line naming it and what to do."""
+        path = f"{exp_dir}/{RECORD_FILE}"
+        try:
+            with self.fs.open_input_stream(path) as f:
+                raw = f.read(RECORD_MAX_BYTES + 1)
+        except (OSError, pyarrow.ArrowException) as e:
+            raise UsageError(f"{self.show(path)}: cannot read the sweep's record ({str(e).splitlines()[0][:100]})") \
+                from None
+        record, problem = record_problem(raw)
+        if problem:
+            raise UsageError(f"{self.show(path)}: damaged sweep record ({problem}); it links these Ray results to "
+                             f"their MLflow runs: restore it, or run the sweep without --resume to start a new one")
+        return record
 
     def write_record(self, exp_dir: str, record: dict) -> None:
         self.fs.create_dir(exp_dir)
