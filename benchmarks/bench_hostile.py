@@ -27,9 +27,9 @@ SHAKESPEARE = Path(os.environ.get("CHARSEARCH_SHAKESPEARE", ROOT.parent / "share
 
 def model_file(path: Path, **summary) -> None:
     """A small valid model file, written with the tree under test's own format."""
-    from charsearch import artifact
-    from charsearch.data import Vocab
-    from charsearch.model import CharRNN
+    from charsearch.core import artifact
+    from charsearch.core.data import Vocab
+    from charsearch.core.model import CharRNN
     m = CharRNN(5, "gru", 8, 1)
     artifact.save(path, artifact.ModelFile(dict(m.config), Vocab(tuple("abcd\n")), m.state_dict(),
                                            {"val_loss": 1.5, **summary}).to_dict())

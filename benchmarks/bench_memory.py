@@ -16,10 +16,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHAKESPEARE, table, write_section  # noqa: E402
 
-from charsearch.sweep.resources import corners as _corners, gpu_share, step_work  # noqa: E402
-from charsearch.sweepfile import load_sweep  # noqa: E402
-from charsearch.data import load_corpus  # noqa: E402
-from charsearch.train import train  # noqa: E402
+from charsearch.core.data import load_corpus
+from charsearch.core.train import train
+from charsearch.search.resources import corners as _corners
+from charsearch.search.resources import gpu_share, step_work
+from charsearch.search.sweepfile import load_sweep
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bar_chart, corpus_text, save_json, table, write_section  # noqa: E402
 from reference_trainer import SeedLSTM, one_hot_encode  # noqa: E402
 
-from charsearch.artifact import ModelFile  # noqa: E402
-from charsearch.data import Vocab  # noqa: E402
-from charsearch.model import CharRNN  # noqa: E402
-from charsearch.sample import SampleOptions, Sampler  # noqa: E402
+from charsearch.core.artifact import ModelFile
+from charsearch.core.data import Vocab
+from charsearch.core.model import CharRNN
+from charsearch.core.sample import SampleOptions, Sampler
 
 
 def naive_sample(net: SeedLSTM, chars: list[str], size: int, prime: str = "The", top_k: int | None = None) -> str:

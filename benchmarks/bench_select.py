@@ -55,8 +55,8 @@ def charsearch(project: Path, *args) -> str:
 
 
 def one_seed(seed: int, trial_time: float) -> dict:
-    from charsearch import artifact
-    from charsearch.candidates import sampling_rate
+    from charsearch.core import artifact
+    from charsearch.ship.candidates import sampling_rate
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp)
         corpus = project / "data" / "tinyshakespeare" / "input.txt"

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import env, follow_train, plan_lines, python_corpus, run_sweep, run_train  # noqa: E402
 from common import PLOTS, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
-from charsearch.autosize import SEARCH_FRACTION  # noqa: E402
+from charsearch.search.autosize import SEARCH_FRACTION
 
 # --- the corpora ---------------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac:
 
 
 def best_checkpoint(folder: Path) -> Path:
-    from charsearch import artifact
+    from charsearch.core import artifact
     return min(folder.glob("*.pt"), key=lambda p: artifact.load(p).summary["val_loss"])
 
 
@@ -172,8 +172,8 @@ def _throughput(args) -> float:
     model, layers, size, threads, seconds = args
     import torch
 
-    from charsearch.calibrate import _steps
-    from charsearch.model import CharRNN
+    from charsearch.core.model import CharRNN
+    from charsearch.search.calibrate import _steps
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     return _steps(CharRNN(65, model, size, layers), 65, 64, 128, seconds, "cpu")[0]

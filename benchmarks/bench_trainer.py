@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bar_chart, corpus_text, save_json, table, write_section  # noqa: E402
 from reference_trainer import train_steps  # noqa: E402
 
-from charsearch.config import TrainConfig  # noqa: E402
-from charsearch.data import load_corpus  # noqa: E402
-from charsearch.train import train  # noqa: E402
+from charsearch.core.config import TrainConfig
+from charsearch.core.data import load_corpus
+from charsearch.core.train import train
 
 
 def charsearch_rate(path: Path, hidden: int, layers: int, batch: int, seq: int, steps: int, device: str,

@@ -26,10 +26,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from .config import DEFAULT_SEED
-from .errors import UsageError, excerpt
-from .units import loss_text
-from .sample import DEFAULT_LENGTH, MAX_LENGTH, MAX_PRIME, Sampler, SampleOptions, request_options
+from charsearch.core.config import DEFAULT_SEED
+from charsearch.core.errors import UsageError, excerpt
+from charsearch.core.sample import DEFAULT_LENGTH, MAX_LENGTH, MAX_PRIME, SampleOptions, Sampler, request_options
+from charsearch.core.units import loss_text
 
 MAX_BODY = 64 * 1024
 REQUEST_S = 30  # seconds for a request's head and body, however slowly they come
@@ -234,8 +234,8 @@ def model_info(path: str, mf) -> dict:
 def make_server(model_path: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
                 max_length: int = MAX_LENGTH, max_concurrent: int = 2) -> SampleServer:
     """Load the model file (plain data only) and bind; every failure is one UsageError line."""
-    from . import artifact
-    from .devices import resolve_device
+    from charsearch.core import artifact
+    from charsearch.core.devices import resolve_device
     if max_length < 1:
         raise UsageError(f"--max-length must be >= 1; got {max_length}")
     if max_concurrent < 1:

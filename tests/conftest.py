@@ -41,9 +41,9 @@ def workdir(tmp_path, monkeypatch) -> Path:
 def write_model(path: Path, chars, cell: str = "gru", size: int = 8, layers: int = 1, seed: int | None = None,
                 **summary):
     """A model file of a randomly initialised CharRNN (seeded when `seed` is given); returns the model."""
-    from charsearch import artifact
-    from charsearch.data import Vocab
-    from charsearch.model import CharRNN
+    from charsearch.core import artifact
+    from charsearch.core.data import Vocab
+    from charsearch.core.model import CharRNN
     vocab = chars if isinstance(chars, Vocab) else Vocab(tuple(chars))
     if seed is not None:
         torch.manual_seed(seed)

@@ -6,10 +6,10 @@ import warnings
 import pytest
 import torch
 
-from charsearch import artifact
-from charsearch.data import Vocab
-from charsearch.errors import UsageError
-from charsearch.model import CharRNN
+from charsearch.core import artifact
+from charsearch.core.data import Vocab
+from charsearch.core.errors import UsageError
+from charsearch.core.model import CharRNN
 
 from .conftest import one_line_error, write_model
 
@@ -134,7 +134,8 @@ def test_atomic_save_leaves_the_old_file_when_writing_fails(tmp_path):
 def test_written_files_get_the_permissions_the_umask_gives(tmp_path):
     """Files written atomically are readable by whoever the umask lets read them (shared storage, serving)."""
     import os
-    from charsearch.files import UMASK
+
+    from charsearch.core.files import UMASK
     artifact.save(tmp_path / "m.pt", {"format": artifact.MODEL_FORMAT})
     assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o666 & ~UMASK
     assert os.umask(UMASK) == UMASK  # reading it left it unchanged
@@ -245,7 +246,7 @@ def test_an_expanded_wide_model_is_refused_before_anything_is_allocated(tmp_path
     import resource
     m = CharRNN(5, "lstm", 8, 2)
     config = {**m.config, "rnn_size": 4096}
-    from charsearch.model import expected_shapes
+    from charsearch.core.model import expected_shapes
     weights = {name: torch.full((1,), 0.01).expand(*shape) for name, shape in expected_shapes(config).items()}
     path = tmp_path / "wide.pt"
     torch.save(artifact.ModelFile(config, Vocab(tuple("abcd\n")), {}).to_dict() | {"state_dict": weights}, path)

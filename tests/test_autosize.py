@@ -7,10 +7,10 @@ import re
 import pytest
 import yaml
 
-from charsearch import autosize
-from charsearch.autosize import Calibration, parse_duration, plan
 from charsearch.cli import main
-from charsearch.sweepfile import SweepConfig, load_sweep
+from charsearch.search import autosize
+from charsearch.search.autosize import Calibration, parse_duration, plan
+from charsearch.search.sweepfile import SweepConfig, load_sweep
 
 from .conftest import make_text
 
@@ -225,8 +225,8 @@ def test_a_large_vocabulary_is_sized_by_the_recurrent_core(tmp_path):
     adaptive softmax over so many characters)."""
     import random
 
-    from charsearch.calibrate import calibrate_cpu
-    from charsearch.model import core_params
+    from charsearch.core.model import core_params
+    from charsearch.search.calibrate import calibrate_cpu
     rng = random.Random(0)
     chars = [chr(0x4E00 + i) for i in range(3000)]
     corpus = tmp_path / "cjk.txt"
@@ -255,7 +255,7 @@ def test_characters_per_parameter_follow_the_information_a_character_carries(tmp
     constants scale inversely."""
     import random
 
-    from charsearch.data import compressed_nats, load_corpus
+    from charsearch.core.data import compressed_nats, load_corpus
 
     def nats(text):
         (tmp_path / "c.txt").write_text(text, encoding="utf-8")
@@ -293,8 +293,8 @@ def test_an_input_or_output_layer_the_sweep_fixes_is_what_the_sizing_measures(tm
     counted by their core with that input, and their memorising pressure counts that output layer."""
     import random
 
-    from charsearch.calibrate import candidate
-    from charsearch.model import core_params, param_count
+    from charsearch.core.model import core_params, param_count
+    from charsearch.search.calibrate import candidate
     rng = random.Random(0)
     chars = [chr(0x4E00 + i) for i in range(3000)]
     corpus = tmp_path / "cjk.txt"

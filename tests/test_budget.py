@@ -185,7 +185,7 @@ def test_a_trial_ended_between_its_report_and_tune_registering_the_checkpoint_ke
     import pyarrow.fs
     from ray import tune
 
-    from charsearch.sweep.tracking_callback import reported_checkpoint
+    from charsearch.search.tracking_callback import reported_checkpoint
     for i in (1, 2):
         (tmp_path / f"checkpoint_00000{i}").mkdir()
         (tmp_path / f"checkpoint_00000{i}" / "model.pt").write_text(str(i))

@@ -7,13 +7,13 @@ import pytest
 import torch
 import yaml
 
-from charsearch import artifact
 from charsearch.cli import main
-from charsearch.config import TrainConfig
-from charsearch.data import file_sha256, load_corpus
-from charsearch.sweepfile import SweepConfig
-from charsearch.tracking import Tracker
-from charsearch.train import Evaluator, train
+from charsearch.core import artifact
+from charsearch.core.config import TrainConfig
+from charsearch.core.data import file_sha256, load_corpus
+from charsearch.core.train import Evaluator, train
+from charsearch.search.sweepfile import SweepConfig
+from charsearch.tracking.tracker import Tracker
 
 from .conftest import make_text, one_line_error
 
@@ -136,8 +136,8 @@ def test_choices_nothing_can_meet_are_one_line(sweep_store, capsys, tmp_path, ar
 
 
 def test_members_over_different_vocabularies_are_refused(tmp_path, capsys):
-    from charsearch.candidates import Candidate, Constraints, Splits, ensemble_of
-    from charsearch.errors import UsageError
+    from charsearch.core.errors import UsageError
+    from charsearch.ship.candidates import Candidate, Constraints, Splits, ensemble_of
 
     from .conftest import write_model
     write_model(tmp_path / "a.pt", "abc", seed=1)
@@ -175,7 +175,7 @@ def test_a_tampered_ensemble_file_is_refused_before_anything_is_built(tmp_path, 
 
 
 def test_the_report_draws_val_against_size_and_speed_and_names_the_test_gap(sweep_store, capsys, tmp_path):
-    from charsearch.report import front
+    from charsearch.ship.report import front
     uri, _, _ = sweep_store
     assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out

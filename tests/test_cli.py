@@ -207,9 +207,9 @@ def test_absurd_training_sizes_are_refused_up_front(capsys, workdir, small_corpu
 
 
 def test_a_checkpoint_whose_config_asks_for_a_huge_model_is_refused_before_resuming(capsys, workdir, small_corpus):
-    from charsearch import artifact
-    from charsearch.data import Vocab
-    from charsearch.model import CharRNN
+    from charsearch.core import artifact
+    from charsearch.core.data import Vocab
+    from charsearch.core.model import CharRNN
     part = artifact.model_part(CharRNN(5, "lstm", 16, 1), Vocab(tuple("abcde")))
     part["config"]["num_layers"] = 1_000_000
     torch.save({"format": artifact.CHECKPOINT_FORMAT, "version": 1, "model": part, "state": {}, "train_config": {}},
@@ -326,8 +326,8 @@ def test_a_damaged_checkpoint_is_one_line_for_every_command(capsys, trained, wor
 def test_training_is_admitted_against_the_memory_free_now_not_the_total(capsys, workdir, small_corpus):
     """A run sized to need about 90% of the memory free now (less than the machine's total) is refused
     before anything is allocated, in one line that says what is available."""
-    from charsearch.config import TrainConfig
-    from charsearch.devices import available_bytes, total_bytes, training_size
+    from charsearch.core.config import TrainConfig
+    from charsearch.core.devices import available_bytes, total_bytes, training_size
     free = available_bytes(torch.device("cpu"))
     size = next(h for h in range(64, 65536, 64)
                 if training_size(TrainConfig(rnn_size=h, num_layers=4, batch_size=1, seq_length=16), 32)[1] > 0.9 * free)

@@ -4,9 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from charsearch.data import (UNK, Batches, Vocab, cache_paths, check_fits, check_val, fetch, load_corpus, read_text,
-                             split_bounds)
-from charsearch.errors import UsageError
+from charsearch.core.data import (
+    UNK,
+    Batches,
+    Vocab,
+    cache_paths,
+    check_fits,
+    check_val,
+    fetch,
+    load_corpus,
+    read_text,
+    split_bounds,
+)
+from charsearch.core.errors import UsageError
 
 
 def write(tmp_path, name, content: bytes | str):
@@ -163,7 +173,7 @@ def test_a_binary_or_oversized_corpus_is_refused_before_it_is_read(tmp_path):
     in bounded time, without reading the rest."""
     import time
 
-    from charsearch.devices import total_bytes
+    from charsearch.core.devices import total_bytes
     huge = total_bytes(torch.device("cpu")) * 2
     binary = tmp_path / "binary.txt"
     with open(binary, "wb") as f:
@@ -182,7 +192,7 @@ def test_a_binary_or_oversized_corpus_is_refused_before_it_is_read(tmp_path):
 
 
 def test_a_misspelt_corpus_name_gets_the_closest_one(tmp_path):
-    from charsearch.data import resolve_path
+    from charsearch.core.data import resolve_path
     (tmp_path / "data" / "tinyshakespeare").mkdir(parents=True)
     (tmp_path / "data" / "tinyshakespeare" / "input.txt").write_text("x")
     with pytest.raises(UsageError, match="tinyshakespear: no such file \\(did you mean 'tinyshakespeare'\\?\\)"):

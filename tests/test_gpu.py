@@ -6,12 +6,12 @@ Marked `gpu`: skipped without CUDA (`pytest -m gpu` runs them on a GPU machine).
 import pytest
 import torch
 
-from charsearch import artifact
-from charsearch.config import TrainConfig
-from charsearch.data import load_corpus
-from charsearch.model import CharRNN
-from charsearch.sample import Sampler, SampleOptions, Stepper
-from charsearch.train import Evaluator, train
+from charsearch.core import artifact
+from charsearch.core.config import TrainConfig
+from charsearch.core.data import load_corpus
+from charsearch.core.model import CharRNN
+from charsearch.core.sample import SampleOptions, Sampler, Stepper
+from charsearch.core.train import Evaluator, train
 
 from .conftest import charsearch, copy_shakespeare, runs, sweep_file
 
@@ -94,7 +94,7 @@ def test_an_auto_sized_sweep_says_the_gpus_here_stay_unused(tmp_path, shakespear
 
 
 def test_the_gpu_calibration_measures_shapes_memory_and_packing():
-    from charsearch.calibrate import REFERENCE, calibrate_gpu
+    from charsearch.search.calibrate import REFERENCE, calibrate_gpu
     families = {("lstm", 2): (128, 256)}
     cal = calibrate_gpu(65, budget_s=300, gpus=1, cpus=4, max_params=1e7, families=families, fraction=0.02)
     assert set(cal.rates) == {"lstm 2x128", "lstm 2x256"} and REFERENCE in cal.single

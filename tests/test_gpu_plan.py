@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from charsearch import autosize
-from charsearch.calibrate import Calibration
-from charsearch.sweepfile import SweepConfig
+from charsearch.search import autosize
+from charsearch.search.calibrate import Calibration
+from charsearch.search.sweepfile import SweepConfig
 
 from .conftest import charsearch, kill_session, runs, start, wait_until
 from .web import free_port

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from charsearch.model import CharRNN, build, detach_state, expected_shapes, param_count
+from charsearch.core.model import CharRNN, build, detach_state, expected_shapes, param_count
 
 
 def lstm_params(v, h, layers, e=None):
@@ -62,7 +62,7 @@ def test_the_adaptive_softmax_is_an_exact_distribution_over_the_vocabulary():
     loss is the cross-entropy of that distribution, and its ranking follows the frequencies given."""
     import torch.nn.functional as F
 
-    from charsearch.model import cutoffs_for, expected_shapes, param_count
+    from charsearch.core.model import cutoffs_for, expected_shapes, param_count
     assert cutoffs_for(65) == [] and cutoffs_for(999) == [] and cutoffs_for(1500) == [256]
     assert cutoffs_for(4000) == [256, 1024] and cutoffs_for(4000, "full") == [] and cutoffs_for(500, "adaptive")
     torch.manual_seed(0)

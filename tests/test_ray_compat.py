@@ -8,7 +8,7 @@ import pytest
 import ray
 from ray import tune
 
-from charsearch.sweep import ray_compat
+from charsearch.search import ray_compat
 
 
 def trainable(config):

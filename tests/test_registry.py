@@ -15,10 +15,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from charsearch import artifact
 from charsearch.cli import main
-from charsearch.sample import Sampler, SampleOptions
-from charsearch.tracking import Tracker
+from charsearch.core import artifact
+from charsearch.core.sample import SampleOptions, Sampler
+from charsearch.tracking.tracker import Tracker
 
 from .conftest import cli_env, kill_session, write_model
 from .web import free_port, one_thread, wait_http

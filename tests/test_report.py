@@ -11,19 +11,19 @@ from datetime import datetime
 
 import matplotlib.image
 import matplotlib.pyplot as plt
-from matplotlib.collections import LineCollection, PathCollection
 import mlflow
 import numpy as np
 import optuna
 import pytest
 import yaml
+from matplotlib.collections import LineCollection, PathCollection
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from charsearch import report
 from charsearch.cli import main
-from charsearch.data import load_corpus
-from charsearch.tracking import Tracker
+from charsearch.core.data import load_corpus
+from charsearch.ship import report
+from charsearch.tracking.tracker import Tracker
 
 from .conftest import charsearch, make_text, write_model
 
@@ -134,7 +134,7 @@ def test_report_files_summary_and_parent_run_artifacts(sweep, workdir, capsys):
     client = mlflow.MlflowClient(uri)
     assert {a.path for a in client.list_artifacts(parent, "report")} == {f"report/{f}" for f in FILES}
     lines = out.splitlines()
-    assert lines[0].endswith("6 trials: 3 finished, 1 stopped early, 1 failed, 1 interrupted")
+    assert lines[0].endswith("6 trials (3 finished, 1 stopped early by ASHA, 1 interrupted, 1 failed)")
     assert lines[1].startswith("best trial t1 (Optuna trial 0, finished): val loss 1.6000 nats/char")
     assert lines[2].split() == ["rnn_size=64", "num_layers=2", "dropout=0.1", "learning_rate=0.002", "use_ss=False"]
     top3 = re.match(r"most important params: (\w+) [\d.]+, (\w+) [\d.]+, (\w+) [\d.]+$", lines[3])

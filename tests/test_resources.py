@@ -2,8 +2,8 @@
 
 import pytest
 
-from charsearch.sweepfile import load_sweep
-from charsearch.sweep.resources import gpu_share, step_work, trial_resources
+from charsearch.search.resources import gpu_share, step_work, trial_resources
+from charsearch.search.sweepfile import load_sweep
 
 from .conftest import ROOT, make_text
 

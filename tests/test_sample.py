@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from charsearch.artifact import ModelFile
-from charsearch.data import UNK, Vocab
-from charsearch.errors import UsageError
-from charsearch.model import CharRNN
-from charsearch.sample import Sampler, SampleOptions
+from charsearch.core.artifact import ModelFile
+from charsearch.core.data import UNK, Vocab
+from charsearch.core.errors import UsageError
+from charsearch.core.model import CharRNN
+from charsearch.core.sample import SampleOptions, Sampler
 
 
 def sampler(chars="\nabcdefgh", unk=None, seed=0):
@@ -99,7 +99,7 @@ def test_no_newline_in_vocabulary_starts_from_a_random_character():
 @pytest.mark.parametrize("layers, embed, vocab, cutoffs", [(1, 0, 11, []), (2, 0, 11, []), (3, 7, 11, []),
                                                            (2, 0, 600, [40, 200])])
 def test_the_generation_step_computes_what_the_model_computes(cell, layers, embed, vocab, cutoffs):
-    from charsearch.sample import Stepper
+    from charsearch.core.sample import Stepper
     torch.manual_seed(0)
     model = CharRNN(vocab, cell, 16, layers, embed_size=embed, dropout=0.3, cutoffs=cutoffs).eval()
     model.rank_by(torch.rand(vocab))  # an adaptive softmax ranks characters by frequency

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from charsearch.cli import main
-from charsearch.tracking import Tracker
+from charsearch.tracking.tracker import Tracker
 
 from .conftest import write_model
 from .web import free_port, wait_http

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from charsearch import artifact
-from charsearch.sample import Sampler, SampleOptions
+from charsearch.core import artifact
+from charsearch.core.sample import SampleOptions, Sampler
 from charsearch.serve import make_server
 
 from .conftest import ROOT, cli_env, kill_session, one_line_error, write_model
@@ -275,7 +275,7 @@ def test_command_errors(model, tmp_path, capsys, server):
 @pytest.fixture(scope="module")
 def best_model(smoke_sweep, tmp_path_factory) -> Path:
     """The smoke sweep's best model file (read from its MLflow store, which is left untouched)."""
-    from charsearch import selection as select
+    from charsearch.ship import selection as select
     _, uri, _ = smoke_sweep
     name, df = select.trials(uri)
     out = tmp_path_factory.mktemp("best") / "model.pt"

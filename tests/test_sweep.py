@@ -16,7 +16,8 @@ import torch
 import yaml
 from ray import cloudpickle
 
-from .conftest import charsearch, cli_env as env, kill_session, runs, sweep_file
+from .conftest import charsearch, kill_session, runs, sweep_file
+from .conftest import cli_env as env
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from charsearch.cli import main
-from charsearch.config import ConfigError
-from charsearch.sweepfile import load_sweep
+from charsearch.core.config import ConfigError
+from charsearch.search.sweepfile import load_sweep
 
 from .conftest import ROOT, make_text
 

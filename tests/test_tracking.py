@@ -5,7 +5,7 @@ import time
 
 from mlflow.exceptions import MlflowException
 
-from charsearch.tracking import Writer
+from charsearch.tracking.writer import Writer
 
 
 def test_writes_wait_in_order_while_the_store_is_away_and_a_refused_one_is_named_once():

@@ -6,12 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charsearch import artifact, train as train_mod
-from charsearch.config import ConfigError, TrainConfig
-from charsearch.data import load_corpus
-from charsearch.errors import UsageError
-from charsearch.model import CharRNN
-from charsearch.train import Diverged, Evaluator, forward_scheduled_sampling, learning_rate, train
+from charsearch.core import artifact
+from charsearch.core import train as train_mod
+from charsearch.core.config import ConfigError, TrainConfig
+from charsearch.core.data import load_corpus
+from charsearch.core.errors import UsageError
+from charsearch.core.model import CharRNN
+from charsearch.core.train import Diverged, Evaluator, forward_scheduled_sampling, learning_rate, train
 
 
 def cfg_for(corpus, tmp_path, **kw) -> TrainConfig:
@@ -74,7 +75,7 @@ def test_evaluation_does_not_depend_on_chunk_length(monkeypatch):
 def test_recorded_val_loss_is_reproduced_from_the_exported_file(small_corpus, tmp_path):
     r = train(cfg_for(small_corpus, tmp_path, batch_size=4, seq_length=40), progress=False)
     mf = artifact.export(r.best_checkpoint, tmp_path / "m.pt")
-    from charsearch.data import load_corpus
+    from charsearch.core.data import load_corpus
     _, val, _ = load_corpus(small_corpus).split(0.9, 0.1)
     assert Evaluator(val, torch.device("cpu"))(mf.build()) == pytest.approx(r.best_val_loss, rel=1e-6)
 

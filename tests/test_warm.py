@@ -6,12 +6,12 @@ import time
 import optuna
 import pytest
 
-from charsearch.sweep.ledger import SweepState
-from charsearch.sweep.search import make_searcher, search_space
-from charsearch.sweep.tracking_callback import trial_params
-from charsearch.sweep.warm import WARM_TAG, earlier_sweep
-from charsearch.sweepfile import parse_sweep
-from charsearch.tracking import Tracker
+from charsearch.search.ledger import SweepState
+from charsearch.search.space import make_searcher, search_space
+from charsearch.search.sweepfile import parse_sweep
+from charsearch.search.tracking_callback import trial_params
+from charsearch.search.warm import WARM_TAG, earlier_sweep
+from charsearch.tracking.tracker import Tracker
 
 from .conftest import make_text
 
@@ -110,8 +110,8 @@ def test_a_warm_study_runs_the_earlier_best_first_knows_its_trials_and_skips_poi
 def test_auto_sweeps_start_warm_unless_told_not_to_and_sweep_files_only_when_they_ask(workdir, sweep):
     import io
 
-    from charsearch.data import load_corpus
-    from charsearch.sweep.driver import warm_start
+    from charsearch.core.data import load_corpus
+    from charsearch.search.driver import warm_start
     uri = f"sqlite:///{workdir}/mlflow.db"
     corpus = load_corpus(sweep.corpus)
     record(uri, sweep, [(sweep.points_to_evaluate[0], 2.0)], sha=corpus.sha256)

@@ -8,8 +8,8 @@ import argparse
 import difflib
 import sys
 
-from ..errors import UsageError
-from . import model_commands, sweep_commands
+from charsearch.cli import model_commands, sweep_commands
+from charsearch.core.errors import UsageError
 
 COMMANDS = (*model_commands.COMMANDS, *sweep_commands.COMMANDS)  # each adds its parser to the subparsers
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import fields
 
-from ..config import DEFAULT_TRACKING_URI, FIELDS, ConfigError, TrainConfig, field_type
-from ..errors import UsageError
+from charsearch.core.config import FIELDS, ConfigError, TrainConfig, field_type
+from charsearch.core.errors import UsageError
 
 
 def command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
@@ -40,17 +39,6 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         return cfg.validate()
     except ConfigError as e:
         raise UsageError(f"{flag(e.field)}: {e.problem}") from None
-
-
-def recorded_store(uri_flag: str | None) -> str:
-    """The tracking URI of a command that reads sweeps: a local SQLite store that does not exist holds
-    none, and is not created by looking (resolve_uri's own precedence: flag, environment, default)."""
-    from ..tracking import existing_store, resolve_uri
-    uri = uri_flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if not existing_store(uri):
-        raise UsageError(f"no sweeps recorded in {uri} (no such database): run `charsearch sweep FILE` first, "
-                         f"or pass --tracking-uri")
-    return resolve_uri(uri_flag)
 
 
 def positive(name: str, value: int) -> int:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from ..config import DEFAULT_SEED, label_of
-from ..errors import UsageError
-from ..units import loss_text
-from .common import add_train_options, command, train_config_from_args
+from charsearch.cli.common import add_train_options, command, train_config_from_args
+from charsearch.core.config import DEFAULT_SEED, label_of
+from charsearch.core.errors import UsageError
+from charsearch.core.units import loss_text
 
 # --- data ---------------------------------------------------------------------------------------
 
@@ -30,13 +30,13 @@ def add_data(sub) -> None:
 
 
 def cmd_data_fetch(args) -> None:
-    from ..data import fetch
+    from charsearch.core.data import fetch
     path = fetch(args.name, args.data_root, args.source)
     print(f"{path}: {path.stat().st_size:,} bytes, sha256 verified")
 
 
 def cmd_data_info(args) -> None:
-    from ..data import compressed_nats, load_corpus, split_bounds, unigram_baseline
+    from charsearch.core.data import compressed_nats, load_corpus, split_bounds, unigram_baseline
     corpus = load_corpus(args.path, args.min_freq, args.data_root)
     n = len(corpus.ids)
     a, b = split_bounds(n, args.train_frac, args.val_frac)
@@ -65,12 +65,12 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> None:
-    from ..data import load_corpus
-    from ..devices import HEADROOM, admissible_bytes, check_training_size, resolve_device
-    from ..train import train
+    from charsearch.core.data import load_corpus
+    from charsearch.core.devices import HEADROOM, admissible_bytes, check_training_size, resolve_device
+    from charsearch.core.train import train
     cfg = train_config_from_args(args)
     if cfg.init_from:  # a resumed run takes the checkpoint's architecture: checked against its weights
-        from ..artifact import load
+        from charsearch.core.artifact import load
         load(cfg.init_from)
     else:
         vocab = len(load_corpus(cfg.data, cfg.min_freq).vocab)
@@ -90,8 +90,8 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args) -> None:
-    from ..artifact import export
-    from ..files import write_target
+    from charsearch.core.artifact import export
+    from charsearch.core.files import write_target
     write_target(args.out)
     mf = export(args.checkpoint, args.out)
     val = mf.summary.get("val_loss")
@@ -117,9 +117,9 @@ def add_sample(sub) -> None:
 
 
 def cmd_sample(args) -> None:
-    from .. import artifact
-    from ..devices import resolve_device
-    from ..sample import Sampler, SampleOptions
+    from charsearch.core import artifact
+    from charsearch.core.devices import resolve_device
+    from charsearch.core.sample import SampleOptions, Sampler
     opts = SampleOptions(args.primetext, args.length, args.temperature, args.top_k, args.argmax, args.seed,
                          args.num_samples, args.stop).validate()
     device = resolve_device(args.device)
@@ -151,10 +151,10 @@ def add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .. import artifact
-    from ..data import MIN_EVAL_CHARS, encode_with, resolve_path, split_bounds_apply
-    from ..devices import resolve_device
-    from ..train import Evaluator
+    from charsearch.core import artifact
+    from charsearch.core.data import MIN_EVAL_CHARS, encode_with, resolve_path, split_bounds_apply
+    from charsearch.core.devices import resolve_device
+    from charsearch.core.train import Evaluator
     mf = artifact.load(args.model)
     path = resolve_path(args.data)
     ids = encode_with(path, mf.vocab)
@@ -176,7 +176,7 @@ def add_inspect(sub) -> None:
 
 
 def cmd_inspect(args) -> None:
-    from .. import artifact
+    from charsearch.core import artifact
     obj = artifact.safe_load(args.model, "charsearch model file or checkpoint")
     mf = artifact.load(args.model, obj)
     s = mf.summary
@@ -234,7 +234,7 @@ def add_serve(sub) -> None:
 
 
 def cmd_serve(args) -> None:
-    from ..serve import make_server
+    from charsearch.serve import make_server
     server = make_server(args.model, args.host, args.port, args.device, args.max_length, args.max_concurrent)
     if server.sampler.device.type == "cpu":
         import torch

@@ -8,9 +8,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
-from ..units import loss_text
-from .common import command, positive, recorded_store
+from charsearch.cli.common import command, positive
+from charsearch.core.errors import UsageError
+from charsearch.core.units import loss_text
 
 # --- sweep --------------------------------------------------------------------------------------
 
@@ -53,7 +53,7 @@ def cmd_sweep(args) -> int:
         return 0
     if plan_text:
         print(plan_text, file=sys.stderr)
-    from ..sweep import run
+    from charsearch.search import run
     files = {"calibration.json": json.dumps(plan.calibration.to_dict(), indent=1)} if plan else {}
     outcome = run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
                   dashboard=args.dashboard, started=started, plan_text=plan_text, files=files)
@@ -63,8 +63,8 @@ def cmd_sweep(args) -> int:
 def sweep_to_run(args):
     """(sweep, plan or None): the sweep file, or with --data and --time the automatically sized sweep (as its
     latest run recorded it, when resumed); the command line's overrides applied."""
-    from ..autosize import auto_sweep, default_sweep, parse_duration
-    from ..sweepfile import load_sweep
+    from charsearch.search.autosize import auto_sweep, default_sweep, parse_duration
+    from charsearch.search.sweepfile import load_sweep
     budget = parse_duration(args.time) if args.time is not None else None
     if args.file:
         if args.data:
@@ -77,7 +77,7 @@ def sweep_to_run(args):
         sweep = default_sweep(args.data, budget)
         sweep.auto = True
     if args.resume and sweep.auto:
-        from ..sweep.resume import recorded_sweep
+        from charsearch.search.resume import recorded_sweep
         sweep = recorded_sweep(sweep) or sweep
     sweep.sweep_time = budget or sweep.sweep_time
     if args.no_warm_start and not args.resume:  # a resumed sweep continues its own study
@@ -89,7 +89,7 @@ def sweep_to_run(args):
             raise UsageError(f"--sweep-time must be >= 0 seconds; got {args.sweep_time}")
         sweep.sweep_time = args.sweep_time
     if args.test_frac is not None:
-        from ..sweepfile import set_splits
+        from charsearch.search.sweepfile import set_splits
         if not 0 <= args.test_frac < 1 - sweep.val_frac:
             raise UsageError(f"--test-frac must be in [0, {1 - sweep.val_frac:g}) (val_frac is {sweep.val_frac:g}); "
                              f"got {args.test_frac}")
@@ -110,8 +110,8 @@ def calibration_source(args) -> dict:
     GPU where Ray (or this machine) has one, else on the CPUs here."""
     from dataclasses import replace
 
-    from ..calibrate import Calibration
-    from ..sweep.resources import cluster_gpus
+    from charsearch.search.calibrate import Calibration
+    from charsearch.search.resources import cluster_gpus
     gpus, measure = cluster_gpus(args.address)
     if not args.calibration:
         return {"gpus": gpus, "measure_gpu": measure}
@@ -134,8 +134,8 @@ def dry_run(sweep, plan_text: str, address: str | None) -> None:
                            "as nanoGPT's shakespeare_char, so val figures compare with published ones; --test-frac "
                            "holds out a test split that selection never sees, for an unbiased score)"))
     if sweep.gpu == "auto":
-        from ..data import load_corpus
-        from ..sweep.resources import corners, gpu_share, step_work
+        from charsearch.core.data import load_corpus
+        from charsearch.search.resources import corners, gpu_share, step_work
         vocab = len(load_corpus(sweep.corpus, sweep.min_freq).vocab)
         shares = sorted({gpu_share(step_work(sweep, p, vocab)) for p in corners(sweep)})
         gpu = f"auto: {shares[0]:g} to {shares[-1]:g} of a GPU by model size" if gpus else "0 (no GPU here)"
@@ -146,7 +146,7 @@ def dry_run(sweep, plan_text: str, address: str | None) -> None:
 
 
 def report_outcome(sweep, outcome, args) -> int:
-    from ..tracking import describe_counts
+    from charsearch.tracking.layout import describe_counts
     print(f"sweep {sweep.name}: {describe_counts(outcome.counts)} in {outcome.wall_s / 60:.1f} min")
     for trial_id, error in list((outcome.errors or {}).items())[:3]:  # the full tracebacks are in MLflow
         print(f"trial {trial_id} failed: {error}", file=sys.stderr)
@@ -199,18 +199,19 @@ def add_best(sub) -> None:
 def cmd_best(args) -> None:
     import pandas as pd
 
-    from .. import selection
-    from ..registry import check_name
+    from charsearch.ship import selection
+    from charsearch.ship.registry import check_name
     if args.register is not None:
         check_name(args.register)
     constraints = constraints_of(args)
     if args.export:
-        from ..files import write_target
+        from charsearch.core.files import write_target
         write_target(args.export)
     elif args.ensemble is not None or constraints:
         raise UsageError("--ensemble, --max-params, --max-size and --min-chars-per-sec choose what --export writes; "
                          "give --export PATH too")
     positive("--top", args.top)
+    from charsearch.tracking.store import recorded_store
     uri = recorded_store(args.tracking_uri)
     name, df = selection.trials(uri, args.experiment)
     df = df.reindex(columns=sorted(df.columns))  # MLflow lists params in no fixed order: the table's stay put
@@ -230,7 +231,7 @@ def cmd_best(args) -> None:
 
 
 def constraints_of(args):
-    from ..candidates import Constraints, parse_size
+    from charsearch.ship.candidates import Constraints, parse_size
     if args.max_params is not None:
         positive("--max-params", args.max_params)
     if args.min_chars_per_sec is not None and not args.min_chars_per_sec > 0:
@@ -252,8 +253,8 @@ class HeldOut:
 def held_out_view(uri: str, name: str, df, folder: Path, top: int, need_val: bool) -> HeldOut:
     """The ranking, with the test loss of the top trials where the sweep kept a test split; the corpus is
     read only for that, or for the val split an ensemble is weighed on (`need_val`)."""
-    from .. import selection
-    from ..candidates import TEST_TOP, bias_line, candidates, held_out, splits_of
+    from charsearch.ship import selection
+    from charsearch.ship.candidates import TEST_TOP, bias_line, candidates, held_out, splits_of
     view = selection.table(df, top)
     try:
         sweep = selection.load_sweep_runs(uri, name)
@@ -274,7 +275,7 @@ def held_out_view(uri: str, name: str, df, folder: Path, top: int, need_val: boo
 def pick(uri: str, df, name: str, args, constraints, held: HeldOut, folder: Path):
     """(model or ensemble file, what it is): the lowest-val model meeting the constraints, or the ensemble
     of the top trials; its test loss where the sweep kept a test split."""
-    from ..candidates import candidates, choose, ensemble_of, held_out, scores
+    from charsearch.ship.candidates import candidates, choose, ensemble_of, held_out, scores
     pool = candidates(uri, df, len(df), folder)
     if args.ensemble is None:
         chosen = choose(pool, constraints)
@@ -296,8 +297,8 @@ def pick(uri: str, df, name: str, args, constraints, held: HeldOut, folder: Path
 
 
 def write(uri: str, name: str, args, constraints, mf, what: str) -> None:
-    from .. import artifact
-    from ..candidates import sampling_rate
+    from charsearch.core import artifact
+    from charsearch.ship.candidates import sampling_rate
     mf.summary.update({"experiment": name, "tracking_uri": uri})
     artifact.save(args.export, mf.to_dict())
     test = mf.summary.get("test_loss")
@@ -309,7 +310,7 @@ def write(uri: str, name: str, args, constraints, mf, what: str) -> None:
 def register(uri: str, df, experiment: str, name: str, exported: Path | None) -> None:
     from shlex import quote
 
-    from ..registry import register_best
+    from charsearch.ship.registry import register_best
     v = register_best(uri, df, experiment, name, exported)
     print(f"registered {v.name} version {v.version}: trial {v.tags['trial_id']} "
           f"(val {float(v.tags['val_loss']):.4f} nats/char, MLflow run {v.run_id}); serve it with: "
@@ -330,7 +331,8 @@ def add_report(sub) -> None:
 
 
 def cmd_report(args) -> None:
-    from .. import report
+    from charsearch.ship import report
+    from charsearch.tracking.store import recorded_store
     uri = recorded_store(args.tracking_uri)
     positive("--top", args.top)
     r = report.run(uri, args.experiment, args.run, args.out, args.storage, args.top)
@@ -350,7 +352,7 @@ def add_ui(sub) -> None:
 def cmd_ui(args) -> None:
     import os
 
-    from ..tracking import resolve_uri
+    from charsearch.tracking.store import resolve_uri
     uri = resolve_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise UsageError(f"{uri} is a tracking server: open it in a browser, it serves the UI itself")
@@ -369,8 +371,9 @@ def cmd_ui(args) -> None:
 def latest_sweep_link(uri: str, base: str) -> str:
     """MLflow 3 opens an experiment on its GenAI view; the trials are in the classic runs table, and the
     view the sweep shared (Tracker.share_view) orders them."""
-    from .. import selection
-    from ..tracking import SHARED_VIEW, client_for
+    from charsearch.ship import selection
+    from charsearch.tracking.layout import SHARED_VIEW
+    from charsearch.tracking.store import client_for
     try:
         name, _ = selection.trials(uri)
     except UsageError:  # no sweep recorded yet

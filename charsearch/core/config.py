@@ -1,0 +1,209 @@
+"""Typed configuration of one training run, and its validation.
+
+`TrainConfig` is the single list of training options: the `charsearch train` flags, the keys of a
+sweep file's `train:` and `search:` sections, and the config stored in checkpoints are all made from
+it. Every check raises `ConfigError(field, problem)`; callers name the field the way the user wrote it
+(`--dropout` on the command line, `train.dropout` in a sweep file).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+
+from charsearch.core.errors import UsageError, excerpt
+
+MODELS = ("rnn", "lstm", "gru")
+OPTIMIZERS = ("adam", "adamw", "rmsprop")
+LR_SCHEDULES = ("step", "cosine", "constant", "wsd")
+PRECISIONS = ("auto", "fp32", "fp16")
+SOFTMAXES = ("auto", "full", "adaptive")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # what --device accepts
+DEFAULT_SEED = 123  # of training and of sampling, as char-rnn's
+
+
+class ConfigError(UsageError):
+    def __init__(self, field_name: str, problem: str):
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+def opt(default, help: str, choices=None, group: str = "training"):
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = opt("", "corpus: a UTF-8 text file, a folder holding input.txt, or a name under data/", group="data")
+    min_freq: int = opt(0, "map characters seen fewer than N times to one unknown symbol (0: keep all)", group="data")
+    train_frac: float = opt(0.9, "fraction of the corpus used for training (contiguous, from the start)", group="data")
+    val_frac: float = opt(0.1, "fraction used for validation (after train); test is the rest", group="data")
+    # model
+    model: str = opt("lstm", "recurrent cell", choices=MODELS, group="model")
+    rnn_size: int = opt(128, "hidden units per layer", group="model")
+    num_layers: int = opt(2, "number of stacked recurrent layers", group="model")
+    embed_size: int = opt(0, "trained character embedding size (0: one-hot input as char-rnn, or rnn-size for vocabularies larger than it)", group="model")
+    dropout: float = opt(0.0, "dropout between layers and before the output layer, in [0, 1)", group="model")
+    softmax: str = opt("auto", "output layer: full, adaptive (exact, ~3x faster to train over thousands of "
+                       "characters), or auto: adaptive from 1,000 distinct characters", choices=SOFTMAXES,
+                       group="model")
+    # optimisation
+    seq_length: int = opt(50, "characters per sequence chunk (truncated BPTT length)")
+    batch_size: int = opt(50, "parallel contiguous streams per batch")
+    optimizer: str = opt("adam", "optimizer", choices=OPTIMIZERS)
+    learning_rate: float = opt(2e-3, "initial learning rate")
+    lr_schedule: str = opt("step", "step: char-rnn's per-epoch decay; cosine: to 10%% of the rate at the end of the "
+                           "run; wsd: constant, then linearly to 0 over the last --decay-frac of the run (the end "
+                           "of the run: max-epochs or max-time, whichever comes first)", choices=LR_SCHEDULES)
+    decay_frac: float = opt(0.2, "wsd schedule: the fraction of the run over which the rate decays to 0")
+    learning_rate_decay: float = opt(0.97, "step schedule: multiply the rate by this every epoch...")
+    learning_rate_decay_after: float = opt(10, "...after this many epochs")
+    decay_rate: float = opt(0.95, "rmsprop smoothing constant (alpha)")
+    weight_decay: float = opt(0.0, "weight decay (decoupled for adamw)")
+    grad_clip: float = opt(5.0, "clip the gradient's global norm to this (0: off)")
+    max_epochs: float = opt(50.0, "number of full passes over the training split")
+    max_time: float = opt(0.0, "wall-clock budget in seconds (0: none)")
+    patience: int = opt(0, "stop after this many evaluations without a better val loss (0: never)")
+    # scheduled sampling
+    use_ss: bool = opt(False, "scheduled sampling: sometimes feed the model its own sampled prediction",
+                       group="scheduled sampling")
+    start_ss: float = opt(1.0, "initial probability of feeding the true previous character", group="scheduled sampling")
+    min_ss: float = opt(0.9, "the probability never decays below this", group="scheduled sampling")
+    decay_ss: float = opt(1e-4, "linear decay of the probability per iteration", group="scheduled sampling")
+    # run
+    init_from: str = opt("", "resume from this checkpoint (model, optimizer, schedule, step, RNG)", group="run")
+    seed: int = opt(DEFAULT_SEED, "random seed", group="run")
+    print_every: int = opt(10, "iterations between loss read-outs (each costs a device sync)", group="run")
+    eval_every: int = opt(1000, "iterations between validation passes and checkpoints", group="run")
+    eval_chars: int = opt(0, "characters of the val split each validation pass scores, in stretches spread evenly "
+                          "over it, the same for every model (0: all); for val splits too large to read often",
+                          group="run")
+    checkpoint_dir: str = opt("cv", "folder for checkpoints", group="run")
+    savefile: str = opt("", "checkpoint name prefix (default: lm_<model>)", group="run")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", group="run")
+    precision: str = opt("auto", "auto = fp32 (TF32 on CUDA); fp16: CUDA autocast with loss scaling", choices=PRECISIONS, group="run")
+    compile: bool = opt(False, "torch.compile the model (Dynamo leaves the RNN layers to cuDNN; slower start)", group="run")
+
+    def validate(self) -> "TrainConfig":
+        """Check ranges and combinations; raise ConfigError naming the first bad field."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f.name, f"must be one of {', '.join(choices)}; got {excerpt(value)}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f.name, f"must be a finite number; got {value}")
+        positive = ("rnn_size", "num_layers", "seq_length", "batch_size", "learning_rate", "max_epochs",
+                    "print_every", "eval_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be > 0; got {excerpt(getattr(self, name))}")
+        non_negative = ("min_freq", "embed_size", "weight_decay", "grad_clip", "max_time", "patience",
+                        "learning_rate_decay_after", "decay_ss", "eval_chars")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0; got {excerpt(getattr(self, name))}")
+        from charsearch.core.model import MAX_LAYERS, MAX_WIDTH
+        for name, top in (("rnn_size", MAX_WIDTH), ("embed_size", MAX_WIDTH), ("num_layers", MAX_LAYERS)):
+            if getattr(self, name) > top:
+                raise ConfigError(name, f"must be <= {top:,}; got {excerpt(getattr(self, name))}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
+        if not 0 < self.train_frac <= 1:
+            raise ConfigError("train_frac", f"must be in (0, 1]; got {self.train_frac}")
+        if not 0 < self.val_frac < 1:
+            raise ConfigError("val_frac", f"must be in (0, 1) (the val split picks the best checkpoint); got {self.val_frac}")
+        if self.train_frac + self.val_frac > 1 + 1e-9:
+            raise ConfigError("val_frac", f"train_frac + val_frac must be <= 1; got {self.train_frac} + {self.val_frac}")
+        if not 0 < self.decay_frac <= 1:
+            raise ConfigError("decay_frac", f"must be in (0, 1]; got {self.decay_frac}")
+        if not 0 < self.learning_rate_decay <= 1:
+            raise ConfigError("learning_rate_decay", f"must be in (0, 1]; got {self.learning_rate_decay}")
+        if not 0 < self.decay_rate < 1:
+            raise ConfigError("decay_rate", f"must be in (0, 1); got {self.decay_rate}")
+        for name in ("start_ss", "min_ss"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(name, f"must be a probability in [0, 1]; got {getattr(self, name)}")
+        if self.min_ss > self.start_ss:
+            raise ConfigError("min_ss", f"must be <= start_ss ({self.start_ss}); got {self.min_ss}")
+        if self.savefile and not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", self.savefile):
+            raise ConfigError("savefile", f"must be a file name prefix (letters, digits, - _ .), not a path; got "
+                                          f"{excerpt(self.savefile)} (--checkpoint-dir chooses the folder)")
+        if not DEVICE_NAME.fullmatch(self.device):
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N; got {excerpt(self.device)}")
+        return self
+
+    @property
+    def checkpoint_prefix(self) -> str:
+        return self.savefile or f"lm_{self.model}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "") -> "TrainConfig":
+        """Build from plain values (a YAML section, a stored checkpoint config), checking names and types."""
+        cfg = cls()
+        for key, value in values.items():
+            setattr(cfg, key, coerce(key, value, where))
+        return cfg
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {name: next(a for a in typing.get_args(h) if a is not type(None)) if isinstance(h, types.UnionType) else h
+            for name, h in hints.items()}
+
+
+FIELD_TYPES = _field_types()  # computed once: a choice of many values is checked in linear time
+
+
+def field_type(name: str) -> type:
+    return FIELD_TYPES[name]
+
+
+def unknown_key(key: str, valid, where: str = "") -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=1) if len(key) <= 100 else []
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(sorted(valid))})"
+    return ConfigError(f"{where}{key if len(key) <= 60 else key[:60] + '...'}", f"unknown key{hint}")
+
+
+def coerce(key: str, value, where: str = ""):
+    """Check one training option's value against its declared type; ints are accepted for floats."""
+    if key not in FIELDS:
+        raise unknown_key(key, FIELDS, where)
+    kind = field_type(key)
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (kind is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"{where}{key}", f"must be {type_name(kind)}; got {excerpt(value)}")
+    return float(value) if kind is float else value
+
+
+def type_name(kind: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            list: "a list"}[kind]
+
+
+def shape_label(model: str, num_layers: int, rnn_size: int) -> str:
+    """'lstm 2x128': how a model's shape is written everywhere (sweep files, tables, plans, lines)."""
+    return f"{model} {num_layers}x{rnn_size}"
+
+
+def label_of(config) -> str:
+    """The shape of a model's config (a dict) or a TrainConfig."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+    return shape_label(get("model"), get("num_layers"), get("rnn_size"))

@@ -1,0 +1,320 @@
+"""An automatically sized sweep: measure the machine, then choose a search space, ASHA's rungs and the
+time split between searching and finishing, for one corpus and one wall-clock budget.
+
+Measuring comes first because the best shape depends on the machine: on 2 CPU cores, one thread per
+trial, a 2x96 LSTM trains ~60,000 chars/s and a 2x192 ~23,000, so in 10 minutes the first sees 36 M
+characters and the second 14 M. The sizing rules, with N the characters of the train split, S the
+search window, r a shape's measured rate (chars/s per trial while `parallel` trials share the machine)
+and params its recurrent core's parameters (model.core_params: not the input embedding nor the output
+layer, whose size follows the vocabulary; their cost shows in r, where it is paid):
+
+- a shape is kept if, as the winner, it can train TOKENS_PER_PARAM to MAX_TOKENS_PER_PARAM characters
+  per parameter in the budget (20 * params <= r * budget <= 400 * params: enough to train it, not so
+  few parameters that it plateaus long before the end; for English prose, and for a corpus whose
+  characters carry more, in proportion to REFERENCE_NATS / its information per character: a parameter
+  absorbs information, not characters), and has at most PARAMS_PER_CHAR * N parameters (char-rnn's advice: parameters in the
+  order of the training characters);
+- trials report every max(r_median * S / 40, 2 * V) characters, V the val characters an evaluation
+  scores: it reads them forward only, about three times as fast as training, so it costs about a sixth
+  of the training between two reports. V is the whole val split unless that exceeds r_median * S / 20
+  (a large corpus: reports would be too sparse to compare trials, or come after the window); then
+  every trial and the finish score the same evenly spread r_median * S / 20 characters of it
+  (train's eval_chars; at least MIN_EVAL_SAMPLE), and `charsearch eval` scores the whole split;
+- ASHA's grace period is max(r_median * S / 20, one report): the median shape could run 20 trials to
+  their first rung in the window, so many configurations are compared cheaply; its maximum is
+  max(r_fastest * S / 3, 3 * grace): no trial holds a slot for more than a third of the window;
+- the search gets SEARCH_FRACTION of what the budget leaves after calibration and start-up; the best
+  trial then continues from its checkpoint on the whole machine for the rest (sweep.finish_best), its
+  learning rate decaying linearly to 0;
+- the first trial is a prior: the kept GRU (else LSTM) nearest PRIOR_TOKENS_PER_PARAM characters per
+  parameter at a learning rate that suits it, with dropout where it would memorise the train split
+  (prior_dropout: by its passes over the split times all its parameters per train character), stepping
+  on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
+  cost little throughput). The finish, not the rungs, decides the final loss, and rungs at equal
+  characters trained are short: on its own the search favours shapes that learn fastest early, while a
+  larger model trained to the end does better (in a single hand-run pilot of 740 s on one thread with
+  the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
+
+Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40% of the budget
+searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at
+the unigram plateau); bench_search.py measures the rules above (BENCHMARKS.md).
+
+This module knows the sweep config, not Ray; the measuring is calibrate.py's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from charsearch.core.errors import UsageError
+from charsearch.core.model import cutoffs_for, param_count
+from charsearch.search.calibrate import MEMORY_SHARE, REFERENCE, Calibration, calibrate_cpu, calibrate_gpu
+from charsearch.search.sweepfile import SearchParam, SweepConfig, parse_shape
+
+SEARCH_FRACTION = 0.3  # of the budget; the rest trains the winner to the end
+TOKENS_PER_PARAM = 20
+MAX_TOKENS_PER_PARAM = 400  # a shape that could see more characters per parameter is too small for the budget
+PARAMS_PER_CHAR = 2.0
+FIXED_COST_S = 25.0  # Ray start and shutdown, the first trial's start, MLflow writes (measured: ~20 s)
+CALIBRATION_FRACTION = 0.04
+# candidate shapes, each family from small to large: a family stops at its first shape too slow to keep
+FAMILIES = {("lstm", 1): (64, 128, 256, 512, 768), ("lstm", 2): (32, 64, 96, 128, 192, 256, 384, 512),
+            ("lstm", 3): (128, 192, 256, 384), ("gru", 2): (128, 192, 256, 384, 512)}
+# on a GPU, wider and deeper: its throughput per trial is bound by kernel latency, not arithmetic
+GPU_FAMILIES = {("lstm", 2): (128, 256, 512, 768, 1024), ("lstm", 3): (256, 512, 768, 1024),
+                ("gru", 2): (256, 512, 768, 1024)}
+LR_RANGE = (2e-3, 1e-2)  # Adam with clipping; slower rates are still far from their end when a CPU budget ends
+# the first trial, so the search starts from a configuration that trains well in a short budget; the
+# sampler's own draws follow, TPE modelling from the STARTUP_TRIALS-th finished trial on (a 10-minute
+# CPU sweep runs about 6 trials: Optuna's default of 10 random ones would leave TPE nothing to do)
+PRIOR_LR = 3e-3
+# Characters per optimizer step. A run of minutes is far below its critical batch size: its loss falls
+# per step, almost whatever the characters in it (hand-run pilots at 150 s on 2 cores, one run each,
+# GRU 2x128, lr 3e-3 decaying: tiny-shakespeare 1.547 at 32x64 against 1.720 at 64x128, a
+# 4,046-character CJK corpus 4.805 against 5.541), while on a CPU a step of 2,048 characters costs only
+# 11-15% more per character than one of 8,192. A GPU's throughput falls faster with smaller steps: it
+# keeps larger ones.
+STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)},
+         "gpu": {"batch_size": ([64, 128, 256], 64), "seq_length": ([64, 128], 128)}}
+PRIOR_TOKENS_PER_PARAM = 40
+# The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
+# not characters: a CJK character carries about three times an English one's (as a subword token does),
+# so as many parameters train on a third of the characters. Where a corpus's characters carry more than
+# REFERENCE_NATS (data.compressed_nats: lzma's compressed size of 200,000 characters spread over its train
+# split; a trained char-rnn ends 10-25% below it), the constants are scaled by REFERENCE_NATS / its figure:
+# 2.03 nats/char on tiny-shakespeare (x0.99: prose sits at the reference), 5.79 on a 4,046-character CJK
+# corpus. Below it they stand: they were measured on prose and on Python source (1.21), and scaled up there
+# (one run at 300 s) the band admitted shapes so small and fast that ASHA's longest rung (a third of the
+# window at the fastest rate) let 2 trials run, and the sweep ended at 1.314 against 1.247 unscaled.
+REFERENCE_NATS = 2.0
+STARTUP_TRIALS = 3
+# Memorising: a run that passes over the train split many times with many parameters per character of it
+# learns the split rather than the text. Up to about 4 passes a repeated character is worth nearly a fresh
+# one (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models"); with parameters a fraction of
+# the characters, as char-rnn advises, that is a pressure of about 1. The pressure counts all parameters:
+# with thousands of distinct characters, the rows of the rare ones are fitted to their few contexts.
+FREE_PRESSURE = 3.0  # passes x (all parameters / train characters) that trains without dropout
+# the prior's dropout above it (prior alone, 300 s, 2 cores, one run each: 0.2 did better than 0 and 0.1 on
+# the suite's CJK corpus, pressure 7.5, and better than 0 and 0.3 on its 180 kB one, pressure 85; 0.1 did
+# worse than 0 on tiny-shakespeare, pressure 2)
+MAX_DROPOUT = 0.2
+MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks close trials by its noise
+
+
+@dataclass
+class Plan:
+    """What the sizing chose and why: printed by --dry-run, logged with the sweep."""
+    shapes: list
+    search_s: float
+    finish_s: float
+    grace_chars: float
+    max_chars: float
+    report_chars: float
+    eval_chars: int  # val characters each evaluation scores when not the whole split; 0: the whole split
+    first_report_s: float
+    train_chars: int
+    vocab_size: int
+    nats_per_char: float  # the train split's information per character (data.compressed_nats)
+    calibration: Calibration
+    fixed: dict = field(default_factory=dict)  # the sweep's fixed embed_size and softmax (calibrate.candidate)
+
+    @property
+    def per_param(self) -> float:
+        """The factor on every characters-per-parameter constant: 1 up to English prose's information."""
+        return scale_for(self.nats_per_char)
+
+    def describe(self) -> str:
+        c = self.calibration
+        lines = [f"# calibration: {len(c.rates)} shapes measured in {c.seconds:.0f} s on {c.device}, "
+                 f"{c.parallel} trial(s) at once, {c.threads} thread(s) each"
+                 + (f"; each with the sweep's {', '.join(f'{k} {v}' for k, v in sorted(self.fixed.items()))}"
+                    if self.fixed else "")]
+        if c.gpus:
+            curve = ", ".join(f"K={k}: {v:,}" for k, v in sorted(c.packing.items()))
+            lines.append(f"# packing on one GPU ({REFERENCE}, aggregate chars/s): {curve} -> {c.per_gpu} trials per "
+                         f"GPU x {c.gpus} GPU(s), {1 / c.per_gpu:g} of a GPU and {c.cpu_per_trial:g} CPU each; the "
+                         f"best trial finishes on a whole GPU")
+        for name in sorted(c.rates, key=lambda n: -c.rates[n]):
+            kept = "kept" if name in self.shapes else "dropped"
+            mem = f" {c.memory[name] / 2 ** 30:6.2f} GiB/trial" if name in c.memory else ""
+            lines.append(f"#   {name:<12} {c.params[name]:>10,} params {c.rates[name]:>9,} chars/s{mem}  {kept}")
+        lines.append(f"# search {self.search_s:.0f} s, then the best trial trains on for {self.finish_s:.0f} s; "
+                     f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
+                     f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
+                     f"to report once")
+        lines.append(f"# the train split carries {self.nats_per_char:.3g} nats/char (lzma; English prose "
+                     f"~{REFERENCE_NATS:g}): characters per parameter x{self.per_param:.2g}")
+        passes, press = pressure(self)
+        lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
+                     f"in the budget; times its parameters per train character: {press:.3g} (above "
+                     f"{FREE_PRESSURE:g} it memorises the split): dropout {prior_dropout(self):g}")
+        if self.eval_chars:
+            lines.append(f"# each evaluation scores {self.eval_chars:,} val characters spread evenly over the split "
+                         f"(reading all of it at every report would leave too little time to train; `charsearch eval` "
+                         f"scores the whole split)")
+        return "\n".join(lines)
+
+
+def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vocab_size: int,
+         nats_per_char: float = REFERENCE_NATS, may_sample: bool = True, fixed: dict | None = None) -> Plan:
+    """The sizing for `val_chars` scored per evaluation: the whole val split, of which the plan may score a
+    sample instead (`may_sample`), or a sample the user fixed; `fixed` as calibrate.candidate's."""
+    usable = budget_s - cal.seconds - FIXED_COST_S
+    if usable < 10:
+        raise UsageError(f"a {budget_s:g} s budget leaves {usable:.0f} s to train after calibration "
+                         f"({cal.seconds:.0f} s) and start-up (~{FIXED_COST_S:.0f} s); give at least "
+                         f"{math.ceil(cal.seconds + FIXED_COST_S + 30)} s")
+    search_s = SEARCH_FRACTION * usable
+    finish_s = usable - search_s
+    scale = scale_for(nats_per_char)
+    kept = [n for n in cal.rates if TOKENS_PER_PARAM * scale <= cal.rates[n] * usable / cal.params[n]
+            <= MAX_TOKENS_PER_PARAM * scale and cal.params[n] <= PARAMS_PER_CHAR * train_chars and fits(cal, n)]
+    if not kept:  # the shape nearest the band that fits, whatever the budget: something must train
+        kept = [min((n for n in cal.rates if fits(cal, n)) or cal.rates,
+                    key=lambda n: abs(math.log(cal.rates[n] * usable / cal.params[n] / (60 * scale))))]
+    rates = sorted(cal.rates[n] for n in kept)
+    median, fastest, slowest = rates[len(rates) // 2], rates[-1], rates[0]
+    affordable = max(MIN_EVAL_SAMPLE, round(median * search_s / 20))
+    eval_chars = affordable if may_sample and val_chars > affordable else 0
+    report = max(median * search_s / 40, 2 * (eval_chars or val_chars))
+    grace = max(median * search_s / 20, report)
+    max_chars = max(fastest * search_s / 3, grace * 3)
+    first_report = 3.0 + report / slowest
+    return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
+                eval_chars, first_report, train_chars, vocab_size, nats_per_char, cal, dict(fixed or {}))
+
+
+def scale_for(nats_per_char: float) -> float:
+    """The factor on the characters-per-parameter constants for a corpus of this information per character."""
+    return min(1.0, REFERENCE_NATS / nats_per_char)
+
+
+def fits(cal: Calibration, shape: str) -> bool:
+    """Whether calibration.per_gpu trials of a shape fit in one GPU's memory together (always on CPU)."""
+    if not cal.gpus or shape not in cal.memory:
+        return True
+    return cal.per_gpu * cal.memory[shape] <= MEMORY_SHARE * cal.gpu_memory
+
+
+def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
+    """Fill a sweep config with the planned search: the shapes, the optimiser ranges, ASHA, budgets."""
+    n = p.train_chars
+    dropout = prior_dropout(p)
+    steps = STEPS["gpu" if p.calibration.gpus else "cpu"]
+    space = {
+        "shape": SearchParam("choice", list(p.shapes)),
+        "learning_rate": SearchParam("log_float", [LR_RANGE[0], LR_RANGE[1]]),
+        # around the prior's: ASHA's short rungs favour little dropout, which pays only later, when memorising starts
+        "dropout": SearchParam("float", [dropout / 2, 2 * dropout] if dropout else [0.0, 0.1]),
+        **{key: SearchParam("choice", values) for key, (values, _) in steps.items()},
+    }
+    first = {"shape": prior_shape(p), "learning_rate": PRIOR_LR, "dropout": dropout,
+             **{key: prior for key, (_, prior) in steps.items()}}
+    for key in list(space):
+        if key in sweep.train:  # a value the user fixed is not searched
+            del space[key]
+    sweep.space = space
+    sweep.points_to_evaluate = [{k: v for k, v in first.items() if k in space}]
+    if sweep.startup_trials is None:  # a value from the sweep file stands
+        sweep.startup_trials = STARTUP_TRIALS
+    sample = {"eval_chars": p.eval_chars} if p.eval_chars else {}
+    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **sweep.train}
+    sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
+    sweep.grace_epochs = _round(p.grace_chars / n)
+    sweep.trial_max_epochs = _round(p.max_chars / n)
+    sweep.report_every_epochs = _round(p.report_chars / n)
+    sweep.num_samples = max(sweep.num_samples, 1000)  # the budget and the deadline end the search, not a count
+    sweep.max_concurrent = p.calibration.parallel
+    cal = p.calibration
+    sweep.cpu, sweep.gpu = cal.cpu_per_trial, (1 / cal.per_gpu if cal.gpus else 0.0)
+    sweep.trial_max_time = 0.0
+    sweep.finish_time = round(p.finish_s, 1)
+    sweep.first_report_s = round(p.first_report_s, 1)
+    return sweep
+
+
+def prior_shape(p: Plan) -> str:
+    """The first trial's shape: the kept shape that would see nearest PRIOR_TOKENS_PER_PARAM characters per
+    parameter in the budget, a GRU where one is kept (at equal width it has 3/4 of an LSTM's parameters)."""
+    usable = p.search_s + p.finish_s
+    shapes = [s for s in p.shapes if s.startswith("gru")] or p.shapes
+    rates, params = p.calibration.rates, p.calibration.params
+    target = PRIOR_TOKENS_PER_PARAM * p.per_param
+    return min(shapes, key=lambda s: abs(math.log(rates[s] * usable / params[s] / target)))
+
+
+def pressure(p: Plan) -> tuple[float, float]:
+    """(passes over the train split, memorising pressure) of the prior trained for the whole budget: its
+    passes times all its parameters (the vocabulary's included) per train character."""
+    shape = prior_shape(p)
+    passes = p.calibration.rates[shape] * (p.search_s + p.finish_s) / p.train_chars
+    cfg = {**parse_shape(shape), "vocab_size": p.vocab_size, "embed_size": p.fixed.get("embed_size", 0),
+           "cutoffs": cutoffs_for(p.vocab_size, p.fixed.get("softmax", "auto"))}
+    return passes, passes * param_count(cfg) / p.train_chars
+
+
+def prior_dropout(p: Plan) -> float:
+    """None up to FREE_PRESSURE; then 0.1, rising with the pressure's logarithm to MAX_DROPOUT at twice it."""
+    excess = pressure(p)[1] / FREE_PRESSURE
+    return 0.0 if excess <= 1 else round(min(MAX_DROPOUT, 0.1 * (1 + math.log2(excess))), 2)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpus: int = 0,
+               calibration: Calibration | None = None, measure_gpu=None) -> tuple[SweepConfig, Plan]:
+    """Size `sweep` (its corpus, split and fixed train options) to the machine: to `calibration` where
+    one is given, else measured on the CPUs here or, with `gpus`, on a GPU (`measure_gpu`: a function
+    with calibrate_gpu's arguments that runs it where a GPU is; by default, in this process)."""
+    from charsearch.core.data import compressed_nats, load_corpus
+    corpus = load_corpus(sweep.corpus, sweep.min_freq)
+    train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
+    cpus = cpus or len(os.sched_getaffinity(0))
+    max_params = PARAMS_PER_CHAR * len(train_ids)
+    nats = compressed_nats(corpus, sweep.train_frac, sweep.val_frac)
+    least = TOKENS_PER_PARAM * scale_for(nats)
+    # an input or output layer the user fixed is what the trials will pay for, and what may memorise
+    fixed = {key: sweep.train[key] for key in ("embed_size", "softmax") if key in sweep.train}
+    if calibration is not None:
+        cal = calibration
+    elif gpus:
+        cal = (measure_gpu or calibrate_gpu)(len(corpus.vocab), budget_s, gpus, cpus, max_params, GPU_FAMILIES,
+                                             CALIBRATION_FRACTION, fixed)
+    else:
+        cal = calibrate_cpu(len(corpus.vocab), budget_s, cpus, max_params, FAMILIES, CALIBRATION_FRACTION, least,
+                            fixed)
+    if not cal.rates:
+        raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
+                         f"for its train split); use a larger corpus or a sweep file with search_space of your own")
+    sample = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
+    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), sample or len(val_ids)), len(corpus.vocab), nats,
+             may_sample=not sample, fixed=fixed)
+    sweep.sweep_time = budget_s
+    return apply(sweep, p), p
+
+
+def default_sweep(corpus: str, budget_s: float) -> SweepConfig:
+    """The sweep `charsearch sweep --data CORPUS --time T` runs (no sweep file)."""
+    from charsearch.core.data import resolve_path
+    path = resolve_path(corpus)
+    name = f"auto-{(path.absolute().parent.name if path.name == 'input.txt' else path.stem)}"
+    return SweepConfig(path="", name=name, corpus=str(path), sweep_time=budget_s)
+
+
+def parse_duration(text: str) -> float:
+    """'600', '600s', '10m', '1.5h' -> seconds."""
+    t = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], None)
+    number = t[:-1] if scale else t
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        raise UsageError(f"--time {text!r}: expected seconds or a number with s, m or h (e.g. 600, 10m, 1h)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"--time {text!r}: must be a positive duration (e.g. 600, 10m, 1h)")
+    return value
+

@@ -1,0 +1,260 @@
+"""Measuring the machine for an automatically sized sweep: how fast each candidate shape trains when the
+sweep's trials share the devices the way the sweep will pack them.
+
+On CPU: every candidate shape's chars/s with one one-thread trial per core running at once (the
+families spread over the processes, so every core is busy while measuring).
+
+On a GPU (in a process that sees one): each candidate's chars/s as a single trial and the GPU memory
+one trial takes (peak reserved by PyTorch plus the CUDA context), then the packing curve of the
+reference shape: the aggregate chars/s of K trials, each in its own process, sharing the GPU, for
+K = 1, 2, 4, ... while the aggregate still grows and the trials fit in memory. A shape's rate with K
+trials packed is its single-trial rate times the reference's packing efficiency, agg(K) / (K agg(1)).
+
+A calibration is plain data (`to_dict`, `from_file`): one measured on a kind of GPU can be given to
+later sweeps (`charsearch sweep --calibration FILE`), and every auto sweep logs its own to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from charsearch.core.config import shape_label
+from charsearch.core.errors import UsageError, excerpt
+from charsearch.core.model import CharRNN, core_params, cutoffs_for
+
+PROBE_BATCH, PROBE_SEQ = 32, 64  # CPU: the step the auto sweep's prior trains with (autosize.STEPS)
+GPU_PROBE_BATCH, GPU_PROBE_SEQ = 128, 128
+PACKING = (1, 2, 4, 8, 16)  # trials per GPU tried, while the aggregate grows by GROWTH
+GROWTH = 1.1
+REFERENCE = "lstm 2x128"  # the packing curve's shape: char-rnn's default
+MEMORY_SHARE = 0.9  # of a GPU's memory, what its packed trials may take together
+CONTEXT_BYTES = 500 * 2 ** 20  # the CUDA context each trial's process holds beside what PyTorch reserves
+TOKENS_PER_PARAM = 20  # by default, a shape is not probed once a smaller one of its family cannot train this long
+
+
+@dataclass
+class Calibration:
+    device: str  # "cpu", or the GPU's name
+    parallel: int  # trials at once, on all devices
+    threads: int  # CPU threads per trial
+    rates: dict = field(default_factory=dict)  # "lstm 2x128" -> chars/s per trial, all `parallel` running
+    params: dict = field(default_factory=dict)  # shape -> its recurrent core's parameters (model.core_params)
+    seconds: float = 0.0
+    gpus: int = 0  # GPUs the trials share (0: CPU trials)
+    per_gpu: int = 0  # trials packed on each GPU
+    gpu_memory: int = 0  # bytes of one GPU
+    memory: dict = field(default_factory=dict)  # shape -> bytes one trial takes on the GPU
+    packing: dict = field(default_factory=dict)  # K -> aggregate chars/s of REFERENCE with K trials on one GPU
+    single: dict = field(default_factory=dict)  # shape -> chars/s of one trial alone on a GPU
+    cpu_per_trial: float = 1.0  # CPUs each trial asks Ray for (a share of one where GPU trials outnumber them)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Calibration":
+        """A calibration saved as JSON (to_dict), checked field by field."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8")[:1_000_000])
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--calibration {path}: not a calibration file ({e})") from None
+        names = {f.name for f in fields(cls)}
+        if not isinstance(raw, dict) or not {"device", "parallel", "threads", "rates", "params"} <= set(raw) \
+                or set(raw) - names:
+            raise UsageError(f"--calibration {path}: expected a JSON object with the fields {', '.join(sorted(names))}")
+        cal = cls(**raw)
+        problem = cal.problem()
+        if problem:
+            raise UsageError(f"--calibration {path}: {problem}")
+        cal.packing = {int(k): v for k, v in cal.packing.items()}
+        return cal
+
+    def problem(self) -> str | None:
+        if not isinstance(self.device, str) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                       for v in (self.parallel, self.threads, self.gpus, self.per_gpu)):
+            return "device must be a string and parallel, threads, gpus, per_gpu whole numbers"
+        if self.parallel < 1 or not self.rates or set(self.rates) != set(self.params):
+            return "needs parallel >= 1 and a rate and a parameter count for each shape"
+        if not isinstance(self.cpu_per_trial, (int, float)) or not 0 < self.cpu_per_trial <= 1024:
+            return f"cpu_per_trial must be a positive number; got {excerpt(self.cpu_per_trial)}"
+        if self.gpus and (self.per_gpu < 1 or 1 not in {int(k) for k in self.packing} or not self.gpu_memory
+                          or set(self.single) != set(self.rates)):
+            return "a GPU calibration needs per_gpu >= 1, the packing curve from K=1, gpu_memory and single rates"
+        for table in (self.rates, self.params, self.memory, self.packing, self.single):
+            if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and math.isfinite(v) and v > 0 for v in table.values()):
+                return f"every rate, count and size must be a positive number; got {excerpt(table)}"
+        from charsearch.search.sweepfile import parse_shape
+        try:
+            for name in self.rates:
+                parse_shape(name)
+        except UsageError as e:
+            return f"shape {e}"
+        return None
+
+    def packed_rate(self, shape: str, k: int) -> float:
+        """A shape's chars/s per trial with k trials on one GPU."""
+        return self.single[shape] * self.packing[k] / (k * self.packing[1])
+
+
+def candidate(vocab: int, model: str, layers: int, size: int, fixed: dict | None = None) -> CharRNN:
+    """A shape as the sweep's trials will build it: its input and output layers follow the options the
+    sweep fixed (`fixed`: embed_size, softmax; by default the vocabulary's own), which can change its cost
+    several times over where the vocabulary is large."""
+    fixed = fixed or {}
+    return CharRNN(vocab, model, size, layers, fixed.get("embed_size", 0),
+                   cutoffs=cutoffs_for(vocab, fixed.get("softmax", "auto")))
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU
+
+
+def _probe_family(args) -> list[tuple[str, int, float]]:
+    """Runs in a calibration process: the shapes of each family, ascending, until one is too slow to
+    keep (or is predicted to be, from the last one's rate per parameter), or the time is up."""
+    families, vocab, threads, seconds_each, budget_s, max_params, seconds, least, fixed = args
+    import torch
+    torch.set_num_threads(threads)
+    deadline = time.time() + seconds  # from here: the import above is not the probes' time
+    out = []
+    for (model, layers), sizes in families:
+        last = None  # (all parameters, rate) of the family's previous shape
+        for size in sizes:
+            torch.manual_seed(0)
+            net = candidate(vocab, model, layers, size, fixed)
+            total, core = net.num_params(), core_params(net.config)
+            # the cost of a character grows at least with all the parameters (the vocabulary's included): the
+            # rate is predicted from the last shape's before paying for a probe; what it must train is the core
+            if core > max_params or (last and time.time() > deadline) or (
+                    last and last[1] * last[0] / total * budget_s < least * core):
+                break
+            rate, _ = _steps(net, vocab, PROBE_BATCH, PROBE_SEQ, seconds_each, "cpu")
+            out.append((shape_label(model, layers, size), core, rate))
+            last = (total, rate)
+            if rate * budget_s < least * core:  # the larger ones are slower still
+                break
+    return out
+
+
+def _steps(net, vocab: int, batch: int, seq: int, seconds: float, device: str) -> tuple[float, int]:
+    """(chars/s, peak bytes reserved) of Adam steps on random ids for about `seconds`, the first step
+    (which allocates) not counted."""
+    import torch
+    net = net.to(device)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    x = torch.randint(0, vocab, (batch, seq), device=device)
+
+    def step():
+        loss, _ = net(x, None, x)  # the training step's own path (an adaptive softmax's too)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    step()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t, n = time.perf_counter(), 0
+    while n < 3 or time.perf_counter() - t < seconds:
+        step()
+        n += 1
+        if n % 10 == 0:
+            sync()
+    sync()
+    peak = torch.cuda.max_memory_reserved() if device == "cuda" else 0
+    return n * batch * seq / (time.perf_counter() - t), peak
+
+
+def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, families: dict,
+                  fraction: float, least: float = TOKENS_PER_PARAM, fixed: dict | None = None) -> Calibration:
+    """Each family's shapes, smallest first, until one could not train `least` characters per parameter
+    in the budget (as many one-thread trials at once as there are `cpus`); `fixed` as candidate's."""
+    start = time.monotonic()
+    families = sorted(families.items())
+    parallel = max(1, cpus)
+    seconds_each = max(0.1, min(1.0, fraction * budget_s * parallel / sum(len(s) for _, s in families)))
+    groups = [families[i::parallel] for i in range(parallel)]
+    seconds = max(1.0, fraction * budget_s - 1)
+    # fork: the children start without importing torch again (~3 s each); the parent has imported torch
+    # but run nothing on it, so no thread pool is copied half-initialised
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(parallel) as pool:
+        found = pool.map(_probe_family, [(g, vocab, 1, seconds_each, budget_s, max_params, seconds, least, fixed)
+                                         for g in groups if g])
+    cal = Calibration("cpu", parallel, 1)
+    for name, params, rate in sorted(x for part in found for x in part):
+        cal.rates[name], cal.params[name] = round(rate), params
+    cal.seconds = round(time.monotonic() - start, 1)
+    return cal
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU (run in a process that sees the GPU: locally, or in a Ray task that asked for one)
+
+
+def _gpu_shape(args) -> tuple[float, int]:
+    """In a fresh process on the GPU: (chars/s, bytes one trial of a shape takes)."""
+    vocab, model, layers, size, seconds, start_at, fixed = args
+    import torch
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    net = candidate(vocab, model, layers, size, fixed)
+    if start_at:  # packed trials start measuring together
+        time.sleep(max(0.0, start_at - time.time()))
+    rate, peak = _steps(net, vocab, GPU_PROBE_BATCH, GPU_PROBE_SEQ, seconds, "cuda")
+    return rate, peak + CONTEXT_BYTES
+
+
+def calibrate_gpu(vocab: int, budget_s: float, gpus: int, cpus: int, max_params: float, families: dict,
+                  fraction: float, fixed: dict | None = None) -> Calibration:
+    """On the GPU this process sees; `gpus` is how many the sweep's trials will share; `fixed` as
+    candidate's."""
+    import torch
+    if not torch.cuda.is_available():
+        raise UsageError("Ray declares GPUs, but the process it gave one to sees no CUDA device; run where the "
+                         "GPUs are, or give a calibration measured on such a GPU (--calibration FILE)")
+    start = time.monotonic()
+    seconds = max(0.3, min(2.0, fraction * budget_s / (sum(len(s) for s in families.values()) + 2 * len(PACKING))))
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    cal = Calibration(torch.cuda.get_device_name(), 1, 1, gpus=gpus,
+                      gpu_memory=torch.cuda.get_device_properties(0).total_memory)
+    with ctx.Pool(1) as pool:  # one process for the shapes: each measured alone on the GPU
+        for (model, layers), sizes in sorted(families.items()):
+            for size in sizes:
+                params = core_params(candidate(vocab, model, layers, size, fixed).config)
+                if params > max_params:
+                    break
+                rate, mem = pool.apply(_gpu_shape, ((vocab, model, layers, size, seconds, 0.0, fixed),))
+                name = shape_label(model, layers, size)
+                cal.single[name], cal.memory[name], cal.params[name] = round(rate), mem, params
+    cal.packing = measure_packing(ctx, vocab, seconds, cal.gpu_memory, cal.memory.get(REFERENCE), fixed)
+    cal.per_gpu = max(cal.packing)
+    cal.parallel = cal.per_gpu * gpus
+    cal.threads = max(1, cpus // cal.parallel)
+    cal.cpu_per_trial = round(min(1.0, cpus / cal.parallel), 3)
+    cal.rates = {s: round(cal.packed_rate(s, cal.per_gpu)) for s in cal.single}
+    cal.seconds = round(time.monotonic() - start, 1)
+    return cal
+
+
+def measure_packing(ctx, vocab: int, seconds: float, gpu_memory: int, reference_memory: int | None,
+                    fixed: dict | None = None) -> dict:
+    """Aggregate chars/s of REFERENCE with K trials on the GPU, for K in PACKING while it grows by GROWTH
+    and K trials fit in MEMORY_SHARE of the GPU."""
+    model, layers, size = REFERENCE.split()[0], *map(int, REFERENCE.split()[1].split("x"))
+    packing: dict = {}
+    for k in PACKING:
+        if reference_memory and k * reference_memory > MEMORY_SHARE * gpu_memory:
+            break
+        with ctx.Pool(k) as pool:
+            start_at = time.time() + 5.0 + 0.5 * k  # every process up and its model built
+            found = pool.map(_gpu_shape, [(vocab, model, layers, size, seconds, start_at, fixed)] * k)
+        packing[k] = round(sum(rate for rate, _ in found))
+        if k > 1 and packing[k] < GROWTH * packing[k // 2]:
+            del packing[k]  # no gain: the previous K stands
+            break
+    return packing

@@ -1,0 +1,100 @@
+"""One trial, as it runs in a Ray worker: the trainer with a reporting callback.
+
+The trainer reports after each evaluation; each reported checkpoint folder holds the latest training
+state (checkpoint.pt, for resuming the trial) and the best model so far as a portable model file
+(model.pt, logged to MLflow when the trial ends). Tune copies the folder into the experiment's storage
+before tune.report() returns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from charsearch.core import artifact
+from charsearch.core.config import TrainConfig
+from charsearch.core.data import Corpus, iters_per_epoch
+from charsearch.search.sweepfile import SweepConfig
+
+TRIAL_DIR_PREFIX = "charsearch-trial-"
+
+
+def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
+    import torch
+
+    from charsearch.core.train import train
+    ctx = tune.get_context()
+    resources = ctx.get_trial_resources().required_resources
+    cfg = sweep.trial_config(config)
+    cfg.device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
+    epoch = max(1, iters_per_epoch(len(train_ids), cfg.batch_size, cfg.seq_length))
+    set_report_interval(cfg, sweep.report_every_epochs * epoch)
+
+    work = trial_dir()
+    cfg.checkpoint_dir = str(work / "cv")
+    best_model = work / "model.pt"
+    summary = {"trial_id": ctx.get_trial_id(), "trial_name": ctx.get_trial_name(), "sweep": sweep.name}
+    node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": os.uname().nodename,
+            "device": torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu",
+            "gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "gpu_share": float(resources.get("GPU", 0))}
+    try:
+        restored = tune.get_checkpoint()
+        if restored is not None:  # a resumed sweep, or a retried trial: continue from the last report
+            with restored.as_directory() as d:
+                shutil.copy(Path(d) / "checkpoint.pt", work / "resume.pt")
+                shutil.copy(Path(d) / "model.pt", best_model)
+            cfg.init_from = str(work / "resume.pt")
+
+        def on_eval(metrics: dict, path: Path, is_best: bool) -> None:
+            if is_best:
+                artifact.export(path, best_model, summary)
+            report = work / f"report-{metrics['iteration']}"
+            report.mkdir()
+            os.link(path, report / "checkpoint.pt")
+            os.link(best_model, report / "model.pt")
+            # when the scheduler stops this trial, report() ends the thread (SystemExit): cleanup runs below
+            try:
+                tune.report({**metrics, "is_best": is_best, **node}, checkpoint=tune.Checkpoint.from_directory(report))
+            finally:
+                shutil.rmtree(report, ignore_errors=True)
+
+        train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def set_report_interval(cfg: TrainConfig, iterations: float) -> None:
+    """Evaluate (and report) every `iterations` iterations, at least every one: how a sweep's trials and
+    its finish set their evaluations."""
+    cfg.eval_every = max(1, round(iterations))
+    cfg.print_every = min(cfg.print_every, cfg.eval_every)
+
+
+def trial_dir() -> Path:
+    """A private folder for one trial's files, named after the process that owns it."""
+    remove_stale_trial_dirs()
+    return Path(tempfile.mkdtemp(prefix=f"{TRIAL_DIR_PREFIX}{os.getpid()}-"))
+
+
+def remove_stale_trial_dirs() -> None:
+    """A trial stopped by the sweep's end (or a killed driver) has its worker process killed before its
+    own cleanup runs: its folder (checkpoints) is removed by the next trial on that node, or by the
+    driver at the end. The folder's name carries the pid of the process that owns it."""
+    for d in Path(tempfile.gettempdir()).glob(f"{TRIAL_DIR_PREFIX}*"):
+        try:
+            pid = int(d.name[len(TRIAL_DIR_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # another user's process: alive
+            pass
+
