@@ -26,9 +26,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from charsearch.core.config import DEFAULT_SEED
 from charsearch.core.errors import UsageError, excerpt
-from charsearch.core.sample import DEFAULT_LENGTH, MAX_LENGTH, MAX_PRIME, SampleOptions, Sampler, request_options
+from charsearch.core.config import (MAX_CONCURRENT, MAX_LENGTH, MAX_PRIME, REQUEST_FIELDS, SampleOptions,
+                                    request_defaults)
+from charsearch.core.sample import Sampler, request_options
 from charsearch.core.units import loss_text
 
 MAX_BODY = 64 * 1024
@@ -43,12 +44,11 @@ class SampleServer(ThreadingHTTPServer):
     request_s = REQUEST_S
 
     def __init__(self, address, sampler: Sampler, info: dict, max_length: int = MAX_LENGTH,
-                 max_concurrent: int = 2):
+                 max_concurrent: int = MAX_CONCURRENT):
         self.sampler, self.max_length = sampler, max_length
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self.info = {**info, "max_length": max_length, "max_prime": MAX_PRIME, "max_concurrent": max_concurrent,
-                     "defaults": {"prime_text": "", "temperature": SampleOptions.temperature, "length": DEFAULT_LENGTH,
-                                  "seed": DEFAULT_SEED}}
+                     "defaults": request_defaults()}
         super().__init__(address, Handler)
 
     def handle_error(self, request, client_address):
@@ -232,7 +232,7 @@ def model_info(path: str, mf) -> dict:
 
 
 def make_server(model_path: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-                max_length: int = MAX_LENGTH, max_concurrent: int = 2) -> SampleServer:
+                max_length: int = MAX_LENGTH, max_concurrent: int = MAX_CONCURRENT) -> SampleServer:
     """Load the model file (plain data only) and bind; every failure is one UsageError line."""
     from charsearch.core import artifact
     from charsearch.core.devices import resolve_device
@@ -250,7 +250,7 @@ def make_server(model_path: str, host: str = "127.0.0.1", port: int = 8000, devi
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}; pick another --port or --host") from None
 
 
-PAGE = """<!doctype html>
+PAGE_TEMPLATE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -278,9 +278,7 @@ PAGE = """<!doctype html>
 <form id="form" novalidate>
   <label class="wide">prime text
     <textarea id="prime_text" rows="2" placeholder="text to start from, e.g. ROMEO:"></textarea></label>
-  <label>temperature <input id="temperature" inputmode="decimal"></label>
-  <label>length <input id="length" inputmode="numeric"></label>
-  <label>seed <input id="seed" inputmode="numeric"></label>
+  %(inputs)s
   <button id="generate" type="submit">Generate</button>
 </form>
 <p id="error" role="alert" hidden></p>
@@ -318,8 +316,8 @@ $("form").addEventListener("submit", async (event) => {
   out.dataset.state = "running";
   out.dataset.chunks = "0";
   status.textContent = "";
-  const body = {prime_text: $("prime_text").value, temperature: field("temperature"),
-                length: field("length"), seed: field("seed")};
+  const body = {prime_text: $("prime_text").value};
+  for (const input of $("form").querySelectorAll("input")) body[input.id] = field(input.id);
   controller = new AbortController();
   button.textContent = "Stop";
   const t0 = performance.now();
@@ -355,3 +353,13 @@ $("form").addEventListener("submit", async (event) => {
 </body>
 </html>
 """
+
+
+def page() -> str:
+    """The page, with an input for every request field but the prime text (config.SampleOptions)."""
+    inputs = "\n  ".join(f'<label>{name} <input id="{name}" inputmode="{"decimal" if f.type == "float" else "numeric"}">'
+                          f'</label>' for name, f in REQUEST_FIELDS.items() if name != "prime_text")
+    return PAGE_TEMPLATE.replace("%(inputs)s", inputs)
+
+
+PAGE = page()

@@ -75,7 +75,7 @@ def test_register_logs_the_best_trial_as_a_pyfunc_model_and_a_tagged_version(sto
 
     # MLflow loads it back (models from code: no pickle) and it samples exactly as the model file does
     model = mlflow.pyfunc.load_model("models:/charlm/1")
-    assert model.metadata.get_input_schema().input_names() == ["prime_text", "temperature", "length", "seed"]
+    assert model.metadata.get_input_schema().input_names() == ["prime_text", "length", "temperature", "seed"]
     got = model.predict(pd.DataFrame([{"prime_text": "ROMEO:", "temperature": 0.8, "length": 120, "seed": 3},
                                       {"prime_text": "The ", "temperature": 1.2, "length": 40, "seed": 4}]))
     assert got == [expected(files["t1"], "ROMEO:", 120, 0.8, 3), expected(files["t1"], "The ", 40, 1.2, 4)]

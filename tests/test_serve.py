@@ -119,7 +119,7 @@ def test_same_seed_same_text_and_the_whole_text_as_json(server):
     ({"prime_text": "ROMEO{}"}, "prime_text has characters the model's vocabulary lacks: '{', '}'"),
     ({"prime_text": "a" * 1001}, "prime_text is 1,001 characters; at most 1,000"),
     ({"prime_text": 5}, "prime_text must be a string"),
-    ({"temp": 1}, "unknown field 'temp'; valid: prime_text, temperature"),
+    ({"temp": 1}, "unknown field 'temp'; valid: prime_text, length, temperature, seed"),
     ({"stream": "yes"}, "stream must be true or false"),
     (b"not json", "request body must be a JSON object"),
     (b"[1, 2]", "request body must be a JSON object"),
@@ -337,3 +337,26 @@ def test_the_page_streams_text_and_shows_errors(browser, best_model, tmp_path):
     finally:
         kill_session(p.pid)
         p.wait()
+
+
+def test_the_page_and_the_api_offer_exactly_the_request_fields_of_the_sampling_options(tmp_path):
+    """One declaration (config.SampleOptions) makes the page's inputs, the API's defaults and the CLI's flags."""
+    from charsearch.cli import build_parser
+    from charsearch.core.config import REQUEST_FIELDS, SampleOptions
+    from charsearch.serve import PAGE
+    path = tmp_path / "m.pt"
+    write_model(path, CHARS, val_loss=float("nan"))
+    server = make_server(str(path), port=0)
+    try:
+        inputs = set(re.findall(r'<(?:input|textarea) id="(\w+)"', PAGE))
+        assert inputs == set(REQUEST_FIELDS) == set(server.info["defaults"]) == {"prime_text", "temperature", "length",
+                                                                                 "seed"}
+        assert server.info["defaults"]["length"] == 500 and SampleOptions().length == 2000  # char-rnn's for the CLI
+        # a summary's NaN val loss is no val loss: the API stays standard JSON
+        assert server.info["val_loss"] is None
+        json.loads(json.dumps(server.info), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    finally:
+        server.server_close()
+    sample = next(a for a in build_parser()._subparsers._group_actions[0].choices["sample"]._actions
+                  if a.dest == "temperature")
+    assert sample.default == SampleOptions.temperature and sample.option_strings == ["--temperature"]

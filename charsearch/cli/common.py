@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from charsearch.core.config import FIELDS, ConfigError, TrainConfig, field_type
+from charsearch.core.config import FIELDS, ConfigError, SampleOptions, TrainConfig, field_type, flag_of
 from charsearch.core.errors import UsageError
 
 
@@ -31,6 +31,25 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         else:
             group.add_argument(flag(f.name), type=kind, default=f.default, choices=f.metadata["choices"],
                                metavar=None if f.metadata["choices"] else f.name.upper(), help=help_text)
+
+
+def add_sample_options(p: argparse.ArgumentParser) -> None:
+    """`charsearch sample`'s flags, one per SampleOptions field."""
+    for f in fields(SampleOptions):
+        kind = field_type_of(f)
+        if kind is bool:
+            p.add_argument(flag_of(f), action="store_true", dest=f.name, help=f.metadata["help"])
+        else:
+            p.add_argument(flag_of(f), type=kind, default=f.default, dest=f.name,
+                           help=f.metadata["help"] + (" (default: %(default)s)" if f.default != "" else ""))
+
+
+def sample_options_from_args(args: argparse.Namespace) -> SampleOptions:
+    return SampleOptions(**{f.name: getattr(args, f.name) for f in fields(SampleOptions)})
+
+
+def field_type_of(f) -> type:
+    return {"str": str, "int": int, "float": float, "bool": bool}[f.type]
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from charsearch.cli.common import add_train_options, command, train_config_from_args
-from charsearch.core.config import DEFAULT_SEED, label_of
+from charsearch.cli.common import (add_sample_options, add_train_options, command, sample_options_from_args,
+                                   train_config_from_args)
+from charsearch.core.config import MAX_CONCURRENT, MAX_LENGTH, label_of
 from charsearch.core.errors import UsageError
 from charsearch.core.units import loss_text
 
@@ -105,27 +106,20 @@ def cmd_export(args) -> None:
 def add_sample(sub) -> None:
     s = command(sub, "sample", cmd_sample, "generate text from a model file (char-rnn's sample.lua)")
     s.add_argument("model", help="model file (from export or best --export) or checkpoint")
-    s.add_argument("--primetext", default="", help="text to start from (default: none)")
-    s.add_argument("--length", type=int, default=2000, help="characters to generate (default: %(default)s)")
-    s.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative (default: 1)")
-    s.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest characters (0: all)")
-    s.add_argument("--argmax", action="store_true", help="always take the likeliest character (char-rnn -sample 0)")
-    s.add_argument("--seed", type=int, default=DEFAULT_SEED, help="same seed, same text (default: %(default)s)")
-    s.add_argument("--num-samples", type=int, default=1, help="samples generated together in one batch")
-    s.add_argument("--stop", default="", help="end a sample once it produces this string")
+    add_sample_options(s)
     s.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
 
 
 def cmd_sample(args) -> None:
+    import contextlib
+
     from charsearch.core import artifact
     from charsearch.core.devices import resolve_device
-    from charsearch.core.sample import SampleOptions, Sampler
-    opts = SampleOptions(args.primetext, args.length, args.temperature, args.top_k, args.argmax, args.seed,
-                         args.num_samples, args.stop).validate()
+    from charsearch.core.sample import Sampler, cpu_sampling
+    opts = sample_options_from_args(args).validate()
     device = resolve_device(args.device)
     if device.type == "cpu":
-        import torch
-        torch.backends.mkldnn.enabled = False  # its LSTM is ~10x slower at batch 1; small products ~15% slower
+        contextlib.ExitStack().enter_context(cpu_sampling())  # for the rest of the command
     sampler = Sampler(artifact.load(args.model), device)
     out = sys.stdout
     if opts.num_samples == 1:  # stream characters as they come
@@ -227,22 +221,21 @@ def add_serve(sub) -> None:
     r.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     r.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     r.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
-    r.add_argument("--max-length", type=int, default=5000, help="longest sample a request may ask for "
-                                                                "(default: %(default)s characters)")
-    r.add_argument("--max-concurrent", type=int, default=2, help="samples generated at once; more requests get "
-                                                                 "HTTP 429 (default: %(default)s)")
+    r.add_argument("--max-length", type=int, default=MAX_LENGTH, help="longest sample a request may ask for "
+                                                                      "(default: %(default)s characters)")
+    r.add_argument("--max-concurrent", type=int, default=MAX_CONCURRENT, help="samples generated at once; more "
+                                                                              "requests get HTTP 429 (default: "
+                                                                              "%(default)s)")
 
 
 def cmd_serve(args) -> None:
+    import contextlib
+
+    from charsearch.core.sample import cpu_sampling
     from charsearch.serve import make_server
     server = make_server(args.model, args.host, args.port, args.device, args.max_length, args.max_concurrent)
     if server.sampler.device.type == "cpu":
-        import torch
-        # generation is one tiny step per character, so per request: one thread (intra-op threads only
-        # contend: 2x128 LSTM on 2 busy cores, 1,800 chars/s with one, 120 with two) and no oneDNN
-        # (its LSTM step is ~10x slower at batch 1: 2x512, 290 chars/s without it, 38 with it)
-        torch.set_num_threads(1)
-        torch.backends.mkldnn.enabled = False
+        contextlib.ExitStack().enter_context(cpu_sampling())  # for the server's life
     host, port = server.server_address[:2]
     print(f"{server.info['description']}; sampling page at http://{host}:{port} (Ctrl-C stops it)",
           file=sys.stderr, flush=True)

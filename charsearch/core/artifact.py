@@ -18,6 +18,7 @@ model file's weights are, before anything is built.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import warnings
@@ -312,8 +313,10 @@ def parts(obj: dict) -> list:
 
 
 def known_summary(summary: dict) -> dict:
-    """The summary fields a model file keeps (SUMMARY_FIELDS), unknown ones left out."""
-    return {k: v for k, v in summary.items() if k in SUMMARY_FIELDS and v is not None}
+    """The summary fields a model file keeps (SUMMARY_FIELDS): unknown ones, and numbers that are not finite
+    (a NaN val loss is no val loss; JSON and the tables that show a summary have no NaN), left out."""
+    return {k: v for k, v in summary.items() if k in SUMMARY_FIELDS and v is not None
+            and not (isinstance(v, float) and not math.isfinite(v))}
 
 
 def load(path: str | Path, obj: dict | None = None) -> ModelFile | EnsembleFile:

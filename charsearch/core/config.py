@@ -1,4 +1,4 @@
-"""Typed configuration of one training run, and its validation.
+"""Typed configuration of one training run and of sampling, and their validation.
 
 `TrainConfig` is the single list of training options: the `charsearch train` flags, the keys of a
 sweep file's `train:` and `search:` sections, and the config stored in checkpoints are all made from
@@ -207,3 +207,60 @@ def label_of(config) -> str:
     """The shape of a model's config (a dict) or a TrainConfig."""
     get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
     return shape_label(get("model"), get("num_layers"), get("rnn_size"))
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+MAX_SEED = 2 ** 63 - 1  # torch.Generator's seed range
+MAX_LENGTH = 5000  # the longest sample a request may ask for, unless a server allows another
+MAX_PRIME = 1000  # characters of a request's prime text: priming costs a forward pass over them
+MAX_CONCURRENT = 2  # samples a server generates at once unless told otherwise
+
+
+def option(default, help: str, low=None, high=None, valid: str = "", request: str | None = None,
+           request_default=None, flag: str | None = None):
+    """A sampling option: its default and help (the `sample` flags), its bounds (inclusive; a float's low
+    bound exclusive) and their words, and the name and default it has in a request (the web page, the JSON
+    API, the MLflow model's input rows), if requests may set it."""
+    if not valid and low is not None:
+        valid = f">= {low}" if high is None else f"in [{low}, {high:,}]"
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "valid": valid, "flag": flag,
+                                            "request": request,
+                                            "request_default": default if request_default is None else request_default})
+
+
+@dataclass
+class SampleOptions:
+    """Every sampling option, declared once: `charsearch sample`'s flags, the fields of a request and the
+    MLflow model's input schema are all made from these fields."""
+    primetext: str = option("", "text to start from (default: none)", request="prime_text", flag="--primetext")
+    length: int = option(2000, "characters to generate", low=0, request="length", request_default=500)
+    temperature: float = option(1.0, "> 0; lower is more conservative", low=0.0, request="temperature",
+                                valid="> 0 (1 samples as trained, lower is more conservative)")
+    top_k: int = option(0, "sample only among the k likeliest characters (0: all)", low=0, valid=">= 0 (0: no cut-off)")
+    argmax: bool = option(False, "always take the likeliest character (char-rnn -sample 0)")
+    seed: int = option(DEFAULT_SEED, "same seed, same text", low=0, high=MAX_SEED, request="seed",
+                       valid="in [0, 2**63 - 1]")
+    num_samples: int = option(1, "samples generated together in one batch", low=1)
+    stop: str = option("", "end a sample once it produces this string")
+
+    def validate(self) -> "SampleOptions":
+        for f in fields(self):
+            low, high, v = f.metadata["low"], f.metadata["high"], getattr(self, f.name)
+            too_low = low is not None and (v <= low if isinstance(low, float) else v < low)
+            if too_low or (high is not None and v > high):
+                raise UsageError(f"{flag_of(f)} must be {f.metadata['valid']}; got {excerpt(v)}")
+        return self
+
+
+def flag_of(f) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+REQUEST_FIELDS = {f.metadata["request"]: f for f in fields(SampleOptions) if f.metadata["request"]}
+
+
+def request_defaults() -> dict:
+    """What a request's absent fields take: the web page shows these, the JSON API applies them."""
+    return {name: f.metadata["request_default"] for name, f in REQUEST_FIELDS.items()}

@@ -6,64 +6,33 @@ page) can show text as it is made. All samples advance together as one batch thr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from charsearch.core.artifact import ModelFile
-from charsearch.core.config import DEFAULT_SEED
+from charsearch.core.config import MAX_LENGTH, MAX_PRIME, REQUEST_FIELDS, SampleOptions
 from charsearch.core.devices import available_bytes
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.core.model import GATES, CharRNN, Ensemble, members_of
 
-MAX_SEED = 2 ** 63 - 1  # torch.Generator's seed range
-# a request's fields (the web page, the JSON API, the MLflow model's input rows) and their bounds
-FIELDS = ("prime_text", "temperature", "length", "seed")
-DEFAULT_LENGTH = 500
-MAX_LENGTH = 5000
-MAX_PRIME = 1000  # characters: priming costs a forward pass over them, so they are bounded too
+def sample_bytes(opts: SampleOptions, config: dict) -> int:
+    """Bytes generating these samples at once takes, for a model of `config` (float32, 4 bytes).
+    Per sample, with P prime characters, N generated, V the vocabulary, L layers of H units and G
+    gate blocks: the prime's pass 4 P (V + (G + 2) H), the state 8 L H, logits and probabilities
+    8 V, and the text kept when several are made together 4 (P + N) (up to 4 bytes a character)."""
+    p, n = max(len(opts.primetext), 1), opts.length
+    v, h, layers = config["vocab_size"], config["rnn_size"], config["num_layers"]
+    per_sample = 4 * p * (v + (GATES[config["model"]] + 2) * h) + 8 * layers * h + 8 * v
+    if opts.num_samples > 1:
+        per_sample += 4 * (p + n)
+    return opts.num_samples * per_sample
 
 
-@dataclass
-class SampleOptions:
-    primetext: str = ""
-    length: int = 2000
-    temperature: float = 1.0
-    top_k: int = 0
-    argmax: bool = False
-    seed: int = DEFAULT_SEED
-    num_samples: int = 1
-    stop: str = ""
-
-    def validate(self) -> "SampleOptions":
-        if not self.temperature > 0:
-            raise UsageError(f"--temperature must be > 0 (1 samples as trained, lower is more conservative); "
-                             f"got {self.temperature}")
-        if self.length < 0:
-            raise UsageError(f"--length must be >= 0; got {self.length}")
-        if self.top_k < 0:
-            raise UsageError(f"--top-k must be >= 0 (0: no cut-off); got {self.top_k}")
-        if self.num_samples < 1:
-            raise UsageError(f"--num-samples must be >= 1; got {self.num_samples}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be in [0, 2**63 - 1]; got {excerpt(self.seed)}")
-        return self
-
-    def memory_bytes(self, config: dict) -> int:
-        """Bytes generating these samples at once takes, for a model of `config` (float32, 4 bytes).
-        Per sample, with P prime characters, N generated, V the vocabulary, L layers of H units and G
-        gate blocks: the prime's pass 4 P (V + (G + 2) H), the state 8 L H, logits and probabilities
-        8 V, and the text kept when several are made together 4 (P + N) (up to 4 bytes a character)."""
-        p, n = max(len(self.primetext), 1), self.length
-        v, h, layers = config["vocab_size"], config["rnn_size"], config["num_layers"]
-        per_sample = 4 * p * (v + (GATES[config["model"]] + 2) * h) + 8 * layers * h + 8 * v
-        if self.num_samples > 1:
-            per_sample += 4 * (p + n)
-        return self.num_samples * per_sample
 
 
 class Stepper:
@@ -163,7 +132,7 @@ class Sampler:
         """Validate the options and refuse, before anything is allocated, samples that would take
         more than half of the device's memory."""
         opts.validate()
-        need = sum(opts.memory_bytes(m.config) for m in members_of(self.model))
+        need = sum(sample_bytes(opts, m.config) for m in members_of(self.model))
         limit = available_bytes(self.device) // 2
         if need > limit:
             raise UsageError(f"{opts.num_samples:,} samples of {opts.length:,} characters would take about "
@@ -231,42 +200,59 @@ def _absent(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))  # NaN: a column missing in that row
 
 
-def request_options(fields: dict, vocab, max_length: int = MAX_LENGTH, allowed: tuple = ()) -> SampleOptions:
+@contextlib.contextmanager
+def cpu_sampling():
+    """Settings for generating on a CPU, put back afterwards. Generation is one tiny step per character, so:
+    one thread (intra-op threads only contend: a 2x128 LSTM on 2 busy cores made 1,800 chars/s with one,
+    120 with two) and no oneDNN (its LSTM step is ~10x slower at batch 1: 2x512, 290 chars/s without it,
+    38 with it)."""
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
+
+
+def request_options(values: dict, vocab, max_length: int = MAX_LENGTH, allowed: tuple = ()) -> SampleOptions:
     """Checked sampling options from request fields (JSON values or a DataFrame row; absent or null
     fields take their defaults). Raises UsageError naming the field and what is valid."""
-    unknown = sorted(set(fields) - set(FIELDS) - set(allowed))
+    unknown = sorted(set(values) - set(REQUEST_FIELDS) - set(allowed))
     if unknown:
         raise UsageError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                         f"valid: {', '.join(FIELDS + tuple(allowed))}")
-    get = {k: (None if _absent(fields.get(k)) else fields.get(k)) for k in FIELDS}
-
-    def number(name, default, integer=False):
-        v = get[name]
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or (isinstance(v, float) and not math.isfinite(v)):
-            raise UsageError(f"{name} must be {'an integer' if integer else 'a number'}; got {excerpt(v)}")
-        if integer:
-            if v != int(v):
-                raise UsageError(f"{name} must be an integer; got {excerpt(v)}")
-            return int(v)
-        if abs(v) > 1e300:  # beyond a float
-            raise UsageError(f"{name} must be a number of sensible size; got {excerpt(v)}")
-        return float(v)
-
-    prime = get["prime_text"] if get["prime_text"] is not None else ""
-    if not isinstance(prime, str):
-        raise UsageError(f"prime_text must be a string; got {excerpt(prime)}")
-    if len(prime) > MAX_PRIME:
-        raise UsageError(f"prime_text is {len(prime):,} characters; at most {MAX_PRIME:,} are accepted")
-    length = number("length", DEFAULT_LENGTH, integer=True)
-    if length > max_length:
-        raise UsageError(f"length must be <= {max_length:,} (this server's limit); got {excerpt(length)}")
-    opts = SampleOptions(primetext=prime, length=length, temperature=number("temperature", 1.0),
-                         seed=number("seed", DEFAULT_SEED, integer=True))
+                         f"valid: {', '.join((*REQUEST_FIELDS, *allowed))}")
+    given = {}
+    for name, f in REQUEST_FIELDS.items():
+        v = values.get(name)
+        given[f.name] = f.metadata["request_default"] if _absent(v) else _typed(name, f.type, v)
+    if len(given["primetext"]) > MAX_PRIME:
+        raise UsageError(f"prime_text is {len(given['primetext']):,} characters; at most {MAX_PRIME:,} are accepted")
+    if given["length"] > max_length:
+        raise UsageError(f"length must be <= {max_length:,} (this server's limit); got {excerpt(given['length'])}")
+    opts = SampleOptions(**given)
     try:
         opts.validate()
     except UsageError as e:  # its messages name the command-line flag; here the field has the same name
         raise UsageError(str(e).removeprefix("--")) from None
-    vocab.encode(prime, what="prime_text")  # unknown characters: named in the error
+    vocab.encode(opts.primetext, what="prime_text")  # unknown characters: named in the error
     return opts
+
+
+def _typed(name: str, kind: str, v):
+    """A request's value as the option's type (the dataclass's annotation, a string here)."""
+    if kind == "str":
+        if not isinstance(v, str):
+            raise UsageError(f"{name} must be a string; got {excerpt(v)}")
+        return v
+    integer = kind == "int"
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or (isinstance(v, float) and not math.isfinite(v)):
+        raise UsageError(f"{name} must be {'an integer' if integer else 'a number'}; got {excerpt(v)}")
+    if integer:
+        if v != int(v):
+            raise UsageError(f"{name} must be an integer; got {excerpt(v)}")
+        return int(v)
+    if abs(v) > 1e300:  # beyond a float
+        raise UsageError(f"{name} must be a number of sensible size; got {excerpt(v)}")
+    return float(v)

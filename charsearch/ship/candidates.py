@@ -64,13 +64,8 @@ def candidates(uri: str, df: pd.DataFrame, limit: int, folder: Path):
 
 def sampling_rate(mf) -> float:
     """Chars/s of one sample stream on this CPU, one thread, as `charsearch sample` and `serve` generate."""
-    import torch
-
-    from charsearch.core.sample import SampleOptions, Sampler
-    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    try:
+    from charsearch.core.sample import SampleOptions, Sampler, cpu_sampling
+    with cpu_sampling():
         sampler = Sampler(mf, "cpu")
         sampler.generate(SampleOptions(length=20))  # warm-up
         best = 0.0
@@ -79,9 +74,6 @@ def sampling_rate(mf) -> float:
             sampler.generate(SampleOptions(length=RATE_CHARS))
             best = max(best, RATE_CHARS / (time.perf_counter() - t0))
         return best
-    finally:
-        torch.set_num_threads(threads)
-        torch.backends.mkldnn.enabled = mkldnn
 
 
 # ---------------------------------------------------------------------------------------------

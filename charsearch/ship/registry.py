@@ -23,22 +23,22 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from charsearch.core.config import DEFAULT_SEED
+from charsearch.core.config import DEFAULT_SEED, REQUEST_FIELDS
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.core.sample import request_options
 from charsearch.core.units import bits, loss_text
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the charsearch package, copied into the model
-MAX_ROWS = 32  # samples per request; each is bounded by serve.MAX_LENGTH characters
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "prime_text", required=False), ColSpec("double", "temperature", required=False),
-                   ColSpec("long", "length", required=False), ColSpec("long", "seed", required=False)]),
+MAX_ROWS = 32  # samples per request; each is bounded by config.MAX_LENGTH characters
+COLUMN_TYPES = {"str": "string", "float": "double", "int": "long"}  # a sampling option's type as MLflow's column's
+SIGNATURE = ModelSignature(  # one optional column per request field of the sampling options
+    inputs=Schema([ColSpec(COLUMN_TYPES[f.type], name, required=False) for name, f in REQUEST_FIELDS.items()]),
     outputs=Schema([ColSpec("string")]),
 )
 
 
 class CharRNNModel(mlflow.pyfunc.PythonModel):
-    """One generated text per input row: prime_text, temperature, length, seed (each optional)."""
+    """One generated text per input row, each column a request field of the sampling options (optional)."""
 
     def load_context(self, context):
         from charsearch.core import artifact
@@ -104,7 +104,8 @@ def register_best(uri: str, df: pd.DataFrame, experiment: str, name: str, export
         mlflow.set_experiment(experiment)  # the logged model lives in the sweep's experiment, beside its trial
         info = Model.log(  # mlflow.pyfunc.log_model, but linked to the trial's run without reopening it
             artifact_path=None, name="charsearch", flavor=mlflow.pyfunc, run_id=run_id,
-            python_model=str(Path(__file__).with_name("mlflow_model.py")), artifacts={"model_file": str(Path(tmp) / "model.pt")},
+            python_model=str(Path(__file__).with_name("mlflow_model.py")),
+            artifacts={"model_file": str(Path(tmp) / "model.pt")},
             code_paths=[str(PACKAGE)], pip_requirements=requirements(), signature=SIGNATURE,
             input_example=pd.DataFrame([{"prime_text": prime, "temperature": 0.8, "length": 50, "seed": DEFAULT_SEED}]),
             tags={"charsearch.sweep": experiment, "charsearch.trial_id": trials},

@@ -519,17 +519,12 @@ def check_memorisation(mf, trial: str, train_ids: np.ndarray, val_ids: np.ndarra
                        ngrams=NGRAMS) -> Memorisation:
     """Sample the model (seeded, temperature 1) and measure how much of it is copied from the train text;
     the val text's own share is the bar to compare with."""
-    import torch
+    from charsearch.core.config import SampleOptions
+    from charsearch.core.sample import Sampler, cpu_sampling
 
-    from charsearch.core.sample import SampleOptions, Sampler
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one small step at a time: more threads only wait on each other (10x slower)
-    try:
+    with cpu_sampling():
         texts = Sampler(mf, "cpu").generate(SampleOptions(length=MEMO_LENGTH, seed=MEMO_SEED,
                                                           num_samples=MEMO_SAMPLES))
-    finally:
-        torch.set_num_threads(threads)
     samples = [np.asarray(vocab.encode(t, what="a sample"), dtype=np.int64) for t in texts]
     shares, reference = {}, {}
     for n in ngrams:
