@@ -26,9 +26,15 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from charsearch.core.config import (
+    MAX_CONCURRENT,
+    MAX_LENGTH,
+    MAX_PRIME,
+    REQUEST_FIELDS,
+    SampleOptions,
+    request_defaults,
+)
 from charsearch.core.errors import UsageError, excerpt
-from charsearch.core.config import (MAX_CONCURRENT, MAX_LENGTH, MAX_PRIME, REQUEST_FIELDS, SampleOptions,
-                                    request_defaults)
 from charsearch.core.sample import Sampler, request_options
 from charsearch.core.units import loss_text
 

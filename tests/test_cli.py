@@ -226,7 +226,7 @@ def test_absurd_sampling_requests_and_nan_weights_are_refused_up_front(capsys, t
     _, model = trained
     t0 = time.monotonic()
     one_line_error(capsys, "sample", model, "--num-samples", "1000000000",
-                   match=r"1,000,000,000 samples of 2,000 characters would take about [\d,.]+ GB at once")
+                   match=r"1,000,000,000 samples of 2,000 characters would take about [\d,.]+ [GT]B at once")
     assert time.monotonic() - t0 < 5
     one_line_error(capsys, "sample", model, "--seed", str(2 ** 64), match=r"--seed must be in \[0, 2\*\*63 - 1\]")
     one_line_error(capsys, "sample", model, "--seed", "-1", match=r"--seed must be in \[0, 2\*\*63 - 1\]; got -1")

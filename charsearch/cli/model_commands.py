@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from charsearch.cli.common import (add_sample_options, add_train_options, command, sample_options_from_args,
-                                   train_config_from_args)
+from charsearch.cli.common import (
+    add_sample_options,
+    add_train_options,
+    command,
+    sample_options_from_args,
+    train_config_from_args,
+)
 from charsearch.core.config import MAX_CONCURRENT, MAX_LENGTH, label_of
 from charsearch.core.errors import UsageError
 from charsearch.core.units import loss_text
@@ -146,14 +151,15 @@ def add_eval(sub) -> None:
 
 def cmd_eval(args) -> None:
     from charsearch.core import artifact
+    from charsearch.core.config import TrainConfig
     from charsearch.core.data import MIN_EVAL_CHARS, encode_with, resolve_path, split_bounds_apply
     from charsearch.core.devices import resolve_device
     from charsearch.core.train import Evaluator
     mf = artifact.load(args.model)
     path = resolve_path(args.data)
     ids = encode_with(path, mf.vocab)
-    train_frac = args.train_frac if args.train_frac is not None else mf.summary.get("train_frac", 0.9)
-    val_frac = args.val_frac if args.val_frac is not None else mf.summary.get("val_frac", 0.1)
+    train_frac = args.train_frac if args.train_frac is not None else mf.summary.get("train_frac", TrainConfig.train_frac)
+    val_frac = args.val_frac if args.val_frac is not None else mf.summary.get("val_frac", TrainConfig.val_frac)
     if args.split != "all":
         _, val, test = split_bounds_apply(ids, train_frac, val_frac)
         ids = val if args.split == "val" else test

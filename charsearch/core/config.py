@@ -156,6 +156,10 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+# where a run is written, resumed from and computed: never a trial's params
+PLUMBING = ("init_from", "checkpoint_dir", "device")
+# how a run is fed, seeded, logged and computed, not what it learns with: left out where trials are compared
+NOT_HYPERPARAMETERS = frozenset({"data", "seed", "print_every", "savefile", "compile", "precision", *PLUMBING})
 
 
 def _field_types() -> dict[str, type]:
@@ -264,3 +268,45 @@ REQUEST_FIELDS = {f.metadata["request"]: f for f in fields(SampleOptions) if f.m
 def request_defaults() -> dict:
     """What a request's absent fields take: the web page shows these, the JSON API applies them."""
     return {name: f.metadata["request_default"] for name, f in REQUEST_FIELDS.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# a searched option's values (a sweep's search space; the report reads it back)
+
+SEARCH_KINDS = ("choice", "int", "float", "log_float", "log_int")
+
+
+@dataclass
+class SearchParam:
+    kind: str  # one of SEARCH_KINDS
+    values: list  # a choice's values, or a range's two ends (both included)
+
+    @property
+    def integer(self) -> bool:
+        return self.kind in ("int", "log_int")
+
+    @property
+    def log(self) -> bool:
+        """Drawn uniformly in log space."""
+        return self.kind.startswith("log_")
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"choice {self.values}"
+        return f"{self.kind} [{self.values[0]}, {self.values[1]}]"
+
+    def allows(self, value) -> bool:
+        """Whether the sampler could draw `value`, of the option's type (ranges include both ends, as
+        Tune's do)."""
+        if self.kind == "choice":
+            return value in self.values
+        return self.values[0] <= value <= self.values[1]
+
+    def extremes(self) -> list:
+        """The values that bound what a draw can be: a range's ends; a numeric choice's least and
+        greatest; every value of any other choice."""
+        if self.kind != "choice":
+            return list(self.values)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.values):
+            return sorted({min(self.values), max(self.values)})
+        return list(self.values)

@@ -172,7 +172,8 @@ def check_memory(path: Path, size: int, ascii_head: bool) -> None:
     """Reading and encoding a corpus holds its bytes, the decoded text (up to 4 bytes a character) and the
     encoded ids at once: about 2x the file for ASCII, up to 6x otherwise. Refused when that exceeds what
     the machine can give now (devices.HEADROOM of its free memory)."""
-    from charsearch.core.devices import admissible_bytes, human_bytes
+    from charsearch.core.devices import admissible_bytes
+    from charsearch.core.units import human_bytes
     need = size * (2 if ascii_head else 6)
     limit = admissible_bytes(torch.device("cpu"))
     if need > limit:

@@ -16,6 +16,7 @@ import torch
 from charsearch.core.config import DEVICE_NAME, label_of
 from charsearch.core.errors import UsageError
 from charsearch.core.model import GATES, input_size_of, param_count
+from charsearch.core.units import human_bytes
 
 HEADROOM = 0.8  # of the memory available now, what one run may be admitted to use
 
@@ -96,13 +97,6 @@ def training_size(cfg, vocab_size: int) -> tuple[int, int]:
     per_char = cfg.num_layers * (GATES[cfg.model] + 2) * cfg.rnn_size + width + 2 * vocab_size
     state = 16 * params + (4 * vocab_size * width if fixed else 0)
     return params, state + 4 * cfg.batch_size * cfg.seq_length * per_char
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1000
 
 
 def check_training_size(cfg, vocab_size: int, limit: int, where: str = "", limit_words: str = "available") -> None:

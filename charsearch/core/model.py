@@ -130,10 +130,16 @@ class Ensemble(nn.Module):
             logits, s = member(x, s)
             logps.append(torch.log_softmax(logits.float(), dim=-1))
             new.append(s)
-        return torch.logsumexp(torch.stack(logps) + self.log_w.view(-1, 1, 1, 1), dim=0), new
+        return mix(torch.stack(logps), self.log_w), new
 
     def num_params(self) -> int:
         return sum(m.num_params() for m in self.members)
+
+
+def mix(log_probs: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    """The mixture log sum_i w_i p_i of the members' log-probabilities (stacked on the first dimension),
+    with their log-weights: the ensemble's one formula (its forward pass, its sampling step, its selection)."""
+    return torch.logsumexp(log_probs + log_w.view(-1, *[1] * (log_probs.dim() - 1)), dim=0)
 
 
 def members_of(model: nn.Module) -> list[CharRNN]:

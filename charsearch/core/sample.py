@@ -18,7 +18,9 @@ from charsearch.core.artifact import ModelFile
 from charsearch.core.config import MAX_LENGTH, MAX_PRIME, REQUEST_FIELDS, SampleOptions
 from charsearch.core.devices import available_bytes
 from charsearch.core.errors import UsageError, excerpt
-from charsearch.core.model import GATES, CharRNN, Ensemble, members_of
+from charsearch.core.model import GATES, CharRNN, Ensemble, members_of, mix
+from charsearch.core.units import human_bytes
+
 
 def sample_bytes(opts: SampleOptions, config: dict) -> int:
     """Bytes generating these samples at once takes, for a model of `config` (float32, 4 bytes).
@@ -118,7 +120,7 @@ class EnsembleStepper:
             logits, s = step(ids, s)
             logps.append(torch.log_softmax(logits.float(), dim=-1))
             new.append(s)
-        return torch.logsumexp(torch.stack(logps) + self.log_w.view(-1, 1, 1), dim=0), new
+        return mix(torch.stack(logps), self.log_w), new
 
 
 class Sampler:
@@ -136,7 +138,7 @@ class Sampler:
         limit = available_bytes(self.device) // 2
         if need > limit:
             raise UsageError(f"{opts.num_samples:,} samples of {opts.length:,} characters would take about "
-                             f"{need / 1e9:,.1f} GB at once; at most {limit / 1e9:,.1f} GB is allowed here: ask "
+                             f"{human_bytes(need)} at once; at most {human_bytes(limit)} is allowed here: ask "
                              f"for fewer --num-samples or a shorter --length")
         return opts
 

@@ -28,7 +28,7 @@ from charsearch.core.data import MIN_EVAL_CHARS, Batches, Corpus, check_fits, ch
 from charsearch.core.devices import resolve_device
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.core.model import CharRNN, State, cutoffs_for, detach_state
-from charsearch.core.units import bits, loss_text
+from charsearch.core.units import bits, human_bytes, loss_text
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
 VAL_CHUNK = 512  # memory only: with the state carried, the chunk length does not change the result
@@ -570,7 +570,7 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
                 break
     except torch.cuda.OutOfMemoryError:
         free, total = torch.cuda.mem_get_info(run.device)
-        raise UsageError(f"CUDA out of memory on {run.device} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free) "
+        raise UsageError(f"CUDA out of memory on {run.device} ({human_bytes(free)} of {human_bytes(total)} free) "
                          f"for {label_of(cfg)} at batch_size {cfg.batch_size} x "
                          f"seq_length {cfg.seq_length}: lower them, or give the run more of the GPU") from None
     finally:

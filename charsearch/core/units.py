@@ -17,6 +17,14 @@ def loss_text(nats: float, digits: int = 4) -> str:
     return f"{nats:.{digits}f} nats/char ({bits(nats):.{digits}f} bits/char)"
 
 
+def human_bytes(n: float) -> str:
+    """A size in decimal units, as every size charsearch prints: '1.2 GB', '850.0 kB', '12 bytes'."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+
+
 def fmt(value) -> str:
     """A parameter's value in a table or a line: floats to 3 significant digits."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from charsearch.core.errors import UsageError
 from charsearch.core.model import cutoffs_for, param_count
+from charsearch.core.units import human_bytes
 from charsearch.search.calibrate import MEMORY_SHARE, REFERENCE, Calibration, calibrate_cpu, calibrate_gpu
 from charsearch.search.sweepfile import SearchParam, SweepConfig, parse_shape
 
@@ -138,7 +139,7 @@ class Plan:
                          f"best trial finishes on a whole GPU")
         for name in sorted(c.rates, key=lambda n: -c.rates[n]):
             kept = "kept" if name in self.shapes else "dropped"
-            mem = f" {c.memory[name] / 2 ** 30:6.2f} GiB/trial" if name in c.memory else ""
+            mem = f" {human_bytes(c.memory[name]):>9}/trial" if name in c.memory else ""
             lines.append(f"#   {name:<12} {c.params[name]:>10,} params {c.rates[name]:>9,} chars/s{mem}  {kept}")
         lines.append(f"# search {self.search_s:.0f} s, then the best trial trains on for {self.finish_s:.0f} s; "
                      f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "

@@ -29,7 +29,7 @@ from charsearch.search.ledger import METRIC, SweepState
 from charsearch.search.status import clock_text, write_line
 from charsearch.search.sweepfile import SweepConfig
 from charsearch.search.tracking_callback import reported_checkpoint, summary_of, trial_params
-from charsearch.search.trial import set_report_interval, trial_dir
+from charsearch.search.trial import set_report_interval, trial_dir, worker_device
 from charsearch.tracking.tracker import Tracker
 
 FINISHERS = 1
@@ -117,12 +117,9 @@ def train_on(checkpoint: bytes | None, model: bytes | None, cfg_dict: dict, corp
     rate decaying linearly to 0 over the time left until `ends_at` (time.time()), however long the task
     waited to start.
     Each evaluation goes to the driver as it is made (`evaluations`, a ray.util.queue.Queue)."""
-    import torch
-
     from charsearch.core.config import TrainConfig
     from charsearch.core.train import train
-    torch.set_num_threads(threads)
-    cfg_dict = {**cfg_dict, "device": "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"}
+    cfg_dict = {**cfg_dict, "device": worker_device(bool(ray.get_gpu_ids()), threads)}
     work = trial_dir()
     try:
         cfg = TrainConfig.from_dict(cfg_dict)

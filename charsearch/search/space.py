@@ -12,16 +12,22 @@ from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from charsearch.search.ledger import METRIC, SweepState
-from charsearch.search.sweepfile import SweepConfig
+from charsearch.search.sweepfile import SearchParam, SweepConfig
 from charsearch.search.warm import WarmStart
-
-MAKE = {"choice": lambda v: tune.choice(v), "int": lambda v: tune.randint(v[0], v[1] + 1),
-        "log_int": lambda v: tune.lograndint(v[0], v[1] + 1), "float": lambda v: tune.uniform(v[0], v[1]),
-        "log_float": lambda v: tune.loguniform(v[0], v[1])}
 
 
 def search_space(sweep: SweepConfig) -> dict:
-    return {name: MAKE[p.kind](p.values) for name, p in sweep.space.items()}
+    return {name: distribution(p) for name, p in sweep.space.items()}
+
+
+def distribution(p: SearchParam):
+    """A search parameter as Tune's: its integer ranges exclude the upper end, ours include it."""
+    if p.kind == "choice":
+        return tune.choice(p.values)
+    low, high = p.values
+    if p.integer:
+        return (tune.lograndint if p.log else tune.randint)(low, high + 1)
+    return (tune.loguniform if p.log else tune.uniform)(low, high)
 
 
 def make_scheduler(sweep: SweepConfig, train_chars: int):

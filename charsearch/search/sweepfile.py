@@ -14,11 +14,20 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from charsearch.core.config import FIELDS, ConfigError, TrainConfig, coerce, field_type, type_name, unknown_key
+from charsearch.core.config import (
+    FIELDS,
+    SEARCH_KINDS,
+    ConfigError,
+    SearchParam,
+    TrainConfig,
+    coerce,
+    field_type,
+    type_name,
+    unknown_key,
+)
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.tracking.store import DEFAULT_TRACKING_URI
 
-SEARCH_KINDS = ("choice", "int", "float", "log_float", "log_int")
 # options a sweep manages itself, per trial
 SWEEP_MANAGED = {
     "data": "data.corpus", "min_freq": "data.min_freq", "train_frac": "data.train_frac", "val_frac": "data.val_frac",
@@ -34,40 +43,13 @@ MAX_NAME = 100  # characters: the name is an MLflow experiment, a folder and par
 
 
 @dataclass
-class SearchParam:
-    kind: str
-    values: list
-
-    def describe(self) -> str:
-        if self.kind == "choice":
-            return f"choice {self.values}"
-        return f"{self.kind} [{self.values[0]}, {self.values[1]}]"
-
-    def allows(self, value) -> bool:
-        """Whether the sampler could draw `value`, of the option's type (ranges include both ends, as
-        Tune's do)."""
-        if self.kind == "choice":
-            return value in self.values
-        return self.values[0] <= value <= self.values[1]
-
-    def extremes(self) -> list:
-        """The values that bound what a draw can be: a range's ends; a numeric choice's least and
-        greatest; every value of any other choice."""
-        if self.kind != "choice":
-            return list(self.values)
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.values):
-            return sorted({min(self.values), max(self.values)})
-        return list(self.values)
-
-
-@dataclass
 class SweepConfig:
     path: str
     name: str
     corpus: str
     min_freq: int = 0
-    train_frac: float = 0.9
-    val_frac: float = 0.1
+    train_frac: float = TrainConfig.train_frac
+    val_frac: float = TrainConfig.val_frac
     test_frac: float = 0.0  # held out: never trained on, never used to choose (charsearch best shows it)
     train: dict = field(default_factory=dict)
     space: dict = field(default_factory=dict)  # name -> SearchParam
@@ -369,15 +351,15 @@ def _search_param(key: str, spec, train: dict, where: str) -> SearchParam:
 def _range(key: str, kind: str, values: list, at: str) -> list:
     if len(values) != 2:
         raise ConfigError(at, f"must be [low, high]; got {excerpt(values)}")
-    ftype = field_type(key)
-    if kind in ("int", "log_int") and ftype is not int:
+    ftype, p = field_type(key), SearchParam(kind, values)
+    if p.integer and ftype is not int:
         raise ConfigError(at, f"{key} is {type_name(ftype)}; use {'float or log_float' if ftype is float else 'choice'}")
-    if kind in ("float", "log_float") and ftype is not float:
+    if not p.integer and ftype is not float:
         raise ConfigError(at, f"{key} is {type_name(ftype)}; use {'int or log_int' if ftype is int else 'choice'}")
     lo, hi = values
     if not lo < hi:
         raise ConfigError(at, f"empty or inverted range [{lo}, {hi}]: low must be < high")
-    if kind.startswith("log") and lo <= 0:
+    if p.log and lo <= 0:
         raise ConfigError(at, f"a log range needs low > 0; got {lo}")
     return [lo, hi]
 

@@ -24,16 +24,17 @@ from pathlib import Path
 import pyarrow.fs
 from ray import tune
 
+from charsearch.core.config import PLUMBING
 from charsearch.search import ray_compat
 from charsearch.search.ledger import SweepState
 from charsearch.search.sweepfile import SweepConfig
 from charsearch.tracking.layout import OUTCOME_TAG, TRIAL_TAG
 from charsearch.tracking.tracker import Tracker
 
-NOT_PARAMS = ("init_from", "checkpoint_dir", "device")  # per-trial plumbing, not hyperparameters
+
 def trial_params(sweep: SweepConfig, config: dict) -> dict:
     """A trial run's params: every training option, and the searched values as drawn (e.g. shape)."""
-    params = {k: v for k, v in sweep.trial_config(config).to_dict().items() if k not in NOT_PARAMS}
+    params = {k: v for k, v in sweep.trial_config(config).to_dict().items() if k not in PLUMBING}
     return {**params, **{k: v for k, v in config.items() if k not in params}}
 
 

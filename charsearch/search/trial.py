@@ -24,15 +24,25 @@ from charsearch.search.sweepfile import SweepConfig
 TRIAL_DIR_PREFIX = "charsearch-trial-"
 
 
-def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
+def worker_device(gpu: bool, threads: int) -> str:
+    """Set up a trial's process (a search trial's or a finisher's): its torch threads, and the device it trains
+    on, the GPU Ray gave it where torch sees one, else the CPU."""
     import torch
+    torch.set_num_threads(max(1, threads))
+    return "cuda" if gpu and torch.cuda.is_available() else "cpu"
 
+
+def device_name(device: str) -> str:
+    import torch
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
     from charsearch.core.train import train
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
     cfg = sweep.trial_config(config)
-    cfg.device = "cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu"
-    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    cfg.device = worker_device(resources.get("GPU", 0) > 0, int(resources.get("CPU", 1)))
     train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
     epoch = max(1, iters_per_epoch(len(train_ids), cfg.batch_size, cfg.seq_length))
     set_report_interval(cfg, sweep.report_every_epochs * epoch)
@@ -42,7 +52,7 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
     best_model = work / "model.pt"
     summary = {"trial_id": ctx.get_trial_id(), "trial_name": ctx.get_trial_name(), "sweep": sweep.name}
     node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": os.uname().nodename,
-            "device": torch.cuda.get_device_name() if cfg.device == "cuda" else "cpu",
+            "device": device_name(cfg.device),
             "gpu_ids": ",".join(map(str, ray.get_gpu_ids())), "gpu_share": float(resources.get("GPU", 0))}
     try:
         restored = tune.get_checkpoint()

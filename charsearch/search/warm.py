@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
 
+from charsearch.core.config import NOT_HYPERPARAMETERS
 from charsearch.search.sweepfile import SearchParam, SweepConfig, parse_shape
-from charsearch.search.tracking_callback import NOT_PARAMS
 from charsearch.tracking.layout import KIND_TAG, TRIAL_TAG
 from charsearch.tracking.store import client_for
 
@@ -29,7 +29,6 @@ WARM_TAG = "charsearch.warm_start"  # on a sweep's parent run: the run id of the
 BUDGET_TOLERANCE = 0.05  # relative difference of two sweeps' sweep_time that still counts as the same budget
 PLANNED = ("max_epochs", "eval_chars")  # fixed trial options an auto sweep plans from measured rates
 PLANNED_TOLERANCE = 0.25
-UNCOMPARED = {"data", "seed", "print_every", *NOT_PARAMS}  # where the corpus lies, seeds, logging: values compare
 MAX_CHAIN = 10  # earlier sweeps followed back through their warm starts
 
 
@@ -77,7 +76,7 @@ def comparable_trials(runs: list, sweep: SweepConfig) -> list:
     """(parameters, value) of the trial runs with a value, this sweep's fixed options and parameters inside
     its space, best first (a trial recorded twice, by a resumed sweep, once at its best)."""
     searched = set(sweep.space) | (set(parse_shape("gru 1x1")) if "shape" in sweep.space else set())
-    fixed = {k: str(v) for k, v in sweep.trial_config({}).to_dict().items() if k not in searched | UNCOMPARED}
+    fixed = {k: str(v) for k, v in sweep.trial_config({}).to_dict().items() if k not in searched | NOT_HYPERPARAMETERS}
     values: dict[tuple, tuple[float, dict]] = {}
     for run in runs:
         value, params = run.data.metrics.get("best_val_loss"), run.data.params
@@ -126,7 +125,7 @@ def point_in_space(params: dict, space: dict[str, SearchParam]) -> dict | None:
             point[name] = match[0]
             continue
         try:
-            value = int(float(text)) if p.kind in ("int", "log_int") else float(text)
+            value = int(float(text)) if p.integer else float(text)
         except ValueError:
             return None
         if not p.allows(value):

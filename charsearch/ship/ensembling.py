@@ -14,14 +14,15 @@ import math
 
 import torch
 
+from charsearch.core.model import mix
+
 ROUNDS = 20
 
 
 def mixture_loss(log_probs: torch.Tensor, counts: torch.Tensor) -> float:
     """Val loss (nats/char) of the mixture weighting each row of `log_probs` (models x characters) by
     `counts` (any non-negative numbers, normalised here)."""
-    log_w = torch.log(counts.double() / counts.sum())
-    return -torch.logsumexp(log_probs + log_w[:, None], dim=0).mean().item()
+    return -mix(log_probs, torch.log(counts.double() / counts.sum())).mean().item()
 
 
 def greedy(log_probs: torch.Tensor, rounds: int = ROUNDS, allowed=None) -> tuple[list[float], float]:

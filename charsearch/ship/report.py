@@ -35,7 +35,7 @@ from mlflow.entities import Metric
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from charsearch.core.config import DEFAULT_SEED
+from charsearch.core.config import DEFAULT_SEED, SearchParam
 from charsearch.core.errors import UsageError
 from charsearch.core.units import fmt, loss_text
 from charsearch.ship.candidates import bias_line
@@ -65,14 +65,14 @@ MEMO_SAMPLES, MEMO_LENGTH, MEMO_SEED = 8, 1000, DEFAULT_SEED  # 8,000 sampled ch
 def distributions(space: dict) -> dict[str, BaseDistribution]:
     """The sweep file's search space as Optuna distributions (the ones OptunaSearch searched:
     Tune's randint(a, b + 1) is Optuna's IntDistribution(a, b))."""
-    make = {"choice": lambda v: CategoricalDistribution(v), "int": lambda v: IntDistribution(v[0], v[1]),
-            "log_int": lambda v: IntDistribution(v[0], v[1], log=True),
-            "float": lambda v: FloatDistribution(v[0], v[1]),
-            "log_float": lambda v: FloatDistribution(v[0], v[1], log=True)}
     out = {}
     for name, spec in space.items():
         (kind, values), = spec.items()
-        out[name] = make[kind](values)
+        p = SearchParam(kind, values)
+        if p.kind == "choice":
+            out[name] = CategoricalDistribution(p.values)
+        else:
+            out[name] = (IntDistribution if p.integer else FloatDistribution)(*p.values, log=p.log)
     return out
 
 

@@ -16,13 +16,19 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from charsearch.core import artifact
+from charsearch.core.config import NOT_HYPERPARAMETERS
 from charsearch.core.errors import UsageError
 from charsearch.core.units import bits
-from charsearch.tracking.layout import (COUNTS_TAG, KIND_TAG, MODEL_ARTIFACT, OUTCOME_TAG, TRIAL_TAG, describe_counts,
-                                        tally)
+from charsearch.tracking.layout import (
+    COUNTS_TAG,
+    KIND_TAG,
+    MODEL_ARTIFACT,
+    OUTCOME_TAG,
+    TRIAL_TAG,
+    describe_counts,
+    tally,
+)
 from charsearch.tracking.store import client_for
-
-HIDDEN_PARAMS = {"data", "seed", "print_every", "savefile", "compile", "precision"}
 
 
 def latest_sweep_run(uri: str, experiment_id: str | None = None):
@@ -82,7 +88,7 @@ def recorded_counts(parent: Run, trials: pd.DataFrame | None = None) -> dict | N
 
 def table(df: pd.DataFrame, top: int) -> pd.DataFrame:
     """The readable view: val loss, outcome, the parameters that vary between trials, speed."""
-    params = [c for c in df.columns if c.startswith("params.") and c[7:] not in HIDDEN_PARAMS]
+    params = [c for c in df.columns if c.startswith("params.") and c[7:] not in NOT_HYPERPARAMETERS]
     varying = [c for c in params if df[c].astype(str).nunique() > 1] or params[:6]
     out = pd.DataFrame({
         "trial": df[f"tags.{TRIAL_TAG}"],
