@@ -175,7 +175,7 @@ def test_a_tampered_ensemble_file_is_refused_before_anything_is_built(tmp_path, 
 
 
 def test_the_report_draws_val_against_size_and_speed_and_names_the_test_gap(sweep_store, capsys, tmp_path):
-    from charsearch.ship.report import front
+    from charsearch.ship.report.plots import front
     uri, _, _ = sweep_store
     assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out

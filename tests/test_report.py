@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 
 from charsearch.cli import main
 from charsearch.core.data import load_corpus
-from charsearch.ship import report
+from charsearch.ship.report import memorisation, plots
+from charsearch.ship.report import study as report_study
 from charsearch.tracking.tracker import Tracker
 
 from .conftest import charsearch, make_text, write_model
@@ -145,7 +146,7 @@ def test_report_files_summary_and_parent_run_artifacts(sweep, workdir, capsys):
     assert (workdir / "rep" / "summary.txt").read_text().strip() == "\n".join(lines[:-2])
     # memorisation of the best model: shares in [0, 1], printed and logged on the parent run
     metrics = client.get_run(parent).data.metrics
-    for n in report.NGRAMS:
+    for n in memorisation.NGRAMS:
         for kind in ("memorised", "val_text"):
             assert 0.0 <= metrics[f"{kind}_{n}gram_share"] <= 1.0
         assert f"{n}-grams {100 * metrics[f'memorised_{n}gram_share']:5.1f}%" in lines[6]
@@ -168,13 +169,13 @@ def study_of(*values, state=TrialState.COMPLETE):
 def test_importances_are_skipped_with_a_note_when_trials_are_too_few():
     # Optuna's evaluator itself says when it cannot tell the params apart (and then scores them all alike)
     pruned = study_of(5.0, state=TrialState.PRUNED)
-    imp, note = report.importances(report.make_study(study_of(1.0) + pruned))
+    imp, note = report_study.importances(report_study.make_study(study_of(1.0) + pruned))
     assert imp == {} and note.startswith("parameter importances skipped (1 finished trial): The number of trials")
-    imp, note = report.importances(report.make_study(study_of(1.0, 1.0, 1.0)))
+    imp, note = report_study.importances(report_study.make_study(study_of(1.0, 1.0, 1.0)))
     assert imp == {} and note.startswith("parameter importances skipped (3 finished trials): ")
-    imp, note = report.importances(report.make_study(study_of(*range(1, 10))))
+    imp, note = report_study.importances(report_study.make_study(study_of(*range(1, 10))))
     assert note == "" and set(imp) == {"x", "y"} and imp["x"] > imp["y"]  # x decides the value here
-    figs = report.figures(report.make_study(study_of(1.0) + pruned), with_importances=False)
+    figs = plots.figures(report_study.make_study(study_of(1.0) + pruned), with_importances=False)
     assert [f.name for f in figs] == ["history", "history_wall_time", "timeline", "parallel_coordinate", "slice",
                                       "learning_curves"]
 
@@ -183,7 +184,7 @@ def lr_study(n_complete, lr_range):
     """Finished trials whose values fall with the learning rate, each with a Ray trial id and a learning curve."""
     dists = {"learning_rate": FloatDistribution(*lr_range, log=True), "rnn_size": CategoricalDistribution([32, 64])}
     lrs = np.geomspace(*lr_range, n_complete)
-    return report.make_study([optuna.trial.create_trial(
+    return report_study.make_study([optuna.trial.create_trial(
         state=TrialState.COMPLETE, params={"learning_rate": float(lr), "rnn_size": [32, 64][i % 2]},
         distributions=dists, value=2.0 + i / 10, intermediate_values={1000: 3.0, 2000: 2.0 + i / 10},
         user_attrs={"ray_trial_id": f"{0xa0 + i:08x}"}) for i, lr in enumerate(lrs)])
@@ -191,7 +192,7 @@ def lr_study(n_complete, lr_range):
 
 def test_learning_curves_are_labelled_with_the_ray_trial_ids():
     study = lr_study(4, (1e-3, 1e-2))
-    figs = {f.name: f for f in report.figures(study, top=2)}
+    figs = {f.name: f for f in plots.figures(study, top=2)}
     best_two = ["000000a0", "000000a1"]  # the lowest values
     ax = figs["learning_curves"].png.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == best_two
@@ -203,11 +204,11 @@ def test_learning_curves_are_labelled_with_the_ray_trial_ids():
 def test_every_trial_with_a_value_is_drawn_named_by_its_ray_trial_id_and_the_legend_is_best_first():
     dists = {"dropout": FloatDistribution(0.0, 0.5)}
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED, TrialState.COMPLETE)
-    study = report.make_study([optuna.trial.create_trial(
+    study = report_study.make_study([optuna.trial.create_trial(
         state=state, params={"dropout": 0.1 * i}, distributions=dists, value=2.0 - i / 10,
         intermediate_values={1000: 3.0, 2000: 2.0 - i / 10}, user_attrs={"ray_trial_id": f"t{i}"})
         for i, state in enumerate(states)])
-    figs = {f.name: f for f in report.figures(study, top=3)}
+    figs = {f.name: f for f in plots.figures(study, top=3)}
     assert list(figs["history"].html.data[0].text) == ["t0", "t1", "t2", "t3"]  # ASHA's stopped trials too
     assert [t.get_text() for t in figs["history"].png.axes[0].texts] == ["t0", "t1", "t2", "t3"]
     assert list(figs["slice"].html.data[0].text) == ["t0", "t1", "t2", "t3"]
@@ -228,7 +229,7 @@ def tick_labels(fig):
 
 @pytest.mark.parametrize("lr_range", [(2.3e-3, 2.6e-3), (2e-3, 1e-2), (1e-5, 1e-1)])
 def test_slice_and_parallel_coordinate_label_a_log_axis_with_a_few_plain_ticks_that_do_not_overlap(lr_range):
-    figs = {f.name: f for f in report.figures(lr_study(5, lr_range))}
+    figs = {f.name: f for f in plots.figures(lr_study(5, lr_range))}
     for name in ("slice", "parallel_coordinate"):
         fig = figs[name].png
         labels = tick_labels(fig)
@@ -244,7 +245,7 @@ def test_slice_and_parallel_coordinate_label_a_log_axis_with_a_few_plain_ticks_t
 
 
 def test_no_trial_is_drawn_white_on_the_grey_background():
-    figs = {f.name: f for f in report.figures(lr_study(5, (1e-3, 1e-2)))}
+    figs = {f.name: f for f in plots.figures(lr_study(5, (1e-3, 1e-2)))}
     for name in ("slice", "parallel_coordinate"):
         fig = figs[name].png
         fig.canvas.draw()
@@ -255,19 +256,19 @@ def test_no_trial_is_drawn_white_on_the_grey_background():
             colours = c.get_facecolors() if name == "slice" else c.get_edgecolors()
             assert len(colours) == len(c.get_array())
             # the ggplot background is #E5E5E5 (luminance 0.9); white would be 1.0
-            assert report.luminance(colours).max() < 0.75, name
+            assert plots.luminance(colours).max() < 0.75, name
     for f in figs.values():
         plt.close(f.png)
 
 
-@pytest.mark.parametrize("n_complete, caveat", [(2, True), (report.FEW_FOR_IMPORTANCES + 1, False)])
+@pytest.mark.parametrize("n_complete, caveat", [(2, True), (report_study.FEW_FOR_IMPORTANCES + 1, False)])
 def test_importances_from_few_finished_trials_carry_a_caveat(n_complete, caveat):
     study = lr_study(n_complete, (1e-3, 1e-2))
-    imp, note = report.importances(study)
+    imp, note = report_study.importances(study)
     assert imp and note == ""  # drawn: the evaluator told the params apart
-    text = report.importance_caveat(study)
+    text = report_study.importance_caveat(study)
     assert bool(text) == caveat
-    figs = {f.name: f for f in report.figures(study)}
+    figs = {f.name: f for f in plots.figures(study)}
     title = figs["importances"].png.axes[0].get_title(loc="left")
     assert title.startswith("Hyperparameter Importances")
     if caveat:
@@ -286,8 +287,8 @@ def test_importances_from_few_finished_trials_carry_a_caveat(n_complete, caveat)
     ("float", [0.0, 0.5], "0.25", 0.25), ("log_float", [1e-4, 1e-2], "0.001", 0.001),
 ])
 def test_mlflow_params_are_cast_back_through_the_distribution(kind, values, text, expected):
-    dist = report.distributions({"p": {kind: values}})["p"]
-    got = report.cast(dist, text)
+    dist = report_study.distributions({"p": {kind: values}})["p"]
+    got = report_study.cast(dist, text)
     assert got == expected and type(got) is type(expected)
     assert dist._contains(dist.to_internal_repr(got))
 
@@ -298,13 +299,13 @@ def test_verbatim_share_counts_ngrams_found_in_the_train_text():
     copied = train[100:200]  # 100 characters taken verbatim: all of its 91 10-grams occur in train
     novel = rng.integers(50, 60, 100)  # characters train never has
     half = np.concatenate([train[1000:1050], novel[:50]])
-    known = np.sort(report.ngram_hashes(train, 10))
-    assert report.verbatim_share([copied], known, 10) == 1.0
-    assert report.verbatim_share([novel], known, 10) == 0.0
-    assert report.verbatim_share([half], known, 10) == pytest.approx(41 / 91)  # 10-grams wholly in the first half
-    assert report.verbatim_share([copied[:60], copied[60:]], np.sort(report.ngram_hashes(train, 40)), 40) == 1.0
-    assert report.verbatim_share([copied[:60], copied[60:]], np.sort(report.ngram_hashes(novel, 40)), 40) == 0.0
-    assert np.isnan(report.verbatim_share([copied[:5]], known, 10))  # too short for one n-gram
+    known = np.sort(memorisation.ngram_hashes(train, 10))
+    assert memorisation.verbatim_share([copied], known, 10) == 1.0
+    assert memorisation.verbatim_share([novel], known, 10) == 0.0
+    assert memorisation.verbatim_share([half], known, 10) == pytest.approx(41 / 91)  # 10-grams wholly in the first half
+    assert memorisation.verbatim_share([copied[:60], copied[60:]], np.sort(memorisation.ngram_hashes(train, 40)), 40) == 1.0
+    assert memorisation.verbatim_share([copied[:60], copied[60:]], np.sort(memorisation.ngram_hashes(novel, 40)), 40) == 0.0
+    assert np.isnan(memorisation.verbatim_share([copied[:5]], known, 10))  # too short for one n-gram
 
 
 def test_no_model_is_an_error_and_nothing_is_written(workdir, capsys):
@@ -396,7 +397,7 @@ def test_smoke_sweep_report_files_and_summary(smoke_report):
     assert f"{len(children)} trials: {counts}" in r.stdout
     assert (out / "summary.txt").read_text().splitlines()[0] in r.stdout
     metrics = client.get_run(parent.run_id).data.metrics
-    assert all(0.0 <= metrics[f"memorised_{n}gram_share"] <= 1.0 for n in report.NGRAMS)
+    assert all(0.0 <= metrics[f"memorised_{n}gram_share"] <= 1.0 for n in memorisation.NGRAMS)
     assert "Traceback" not in r.stderr
 
 
@@ -411,7 +412,7 @@ def test_smoke_sweep_study_matches_mlflow(smoke_report):
         child = children[children.run_id == t.user_attrs["mlflow_run_id"]].iloc[0]
         assert t.state == state[child["tags.charsearch.outcome"]]
         assert t.value == pytest.approx(child["metrics.best_val_loss"])
-        assert t.params["rnn_size"] == int(child["params.rnn_size"]) and set(t.params) == set(report.distributions(
+        assert t.params["rnn_size"] == int(child["params.rnn_size"]) and set(t.params) == set(report_study.distributions(
             yaml.safe_load((copy / "sweeps" / "smoke.yaml").read_text())["search_space"]))
         history = client.get_metric_history(child.run_id, "val_loss")
         assert t.intermediate_values == {m.step: m.value for m in history}
@@ -422,7 +423,7 @@ def test_smoke_sweep_figures_have_a_series_per_trial_and_a_panel_per_param(smoke
     copy, uri, r, parent, children = smoke_report
     study = optuna.load_study(study_name=parent["tags.mlflow.runName"], storage=f"sqlite:///{copy}/mlruns/optuna.db")
     complete = [t for t in study.trials if t.value is not None]  # finished, stopped early or cut: all drawn
-    figs = {f.name: f for f in report.figures(study, top=2)}
+    figs = {f.name: f for f in plots.figures(study, top=2)}
     n_params = len(study.trials[0].params)
     history = figs["history"].png.axes[0]
     assert len(history.collections[0].get_offsets()) == len(complete)  # one point per finished trial
@@ -436,8 +437,8 @@ def test_smoke_sweep_figures_have_a_series_per_trial_and_a_panel_per_param(smoke
         parallel = figs["parallel_coordinate"].html
         lines = [trace for trace in parallel.data if trace.mode == "lines"]  # a line per finished trial
         assert len(lines) == len(complete) and all(len(line.x) == n_params + 1 for line in lines)
-        assert parallel.layout.xaxis.ticktext == (report.TARGET, *sorted(study.trials[0].params))
+        assert parallel.layout.xaxis.ticktext == (report_study.TARGET, *sorted(study.trials[0].params))
     curves = figs["learning_curves"]
-    assert len(curves.png.axes[0].lines) == len(curves.html.data) == min(2, len(report.top_trials(study, 10)))
+    assert len(curves.png.axes[0].lines) == len(curves.html.data) == min(2, len(plots.top_trials(study, 10)))
     for f in figs.values():
         plt.close(f.png)
