@@ -11,6 +11,7 @@ from charsearch.cli import main
 from charsearch.core import artifact
 from charsearch.core.config import TrainConfig
 from charsearch.core.data import file_sha256, load_corpus
+from charsearch.core.errors import UsageError
 from charsearch.core.train import Evaluator, train
 from charsearch.search.sweepfile import SweepConfig
 from charsearch.tracking.tracker import Tracker
@@ -93,6 +94,14 @@ def test_an_ensemble_of_the_top_trials_is_one_model_file_every_command_takes(swe
     assert main(["sample", str(out), "--length", "40", "--seed", "1"]) == 0
     assert len(capsys.readouterr().out) == 41
     assert main(["eval", str(out), "--data", str(corpus), "--split", "all"]) == 0
+    capsys.readouterr()
+    # it carries what its members were trained and chosen on: the corpus, its hash, the split
+    member = artifact.load(root / "m11.pt").summary
+    assert {k: ens.summary[k] for k in ("data_path", "data_sha256", "train_frac", "val_frac", "min_freq")} == {
+        k: member[k] for k in ("data_path", "data_sha256", "train_frac", "val_frac", "min_freq")}
+    assert main(["eval", str(out), "--data", str(corpus), "--split", "test"]) == 0
+    test = float(re.search(r"test: ([0-9.]+) nats/char", capsys.readouterr().out)[1])
+    assert test == pytest.approx(ens.summary["test_loss"], abs=1e-4)
     from charsearch.serve import make_server
     server = make_server(str(out), port=0)
     try:
@@ -143,7 +152,8 @@ def test_members_over_different_vocabularies_are_refused(tmp_path, capsys):
     write_model(tmp_path / "a.pt", "abc", seed=1)
     write_model(tmp_path / "b.pt", "abd", seed=2)
     pool = [Candidate(t, t, 1.0, artifact.load(tmp_path / f"{t}.pt"), 1) for t in ("a", "b")]
-    with pytest.raises(UsageError, match="trial b's vocabulary .* differs from trial a's .*one vocabulary"):
+    with pytest.raises(UsageError, match="an ensemble mixes next-character probabilities over one vocabulary; its "
+                                         r"members have 3 and 3 characters \(not both: 'cd'\)"):
         ensemble_of(pool, Splits(None, None, None), Constraints(), rounds=4)
 
 
@@ -202,3 +212,12 @@ def test_an_exported_ensemble_is_what_gets_registered(sweep_store, capsys, tmp_p
     model = mlflow.pyfunc.load_model("models:/pick-ens/1")
     (text,) = model.predict(pd.DataFrame([{"prime_text": "", "length": 30, "seed": 1}]))
     assert len(text) == 30
+
+
+def test_an_ensemble_of_models_trained_on_other_data_or_splits_is_refused(sweep_store, tmp_path):
+    _, root, _ = sweep_store
+    a, b = artifact.load(root / "m11.pt"), artifact.load(root / "m12.pt")
+    artifact.ensemble_file([a, b], [0.5, 0.5], {})  # one sweep's: fine
+    b.summary["val_frac"] = 0.2
+    with pytest.raises(UsageError, match=r"trained on different data or splits \(val_frac 0.1 and 0.2\)"):
+        artifact.ensemble_file([a, b], [0.5, 0.5], {})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from charsearch.cli.common import command, positive
@@ -200,6 +199,7 @@ def cmd_best(args) -> None:
     import pandas as pd
 
     from charsearch.ship import selection
+    from charsearch.ship.best import export, held_out_view, pick
     from charsearch.ship.registry import check_name
     if args.register is not None:
         check_name(args.register)
@@ -217,7 +217,7 @@ def cmd_best(args) -> None:
     df = df.reindex(columns=sorted(df.columns))  # MLflow lists params in no fixed order: the table's stay put
     with tempfile.TemporaryDirectory() as tmp:
         held = held_out_view(uri, name, df, Path(tmp), args.top, need_val=args.ensemble is not None)
-        chosen = pick(uri, df, name, args, constraints, held, Path(tmp)) if args.export else None  # errors first
+        chosen = pick(uri, df, name, constraints, held, Path(tmp), args.ensemble) if args.export else None
         with pd.option_context("display.max_columns", 30, "display.width", 200):
             counts = selection.sweep_counts(uri, name)
             print(f"experiment {name!r}: {len(df)} trials, best first" + (f"; its latest sweep: {counts}" if counts else ""))
@@ -225,7 +225,12 @@ def cmd_best(args) -> None:
         if held.bias:
             print(held.bias)
         if chosen:
-            write(uri, name, args, constraints, *chosen)
+            mf, what = chosen
+            speed = export(uri, name, mf, args.export, measure_speed=bool(constraints or args.ensemble))
+            test = mf.summary.get("test_loss")
+            print(f"exported {what}{f', test {test:.4f}' if test is not None else ''}"
+                  f"{f', {speed:,.0f} chars/s sampling one stream here' if speed else ''} to {args.export} (CPU "
+                  f"float32); sample with: charsearch sample {args.export}")
     if args.register is not None:
         register(uri, df, name, args.register, Path(args.export) if args.export else None)
 
@@ -239,72 +244,6 @@ def constraints_of(args):
     if args.ensemble is not None:
         positive("--ensemble", args.ensemble)
     return Constraints(args.max_params, parse_size(args.max_size) if args.max_size else None, args.min_chars_per_sec)
-
-
-@dataclass
-class HeldOut:
-    table: object  # the ranking, with test loss beside val loss where the sweep kept a test split
-    splits: object  # candidates.Splits, or None
-    pool: list  # the top trials' candidates (downloaded models), when a test split was scored
-    bias: str  # the selection-bias line, or ''
-    why: str = ""  # why there are no splits
-
-
-def held_out_view(uri: str, name: str, df, folder: Path, top: int, need_val: bool) -> HeldOut:
-    """The ranking, with the test loss of the top trials where the sweep kept a test split; the corpus is
-    read only for that, or for the val split an ensemble is weighed on (`need_val`)."""
-    from charsearch.ship import selection
-    from charsearch.ship.candidates import TEST_TOP, bias_line, candidates, held_out, splits_of
-    view = selection.table(df, top)
-    try:
-        sweep = selection.load_sweep_runs(uri, name)
-    except UsageError as e:
-        return HeldOut(view, None, [], "", str(e))
-    if not need_val and not float(sweep.resolved.get("test_frac") or 0):
-        return HeldOut(view, None, [], "", "the sweep kept no test split")
-    splits, why = splits_of(sweep)
-    if splits is None or len(splits.test) < 2:
-        return HeldOut(view, splits, [], "", why)
-    pool = list(candidates(uri, df, min(top, TEST_TOP), folder))
-    held_out(pool, splits)
-    tests = {c.trial_id: round(c.test, 4) for c in pool if c.test is not None}
-    view.insert(2, "test_loss", view["trial"].map(tests))
-    return HeldOut(view, splits, pool, bias_line(pool))
-
-
-def pick(uri: str, df, name: str, args, constraints, held: HeldOut, folder: Path):
-    """(model or ensemble file, what it is): the lowest-val model meeting the constraints, or the ensemble
-    of the top trials; its test loss where the sweep kept a test split."""
-    from charsearch.ship.candidates import candidates, choose, ensemble_of, held_out, scores
-    pool = candidates(uri, df, len(df), folder)
-    if args.ensemble is None:
-        chosen = choose(pool, constraints)
-        if held.splits is not None:
-            held_out([chosen], held.splits)
-        chosen.mf.summary.update({"mlflow_run_id": chosen.run_id,
-                                  **({"test_loss": chosen.test} if chosen.test is not None else {})})
-        return chosen.mf, f"trial {chosen.trial_id} ({chosen.mf.label}; val {chosen.val:.4f} nats/char, MLflow run " \
-                          f"{chosen.run_id})"
-    top = list(pool)[: args.ensemble]
-    if len(top) < args.ensemble:
-        raise UsageError(f"--ensemble {args.ensemble}: experiment {name!r} has {len(top)} trial(s) with a model")
-    if held.splits is None:
-        raise UsageError(f"--ensemble needs the sweep's val split to weigh its members: {held.why}")
-    mf, val = ensemble_of(top, held.splits, constraints, rounds=max(20, 4 * args.ensemble))
-    if len(held.splits.test) >= 2:
-        mf.summary["test_loss"] = scores(mf, held.splits.test)
-    return mf, f"{mf.label}; val {val:.4f}"
-
-
-def write(uri: str, name: str, args, constraints, mf, what: str) -> None:
-    from charsearch.core import artifact
-    from charsearch.ship.candidates import sampling_rate
-    mf.summary.update({"experiment": name, "tracking_uri": uri})
-    artifact.save(args.export, mf.to_dict())
-    test = mf.summary.get("test_loss")
-    speed = f", {sampling_rate(mf):,.0f} chars/s sampling one stream here" if constraints or args.ensemble else ""
-    print(f"exported {what}{f', test {test:.4f}' if test is not None else ''}{speed} to {args.export} (CPU float32); "
-          f"sample with: charsearch sample {args.export}")
 
 
 def register(uri: str, df, experiment: str, name: str, exported: Path | None) -> None:

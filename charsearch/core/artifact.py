@@ -115,6 +115,40 @@ class EnsembleFile:
                 "summary": known_summary(self.summary)}
 
 
+# what the members of an ensemble must share (the data they were trained and chosen on, and how it was split),
+# and what else of theirs the ensemble carries (the first member's, or where they differ, every value)
+SHARED_PROVENANCE = ("data_sha256", "train_frac", "val_frac", "min_freq")
+CARRIED_PROVENANCE = ("data_path", "data_chars", "eval_chars", "test_frac", "host", "device", "torch", "python",
+                      "sweep", "experiment", "tracking_uri")
+
+
+def ensemble_file(members: list[ModelFile], weights: list[float], summary: dict) -> EnsembleFile:
+    """An ensemble of model files over one vocabulary, carrying their provenance (data, split, where and
+    when trained). Members trained on other data or another split are refused: their val losses, and the
+    ensemble's, would not measure the same thing."""
+    first = members[0]
+    for m in members[1:]:
+        if m.vocab != first.vocab:
+            odd = sorted(set(first.vocab.chars) ^ set(m.vocab.chars))
+            raise UsageError(f"an ensemble mixes next-character probabilities over one vocabulary; its members have "
+                             f"{len(first.vocab)} and {len(m.vocab)} characters (not both: {excerpt(''.join(odd))})")
+        differ = [k for k in SHARED_PROVENANCE if m.summary.get(k) != first.summary.get(k)]
+        if differ:
+            k = differ[0]
+            raise UsageError(f"the ensemble's members were trained on different data or splits ({k} "
+                             f"{excerpt(first.summary.get(k))} and {excerpt(m.summary.get(k))}); ensemble models of "
+                             f"one sweep")
+    carried = {}
+    for k in (*SHARED_PROVENANCE, *CARRIED_PROVENANCE):
+        values = list(dict.fromkeys(m.summary[k] for m in members if m.summary.get(k) is not None))
+        if values:
+            carried[k] = values[0] if len(values) == 1 or not isinstance(values[0], str) else ",".join(map(str, values))
+    stamps = [m.summary["trained_at"] for m in members if m.summary.get("trained_at")]
+    if stamps:
+        carried["trained_at"] = max(stamps)  # ISO times: the latest member's
+    return EnsembleFile(members, weights, first.vocab, {**carried, **summary})
+
+
 def model_part(model: CharRNN, vocab: Vocab) -> dict:
     """The `model` entry of a checkpoint: architecture, vocabulary and CPU float32 weights."""
     base = getattr(model, "_orig_mod", model)  # unwrap torch.compile

@@ -170,12 +170,7 @@ def ensemble_of(pool: list[Candidate], splits: Splits, constraints: Constraints,
     import torch
 
     from charsearch.ship.ensembling import greedy
-    first = pool[0]
-    for c in pool[1:]:
-        if c.mf.vocab != first.mf.vocab:
-            raise UsageError(f"trial {c.trial_id}'s vocabulary ({len(c.mf.vocab)} characters) differs from trial "
-                             f"{first.trial_id}'s ({len(first.mf.vocab)}): an ensemble mixes next-character "
-                             f"probabilities over one vocabulary")
+    artifact.ensemble_file([c.mf for c in pool], [1 / len(pool)] * len(pool), {})  # refuses members that differ
     log_probs = torch.stack([scores(c.mf, splits.val, target=True) for c in pool])
 
     def allowed(counts) -> bool:
@@ -187,8 +182,8 @@ def ensemble_of(pool: list[Candidate], splits: Splits, constraints: Constraints,
     if not weights:
         raise UsageError(f"no ensemble of the top {len(pool)} trials has {constraints.describe()}")
     members = [(c, w) for c, w in zip(pool, weights) if w > 0]
-    ens = artifact.EnsembleFile([c.mf for c, _ in members], [w for _, w in members], first.mf.vocab)
-    ens.summary = {"val_loss": loss, "ensemble_trials": ",".join(f"{c.trial_id}:{w:.3f}" for c, w in members)}
+    ens = artifact.ensemble_file([c.mf for c, _ in members], [w for _, w in members],
+                                 {"val_loss": loss, "ensemble_trials": ",".join(f"{c.trial_id}:{w:.3f}" for c, w in members)})
     return ens, loss
 
 
