@@ -106,7 +106,7 @@ def main() -> None:
             f"of 3 runs (generation only; process start-up not included: `charsearch sample` imports torch but not "
             f"Ray or MLflow). Aggregate chars/s over all streams. charsearch steps the recurrent layers as plain "
             f"matrix products with the first layer's input projection precomputed per character "
-            f"(`charsearch.sample.Stepper`); nn.LSTM spends most of a one-step call on per-call overhead. "
+            f"(`charsearch.core.sample.Stepper`); nn.LSTM spends most of a one-step call on per-call overhead. "
             f"× is over the lesson loop as written (PyTorch defaults); the oneDNN-off row shows the loop "
             f"with that one setting changed.\n\n" + table(rows) + "\n\n"
             + bar_chart("sampling_cpu", {r["sampler"]: r["chars/s"] for r in rows}, "chars/s",

@@ -28,7 +28,7 @@ from charsearch.core.train import train
 
 def charsearch_rate(path: Path, hidden: int, layers: int, batch: int, seq: int, steps: int, device: str,
                     **options) -> float:
-    """chars/s of `charsearch.train.train` for `steps` steps from a fresh start. Counted against it: model
+    """chars/s of `charsearch.core.train.train` for `steps` steps from a fresh start. Counted against it: model
     and data set-up, one validation pass over a small val split and one checkpoint at the end."""
     corpus = load_corpus(path)
     val_frac = (batch * seq + 2) / len(corpus.ids)  # the smallest val split the run accepts
@@ -91,7 +91,7 @@ def main() -> None:
     save_json(f"trainer_{args.device}", raw)
     body = (f"Device: **{args.device}**. Reference: the seed-style trainer (benchmarks/reference_trainer.py: one-hot "
             f"input, batches copied from the host each step, `loss.item()` every step, Adam, dropout 0.5). charsearch: "
-            f"`charsearch.train.train` with the same sizes (one-hot input as a row lookup, data on the device, loss read back every "
+            f"`charsearch.core.train.train` with the same sizes (one-hot input as a row lookup, data on the device, loss read back every "
             f"10 steps, fp32). Throughput: characters of "
             f"N training steps from a fresh start over wall time (first steps included for both; charsearch's set-up, "
             f"one validation pass and one checkpoint counted against it), best of {repeats} interleaved runs; × is "

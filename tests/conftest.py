@@ -1,10 +1,14 @@
+from __future__ import annotations
+
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -187,6 +191,60 @@ def sweep_file(project: Path, name: str, **changes) -> Path:
     return p
 
 
+def store_uri(folder: Path, db: str = "mlruns/mlflow.db") -> str:
+    """The SQLite tracking store (or Optuna storage) `db` under `folder`, as an absolute URI; `db` '' when
+    `folder` is the database file itself."""
+    return f"sqlite:///{Path(folder) / db if db else folder}"
+
+
+@dataclass
+class Trial:
+    """A trial as a sweep records it: its params, the val losses it reported (at 1,000, 2,000, ...
+    characters), how it ended, and the model file it left (None: none)."""
+    trial_id: str
+    params: dict
+    curve: list = field(default_factory=list)
+    outcome: str | None = "finished"  # None: still running when the sweep's driver stopped
+    model: Path | None = None
+    error: str | None = None
+    summary: dict = field(default_factory=dict)  # more of its final numbers
+
+
+def record_sweep(uri: str, name: str, trials: list[Trial], params: dict | None = None, files: dict | None = None,
+                 status: str = "FINISHED", tags: dict | None = None, run_name: str | None = None):
+    """One sweep written through the Tracker as the driver writes it: the parent run (params, files), a
+    run per trial with its results, model and outcome, then the sweep's end. Returns the Tracker."""
+    from charsearch.tracking.tracker import Tracker
+    if (path := Path(uri.removeprefix("sqlite:///"))) and uri.startswith("sqlite:///"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    t = Tracker(uri, name)
+    t.start_sweep(run_name or f"{name}-{time.time_ns()}", params or {}, files or {}, tags or {})
+    for trial in trials:
+        t.trial_started(trial.trial_id, f"run_{trial.trial_id}", trial.params)
+        for k, v in enumerate(trial.curve, 1):
+            t.trial_result(trial.trial_id, {"val_loss": v, "train_loss": v, "chars_trained": 1000 * k})
+        if trial.outcome is None:  # the sweep's end closes it as interrupted
+            continue
+        best = {"best_val_loss": min(trial.curve), "chars_trained": 1000 * len(trial.curve)} if trial.curve else {}
+        t.trial_ended(trial.trial_id, {**best, **trial.summary}, trial.model, trial.error)
+        t.close_trial(trial.trial_id, trial.outcome)
+    t.finish_sweep(status, {}, {})
+    return t
+
+
+def counts_in(text: str) -> dict:
+    """'3 trials (1 finished, 2 cut by the budget, 0 failed); 1 never started' -> numbers by outcome."""
+    m = re.search(r"(\d+) trials? \(([^)]*)\)(?:; (\d+) never started)?", text)
+    assert m, text
+    words = {"finished": "finished", "stopped early by ASHA": "stopped_early", "cut by the budget": "cut_by_budget",
+             "interrupted": "interrupted", "failed": "failed", "running": "running"}
+    c = {"started": int(m[1]), "never_started": int(m[3] or 0)}
+    for part in m[2].split(", "):
+        n, word = part.split(" ", 1)
+        c[words[word]] = int(n)
+    return c
+
+
 def runs(uri: str, experiment: str):
     """(parent runs, trial runs) of an experiment, as MLflow's DataFrames."""
     import mlflow
@@ -211,7 +269,7 @@ def smoke_sweep(tmp_path_factory, shakespeare):
     shutil.copy(ROOT / "sweeps" / "smoke.yaml", project / "sweeps" / "smoke.yaml")
     r = charsearch("sweep", "sweeps/smoke.yaml", cwd=project)
     assert r.returncode == 0, r.stderr
-    return project, f"sqlite:///{project}/mlruns/mlflow.db", r
+    return project, store_uri(project), r
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import torch
 
-from .conftest import charsearch, runs, sweep_file
+from .conftest import charsearch, counts_in, runs, store_uri, sweep_file
 
 pytestmark = pytest.mark.slow
 
@@ -24,22 +24,9 @@ pytestmark = pytest.mark.slow
 def startup_seconds() -> float:
     """How long `python -m charsearch` takes to import before its clock starts."""
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import charsearch.cli.sweep_commands, charsearch.sweep, charsearch.autosize"],
+    subprocess.run([sys.executable, "-c", "import charsearch.cli.sweep_commands, charsearch.search, charsearch.search.autosize"],
                    check=True)
     return time.monotonic() - t0
-
-
-def counts_in(text: str) -> dict:
-    """'3 trials (1 finished, 2 cut by the budget, 0 failed); 1 never started' -> numbers by outcome."""
-    m = re.search(r"(\d+) trials \(([^)]*)\)(?:; (\d+) never started)?", text)
-    assert m, text
-    words = {"finished": "finished", "stopped early by ASHA": "stopped_early", "cut by the budget": "cut_by_budget",
-             "interrupted": "interrupted", "failed": "failed"}
-    c = {"started": int(m[1]), "never_started": int(m[3] or 0)}
-    for part in m[2].split(", "):
-        n, word = part.split(" ", 1)
-        c[words[word]] = int(n)
-    return c
 
 
 def test_a_sweep_cut_by_its_budget_keeps_every_trained_model(project, tmp_path_factory):
@@ -50,7 +37,7 @@ def test_a_sweep_cut_by_its_budget_keeps_every_trained_model(project, tmp_path_f
     tmp = tmp_path_factory.mktemp("t", numbered=True)  # the sweep's temp folder, to see what it leaves there
     r = charsearch("sweep", path, cwd=project, TMPDIR=str(tmp), RAY_TMPDIR="/tmp/ray")
     assert r.returncode == 0, r.stderr
-    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    uri = store_uri(project)
     parents, trials = runs(uri, "cut")
     trained = trials[trials["metrics.best_val_loss"].notna()]
     assert len(trained) == len(trials) >= 2  # a run only for a trial that reported
@@ -69,6 +56,7 @@ def test_a_sweep_cut_by_its_budget_keeps_every_trained_model(project, tmp_path_f
     assert exported["summary"]["val_loss"] == pytest.approx(winner["metrics.best_val_loss"])
     report = charsearch("report", "--out", "rep", cwd=project)
     assert report.returncode == 0, report.stderr
+    assert "Traceback" not in report.stderr and "Warning" not in report.stderr, report.stderr
 
     # one set of counts: the live line's last state, the summary, the parent run's tag, `best`
     summary = counts_in(r.stdout.splitlines()[0])
@@ -76,6 +64,7 @@ def test_a_sweep_cut_by_its_budget_keeps_every_trained_model(project, tmp_path_f
     assert summary == {k: v for k, v in tagged.items() if k in summary}
     assert summary["started"] == len(trials) and summary["cut_by_budget"] == len(trials)
     assert counts_in(best.stdout.splitlines()[0]) == summary
+    assert counts_in(report.stdout.splitlines()[0]) == summary  # trials cut by the budget counted, not running
     last_line = [ln for ln in r.stderr.splitlines() if "elapsed" in ln][-1]
     assert re.match(r"\d+:\d\d elapsed, \d+:\d\d left \| trials: 0 running, 0 finished", last_line)  # clock first
     assert "next: charsearch best --export model.pt" in r.stdout
@@ -98,7 +87,7 @@ def test_no_trial_starts_that_cannot_report_before_the_deadline(project):
     summary = counts_in(r.stdout.splitlines()[0])
     assert summary["never_started"] == 0, r.stdout  # every trial Tune started reported at least once
     assert summary["started"] < 400  # the deadline, not the sample count, ended the search
-    _, trials = runs(f"sqlite:///{project}/mlruns/mlflow.db", "deadline")
+    _, trials = runs(store_uri(project), "deadline")
     assert len(trials) == summary["started"] and trials["metrics.best_val_loss"].notna().all()
 
 
@@ -117,7 +106,7 @@ def test_when_no_trial_reports_in_the_search_the_first_trains_from_the_start_for
     assert m, r.stdout
     summary = counts_in(r.stdout.splitlines()[0])
     assert summary["finished"] == 1 and summary["started"] == 1
-    _, trials = runs(f"sqlite:///{project}/mlruns/mlflow.db", "late")
+    _, trials = runs(store_uri(project), "late")
     assert len(trials) == 1  # a run only for the trial that trained
     row = trials.iloc[0]
     assert row["tags.ray.trial_id"] == m[1] and row["tags.charsearch.outcome"] == "finished"
@@ -150,7 +139,7 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     winner, val = m[1], float(m[3])
     summary = counts_in(r.stdout.splitlines()[0])
     assert summary["finished"] >= 1 and (summary["never_started"] == 0 or late)
-    _, trials = runs(f"sqlite:///{workdir}/mlruns/mlflow.db", "auto-shakespeare200k")
+    _, trials = runs(store_uri(workdir), "auto-shakespeare200k")
     # the search started from its prior (a drawn learning rate of exactly 0.003 would be a coincidence),
     # with dropout: 200,000 characters read ~10 times or more in the budget are memorised without it
     prior = trials[(trials["params.learning_rate"] == "0.003") & (trials["params.batch_size"] == "32")
@@ -163,7 +152,7 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     # its run lasts until the end of its finish (MLflow's Duration is the training it had)
     assert (row.end_time - row.start_time).total_seconds() >= int(row["tags.charsearch.finish_s"])
     assert row["metrics.best_val_loss"] == pytest.approx(val, abs=5e-5)  # what the summary printed
-    client = mlflow.MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient(store_uri(workdir))
     history = client.get_metric_history(row.run_id, "val_loss")
     steps = [m.step for m in history]
     assert steps == sorted(steps)  # the finish goes on along the same characters-trained axis

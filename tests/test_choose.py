@@ -14,9 +14,8 @@ from charsearch.core.data import file_sha256, load_corpus
 from charsearch.core.errors import UsageError
 from charsearch.core.train import Evaluator, train
 from charsearch.search.sweepfile import SweepConfig
-from charsearch.tracking.tracker import Tracker
 
-from .conftest import make_text, one_line_error
+from .conftest import Trial, make_text, one_line_error, record_sweep, store_uri
 
 SHAPES = (("gru", 32, 1, 11), ("lstm", 24, 1, 12), ("gru", 16, 1, 13), ("rnn", 8, 1, 14))
 
@@ -28,25 +27,19 @@ def sweep_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("pick")
     corpus = root / "corpus.txt"
     corpus.write_text(make_text(40_000, seed=3))
-    uri = f"sqlite:///{root}/mlruns/mlflow.db"
-    (root / "mlruns").mkdir()
+    uri = store_uri(root)
     sweep = SweepConfig(path="", name="pick", corpus=str(corpus), train_frac=0.8, val_frac=0.1, test_frac=0.1)
-    t = Tracker(uri, "pick")
-    t.start_sweep("pick-1", {"corpus": str(corpus), "corpus_sha256": file_sha256(corpus)},
-                  {"resolved.yaml": yaml.safe_dump(sweep.to_dict())}, {})
+    trials = []
     for cell, size, layers, seed in SHAPES:
         cfg = TrainConfig(data=str(corpus), model=cell, rnn_size=size, num_layers=layers, seed=seed, train_frac=0.8,
                           val_frac=0.1, max_epochs=0.6, eval_every=40, batch_size=16, seq_length=32,
                           learning_rate=5e-3, checkpoint_dir=str(root / f"cv{seed}"))
         result = train(cfg, progress=False)
-        model = root / f"m{seed}.pt"
-        artifact.export(result.best_checkpoint, model)
-        trial = f"t{seed}"
-        t.trial_started(trial, f"run_{trial}", {"model": cell, "rnn_size": size})
-        t.trial_result(trial, {"val_loss": result.best_val_loss, "train_loss": 3.0, "chars_trained": 1000})
-        t.trial_ended(trial, {"best_val_loss": result.best_val_loss, "chars_trained": 1000}, model)
-        t.close_trial(trial, "finished")
-    t.finish_sweep("FINISHED", {"best_val_loss": 1.0}, {})
+        artifact.export(result.best_checkpoint, root / f"m{seed}.pt")
+        trials.append(Trial(f"t{seed}", {"model": cell, "rnn_size": size}, [result.best_val_loss],
+                            model=root / f"m{seed}.pt"))
+    record_sweep(uri, "pick", trials, {"corpus": str(corpus), "corpus_sha256": file_sha256(corpus)},
+                 {"resolved.yaml": yaml.safe_dump(sweep.to_dict())}, run_name="pick-1")
     return uri, root, corpus
 
 

@@ -19,7 +19,7 @@ import mlflow
 import pytest
 import torch
 
-from .conftest import charsearch, cli_env, kill_session, runs, session_pids, start, sweep_file, wait_until
+from .conftest import charsearch, cli_env, kill_session, runs, session_pids, start, store_uri, sweep_file, wait_until
 from .web import free_port
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ class Cluster:
 
     def __init__(self, root: Path, backend: str | None = None):
         self.root = root
-        self.backend = backend or f"sqlite:///{root}/mlflow.db"  # MLflow's backend store
+        self.backend = backend or store_uri(root, "mlflow.db")  # MLflow's backend store
         # Ray's socket paths must stay under 107 bytes: a short temp dir of its own, not pytest's
         self.ray_tmp = Path(f"/tmp/csc-{secrets.token_hex(3)}")
         self.procs: dict[str, subprocess.Popen] = {}

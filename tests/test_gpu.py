@@ -13,7 +13,7 @@ from charsearch.core.model import CharRNN
 from charsearch.core.sample import SampleOptions, Sampler, Stepper
 from charsearch.core.train import Evaluator, train
 
-from .conftest import charsearch, copy_shakespeare, runs, sweep_file
+from .conftest import charsearch, copy_shakespeare, runs, store_uri, sweep_file
 
 pytestmark = pytest.mark.gpu
 
@@ -76,7 +76,7 @@ def test_a_sweep_packs_its_trials_on_the_gpu(tmp_path, shakespeare):
                       search={"num_samples": 4, "max_concurrent": 4})
     r = charsearch("sweep", str(path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    _, trials = runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "gpu")
+    _, trials = runs(store_uri(tmp_path), "gpu")
     assert len(trials) == 4 and (trials.status == "FINISHED").all()
     assert (trials["tags.device"] == torch.cuda.get_device_name()).all()
     out = tmp_path / "best.pt"

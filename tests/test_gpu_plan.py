@@ -13,7 +13,7 @@ from charsearch.search import autosize
 from charsearch.search.calibrate import Calibration
 from charsearch.search.sweepfile import SweepConfig
 
-from .conftest import charsearch, kill_session, runs, start, wait_until
+from .conftest import charsearch, kill_session, runs, start, store_uri, wait_until
 from .web import free_port
 
 GIB = 2 ** 30
@@ -109,7 +109,7 @@ def test_an_auto_sweep_on_a_node_with_gpus_packs_its_trials_on_them(gpu_node, wo
     assert "the process it gave one to sees no CUDA device" in r.stderr and "Traceback" not in r.stderr
     r = charsearch(*args, cwd=workdir, RAY_ADDRESS=gpu_node, timeout=400)
     assert r.returncode == 0, r.stderr
-    _, trials = runs(f"sqlite:///{workdir}/mlruns/mlflow.db", "auto-shakespeare200k")
+    _, trials = runs(store_uri(workdir), "auto-shakespeare200k")
     assert len(trials) >= 2
     assert (trials["tags.gpu_share"].astype(float) == 0.5).all()  # what each trial asked Ray for
     assert set(trials["tags.gpu_ids"]) == {"0", "1"}  # and where Ray put it: both declared GPUs in use

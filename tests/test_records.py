@@ -7,7 +7,7 @@ import shutil
 import mlflow
 import pytest
 
-from .conftest import one_line_error, runs
+from .conftest import one_line_error, runs, store_uri
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def finished_copy(smoke_sweep, tmp_path, monkeypatch):
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (record,) = project.glob("ray_results/smoke/*/charsearch.json")
-    return project, record, f"sqlite:///{project}/mlruns/mlflow.db"
+    return project, record, store_uri(project)
 
 
 def edit(record, change) -> None:

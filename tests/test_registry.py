@@ -18,9 +18,8 @@ from mlflow.exceptions import MlflowException
 from charsearch.cli import main
 from charsearch.core import artifact
 from charsearch.core.sample import SampleOptions, Sampler
-from charsearch.tracking.tracker import Tracker
 
-from .conftest import cli_env, kill_session, write_model
+from .conftest import Trial, cli_env, kill_session, record_sweep, store_uri, write_model
 from .web import free_port, one_thread, wait_http
 
 CHARS = tuple(sorted(set("\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))
@@ -30,19 +29,13 @@ CHARS = tuple(sorted(set("\n !',.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 def store(workdir):
     """A sweep 'exp' in its own SQLite store: trial t1 (val 1.7) and t2 (val 2.0), each with a model file.
     Returns (uri, {trial: run id}, {trial: model file})."""
-    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
-    (workdir / "mlruns").mkdir()
-    t = Tracker(uri, "exp")
-    t.start_sweep("exp-1", {"num_samples": 2}, {"sweep.yaml": "name: exp\n"}, {})
-    files = {}
-    for trial, val, seed in (("t1", 1.7, 1), ("t2", 2.0, 2)):
-        t.trial_started(trial, f"run_{trial}", {"rnn_size": 32})
-        t.trial_result(trial, {"val_loss": val, "train_loss": val, "chars_trained": 1000})
-        files[trial] = workdir / f"{trial}.pt"
-        write_model(files[trial], CHARS, size=32, seed=seed, val_loss=val)
-        t.trial_ended(trial, {"best_val_loss": val, "chars_trained": 1000}, files[trial])
-        t.close_trial(trial, "finished")
-    t.finish_sweep("FINISHED", {"best_val_loss": 1.7}, {})
+    uri = store_uri(workdir)
+    files = {trial: workdir / f"{trial}.pt" for trial in ("t1", "t2")}
+    for (trial, path), val, seed in zip(files.items(), (1.7, 2.0), (1, 2)):
+        write_model(path, CHARS, size=32, seed=seed, val_loss=val)
+    t = record_sweep(uri, "exp", [Trial(trial, {"rnn_size": 32}, [val], model=files[trial])
+                                  for trial, val in (("t1", 1.7), ("t2", 2.0))],
+                     params={"num_samples": 2}, files={"sweep.yaml": "name: exp\n"}, run_name="exp-1")
     return uri, dict(t.runs), files
 
 
@@ -91,13 +84,8 @@ def test_register_logs_the_best_trial_as_a_pyfunc_model_and_a_tagged_version(sto
 
 
 def test_register_without_any_model_file(workdir, capsys):
-    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
-    (workdir / "mlruns").mkdir()
-    t = Tracker(uri, "exp")
-    t.start_sweep("exp-1", {}, {}, {})
-    t.trial_started("t1", "run_t1", {"rnn_size": 32})
-    t.trial_ended("t1", {"best_val_loss": 1.5})
-    t.close_trial("t1", "finished")
+    uri = store_uri(workdir)
+    record_sweep(uri, "exp", [Trial("t1", {"rnn_size": 32}, [1.5])])
     assert main(["best", "--tracking-uri", uri, "--register", "charlm"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no trial of experiment 'exp' has a model yet" in err

@@ -1,6 +1,6 @@
 """The sweep report: the Optuna study rebuilt from MLflow, its plots, the summary, the memorisation check.
 
-Fast tests use a sweep written into a real MLflow SQLite store through charsearch.tracking (as the sweep
+Fast tests use a sweep written into a real MLflow SQLite store through charsearch.tracking.tracker (as the sweep
 writes it); the slow ones report on the session's real smoke sweep, in a copy of its project.
 """
 
@@ -26,7 +26,7 @@ from charsearch.ship.report import memorisation, plots
 from charsearch.ship.report import study as report_study
 from charsearch.tracking.tracker import Tracker
 
-from .conftest import charsearch, make_text, write_model
+from .conftest import Trial, charsearch, counts_in, make_text, record_sweep, store_uri, write_model
 
 SPACE = {"rnn_size": {"choice": [32, 64]}, "num_layers": {"int": [1, 3]}, "dropout": {"float": [0.0, 0.3]},
          "learning_rate": {"log_float": [1.0e-3, 1.0e-2]}, "use_ss": {"choice": [False, True]}}
@@ -52,28 +52,22 @@ def tiny_model(path, vocab, seed):
 
 
 def write_sweep(workdir, with_models=True) -> tuple[str, str]:
-    """Sweep 'exp' as charsearch.sweep records it: parent run with resolved.yaml, five trial runs."""
+    """Sweep 'exp' as charsearch.search records it: parent run with resolved.yaml, five trial runs."""
     corpus_file = workdir / "data" / "small" / "input.txt"
     corpus_file.parent.mkdir(parents=True)
     corpus_file.write_text(make_text(20_000), encoding="utf-8")
     corpus = load_corpus(corpus_file)
-    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
-    (workdir / "mlruns").mkdir()
+    uri = store_uri(workdir)
     resolved = {"name": "exp", "corpus": "small", "min_freq": 0, "train_frac": 0.9, "val_frac": 0.1, "space": SPACE}
-    t = Tracker(uri, "exp")
-    parent = t.start_sweep("exp-1", {"corpus": str(corpus_file), "corpus_sha256": corpus.sha256},
-                           {"sweep.yaml": "name: exp\n", "resolved.yaml": yaml.safe_dump(resolved, sort_keys=False)}, {})
-    for i, (trial, outcome, params, curve) in enumerate(TRIALS):
-        t.trial_started(trial, f"run_{trial}", {**params, "data": "small", "seed": 123})
-        for k, v in enumerate(curve, 1):
-            t.trial_result(trial, {"val_loss": v, "chars_trained": 1000 * k})
-        if outcome == "interrupted":  # the sweep stopped while it ran: finish_sweep closes it
-            continue
-        model = tiny_model(workdir / f"{trial}.pt", corpus.vocab, i) if curve and with_models else None
-        t.trial_ended(trial, {"best_val_loss": min(curve)} if curve else {}, model, "diverged" if not curve else None)
-        t.close_trial(trial, outcome)
-    t.finish_sweep("KILLED", {"best_val_loss": 1.6}, {})
-    return uri, parent
+    trials = [Trial(trial, {**params, "data": "small", "seed": 123}, curve,
+                    None if outcome == "interrupted" else outcome,  # the sweep stopped while it ran
+                    tiny_model(workdir / f"{trial}.pt", corpus.vocab, i) if curve and with_models else None,
+                    None if curve else "diverged")
+              for i, (trial, outcome, params, curve) in enumerate(TRIALS)]
+    t = record_sweep(uri, "exp", trials, {"corpus": str(corpus_file), "corpus_sha256": corpus.sha256},
+                     {"sweep.yaml": "name: exp\n", "resolved.yaml": yaml.safe_dump(resolved, sort_keys=False)},
+                     status="KILLED", run_name="exp-1")
+    return uri, t.parent_id
 
 
 def run(capsys, *argv):
@@ -98,7 +92,7 @@ def test_the_sweep_is_rebuilt_as_an_optuna_study_in_an_rdb_storage(sweep, workdi
     uri, parent = sweep
     code, out, err = run(capsys, "report", "--tracking-uri", uri)
     assert code == 0, err
-    storage = f"sqlite:///{workdir}/mlruns/optuna.db"  # beside the MLflow store
+    storage = store_uri(workdir, "mlruns/optuna.db")  # beside the MLflow store
     study = optuna.load_study(study_name="exp-1", storage=storage)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     assert study.user_attrs["mlflow_parent_run_id"] == parent
@@ -353,7 +347,7 @@ def relocate(project, copy) -> str:
         con.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
                     (str(project), str(copy)))
         con.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (str(project), str(copy)))
-    return f"sqlite:///{db}"
+    return store_uri(db, "")
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +367,7 @@ def smoke_report(smoke_sweep, tmp_path_factory):
 def test_smoke_sweep_report_files_and_summary(smoke_report):
     copy, uri, r, parent, children = smoke_report
     out = copy / "report" / "smoke"
-    study = optuna.load_study(study_name=parent["tags.mlflow.runName"], storage=f"sqlite:///{copy}/mlruns/optuna.db")
+    study = optuna.load_study(study_name=parent["tags.mlflow.runName"], storage=store_uri(copy, "mlruns/optuna.db"))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     expected = FILES if len(complete) >= 2 else FILES - {"importances.html", "importances.png"}
     assert {p.name for p in out.iterdir()} == expected
@@ -392,9 +386,11 @@ def test_smoke_sweep_report_files_and_summary(smoke_report):
     winner = children.loc[children["metrics.best_val_loss"].idxmin()]
     assert f"best trial {winner['tags.ray.trial_id']} " in r.stdout
     assert f"val loss {winner['metrics.best_val_loss']:.4f} nats/char" in r.stdout
-    counts = (f"{int(parent['metrics.trials_finished'])} finished, {int(parent['metrics.trials_stopped_early'])} "
-              f"stopped early, {int(parent['metrics.trials_failed'])} failed")
-    assert f"{len(children)} trials: {counts}" in r.stdout
+    # the counts the sweep's ledger logged as metrics: read back from the summary line as numbers
+    shown = counts_in(r.stdout)
+    assert shown["started"] == len(children)
+    for outcome in ("finished", "stopped_early", "cut_by_budget", "failed"):
+        assert shown.get(outcome, 0) == int(parent[f"metrics.trials_{outcome}"]), (outcome, r.stdout)
     assert (out / "summary.txt").read_text().splitlines()[0] in r.stdout
     metrics = client.get_run(parent.run_id).data.metrics
     assert all(0.0 <= metrics[f"memorised_{n}gram_share"] <= 1.0 for n in memorisation.NGRAMS)
@@ -404,7 +400,7 @@ def test_smoke_sweep_report_files_and_summary(smoke_report):
 @pytest.mark.slow
 def test_smoke_sweep_study_matches_mlflow(smoke_report):
     copy, uri, r, parent, children = smoke_report
-    study = optuna.load_study(study_name=parent["tags.mlflow.runName"], storage=f"sqlite:///{copy}/mlruns/optuna.db")
+    study = optuna.load_study(study_name=parent["tags.mlflow.runName"], storage=store_uri(copy, "mlruns/optuna.db"))
     assert len(study.trials) == len(children)
     state = {"finished": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "failed": TrialState.FAIL}
     client = mlflow.MlflowClient(uri)
@@ -421,7 +417,7 @@ def test_smoke_sweep_study_matches_mlflow(smoke_report):
 @pytest.mark.slow
 def test_smoke_sweep_figures_have_a_series_per_trial_and_a_panel_per_param(smoke_report):
     copy, uri, r, parent, children = smoke_report
-    study = optuna.load_study(study_name=parent["tags.mlflow.runName"], storage=f"sqlite:///{copy}/mlruns/optuna.db")
+    study = optuna.load_study(study_name=parent["tags.mlflow.runName"], storage=store_uri(copy, "mlruns/optuna.db"))
     complete = [t for t in study.trials if t.value is not None]  # finished, stopped early or cut: all drawn
     figs = {f.name: f for f in plots.figures(study, top=2)}
     n_params = len(study.trials[0].params)
@@ -431,13 +427,13 @@ def test_smoke_sweep_figures_have_a_series_per_trial_and_a_panel_per_param(smoke
     assert len(figs["history_wall_time"].png.axes[0].collections[0].get_offsets()) == len(complete)
     assert len(figs["timeline"].png.axes[0].patches) == len(study.trials)  # one bar per trial
     assert sum(len(bar.x) for bar in figs["timeline"].html.data) == len(study.trials)
-    if complete:
-        assert len(figs["slice"].png.axes) == n_params + 1  # a panel per param and the colour bar
-        assert len(figs["slice"].html.data) == n_params
-        parallel = figs["parallel_coordinate"].html
-        lines = [trace for trace in parallel.data if trace.mode == "lines"]  # a line per finished trial
-        assert len(lines) == len(complete) and all(len(line.x) == n_params + 1 for line in lines)
-        assert parallel.layout.xaxis.ticktext == (report_study.TARGET, *sorted(study.trials[0].params))
+    assert complete  # the smoke sweep's trials report: each has a value
+    assert len(figs["slice"].png.axes) == n_params + 1  # a panel per param and the colour bar
+    assert len(figs["slice"].html.data) == n_params
+    parallel = figs["parallel_coordinate"].html
+    lines = [trace for trace in parallel.data if trace.mode == "lines"]  # a line per finished trial
+    assert len(lines) == len(complete) and all(len(line.x) == n_params + 1 for line in lines)
+    assert parallel.layout.xaxis.ticktext == (report_study.TARGET, *sorted(study.trials[0].params))
     curves = figs["learning_curves"]
     assert len(curves.png.axes[0].lines) == len(curves.html.data) == min(2, len(plots.top_trials(study, 10)))
     for f in figs.values():

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from charsearch.cli import main
-from charsearch.tracking.tracker import Tracker
 
-from .conftest import write_model
+from .conftest import Trial, record_sweep, store_uri, write_model
 from .web import free_port, wait_http
 
 
@@ -25,19 +24,14 @@ def model_file(path, seed):
 @pytest.fixture
 def store(workdir):
     """A sweep 'exp' with three trials: val 1.5 (no model file), 1.7 and 2.0 (with model files)."""
-    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
-    (workdir / "mlruns").mkdir()
-    t = Tracker(uri, "exp")
-    t.start_sweep("exp-1", {"num_samples": 3}, {"sweep.yaml": "name: exp\n"}, {})
+    uri = store_uri(workdir)
+    t = record_sweep(uri, "exp", [Trial(trial, {"rnn_size": rnn, "dropout": 0.1}, [val + 0.5, val],
+                                        model=model_file(workdir / f"{trial}.pt", int(val * 10)) if has_model else None,
+                                        summary={"chars_per_sec": 5e4})
+                                  for trial, val, rnn, has_model in (("t1", 1.7, 64, True), ("t2", 2.0, 32, True),
+                                                                     ("t3", 1.5, 128, False))],
+                     params={"num_samples": 3}, files={"sweep.yaml": "name: exp\n"}, run_name="exp-1")
     t.share_view(["rnn_size"])
-    for trial, val, rnn, has_model in (("t1", 1.7, 64, True), ("t2", 2.0, 32, True), ("t3", 1.5, 128, False)):
-        t.trial_started(trial, f"run_{trial}", {"rnn_size": rnn, "dropout": 0.1})
-        for step, v in ((1000, val + 0.5), (2000, val)):
-            t.trial_result(trial, {"val_loss": v, "train_loss": v, "chars_trained": step, "chars_per_sec": 5e4})
-        model = model_file(workdir / f"{trial}.pt", int(val * 10)) if has_model else None
-        t.trial_ended(trial, {"best_val_loss": val, "chars_trained": 2000}, model)
-        t.close_trial(trial, "finished")
-    t.finish_sweep("FINISHED", {"best_val_loss": 1.5}, {})
     return uri
 
 
@@ -74,7 +68,7 @@ def test_selection_errors(store, capsys, argv, match, monkeypatch):
 
 
 def test_best_without_any_sweep(workdir, capsys):
-    assert main(["best", "--tracking-uri", f"sqlite:///{workdir}/empty.db"]) == 2
+    assert main(["best", "--tracking-uri", store_uri(workdir, "empty.db")]) == 2
     assert "no sweeps recorded" in capsys.readouterr().err
 
 
@@ -100,15 +94,9 @@ def test_ui_serves_the_store_on_localhost(store, workdir):
 
 
 def test_best_shows_the_varying_parameters_in_a_fixed_order(workdir, capsys):
-    uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
-    (workdir / "mlruns").mkdir()
-    t = Tracker(uri, "exp")
-    t.start_sweep("exp-1", {}, {}, {})
-    for trial, params in (("t1", {"seq_length": 50, "rnn_size": 64, "dropout": 0.1}),
-                          ("t2", {"dropout": 0.2, "rnn_size": 32, "seq_length": 100})):
-        t.trial_started(trial, f"run_{trial}", params)
-        t.trial_ended(trial, {"best_val_loss": 1.5 if trial == "t1" else 1.6})
-        t.close_trial(trial, "finished")
+    uri = store_uri(workdir)
+    record_sweep(uri, "exp", [Trial("t1", {"seq_length": 50, "rnn_size": 64, "dropout": 0.1}, [1.5]),
+                              Trial("t2", {"dropout": 0.2, "rnn_size": 32, "seq_length": 100}, [1.6])])
     assert main(["best", "--tracking-uri", uri]) == 0
     header = capsys.readouterr().out.splitlines()[1].split()
     assert [c for c in header if c in ("dropout", "rnn_size", "seq_length")] == ["dropout", "rnn_size", "seq_length"]

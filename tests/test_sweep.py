@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +15,7 @@ import torch
 import yaml
 from ray import cloudpickle
 
-from .conftest import charsearch, kill_session, runs, sweep_file
+from .conftest import charsearch, kill_session, runs, session_pids, store_uri, sweep_file, wait_until
 from .conftest import cli_env as env
 
 pytestmark = pytest.mark.slow
@@ -74,29 +73,27 @@ def test_resume_after_the_driver_is_killed(project):
     # the last experiment state Tune saved; each resumes from a checkpoint that still exists
     path = sweep_file(project, "resume", search={"num_samples": 6, "max_concurrent": 2}, budget={"sweep_time": 0},
                       scheduler={"type": "none", "report_every_epochs": 0.01})
-    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    uri = store_uri(project)
     p = subprocess.Popen([sys.executable, "-m", "charsearch", "sweep", str(path)], cwd=project, env=env(),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        ended_before = None
-        while time.monotonic() < deadline:  # kill once at least one trial has ended and been recorded
-            time.sleep(1)
-            # read MLflow only once the driver has created its tables and parent run
-            if list((project / "ray_results" / "resume").glob("*/charsearch.json")):
-                _, children = runs(uri, "resume")
-                ended = children[children.status == "FINISHED"]
-                running = children[children.status == "RUNNING"]
-                client = mlflow.MlflowClient(uri)
-                if 1 <= len(ended) < 6 and any(len(client.get_metric_history(x, "val_loss")) >= 4
-                                               for x in running.run_id):
-                    ended_before = ended
-                    break
-        assert ended_before is not None, "no trial ended in time"
+    def one_ended_one_running():
+        # read MLflow only once the driver has created its tables and parent run
+        if not list((project / "ray_results" / "resume").glob("*/charsearch.json")):
+            return None
+        _, children = runs(uri, "resume")
+        ended, running = children[children.status == "FINISHED"], children[children.status == "RUNNING"]
+        client = mlflow.MlflowClient(uri)
+        if 1 <= len(ended) < 6 and any(len(client.get_metric_history(x, "val_loss")) >= 4 for x in running.run_id):
+            return ended
+        return None
+
+    try:  # kill once at least one trial has ended and been recorded, and another has reported a few times
+        ended_before = wait_until(one_ended_one_running, 240, "one trial ended and another running", every=1)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     finally:
         kill_session(p.pid)
+    wait_until(lambda: not session_pids(p.pid), 60, "the killed driver's processes to exit")
     # as Tune would have, had it gone on registering checkpoints before its next snapshot: only each
     # unfinished trial's newest checkpoint is left, and the saved state may name one that is gone
     ended_ids = set(ended_before["tags.ray.trial_id"])
@@ -112,7 +109,6 @@ def test_resume_after_the_driver_is_killed(project):
     saved["counter"] += 1
     saved["name:ConcurrencyLimiter"]["live_trials"].add("lost0001")
     newest.write_bytes(cloudpickle.dumps(saved))
-    time.sleep(1)
     r = charsearch("sweep", path, "--resume", cwd=project)
     assert r.returncode == 0, r.stderr
     assert "0 failed" in r.stdout.splitlines()[0] and "Could not recover" not in r.stderr
@@ -133,7 +129,7 @@ def test_resume_after_the_driver_is_killed(project):
     for args, extra, problem in (
             (["--num-samples", "8"], {}, "finished: nothing to resume; run it without --resume to start a new sweep"),
             ([], {}, "finished: nothing to resume"),
-            ([], {"MLFLOW_TRACKING_URI": f"sqlite:///{project}/other.db"}, "the sweep records to sqlite:///")):
+            ([], {"MLFLOW_TRACKING_URI": store_uri(project, "other.db")}, "the sweep records to sqlite:///")):
         again = charsearch("sweep", path, "--resume", *args, cwd=project, **extra)
         assert again.returncode == 2 and problem in again.stderr and len(again.stderr.splitlines()) == 1, again.stderr
     parents_after, children_after = runs(uri, "resume")
@@ -144,19 +140,19 @@ def test_resume_after_the_driver_is_killed(project):
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(project):
     path = sweep_file(project, "term", search={"num_samples": 4, "max_concurrent": 2}, budget={"sweep_time": 0},
                       scheduler={"type": "none", "report_every_epochs": 0.02})
-    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    uri = store_uri(project)
     before = set(Path(tempfile.gettempdir()).glob("charsearch-trial-*"))
     p = subprocess.Popen([sys.executable, "-m", "charsearch", "sweep", str(path)], cwd=project, env=env(),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def reported_twice():
+        if not list((project / "ray_results" / "term").glob("*/charsearch.json")):
+            return False
+        _, children = runs(uri, "term")
+        client = mlflow.MlflowClient(uri)
+        return any(len(client.get_metric_history(x, "val_loss")) >= 2 for x in children.run_id)
+
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:  # once a trial has reported twice
-            time.sleep(1)
-            if list((project / "ray_results" / "term").glob("*/charsearch.json")):
-                _, children = runs(uri, "term")
-                client = mlflow.MlflowClient(uri)
-                if any(len(client.get_metric_history(x, "val_loss")) >= 2 for x in children.run_id):
-                    break
+        wait_until(reported_twice, 240, "a trial to report twice", every=1)
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=120)
     finally:
@@ -189,7 +185,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(project):
     d = yaml.safe_load(path.read_text())
     d["search_space"]["learning_rate"] = {"choice": [0.004, 80.0]}
     path.write_text(yaml.safe_dump(d))
-    other = f"sqlite:///{project}/elsewhere.db"
+    other = store_uri(project, "elsewhere.db")
     r = charsearch("sweep", path, cwd=project, MLFLOW_TRACKING_URI=other)
     assert r.returncode == 0, r.stderr
     if not torch.cuda.is_available():
@@ -215,7 +211,7 @@ def test_a_second_sweep_of_the_same_corpus_and_budget_starts_where_the_first_end
     with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:  # the copy's new artifacts stay in the copy
         db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
                    (str(first_project), str(project)))
-    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    uri = store_uri(project)
     parents, first = runs(uri, "smoke")
     assert len(parents) == 1
     first_parent = parents.iloc[0]

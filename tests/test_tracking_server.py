@@ -26,7 +26,7 @@ import torch
 
 from charsearch.cli import main
 
-from .conftest import charsearch, cli_env, kill_session, runs, sweep_file
+from .conftest import charsearch, cli_env, kill_session, runs, store_uri, sweep_file
 from .test_cluster import Cluster, free_port, wait_until
 
 pytestmark = pytest.mark.slow
@@ -250,7 +250,7 @@ def test_two_sweeps_at_once_and_the_same_sweep_started_twice(team, project, tmp_
     assert out.startswith("experiment 'alice': 4 trials, best first; its latest sweep: 2 trials")
     latest = parents.sort_values("start_time").iloc[-1]
     assert main(["report", "--tracking-uri", team.tracking_uri, "--experiment", "alice", "--out",
-                 str(tmp_path / "report"), "--storage", f"sqlite:///{tmp_path}/optuna.db"]) == 0
+                 str(tmp_path / "report"), "--storage", store_uri(tmp_path, "optuna.db")]) == 0
     out = capsys.readouterr().out
     assert latest.run_id in out
     client = mlflow.MlflowClient(team.tracking_uri)

@@ -5,13 +5,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import cli_env, kill_session
+from .conftest import cli_env, kill_session, store_uri, wait_until
 from .web import free_port, wait_http
 
 
@@ -23,7 +22,7 @@ def test_the_linked_runs_page_shows_the_trials_best_first_with_val_loss_and_para
     db = tmp_path / "mlflow.db"
     shutil.copy(Path(uri.removeprefix("sqlite:///")), db)
     before = hashlib.sha256(db.read_bytes()).hexdigest()
-    uri = f"sqlite:///{db}"
+    uri = store_uri(db, "")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("smoke")
     parent = client.search_runs([exp.experiment_id], "tags.`charsearch.kind` = 'sweep'")[0]
@@ -46,20 +45,22 @@ def test_the_linked_runs_page_shows_the_trials_best_first_with_val_loss_and_para
             run_link(child).wait_for(timeout=90_000)
         assert run_link(parent).count() == 0
         page.get_by_role("columnheader", name=re.compile("best_val_loss")).first.wait_for(timeout=30_000)
-        time.sleep(1)  # let the cells settle before the picture
+
+        def rows():  # the grid draws a row in parts (pinned name column, the rest): a row is all parts of one index
+            texts = [" ".join(page.locator(f"[role=row][row-index='{i}']").all_inner_texts())
+                     for i in range(len(children))]
+            return texts if all(re.search(r"\d\.\d{4}", t) for t in texts) else None
+        texts = wait_until(rows, 30, "every row's val loss drawn")
         page.screenshot(path=tmp_path / "runs.png")
-        # the grid draws a row in parts (pinned name column, the rest): a row is all parts of one row-index
-        texts = [" ".join(page.locator(f"[role=row][row-index='{i}']").all_inner_texts())
-                 for i in range(len(children))]
         (tmp_path / "runs.txt").write_text("\n".join(texts))
         assert page.locator(f"[role=row][row-index='{len(children)}']").count() == 0  # no other run listed
         # the outcome and the first searched parameter come right after the val loss, before MLflow's own
         # columns: in view at 1600 px even with MLflow's side panel open (it takes a quarter)
         page.set_viewport_size({"width": 1600, "height": 700})
-        time.sleep(1)
         for name in ("charsearch.outcome", "rnn_size"):
-            box = page.get_by_role("columnheader", name=re.compile(re.escape(name))).first.bounding_box()
-            assert box is not None and box["x"] + box["width"] <= 1200, (name, box)
+            header = page.get_by_role("columnheader", name=re.compile(re.escape(name))).first
+            wait_until(lambda: (b := header.bounding_box()) and b["x"] + b["width"] <= 1200, 10,
+                       f"the {name} column in view at 1600 px")
         # one row per trial, best first, each with its best val loss
         for text, child in zip(texts, children):
             assert child.info.run_name in text, texts

@@ -11,9 +11,8 @@ from charsearch.search.space import make_searcher, search_space
 from charsearch.search.sweepfile import parse_sweep
 from charsearch.search.tracking_callback import trial_params
 from charsearch.search.warm import WARM_TAG, earlier_sweep
-from charsearch.tracking.tracker import Tracker
 
-from .conftest import make_text
+from .conftest import Trial, make_text, record_sweep, store_uri
 
 SHA = "a" * 64
 
@@ -32,20 +31,14 @@ def sweep(workdir):
 
 def record(uri, sweep, trials, sha=SHA, budget=300, status="FINISHED", tags=None, **fixed):
     """One sweep as the driver records it: a parent run, one child run per trial (params, best_val_loss)."""
-    t = Tracker(uri, sweep.name)
-    t.start_sweep(f"{sweep.name}-{time.time_ns()}", params={"corpus_sha256": sha, "sweep_time": budget}, files={},
-                  tags=tags or {})
-    for i, (params, value) in enumerate(trials):
-        t.trial_started(f"t{i}", f"trial_{i}", {**trial_params(sweep, params), **fixed})
-        if value is not None:
-            t.trial_ended(f"t{i}", {"best_val_loss": value, "chars_trained": 1000})
-        t.close_trial(f"t{i}", "finished")
-    t.finish_sweep(status, metrics={}, tags={})
-    return t.parent_id
+    return record_sweep(uri, sweep.name, [Trial(f"t{i}", {**trial_params(sweep, params), **fixed},
+                                                [] if value is None else [value])
+                                          for i, (params, value) in enumerate(trials)],
+                        params={"corpus_sha256": sha, "sweep_time": budget}, status=status, tags=tags).parent_id
 
 
 def test_the_last_finished_sweep_of_the_same_corpus_and_budget_is_read_back_in_the_space_types(workdir, sweep):
-    uri = f"sqlite:///{workdir}/mlflow.db"
+    uri = store_uri(workdir, "mlflow.db")
     assert earlier_sweep(uri, sweep, SHA) is None  # no experiment yet
     lstm = {"shape": "lstm 1x32", "learning_rate": 0.005, "use_ss": True}
     gru = {"shape": "gru 1x32", "learning_rate": 0.003, "use_ss": False}
@@ -73,7 +66,7 @@ def test_the_last_finished_sweep_of_the_same_corpus_and_budget_is_read_back_in_t
 
 
 def test_warm_starts_chain_back_through_the_sweeps_they_started_from(workdir, sweep):
-    uri = f"sqlite:///{workdir}/mlflow.db"
+    uri = store_uri(workdir, "mlflow.db")
     lstm = {"shape": "lstm 1x32", "learning_rate": 0.005, "use_ss": True}
     gru = {"shape": "gru 1x32", "learning_rate": 0.003, "use_ss": False}
     first = record(uri, sweep, [(lstm, 2.1)])
@@ -85,7 +78,7 @@ def test_warm_starts_chain_back_through_the_sweeps_they_started_from(workdir, sw
 
 
 def test_a_warm_study_runs_the_earlier_best_first_knows_its_trials_and_skips_points_already_run(workdir, sweep):
-    uri = f"sqlite:///{workdir}/mlflow.db"
+    uri = store_uri(workdir, "mlflow.db")
     lstm = {"shape": "lstm 1x32", "learning_rate": 0.005, "use_ss": True}
     prior = sweep.points_to_evaluate[0]
     record(uri, sweep, [(prior, 2.3), (lstm, 2.1)])
@@ -112,7 +105,7 @@ def test_auto_sweeps_start_warm_unless_told_not_to_and_sweep_files_only_when_the
 
     from charsearch.core.data import load_corpus
     from charsearch.search.driver import warm_start
-    uri = f"sqlite:///{workdir}/mlflow.db"
+    uri = store_uri(workdir, "mlflow.db")
     corpus = load_corpus(sweep.corpus)
     record(uri, sweep, [(sweep.points_to_evaluate[0], 2.0)], sha=corpus.sha256)
     out = io.StringIO()

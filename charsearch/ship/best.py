@@ -10,8 +10,17 @@ from pathlib import Path
 from charsearch.core import artifact
 from charsearch.core.errors import UsageError
 from charsearch.ship import selection
-from charsearch.ship.candidates import (TEST_TOP, bias_line, candidates, choose, ensemble_of, held_out, sampling_rate,
-                                        scores, splits_of)
+from charsearch.ship.candidates import (
+    TEST_TOP,
+    bias_line,
+    candidates,
+    choose,
+    ensemble_of,
+    held_out,
+    sampling_rate,
+    scores,
+    splits_of,
+)
 
 
 @dataclass

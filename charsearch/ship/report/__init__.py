@@ -18,8 +18,8 @@ from mlflow.entities import Metric
 from charsearch.core.errors import UsageError
 from charsearch.core.units import fmt, loss_text
 from charsearch.ship.candidates import bias_line
-from charsearch.ship.report.plots import TOP_CURVES, figures, save_figures, shippable, tradeoff
 from charsearch.ship.report.memorisation import Memorisation, memorisation_for
+from charsearch.ship.report.plots import TOP_CURVES, figures, save_figures, shippable, tradeoff
 from charsearch.ship.report.study import (
     TARGET,
     importance_caveat,

@@ -50,7 +50,15 @@ def figures(study: optuna.Study, top: int = TOP_CURVES, with_importances: bool =
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's matplotlib backend
         # a parameter that only one value was tried for draws a flat axis; matplotlib widens it and says so
         warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
-        figs = _draw(study, top, with_importances)
+        # a plot with nothing of its kind to draw (no finished trial, no labelled series) stays empty; the
+        # summary says what the sweep had, so the libraries' own notices of it are not repeated
+        warnings.filterwarnings("ignore", "No artists with labels found", UserWarning)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        try:
+            figs = _draw(study, top, with_importances)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
     # room for one panel per parameter (slice, parallel coordinates) and one bar per trial (timeline)
     sizes = {"slice": lambda n_axes: (max(6.4, 2.6 * (n_axes - 1)), 4.8),
              "parallel_coordinate": lambda n_axes: (max(6.4, 1.4 * n_axes), 4.8),
