@@ -130,7 +130,7 @@ def cluster(tmp_path_factory):
 def test_a_cluster_on_this_machine_is_joined_only_when_asked(cluster):
     """`ray.init()` joins the cluster `ray start` registered on the machine; a sweep without --address
     starts a Ray of its own instead, and `--address auto` joins that cluster."""
-    code = ("import sys, ray; from charsearch.sweep.resources import init_ray; init_ray(sys.argv[1] or None, False); "
+    code = ("import sys, ray; from charsearch.search.resources import init_ray; init_ray(sys.argv[1] or None, False); "
             "print(sorted(k for n in ray.nodes() if n['Alive'] for k in n['Resources'] if k.startswith('node_')))")
     seen = {}
     for address in ("", "auto"):

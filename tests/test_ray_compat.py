@@ -1,4 +1,4 @@
-"""Every use of Ray's private API (charsearch/sweep/ray_compat.py) against the installed Ray, on a real Tune
+"""Every use of Ray's private API (charsearch/search/ray_compat.py) against the installed Ray, on a real Tune
 run: a Ray upgrade that moves one of them fails here, by name, rather than in the middle of a sweep."""
 
 import tempfile
@@ -36,7 +36,7 @@ def local_ray():
 
 def test_ray_is_a_release_ray_compat_was_written_for():
     assert ray.__version__.startswith(ray_compat.RAY_VERSIONS), (
-        f"Ray {ray.__version__}: check every function of charsearch/sweep/ray_compat.py against it, then add it")
+        f"Ray {ray.__version__}: check every function of charsearch/search/ray_compat.py against it, then add it")
 
 
 def test_every_private_access_works_on_a_real_run(local_ray, tmp_path):
