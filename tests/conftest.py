@@ -16,7 +16,11 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = Path(os.environ.get("CHARSEARCH_SHAKESPEARE", ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
+# tiny-shakespeare: where $CHARSEARCH_SHAKESPEARE says, else where `charsearch data fetch` puts it, else the
+# copy beside the project
+SHAKESPEARE = Path(os.environ.get("CHARSEARCH_SHAKESPEARE") or next(
+    (p for p in (ROOT / "data/tinyshakespeare/input.txt", ROOT.parent / "shared/data/tinyshakespeare/input.txt")
+     if p.is_file()), ROOT / "data/tinyshakespeare/input.txt"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,7 +35,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def shakespeare() -> Path:
     if not SHAKESPEARE.is_file():
-        pytest.skip(f"tiny-shakespeare not found at {SHAKESPEARE} (set CHARSEARCH_SHAKESPEARE)")
+        pytest.skip(f"tiny-shakespeare not found at {SHAKESPEARE}: run `charsearch data fetch tinyshakespeare` in the "
+                    f"project folder, or set CHARSEARCH_SHAKESPEARE")
     return SHAKESPEARE
 
 

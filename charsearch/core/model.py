@@ -124,13 +124,7 @@ class Ensemble(nn.Module):
                        "members": [dict(m.config) for m in members], "weights": list(weights)}
 
     def forward(self, x: torch.Tensor, state=None):
-        states = state if state is not None else [None] * len(self.members)
-        logps, new = [], []
-        for member, s in zip(self.members, states):
-            logits, s = member(x, s)
-            logps.append(torch.log_softmax(logits.float(), dim=-1))
-            new.append(s)
-        return mix(torch.stack(logps), self.log_w), new
+        return mixed_step(self.members, x, state if state is not None else [None] * len(self.members), self.log_w)
 
     def num_params(self) -> int:
         return sum(m.num_params() for m in self.members)
@@ -140,6 +134,17 @@ def mix(log_probs: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
     """The mixture log sum_i w_i p_i of the members' log-probabilities (stacked on the first dimension),
     with their log-weights: the ensemble's one formula (its forward pass, its sampling step, its selection)."""
     return torch.logsumexp(log_probs + log_w.view(-1, *[1] * (log_probs.dim() - 1)), dim=0)
+
+
+def mixed_step(members, x: torch.Tensor, states: list, log_w: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Each member's step (a CharRNN, or sample.Stepper) on `x` from its own state, their distributions mixed:
+    (the mixture's log-probabilities, the members' new states)."""
+    logps, new = [], []
+    for member, s in zip(members, states):
+        logits, s = member(x, s)
+        logps.append(torch.log_softmax(logits.float(), dim=-1))
+        new.append(s)
+    return mix(torch.stack(logps), log_w), new
 
 
 def members_of(model: nn.Module) -> list[CharRNN]:

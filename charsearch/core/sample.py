@@ -18,7 +18,7 @@ from charsearch.core.artifact import ModelFile
 from charsearch.core.config import MAX_LENGTH, MAX_PRIME, REQUEST_FIELDS, SampleOptions
 from charsearch.core.devices import available_bytes
 from charsearch.core.errors import UsageError, excerpt
-from charsearch.core.model import GATES, CharRNN, Ensemble, members_of, mix
+from charsearch.core.model import GATES, CharRNN, Ensemble, members_of, mixed_step
 from charsearch.core.units import human_bytes
 
 
@@ -115,12 +115,7 @@ class EnsembleStepper:
         return [step.split(s) for step, s in zip(self.steps, state)]
 
     def __call__(self, ids: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
-        logps, new = [], []
-        for step, s in zip(self.steps, states):
-            logits, s = step(ids, s)
-            logps.append(torch.log_softmax(logits.float(), dim=-1))
-            new.append(s)
-        return mix(torch.stack(logps), self.log_w), new
+        return mixed_step(self.steps, ids, states, self.log_w)
 
 
 class Sampler:
