@@ -1,6 +1,7 @@
 """Sizing an automatic sweep: the rules applied to a calibration, the sweep file it resolves to, and
 the command line that asks for it."""
 
+import json
 import math
 import re
 
@@ -12,7 +13,7 @@ from charsearch.search import autosize
 from charsearch.search.autosize import Calibration, parse_duration, plan
 from charsearch.search.sweepfile import SweepConfig, load_sweep
 
-from .conftest import make_text
+from .conftest import make_text, one_line_error
 
 # a made-up machine: rates (chars/s per trial, 2 at once) of shapes small to large
 RATES = {"lstm 1x64": (41_665, 140_000), "lstm 2x128": (240_321, 40_000), "lstm 2x256": (873_793, 36_000),
@@ -317,3 +318,45 @@ def test_an_input_or_output_layer_the_sweep_fixes_is_what_the_sizing_measures(tm
     ratio = param_count(candidate(4000, "gru", 2, 128, {"softmax": "full"}).config) / \
         param_count(candidate(4000, "gru", 2, 128).config)
     assert ratio > 1.3 and autosize.pressure(full)[1] == pytest.approx(ratio * autosize.pressure(own)[1])
+
+
+def hostile(change):
+    def write(path):
+        d = calibration().to_dict()
+        change(d)
+        path.write_text(json.dumps(d) if not isinstance(d, str) else d)
+    return write
+
+
+@pytest.mark.parametrize("write, match", [
+    (hostile(lambda d: d["rates"].update({"lstm 2x128": 1.7976931348623157e308})), r"every value of rates must be"),
+    (hostile(lambda d: d.update(seconds=-5)), r"seconds must be a number in \[0, "),
+    (hostile(lambda d: d.update(seconds=float("inf"))), r"seconds must be a number"),
+    (hostile(lambda d: d.update(seconds=float("nan"))), r"seconds must be a number"),
+    (hostile(lambda d: d.update(seconds="ten")), r"seconds must be a number in .*; got 'ten'"),
+    (hostile(lambda d: d.update(packing={"abc": 1.0})), r"packing's keys must be trial counts 1 to 64; got 'abc'"),
+    (hostile(lambda d: d.update(packing={"1.5": 1.0})), r"packing's keys must be trial counts"),
+    (hostile(lambda d: d.update(rates=[1, 2])), r"rates must be a mapping"),
+    (hostile(lambda d: d.update(gpu_memory=-1)), r"gpu_memory must be a whole number in \[0, "),
+    (hostile(lambda d: (d["rates"].update({"rnn 99999999x1": 5.0}), d["params"].update({"rnn 99999999x1": 5}))),
+     r"layers must be 1 to 64"),
+    (hostile(lambda d: d.update(parallel=1_000_000, cpu_per_trial=0.0001)), r"parallel must be a whole number in"),
+    (hostile(lambda d: d.update(cpu_per_trial=0.0001)), r"cpu_per_trial must be a number in \[1, 1024\]"),
+    (lambda path: path.write_text("[" * 100_000 + "]" * 100_000), r"not a calibration file \(not JSON"),
+    (lambda path: path.write_text('{"device": "cpu"'), r"not a calibration file \(not JSON"),
+])
+def test_a_damaged_or_hostile_calibration_file_is_one_line_before_anything_is_sized(tmp_path, capsys, write, match):
+    import resource
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(50_000))
+    write(tmp_path / "cal.json")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    line = one_line_error(capsys, "sweep", "--data", corpus, "--time", "5m", "--calibration", tmp_path / "cal.json",
+                          "--dry-run", match=match)
+    assert "leave --calibration out" in line or "not a calibration file" in line
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB
+
+
+def test_a_calibration_written_by_to_dict_reads_back(tmp_path):
+    (tmp_path / "cal.json").write_text(json.dumps(calibration().to_dict()))
+    assert Calibration.from_file(tmp_path / "cal.json") == calibration()

@@ -94,10 +94,12 @@ def test_an_auto_sized_sweep_says_the_gpus_here_stay_unused(tmp_path, shakespear
 
 
 def test_the_gpu_calibration_measures_shapes_memory_and_packing():
-    from charsearch.search.calibrate import REFERENCE, calibrate_gpu
+    import json
+
+    from charsearch.search.calibrate import REFERENCE, calibrate_gpu, calibration_problem
     families = {("lstm", 2): (128, 256)}
     cal = calibrate_gpu(65, budget_s=300, gpus=1, cpus=4, max_params=1e7, families=families, fraction=0.02)
     assert set(cal.rates) == {"lstm 2x128", "lstm 2x256"} and REFERENCE in cal.single
     assert all(v > 1000 for v in cal.rates.values()) and all(m > 2 ** 20 for m in cal.memory.values())
     assert 1 in cal.packing and cal.per_gpu == max(cal.packing) and cal.parallel == cal.per_gpu
-    assert cal.problem() is None
+    assert calibration_problem(json.loads(json.dumps(cal.to_dict()))) is None

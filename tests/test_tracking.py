@@ -7,6 +7,8 @@ from mlflow.exceptions import MlflowException
 
 from charsearch.tracking.writer import Writer
 
+from .conftest import store_uri
+
 
 def test_writes_wait_in_order_while_the_store_is_away_and_a_refused_one_is_named_once():
     w = Writer("http://tracking:5000")
@@ -48,3 +50,18 @@ def test_the_wait_at_the_end_gives_up_once_the_store_makes_no_progress():
     assert w.unwritten() == ("MLflow at http://tracking:5000: 2 writes not made (API request to "
                              "http://tracking:5000/api/2.0/mlflow/runs/log-batch failed): trial t1's model, "
                              "trial t1's outcome")
+
+
+def test_two_commands_creating_one_new_store_at_once_both_succeed(tmp_path):
+    """Two first sweeps into an empty folder create the same SQLite store together: its first opening in
+    each process takes turns, so neither meets the other's half-made tables."""
+    import subprocess
+    import sys
+    code = "import sys; from charsearch.tracking.tracker import Tracker; Tracker(sys.argv[1], 'smoke')"
+    for i in range(2):
+        (tmp_path / str(i) / "mlruns").mkdir(parents=True)
+        uri = store_uri(tmp_path / str(i))
+        both = [subprocess.Popen([sys.executable, "-c", code, uri], stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+        errors = [p.communicate()[1] for p in both]
+        assert [p.returncode for p in both] == [0, 0], errors

@@ -77,6 +77,28 @@ def test_warm_starts_chain_back_through_the_sweeps_they_started_from(workdir, sw
     assert "and 1 sweep(s) it started from" in warm.describe()
 
 
+def test_hostile_records_in_the_store_are_left_out_with_a_line_and_never_followed(workdir, sweep, monkeypatch):
+    """A value no fair val loss can be is not taken as the best; a chain of warm starts that leads back to
+    itself is cut; the runs read are bounded, however many the store holds."""
+    import mlflow
+
+    from charsearch.search import warm as warm_module
+    uri = store_uri(workdir, "mlflow.db")
+    gru = {"shape": "gru 1x32", "learning_rate": 0.003, "use_ss": False}
+    lstm = {"shape": "lstm 1x32", "learning_rate": 0.005, "use_ss": True}
+    looped = record(uri, sweep, [(gru, 2.0), (lstm, -1e308)])
+    mlflow.MlflowClient(uri).set_tag(looped, WARM_TAG, looped)  # a chain that points back to itself
+    notes = []
+    warm = earlier_sweep(uri, sweep, SHA, notes)
+    assert warm.evaluated == [(gru, 2.0)] and warm.sweeps == 1
+    assert any("leads back to run" in n for n in notes) and any("-1e+308 is no fair val loss" in n for n in notes)
+    monkeypatch.setattr(warm_module, "MAX_RUNS", 3)  # the bound on trial runs read, made small to see it hold
+    record(uri, sweep, [(gru, 1.9)] * 5)
+    notes = []
+    warm = earlier_sweep(uri, sweep, SHA, notes)
+    assert len(warm.evaluated) <= 3
+
+
 def test_a_warm_study_runs_the_earlier_best_first_knows_its_trials_and_skips_points_already_run(workdir, sweep):
     uri = store_uri(workdir, "mlflow.db")
     lstm = {"shape": "lstm 1x32", "learning_rate": 0.005, "use_ss": True}

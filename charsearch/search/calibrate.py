@@ -37,6 +37,61 @@ CONTEXT_BYTES = 500 * 2 ** 20  # the CUDA context each trial's process holds bes
 TOKENS_PER_PARAM = 20  # by default, a shape is not probed once a smaller one of its family cannot train this long
 
 
+MAX_FILE = 1_000_000
+# bounds of what a calibration may say (integers: inclusive ranges): anything outside is damage, not a machine
+BOUNDS = {"parallel": (1, 1024), "threads": (1, 1024), "gpus": (0, 1024), "per_gpu": (0, 64),
+          "gpu_memory": (0, 10 ** 13)}
+MAX_RATE = 1e10  # chars/s of one trial, or of K on one GPU
+MAX_PARAMS, MAX_BYTES = 10 ** 12, 10 ** 13
+MAX_SECONDS = 10 ** 6
+
+
+def calibration_problem(d: dict) -> str | None:
+    """What is wrong with a calibration's fields (a dict read back from JSON), or None. Bounded so that no
+    value can make the plan, or the trials it starts, take more than a real machine would."""
+    if not isinstance(d.get("device"), str) or len(d["device"]) > 200:
+        return f"device must be a short string; got {excerpt(d.get('device'))}"
+    for key, (lo, hi) in BOUNDS.items():
+        v = d.get(key, 0 if key in ("gpus", "per_gpu", "gpu_memory") else None)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            return f"{key} must be a whole number in [{lo}, {hi:,}]; got {excerpt(v)}"
+    seconds = d.get("seconds", 0.0)
+    if not _number(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        return f"seconds must be a number in [0, {MAX_SECONDS:,}]; got {excerpt(seconds)}"
+    gpus = d.get("gpus", 0)
+    cpu = d.get("cpu_per_trial", 1.0)
+    low = 1 / 16 if gpus else 1  # a CPU trial takes at least one CPU; GPU trials may share one, 16 at most
+    if not _number(cpu) or not low <= cpu <= 1024:
+        return f"cpu_per_trial must be a number in [{low:g}, 1024]; got {excerpt(cpu)}"
+    tables = {"rates": MAX_RATE, "params": MAX_PARAMS, "memory": MAX_BYTES, "single": MAX_RATE, "packing": MAX_RATE}
+    for key, hi in tables.items():
+        table = d.get(key, {})
+        if not isinstance(table, dict) or len(table) > 1000:
+            return f"{key} must be a mapping of at most 1,000 entries; got {excerpt(table)}"
+        bad = [v for v in table.values() if not _number(v) or not 0 < v <= hi]
+        if bad:
+            return f"every value of {key} must be a positive number up to {hi:g}; got {excerpt(bad[0])}"
+    if not d["rates"] or set(d["rates"]) != set(d["params"]):
+        return "needs a rate and a parameter count for each shape"
+    ks = [k for k in d.get("packing", {}) if not (isinstance(k, str) and k.isdigit() and 1 <= int(k) <= 64)]
+    if ks:
+        return f"packing's keys must be trial counts 1 to 64; got {excerpt(ks[0])}"
+    if gpus and (d.get("per_gpu", 0) < 1 or "1" not in d.get("packing", {}) or not d.get("gpu_memory")
+                 or set(d.get("single", {})) != set(d["rates"])):
+        return "a GPU calibration needs per_gpu >= 1, the packing curve from K=1, gpu_memory and single rates"
+    from charsearch.search.sweepfile import parse_shape
+    try:
+        for name in d["rates"]:
+            parse_shape(name)
+    except UsageError as e:
+        return str(e)
+    return None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass
 class Calibration:
     device: str  # "cpu", or the GPU's name
@@ -58,44 +113,29 @@ class Calibration:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Calibration":
-        """A calibration saved as JSON (to_dict), checked field by field."""
+        """A calibration saved as JSON (to_dict), checked field by field before anything is sized from it."""
+        where = f"--calibration {path}"
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8")[:1_000_000])
-        except (OSError, ValueError) as e:
-            raise UsageError(f"--calibration {path}: not a calibration file ({e})") from None
+            with open(path, "rb") as f:
+                raw = f.read(MAX_FILE + 1)
+        except OSError as e:
+            raise UsageError(f"{where}: {(e.strerror or str(e)).lower()}") from None
+        if len(raw) > MAX_FILE:
+            raise UsageError(f"{where}: over {MAX_FILE:,} bytes; a calibration file is a few kilobytes")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as e:
+            raise UsageError(f"{where}: not a calibration file (not JSON: {str(e)[:80] or type(e).__name__})") from None
         names = {f.name for f in fields(cls)}
-        if not isinstance(raw, dict) or not {"device", "parallel", "threads", "rates", "params"} <= set(raw) \
-                or set(raw) - names:
-            raise UsageError(f"--calibration {path}: expected a JSON object with the fields {', '.join(sorted(names))}")
-        cal = cls(**raw)
-        problem = cal.problem()
+        if not isinstance(data, dict) or not {"device", "parallel", "threads", "rates", "params"} <= set(data) \
+                or set(data) - names:
+            raise UsageError(f"{where}: expected a JSON object with the fields {', '.join(sorted(names))}")
+        problem = calibration_problem(data)
         if problem:
-            raise UsageError(f"--calibration {path}: {problem}")
-        cal.packing = {int(k): v for k, v in cal.packing.items()}
-        return cal
-
-    def problem(self) -> str | None:
-        if not isinstance(self.device, str) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                                       for v in (self.parallel, self.threads, self.gpus, self.per_gpu)):
-            return "device must be a string and parallel, threads, gpus, per_gpu whole numbers"
-        if self.parallel < 1 or not self.rates or set(self.rates) != set(self.params):
-            return "needs parallel >= 1 and a rate and a parameter count for each shape"
-        if not isinstance(self.cpu_per_trial, (int, float)) or not 0 < self.cpu_per_trial <= 1024:
-            return f"cpu_per_trial must be a positive number; got {excerpt(self.cpu_per_trial)}"
-        if self.gpus and (self.per_gpu < 1 or 1 not in {int(k) for k in self.packing} or not self.gpu_memory
-                          or set(self.single) != set(self.rates)):
-            return "a GPU calibration needs per_gpu >= 1, the packing curve from K=1, gpu_memory and single rates"
-        for table in (self.rates, self.params, self.memory, self.packing, self.single):
-            if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      and math.isfinite(v) and v > 0 for v in table.values()):
-                return f"every rate, count and size must be a positive number; got {excerpt(table)}"
-        from charsearch.search.sweepfile import parse_shape
-        try:
-            for name in self.rates:
-                parse_shape(name)
-        except UsageError as e:
-            return f"shape {e}"
-        return None
+            raise UsageError(f"{where}: {problem}; write one with an auto sweep (its calibration.json artifact) "
+                             f"or leave --calibration out to measure this machine")
+        data["packing"] = {int(k): v for k, v in data.get("packing", {}).items()}
+        return cls(**data)
 
     def packed_rate(self, shape: str, k: int) -> float:
         """A shape's chars/s per trial with k trials on one GPU."""

@@ -106,7 +106,12 @@ def warm_start(sweep: SweepConfig, uri: str, corpus: Corpus, out) -> WarmStart |
     say `search.warm_start: true`."""
     if not (sweep.auto if sweep.warm_start is None else sweep.warm_start):
         return None
-    warm = earlier_sweep(uri, sweep, corpus.sha256)
+    notes: list[str] = []
+    warm = earlier_sweep(uri, sweep, corpus.sha256, notes)
+    for note in dict.fromkeys(notes[:5]):  # a store full of bad records is said in a few lines, not thousands
+        print(note, file=out)
+    if len(notes) > 5:
+        print(f"warm start: {len(notes) - 5} more records left out", file=out)
     if warm is not None:
         print(warm.describe(), file=out)
     return warm

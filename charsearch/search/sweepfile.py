@@ -26,6 +26,7 @@ from charsearch.core.config import (
     unknown_key,
 )
 from charsearch.core.errors import UsageError, excerpt
+from charsearch.core.model import MAX_LAYERS, MAX_WIDTH
 from charsearch.tracking.store import DEFAULT_TRACKING_URI
 
 # options a sweep manages itself, per trial
@@ -434,7 +435,10 @@ def parse_shape(text) -> dict:
     m = SHAPE.fullmatch(str(text)) if len(str(text)) <= 40 else None
     if not m:
         raise ConfigError("shape", f"must read MODEL LAYERSxSIZE, e.g. 'lstm 2x128'; got {str(text)[:40]!r}")
-    return {"model": m[1], "num_layers": int(m[2]), "rnn_size": int(m[3])}
+    layers, size = int(m[2]), int(m[3])
+    if not (1 <= layers <= MAX_LAYERS and 1 <= size <= MAX_WIDTH):
+        raise ConfigError("shape", f"{m[0]!r}: layers must be 1 to {MAX_LAYERS} and the size 1 to {MAX_WIDTH:,}")
+    return {"model": m[1], "num_layers": layers, "rnn_size": size}
 
 
 # trials may run on a cluster's GPUs rather than here: sizes are checked against the larger of this

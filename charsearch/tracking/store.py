@@ -9,6 +9,7 @@ An http(s) server must answer before anything is written to it.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import threading
@@ -66,11 +67,24 @@ def recorded_store(flag: str | None) -> str:
 def client_for(uri: str) -> MlflowClient:
     configure()
     check_server(uri)
-    if (path := sqlite_path(uri)) is not None:
+    path = sqlite_path(uri)
+    if path is not None:
         # MLflow keeps one store per URI string for the process: a relative path must not outlive a chdir
         uri = f"sqlite:///{path.absolute()}"
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(uri)
+    if path is None or uri in _opened:
+        return MlflowClient(uri)
+    with open(f"{path.absolute()}.lock", "a") as lock:
+        # the first use creates the database's tables; two commands creating one store at once collide
+        # (SQLAlchemy's CircularDependencyError, alembic's migration errors), so first openings take turns
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    _opened.add(uri)
+    return client
+
+
+_opened: set[str] = set()  # SQLite stores this process has opened (their tables made or found)
 
 
 SERVER_PROBE_S = 5.0
