@@ -84,11 +84,11 @@ def test_resume_after_the_driver_is_killed(project):
         ended, running = children[children.status == "FINISHED"], children[children.status == "RUNNING"]
         client = mlflow.MlflowClient(uri)
         if 1 <= len(ended) < 6 and any(len(client.get_metric_history(x, "val_loss")) >= 4 for x in running.run_id):
-            return ended
+            return [ended]
         return None
 
     try:  # kill once at least one trial has ended and been recorded, and another has reported a few times
-        ended_before = wait_until(one_ended_one_running, 240, "one trial ended and another running", every=1)
+        (ended_before,) = wait_until(one_ended_one_running, 240, "one trial ended and another running", every=1)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     finally:

@@ -247,3 +247,22 @@ def test_names_that_cannot_be_an_experiment_a_folder_and_one_line_are_refused(sw
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "name: must be 1 to 100 printable characters" in err, err
     assert not (sweepdir / "mlruns").exists() and not (sweepdir / "ray_results").exists()
+
+
+@pytest.mark.parametrize("test_frac, match", [
+    ("1e-12", r"test_frac 1e-12 gives a test split of 0 characters; scoring needs at least 2"),
+    ("0.8999999999", r"the train split has 0 characters, too few for one batch"),
+])
+def test_a_dry_run_refuses_splits_that_round_to_nothing_as_the_sweep_does(sweepdir, capsys, test_frac, match):
+    from .conftest import one_line_error
+    path = write(sweepdir, BASE)
+    one_line_error(capsys, "sweep", path, "--dry-run", "--test-frac", test_frac, match=match)
+
+
+def test_a_dry_run_says_how_many_characters_each_split_holds(sweepdir, capsys):
+    path = write(sweepdir, BASE)
+    assert main(["sweep", str(path), "--dry-run", "--test-frac", "0.1"]) == 0
+    m = re.search(r"# splits: train 0.8, val 0.1, test 0.1 of the corpus \(([\d,]+) / ([\d,]+) / ([\d,]+) characters",
+                  capsys.readouterr().out)
+    n = len((sweepdir / "corpus.txt").read_text())
+    assert m and sum(int(x.replace(",", "")) for x in m.groups()) == n

@@ -125,11 +125,14 @@ def dry_run(sweep, plan_text: str, address: str | None) -> None:
     import torch
     import yaml
     gpus = torch.cuda.device_count()
+    from charsearch.search.sweepfile import checked_corpus
+    corpus = checked_corpus(sweep)  # the sweep's own checks of its corpus and splits, before anything is printed
+    sizes = [len(ids) for ids in corpus.split(sweep.train_frac, sweep.val_frac)]
     print(yaml.safe_dump(sweep.to_file(), sort_keys=False).rstrip())
     if plan_text:
         print(plan_text)
-    print(f"# splits: train {sweep.train_frac:g}, val {sweep.val_frac:g}, test {sweep.test_frac:g} of the corpus, in "
-          f"that order" + ("" if sweep.test_frac else " (no test split by default: the val split stays the last 10%, "
+    print(f"# splits: train {sweep.train_frac:g}, val {sweep.val_frac:g}, test {sweep.test_frac:g} of the corpus "
+          f"({sizes[0]:,} / {sizes[1]:,} / {sizes[2]:,} characters), in that order" + ("" if sweep.test_frac else " (no test split by default: the val split stays the last 10%, "
                            "as nanoGPT's shakespeare_char, so val figures compare with published ones; --test-frac "
                            "holds out a test split that selection never sees, for an unbiased score)"))
     if sweep.gpu == "auto":

@@ -24,7 +24,7 @@ import ray
 import yaml
 from ray import tune
 
-from charsearch.core.data import Corpus, check_fits, check_val, load_corpus
+from charsearch.core.data import Corpus
 from charsearch.search import ray_compat
 from charsearch.search.finish import Finish, finish_best
 from charsearch.search.ledger import METRIC, SweepState
@@ -33,7 +33,7 @@ from charsearch.search.resume import ResumeFromExisting, ResumePoint, resume_poi
 from charsearch.search.space import make_scheduler, make_searcher, search_algorithm, search_space
 from charsearch.search.status import StatusLine
 from charsearch.search.storage import Storage
-from charsearch.search.sweepfile import SweepConfig
+from charsearch.search.sweepfile import SweepConfig, checked_corpus
 from charsearch.search.tracking_callback import MLflowCallback
 from charsearch.search.trial import remove_stale_trial_dirs, run_trial
 from charsearch.search.warm import WARM_TAG, WarmStart, earlier_sweep
@@ -92,15 +92,6 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     return outcome
 
 
-def checked_corpus(sweep: SweepConfig) -> Corpus:
-    """The corpus, refused when the largest batch the search may pick does not fit its train split."""
-    corpus = load_corpus(sweep.corpus, sweep.min_freq)
-    train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
-    check_fits(len(train_ids), largest(sweep, "batch_size"), largest(sweep, "seq_length"), corpus.path)
-    check_val(len(val_ids), sweep.val_frac, corpus.path)
-    return corpus
-
-
 def warm_start(sweep: SweepConfig, uri: str, corpus: Corpus, out) -> WarmStart | None:
     """Auto sweeps start from the last finished one like them unless told not to; sweep files when they
     say `search.warm_start: true`."""
@@ -115,11 +106,6 @@ def warm_start(sweep: SweepConfig, uri: str, corpus: Corpus, out) -> WarmStart |
     if warm is not None:
         print(warm.describe(), file=out)
     return warm
-
-
-def largest(sweep: SweepConfig, key: str) -> int:
-    p = sweep.space.get(key)
-    return max(p.values) if p is not None else getattr(sweep.trial_config({}), key)
 
 
 def start_record(sweep: SweepConfig, storage: Storage, tracker: Tracker, corpus: Corpus, resources, plan_text: str,

@@ -472,3 +472,22 @@ def _check_largest_trial(sweep: SweepConfig, data_root: str, where: str) -> None
                 if largest else "train: "
             raise UsageError(f"{where}{at}{e}") from None
 
+
+def checked_corpus(sweep: SweepConfig):
+    """The corpus, refused when the largest batch the search may pick does not fit its train split, when
+    its val split is too small to score, or when a test split asked for rounds to (almost) nothing. The dry
+    run and the sweep check the same."""
+    from charsearch.core.data import MIN_EVAL_CHARS, check_fits, check_val, load_corpus
+    corpus = load_corpus(sweep.corpus, sweep.min_freq)
+    train_ids, val_ids, test_ids = corpus.split(sweep.train_frac, sweep.val_frac)
+    check_fits(len(train_ids), largest(sweep, "batch_size"), largest(sweep, "seq_length"), corpus.path)
+    check_val(len(val_ids), sweep.val_frac, corpus.path)
+    if sweep.test_frac > 0 and len(test_ids) < MIN_EVAL_CHARS:
+        raise UsageError(f"{corpus.path}: test_frac {sweep.test_frac:g} gives a test split of {len(test_ids)} "
+                         f"characters; scoring needs at least {MIN_EVAL_CHARS} (raise it, or 0 for no test split)")
+    return corpus
+
+
+def largest(sweep: SweepConfig, key: str) -> int:
+    p = sweep.space.get(key)
+    return max(p.values) if p is not None else getattr(sweep.trial_config({}), key)
