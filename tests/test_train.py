@@ -72,6 +72,26 @@ def test_evaluation_does_not_depend_on_chunk_length(monkeypatch):
     assert model.training  # evaluation restores training mode
 
 
+def test_a_wide_vocabulary_is_scored_in_chunks_its_scores_fit_and_the_loss_is_the_same(monkeypatch):
+    """200,000 distinct characters: a full chunk would hold 16 streams x 512 x 200,000 scores (6.5 GB); the
+    chunk shrinks so they fit EVAL_BYTES, what the admission check counts for an evaluation."""
+    from charsearch.core.devices import EVAL_BYTES, training_size
+    ids = np.random.default_rng(0).integers(0, 200_000, 5000).astype(np.uint32)
+    ev = Evaluator(ids, torch.device("cpu"))
+    wide = CharRNN(200_000, "lstm", 32, 1)
+    assert ev.chunk_length(wide) * 12 * 16 * 200_000 <= EVAL_BYTES
+    assert ev.chunk_length(CharRNN(65, "lstm", 8, 1)) == train_mod.VAL_CHUNK
+    cfg = TrainConfig(model="lstm", rnn_size=32, batch_size=4, seq_length=32)
+    assert training_size(cfg, 200_000)[1] >= EVAL_BYTES
+    torch.manual_seed(0)
+    model = CharRNN(300, "gru", 8, 1, cutoffs=[20, 100])
+    small = np.random.default_rng(1).integers(0, 300, 3000).astype(np.uint16)
+    ev = Evaluator(small, torch.device("cpu"))
+    a = ev(model)
+    monkeypatch.setattr(train_mod, "EVAL_BYTES", 12 * 16 * 200 * 3)  # three characters a chunk
+    assert ev.chunk_length(model) == 3 and ev(model) == pytest.approx(a, rel=1e-6)
+
+
 def test_recorded_val_loss_is_reproduced_from_the_exported_file(small_corpus, tmp_path):
     r = train(cfg_for(small_corpus, tmp_path, batch_size=4, seq_length=40), progress=False)
     mf = artifact.export(r.best_checkpoint, tmp_path / "m.pt")

@@ -79,6 +79,9 @@ def admissible_bytes(device: torch.device) -> int:
     return int(HEADROOM * available_bytes(device))
 
 
+EVAL_BYTES = 256 * 2 ** 20  # scores held at once while a split is scored (train.Evaluator), whatever the vocabulary
+
+
 def training_size(cfg, vocab_size: int) -> tuple[int, int]:
     """(trained parameters, bytes a training run of `cfg` needs).
 
@@ -86,7 +89,9 @@ def training_size(cfg, vocab_size: int) -> tuple[int, int]:
     L layers of H units with G gate blocks (LSTM 4, GRU 3, RNN 1), B streams of T characters:
         weights, gradients and Adam's two moments       16 P
         the fixed one-hot input table (when one-hot)     4 V I
-        activations kept for backward                    4 B T (L (G + 2) H + I + 2 V)
+        the larger of
+          activations kept for backward                  4 B T (L (G + 2) H + I + 2 V)
+          an evaluation's scores                         at most EVAL_BYTES
     (per character of a batch: each layer's gates, h and c; the input vector; the logits and their
     gradient). RMSprop keeps one moment, so this is an upper bound for it.
     """
@@ -96,7 +101,7 @@ def training_size(cfg, vocab_size: int) -> tuple[int, int]:
     width, fixed = input_size_of(arch)
     per_char = cfg.num_layers * (GATES[cfg.model] + 2) * cfg.rnn_size + width + 2 * vocab_size
     state = 16 * params + (4 * vocab_size * width if fixed else 0)
-    return params, state + 4 * cfg.batch_size * cfg.seq_length * per_char
+    return params, state + max(4 * cfg.batch_size * cfg.seq_length * per_char, EVAL_BYTES)
 
 
 def check_training_size(cfg, vocab_size: int, limit: int, where: str = "", limit_words: str = "available") -> None:

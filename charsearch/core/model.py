@@ -210,6 +210,16 @@ def param_count(config: dict) -> int:
     return sum(math.prod(s) for s in shapes.values())
 
 
+def score_width(config: dict) -> int:
+    """The most scores one position needs at once: the vocabulary for a full softmax; for an adaptive one,
+    its head or its widest cluster, whichever is wider (a target in the tail is scored over its cluster)."""
+    v, cutoffs = config["vocab_size"], list(config.get("cutoffs") or [])
+    if not cutoffs:
+        return v
+    edges = cutoffs + [v]
+    return max(cutoffs[0] + len(cutoffs), *(b - a for a, b in zip(edges, edges[1:])))
+
+
 def core_params(config: dict) -> int:
     """The recurrent core's parameters: all but the input embedding and the output layer, as scaling-law
     work counts them. They are what learns the text's structure; the embedding and the output layer grow

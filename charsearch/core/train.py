@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 from charsearch.core import artifact
 from charsearch.core.config import TrainConfig, label_of
-from charsearch.core.data import MIN_EVAL_CHARS, Batches, Corpus, check_fits, check_val, load_corpus
-from charsearch.core.devices import resolve_device
+from charsearch.core.data import MIN_EVAL_CHARS, Batches, Corpus, char_counts, check_fits, check_val, load_corpus
+from charsearch.core.devices import EVAL_BYTES, resolve_device
 from charsearch.core.errors import UsageError, excerpt
-from charsearch.core.model import CharRNN, State, cutoffs_for, detach_state
+from charsearch.core.model import CharRNN, State, cutoffs_for, detach_state, members_of, score_width
 from charsearch.core.units import bits, human_bytes, loss_text
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
@@ -103,14 +103,23 @@ class Evaluator:
                 streams[k].append(row)
         return torch.cat([torch.cat(s) for s in streams])[: self.n]
 
+    def chunk_length(self, model) -> int:
+        """Characters per stream scored at once: VAL_CHUNK, fewer where the scores of that many (streams x
+        chunk x the widest scores a position needs, model.score_width, with their softmax and a temporary:
+        12 bytes each) would pass EVAL_BYTES, as with hundreds of thousands of distinct characters."""
+        members = members_of(model)
+        width = sum(score_width(m.config) for m in members) + (members[0].config["vocab_size"] if len(members) > 1 else 0)
+        return max(1, min(VAL_CHUNK, EVAL_BYTES // (12 * self.x.shape[0] * width)))
+
     def _chunks(self, model: CharRNN):
         """(per-character NLL, mask of real characters) of each chunk, the streams read in order with the
         hidden state carried, dropout off."""
         was_training = model.training
         model.eval()
         state = None
-        for s in range(0, self.length, VAL_CHUNK):
-            cols = slice(s, s + VAL_CHUNK)
+        chunk = self.chunk_length(model)
+        for s in range(0, self.length, chunk):
+            cols = slice(s, s + chunk)
             x, y = self.x[:, cols].long(), self.y[:, cols].long()
             if isinstance(model, CharRNN):
                 nll, state = model.target_nll(x, y, state)
@@ -351,7 +360,7 @@ class Run:
         vocab = len(self.corpus.vocab)
         self.model = CharRNN(vocab, cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size, cfg.dropout,
                              cutoffs_for(vocab, cfg.softmax)).to(device)
-        self.model.rank_by(torch.from_numpy(np.bincount(np.asarray(train_ids), minlength=vocab)))
+        self.model.rank_by(torch.from_numpy(char_counts(train_ids, vocab)))
         self.optimizer = make_optimizer(cfg, self.model, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_fp16)
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
