@@ -100,3 +100,16 @@ def test_best_shows_the_varying_parameters_in_a_fixed_order(workdir, capsys):
     assert main(["best", "--tracking-uri", uri]) == 0
     header = capsys.readouterr().out.splitlines()[1].split()
     assert [c for c in header if c in ("dropout", "rnn_size", "seq_length")] == ["dropout", "rnn_size", "seq_length"]
+
+
+def test_best_of_a_single_trial_shows_the_searched_parameters_only(workdir, capsys):
+    import yaml
+    uri = store_uri(workdir)
+    resolved = {"name": "one", "space": {"rnn_size": {"choice": [64, 128]}}, "train_frac": 0.9, "val_frac": 0.1}
+    record_sweep(uri, "one", [Trial("t1", {"rnn_size": 64, "decay_rate": 0.95, "embed_size": 0}, [1.5])],
+                 files={"resolved.yaml": yaml.safe_dump(resolved)})
+    assert main(["best", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[1].split()
+    assert "rnn_size" in header and "decay_rate" not in header and "embed_size" not in header, out
+    assert out.splitlines()[0] == "experiment 'one': 1 trial, best first", out

@@ -223,7 +223,8 @@ def cmd_best(args) -> None:
         chosen = pick(uri, df, name, constraints, held, Path(tmp), args.ensemble) if args.export else None
         with pd.option_context("display.max_columns", 30, "display.width", 200):
             counts = selection.sweep_counts(uri, name)
-            print(f"experiment {name!r}: {len(df)} trials, best first" + (f"; its latest sweep: {counts}" if counts else ""))
+            print(f"experiment {name!r}: {len(df)} trial{'s' * (len(df) != 1)}, best first"
+                  + (f"; its latest sweep: {counts}" if counts else ""))
             print(held.table.to_string())
         if held.bias:
             print(held.bias)

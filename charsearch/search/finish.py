@@ -75,7 +75,8 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, stat
     # the queue's actor must start while the finishers hold every CPU: it asks for none
     evaluations = ray.util.queue.Queue(actor_options={"num_cpus": 0})
     tasks = {s.trial_id: start(sweep, s, corpus, gpu, threads, time.time() + left, evaluations) for s in chosen}
-    follow(tasks, evaluations, tracker, state, f"on {threads} CPU thread(s) each" if not gpu else "on a GPU each", out)
+    where = "a GPU" if gpu else f"{threads} CPU thread{'s' * (threads != 1)}"
+    follow(tasks, evaluations, tracker, state, where + (" each" if len(tasks) > 1 else ""), out)
     ray.kill(evaluations.actor)
     return collect(tasks, {s.trial_id: s.config for s in chosen}, tracker, state, left, not ranked, out)
 
@@ -147,7 +148,7 @@ def follow(tasks: dict, evaluations, tracker: Tracker, state: SweepState, where:
     the sweep's one clock: elapsed and left of the whole budget)."""
     last_print, latest = 0.0, ""
     pending = list(tasks.values())
-    names = ", ".join(tasks)
+    names = f"trial{'s' * (len(tasks) != 1)} {', '.join(tasks)}"
     while True:
         if pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
@@ -158,8 +159,8 @@ def follow(tasks: dict, evaluations, tracker: Tracker, state: SweepState, where:
             break
         if time.time() - last_print >= (1.0 if out.isatty() else 30.0):
             last_print = time.time()
-            write_line(out, f"{clock_text(time.time() - state.started, state.budget_s)} | finishing: trial(s) {names} "
-                            f"train on {where}, learning rate to 0 by the end of the budget{latest}")
+            write_line(out, f"{clock_text(time.time() - state.started, state.budget_s)} | finishing: {names} "
+                            f"{'trains' if len(tasks) == 1 else 'train'} on {where}, learning rate to 0 by the end of the budget{latest}")
     if out.isatty():
         out.write("\n")
 

@@ -35,11 +35,11 @@ class HeldOut:
 def held_out_view(uri: str, name: str, df, folder: Path, top: int, need_val: bool) -> HeldOut:
     """The ranking, with the test loss of the top trials where the sweep kept a test split; the corpus is
     read only for that, or for the val split an ensemble is weighed on (`need_val`)."""
-    view = selection.table(df, top)
     try:
         sweep = selection.load_sweep_runs(uri, name)
     except UsageError as e:
-        return HeldOut(view, None, [], "", str(e))
+        return HeldOut(selection.table(df, top), None, [], "", str(e))
+    view = selection.table(df, top, searched=set(sweep.space))
     if not need_val and not float(sweep.resolved.get("test_frac") or 0):
         return HeldOut(view, None, [], "", "the sweep kept no test split")
     splits, why = splits_of(sweep)

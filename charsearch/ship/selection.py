@@ -86,10 +86,11 @@ def recorded_counts(parent: Run, trials: pd.DataFrame | None = None) -> dict | N
     return tally(trials.get(f"tags.{OUTCOME_TAG}", pd.Series(index=trials.index, dtype=object)).fillna("running"))
 
 
-def table(df: pd.DataFrame, top: int) -> pd.DataFrame:
-    """The readable view: val loss, outcome, the parameters that vary between trials, speed."""
+def table(df: pd.DataFrame, top: int, searched=()) -> pd.DataFrame:
+    """The readable view: val loss, outcome, the parameters that vary between trials (where none do, as with
+    one trial, those the sweep searched), speed."""
     params = [c for c in df.columns if c.startswith("params.") and c[7:] not in NOT_HYPERPARAMETERS]
-    varying = [c for c in params if df[c].astype(str).nunique() > 1] or params[:6]
+    varying = [c for c in params if df[c].astype(str).nunique() > 1] or [c for c in params if c[7:] in searched]
     out = pd.DataFrame({
         "trial": df[f"tags.{TRIAL_TAG}"],
         "best_val_loss": df["metrics.best_val_loss"].round(4),
