@@ -1,4 +1,5 @@
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -70,13 +71,40 @@ def test_cache_is_reused_and_rebuilt_when_the_input_changes(tmp_path):
     assert pruned.vocab.chars == (UNK,) and second.vocab.chars == tuple("xyz")
 
 
-def test_damaged_cache_is_rebuilt(tmp_path):
+def edit_meta(change):
+    def damage(npy, meta):
+        info = json.loads(meta.read_text())
+        change(info)
+        meta.write_text(json.dumps(info))
+    return damage
+
+
+def shift_ids(npy, meta):
+    ids = np.load(npy)
+    np.save(npy, ids + 50)  # indices past the vocabulary: an embedding lookup would fail mid-training
+
+
+@pytest.mark.parametrize("damage", [
+    lambda npy, meta: npy.write_bytes(b"garbage"),
+    lambda npy, meta: npy.write_bytes(npy.read_bytes()[:-3]),  # truncated
+    lambda npy, meta: meta.write_text("[" * 100_000 + "]" * 100_000),
+    lambda npy, meta: meta.write_text("{"),
+    edit_meta(lambda i: i.update(chars=[1, 2])),
+    edit_meta(lambda i: i.update(chars=list("eeeeh o"))),  # not distinct
+    edit_meta(lambda i: i.update(unk=99)),
+    edit_meta(lambda i: i.update(length=3)),
+    edit_meta(lambda i: i.update(sha256="0" * 64)),
+    edit_meta(lambda i: i.pop("chars")),
+    shift_ids,
+])
+def test_a_damaged_or_edited_cache_is_rebuilt(tmp_path, damage):
     p = write(tmp_path, "d.txt", "hello hello")
     c = load_corpus(p)
-    npy, _ = cache_paths(p, c.sha256, 0)
-    npy.write_bytes(b"garbage")
+    npy, meta = cache_paths(p, c.sha256, 0)
+    damage(npy, meta)
     again = load_corpus(p)
-    assert again.vocab.decode(again.ids.tolist()) == "hello hello"
+    assert again.vocab.decode(np.asarray(again.ids).tolist()) == "hello hello"
+    assert load_corpus(p).vocab == again.vocab  # and the rebuilt cache is used again
 
 
 def test_default_split_matches_nanogpt_on_tiny_shakespeare(shakespeare):

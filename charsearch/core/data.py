@@ -250,15 +250,9 @@ def load_corpus(data: str | Path, min_freq: int = 0, data_root: str | Path = "da
     except OSError as e:
         raise UsageError(f"{path}: cannot read ({e.strerror})") from None
     npy, meta = cache_paths(path, sha, min_freq)
-    if cache and npy.is_file() and meta.is_file():
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-            ids = np.load(npy, mmap_mode="r")
-            vocab = Vocab(tuple(info["chars"]), info["unk"])
-            if len(ids) == info["length"] and ids.dtype == vocab.dtype:
-                return Corpus(path, sha, vocab, ids, min_freq)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is rebuilt below
+    cached = read_cache(npy, meta, sha) if cache else None
+    if cached is not None:
+        return Corpus(path, sha, *cached, min_freq)
     text, raw = read_text(path)
     vocab, lut = build_vocab(text, raw, min_freq)
     ids = np.empty(len(raw) if text is None else len(text), dtype=vocab.dtype)
@@ -273,6 +267,30 @@ def load_corpus(data: str | Path, min_freq: int = 0, data_root: str | Path = "da
         except OSError:
             pass  # a read-only data folder: work from memory
     return Corpus(path, sha, vocab, ids, min_freq)
+
+
+def read_cache(npy: Path, meta: Path, sha: str) -> tuple[Vocab, np.ndarray] | None:
+    """The cached encoding of a corpus, checked before use: its record names this content's hash and a
+    vocabulary of distinct characters, and the ids are that many, of the vocabulary's type, each an index
+    into it. Anything else (truncated, hand-edited, another version's) is None: the cache is rebuilt."""
+    if not (npy.is_file() and meta.is_file()) or meta.stat().st_size > 64 * 2 ** 20:
+        return None
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        chars, unk = info["chars"], info["unk"]
+        if info["sha256"] != sha or not isinstance(chars, list) or len(set(chars)) != len(chars) or not all(
+                isinstance(c, str) and len(c) == 1 for c in chars) or not (
+                unk is None or (isinstance(unk, int) and 0 <= unk < len(chars))):
+            return None
+        vocab = Vocab(tuple(chars), unk)
+        ids = np.load(npy, mmap_mode="r")
+        if ids.ndim != 1 or ids.dtype != vocab.dtype or len(ids) != info["length"] or not len(ids):
+            return None
+        if max(int(ids[i:i + _CHUNK].max()) for i in range(0, len(ids), _CHUNK)) >= len(vocab):
+            return None
+        return vocab, ids
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, EOFError):
+        return None
 
 
 def encode_with(path: Path, vocab: Vocab) -> np.ndarray:
