@@ -315,15 +315,19 @@ def test_no_model_is_an_error_and_nothing_is_written(workdir, capsys):
     (["--run", "0123abc"], r"no MLflow run '0123abc'"),
     (["--top", "0"], r"--top must be >= 1"),
     (["--out", "afile"], r"--out afile: exists and is not a folder"),
+    (["--storage", "sqlite:///damaged.db"], r"Optuna storage sqlite:///damaged.db: not a readable Optuna database "
+                                            r"\(file is not a database\); delete it"),
 ])
 def test_bad_input_is_one_line_exit_2(shared_sweep, capsys, argv, match, monkeypatch):
     cwd, store, uri, parent = shared_sweep
     monkeypatch.chdir(cwd)
     (cwd / "afile").write_text("x")
+    (cwd / "damaged.db").write_bytes(b"not sqlite " * 100)
     code, out, err = run(capsys, "report", "--tracking-uri", uri, *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err
     assert not (store / "mlruns" / "optuna.db").exists() and not (cwd / "report").exists()
     assert mlflow.MlflowClient(uri).list_artifacts(parent, "report") == []
+    assert (cwd / "damaged.db").read_bytes() == b"not sqlite " * 100
 
 
 def test_the_parent_run_of_another_experiment_is_refused(shared_sweep, capsys):

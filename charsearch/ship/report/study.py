@@ -19,6 +19,7 @@ import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from charsearch.core.config import SearchParam
 from charsearch.core.errors import UsageError
@@ -114,14 +115,20 @@ def rebuild_trials(uri: str, sweep: SweepRuns) -> list[FrozenTrial]:
 
 
 def make_study(trials: list[FrozenTrial], storage=None, name: str | None = None) -> optuna.Study:
-    """A minimising study holding `trials`. In an RDB storage, a study of the same name is replaced."""
-    if storage is not None:
-        try:
-            optuna.delete_study(study_name=name, storage=storage)
-        except KeyError:
-            pass
-    study = optuna.create_study(storage=storage, study_name=name, direction="minimize")
-    study.add_trials(trials)
+    """A minimising study holding `trials`. In an RDB storage, a study of the same name is replaced; a
+    storage that is not an Optuna database (damaged, or another program's) is one line naming it."""
+    try:
+        if storage is not None:
+            try:
+                optuna.delete_study(study_name=name, storage=storage)
+            except KeyError:
+                pass
+        study = optuna.create_study(storage=storage, study_name=name, direction="minimize")
+        study.add_trials(trials)
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0][:120]
+        raise UsageError(f"Optuna storage {storage}: not a readable Optuna database ({reason}); delete it (the report "
+                         f"writes it again) or name another with --storage") from None
     return study
 
 
