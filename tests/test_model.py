@@ -88,3 +88,44 @@ def test_the_adaptive_softmax_is_an_exact_distribution_over_the_vocabulary():
     full, x65, y65 = CharRNN(65, "lstm", 32, 2), x % 65, y % 65
     expected = F.cross_entropy(full(x65)[0].transpose(1, 2), y65, reduction="none")
     assert torch.allclose(full.target_nll(x65, y65)[0], expected)
+
+
+def test_training_only_regularizers_change_nothing_when_off_and_nothing_in_eval_mode():
+    """With every new option off the model computes what it did; in eval mode (scoring, sampling) the
+    regularizers are never applied; in training they change the output, each differently."""
+    from charsearch.core.model import Regularizers
+    torch.manual_seed(0)
+    model = CharRNN(30, "lstm", 16, 2, embed_size=8)
+    x = torch.randint(0, 30, (3, 7))
+    model.train()
+    torch.manual_seed(1)
+    plain = model(x)[0]
+    torch.manual_seed(1)
+    model.regularizers = Regularizers()
+    assert torch.equal(model(x)[0], plain)
+    model.eval()
+    reference = model(x)[0]
+    for reg in (Regularizers(embed_dropout=0.5), Regularizers(input_dropout=0.5), Regularizers(weight_drop=0.5)):
+        model.regularizers = reg
+        model.eval()
+        assert torch.equal(model(x)[0], reference)
+        model.train()
+        torch.manual_seed(1)
+        assert not torch.allclose(model(x)[0], plain)
+    # weight drop leaves the stored weights as they were
+    assert all(not p.grad_fn for p in model.rnn.parameters())
+
+
+def test_tied_weights_share_one_matrix_and_survive_a_model_file(tmp_path):
+    from charsearch.core import artifact
+    from charsearch.core.data import Vocab
+    from charsearch.core.model import param_count
+    m = CharRNN(20, "gru", 16, 1, tie=True)
+    assert m.head.weight is m.embed.weight and not m.one_hot
+    assert m.num_params() == param_count(m.config) == CharRNN(20, "gru", 16, 1, embed_size=16).num_params() - 20 * 16
+    path = tmp_path / "t.pt"
+    artifact.save(path, artifact.ModelFile(dict(m.config), Vocab(tuple("abcdefghijklmnopqrst")), m.state_dict()).to_dict())
+    loaded = artifact.load(path).build()
+    assert loaded.head.weight is loaded.embed.weight
+    x = torch.randint(0, 20, (2, 5))
+    torch.testing.assert_close(loaded(x)[0], m.eval()(x)[0])

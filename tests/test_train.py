@@ -116,20 +116,35 @@ def test_training_learns_and_keeps_best_and_latest_checkpoints(small_corpus, tmp
     assert [x[0]["chars_trained"] for x in seen] == [m_["iteration"] * 8 * 16 for m_, _, _ in seen]
 
 
-def test_resume_continues_exactly(small_corpus, tmp_path):
-    full = train(cfg_for(small_corpus, tmp_path / "a", max_epochs=1.0, eval_every=30, dropout=0.3, num_layers=2),
-                 progress=False)
-    first = train(cfg_for(small_corpus, tmp_path / "b", max_epochs=1.0, eval_every=30, dropout=0.3, num_layers=2),
-                  on_eval=lambda m, p, b: m["iteration"] >= 60, progress=False)
+REGULARIZED = {"tie_weights": True, "embed_dropout": 0.1, "input_dropout": 0.2, "weight_drop": 0.3}
+
+
+@pytest.mark.parametrize("extra", [{}, REGULARIZED], ids=["plain", "regularized"])
+def test_resume_continues_exactly(small_corpus, tmp_path, extra):
+    base = dict(max_epochs=1.0, eval_every=30, dropout=0.3, num_layers=2, **extra)
+    full = train(cfg_for(small_corpus, tmp_path / "a", **base), progress=False)
+    first = train(cfg_for(small_corpus, tmp_path / "b", **base), on_eval=lambda m, p, b: m["iteration"] >= 60,
+                  progress=False)
     assert first.iterations == 60 and first.stop_reason == "stopped"
-    resumed = train(cfg_for(small_corpus, tmp_path / "c", max_epochs=1.0, eval_every=30, dropout=0.3, num_layers=2,
-                            init_from=str(first.latest_checkpoint)), progress=False)
+    resumed = train(cfg_for(small_corpus, tmp_path / "c", **base, init_from=str(first.latest_checkpoint)),
+                    progress=False)
     assert resumed.iterations == full.iterations
     a = artifact.load(full.latest_checkpoint).state_dict
     b = artifact.load(resumed.latest_checkpoint).state_dict
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+
+
+def test_each_regularizer_trains_and_changes_the_run_and_tied_weights_need_a_full_softmax(small_corpus, tmp_path):
+    plain = train(cfg_for(small_corpus, tmp_path / "p", max_epochs=0.3), progress=False)
+    for name, value in REGULARIZED.items():
+        r = train(cfg_for(small_corpus, tmp_path / name, max_epochs=0.3, **{name: value}), progress=False)
+        assert math.isfinite(r.best_val_loss) and r.best_val_loss != plain.best_val_loss, name
+    with pytest.raises(ConfigError, match="tie_weights: needs a full softmax"):
+        cfg_for(small_corpus, tmp_path, tie_weights=True, softmax="adaptive").validate()
+    with pytest.raises(ConfigError, match="weight_drop: must be in \\[0, 1\\)"):
+        cfg_for(small_corpus, tmp_path, weight_drop=1.0).validate()
 
 
 def test_resuming_in_the_same_folder_still_keeps_only_the_best_and_the_latest(small_corpus, tmp_path):

@@ -32,6 +32,7 @@ from charsearch.core.data import Vocab
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.core.files import atomic_write, not_a_file
 from charsearch.core.model import (
+    ARCH_DEFAULTS,
     ARCH_KEYS,
     CELLS,
     MAX_LAYERS,
@@ -78,7 +79,7 @@ class ModelFile:
             "config": arch_of(self.config),
             "vocab": list(self.vocab.chars),
             "unk": self.vocab.unk,
-            "state_dict": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict.items()},
+            "state_dict": own_storages(self.state_dict),
             "summary": known_summary(self.summary),
         }
 
@@ -147,6 +148,18 @@ def ensemble_file(members: list[ModelFile], weights: list[float], summary: dict)
     if stamps:
         carried["trained_at"] = max(stamps)  # ISO times: the latest member's
     return EnsembleFile(members, weights, first.vocab, {**carried, **summary})
+
+
+def own_storages(state_dict: dict) -> dict:
+    """CPU float32 copies of the weights, each with storage of its own: tied weights (one tensor under two
+    names) are written twice, since a file whose tensors share bytes is refused when read (storage_problem)."""
+    out, seen = {}, set()
+    for k, v in state_dict.items():
+        t = v.detach().to("cpu", torch.float32).contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        out[k] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return out
 
 
 def model_part(model: CharRNN, vocab: Vocab) -> dict:
@@ -386,7 +399,7 @@ def _problem(part: dict) -> str | None:
     """What is wrong with the model part of a file, or None: the config's types and ranges, the
     vocabulary, then every weight's name, shape and values against what the config builds."""
     config, vocab, unk, weights = part["config"], part["vocab"], part["unk"], part["state_dict"]
-    missing = [k for k in ARCH_KEYS if k not in config and k != "cutoffs"]
+    missing = [k for k in ARCH_KEYS if k not in config and k not in ARCH_DEFAULTS]
     if missing:
         return f"config lacks {', '.join(missing)}"
     cutoffs = config.get("cutoffs", [])
@@ -400,6 +413,9 @@ def _problem(part: dict) -> str | None:
         v = config[key]
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             return f"config {key} is {excerpt(v)}; expected an integer in [{lo}, {hi:,}]"
+    tie = config.get("tie", False)
+    if not isinstance(tie, bool) or (tie and cutoffs):
+        return f"config tie is {excerpt(tie)}; expected true or false (and false with an adaptive softmax)"
     if config["model"] not in CELLS:
         return f"config model is {excerpt(config['model'])}; expected one of {', '.join(CELLS)}"
     if not isinstance(config["dropout"], (int, float)) or not 0 <= config["dropout"] < 1:

@@ -53,6 +53,15 @@ class TrainConfig:
     softmax: str = opt("auto", "output layer: full, adaptive (exact, ~3x faster to train over thousands of "
                        "characters), or auto: adaptive from 1,000 distinct characters", choices=SOFTMAXES,
                        group="model")
+    tie_weights: bool = opt(False, "tie the output layer's weights to a trained embedding of rnn-size (Press & Wolf "
+                            "2017; with a full softmax)", group="model")
+    # regularization that only training sees
+    embed_dropout: float = opt(0.0, "drop whole characters' input embeddings with this probability, in [0, 1)",
+                               group="regularization")
+    input_dropout: float = opt(0.0, "locked (variational) dropout on the input: one mask per stream and chunk, in "
+                               "[0, 1)", group="regularization")
+    weight_drop: float = opt(0.0, "DropConnect on the hidden-to-hidden matrices (AWD-LSTM's weight drop), in [0, 1)",
+                             group="regularization")
     # optimisation
     seq_length: int = opt(50, "characters per sequence chunk (truncated BPTT length)")
     batch_size: int = opt(50, "parallel contiguous streams per batch")
@@ -113,8 +122,11 @@ class TrainConfig:
         for name, top in (("rnn_size", MAX_WIDTH), ("embed_size", MAX_WIDTH), ("num_layers", MAX_LAYERS)):
             if getattr(self, name) > top:
                 raise ConfigError(name, f"must be <= {top:,}; got {excerpt(getattr(self, name))}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError("dropout", f"must be in [0, 1); got {self.dropout}")
+        for name in ("dropout", "embed_dropout", "input_dropout", "weight_drop"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(name, f"must be in [0, 1); got {getattr(self, name)}")
+        if self.tie_weights and self.softmax == "adaptive":
+            raise ConfigError("tie_weights", "needs a full softmax (--softmax full or auto below 1,000 characters)")
         if not 0 < self.train_frac <= 1:
             raise ConfigError("train_frac", f"must be in (0, 1]; got {self.train_frac}")
         if not 0 < self.val_frac < 1:

@@ -12,12 +12,14 @@ that ranking (`rank`, id -> rank, from the train split) as a buffer, so the ids 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-ARCH_KEYS = ("vocab_size", "model", "rnn_size", "num_layers", "embed_size", "dropout", "cutoffs")
+ARCH_KEYS = ("vocab_size", "model", "rnn_size", "num_layers", "embed_size", "dropout", "cutoffs", "tie")
+ARCH_DEFAULTS = {"cutoffs": [], "tie": False}  # keys files written before them lack
 ADAPTIVE_FROM = 1000  # distinct characters from which `softmax: auto` is adaptive
 DIV_VALUE = 4.0  # each tail cluster's projection is this much narrower than the one before
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # weight blocks per layer: one per gate
@@ -30,16 +32,30 @@ MAX_VOCAB = 0x110000 + 1  # every Unicode code point, and the unknown symbol
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 
 
+@dataclass
+class Regularizers:
+    """Dropout that only training sees (probabilities; 0: off), beyond `dropout` between layers and before
+    the output layer. None of them changes the model a file stores or how it samples."""
+    embed_dropout: float = 0.0  # drop whole characters' embeddings (Gal & Ghahramani 2016)
+    input_dropout: float = 0.0  # locked (variational) dropout on the embedded input
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices (Merity et al. 2017)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.embed_dropout or self.input_dropout or self.weight_drop)
+
+
 class CharRNN(nn.Module):
     def __init__(self, vocab_size: int, model: str = "lstm", rnn_size: int = 128, num_layers: int = 2,
-                 embed_size: int = 0, dropout: float = 0.0, cutoffs: list | tuple = ()):
+                 embed_size: int = 0, dropout: float = 0.0, cutoffs: list | tuple = (), tie: bool = False):
         super().__init__()
         self.config = dict(vocab_size=vocab_size, model=model, rnn_size=rnn_size, num_layers=num_layers,
-                           embed_size=embed_size, dropout=dropout, cutoffs=list(cutoffs))
+                           embed_size=embed_size, dropout=dropout, cutoffs=list(cutoffs), tie=tie)
         # By default, as char-rnn: one-hot input vectors (a fixed identity embedding: no gradient flows
         # into the input, the first layer's W_ih is the per-character table). A vocabulary wider than the
-        # hidden state (thousands of CJK characters) gets a trained embedding of rnn_size instead.
-        self.one_hot = one_hot(vocab_size, rnn_size, embed_size)
+        # hidden state (thousands of CJK characters), or tied weights, get a trained embedding of rnn_size.
+        self.one_hot = one_hot(vocab_size, rnn_size, embed_size, tie)
+        self.regularizers = Regularizers()  # training only: none unless train.py sets them
         self.embed = nn.Embedding(vocab_size, vocab_size if self.one_hot else (embed_size or rnn_size))
         self.embed.weight.requires_grad_(not self.one_hot)
         # dropout between layers (inside the cell stack) and before the head, as char-rnn
@@ -53,6 +69,8 @@ class CharRNN(nn.Module):
         else:
             self.head = nn.Linear(rnn_size, vocab_size)
         self.reset_parameters()
+        if tie:  # the output layer's rows are the characters' embeddings (Press & Wolf 2017; Inan et al. 2017)
+            self.head.weight = self.embed.weight
 
     def reset_parameters(self) -> None:
         # char-rnn's init: U(-0.08, 0.08) everywhere, LSTM forget-gate bias 1 to remember by default
@@ -74,7 +92,7 @@ class CharRNN(nn.Module):
         """x: (batch, time) character ids -> logits (batch, time, vocab), new state; with `targets` (the
         next characters, same shape), (mean cross-entropy, new state) instead: what training needs, without
         the adaptive softmax's full distribution."""
-        out, state = self.rnn(self.embed(x), state)
+        out, state = self.recur(x, state)
         out = self.drop(out)
         if not self.adaptive:
             logits = self.head(out)
@@ -95,9 +113,30 @@ class CharRNN(nn.Module):
         if not self.adaptive:
             logits, state = self.forward(x, state)
             return nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none"), state
-        out, state = self.rnn(self.embed(x), state)
+        out, state = self.recur(x, state)
         h = self.drop(out).reshape(-1, out.size(-1)).float()
         return -self.head(h, self.rank.long()[targets.reshape(-1)]).output.view(targets.shape), state
+
+    def recur(self, x: torch.Tensor, state: State):
+        """The embedded input through the recurrent layers, with the training-only regularizers where set:
+        embedding dropout (whole characters), locked input dropout (one mask per stream for the whole chunk)
+        and weight drop (DropConnect on the hidden-to-hidden matrices, AWD-LSTM's)."""
+        r = self.regularizers
+        if not self.training or not r.active:
+            return self.rnn(self.embed(x), state)
+        weight = self.embed.weight
+        if r.embed_dropout:
+            keep = weight.new_empty(weight.size(0), 1).bernoulli_(1 - r.embed_dropout) / (1 - r.embed_dropout)
+            weight = weight * keep
+        emb = nn.functional.embedding(x, weight)
+        if r.input_dropout:
+            mask = emb.new_empty(emb.size(0), 1, emb.size(2)).bernoulli_(1 - r.input_dropout) / (1 - r.input_dropout)
+            emb = emb * mask
+        if not r.weight_drop:
+            return self.rnn(emb, state)
+        dropped = {name: nn.functional.dropout(p, r.weight_drop, True)
+                   for name, p in self.rnn.named_parameters() if name.startswith("weight_hh")}
+        return torch.func.functional_call(self.rnn, dropped, (emb, state), strict=False)
 
     def rank_by(self, counts: torch.Tensor) -> None:
         """Rank the characters by `counts` (their frequency in the train split), the most frequent first."""
@@ -161,15 +200,16 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
-def one_hot(vocab_size: int, rnn_size: int, embed_size: int) -> bool:
-    """CharRNN's input rule: one-hot unless an embedding is asked for or the vocabulary is wider than the state."""
-    return not embed_size and vocab_size <= rnn_size
+def one_hot(vocab_size: int, rnn_size: int, embed_size: int, tie: bool = False) -> bool:
+    """CharRNN's input rule: one-hot unless an embedding is asked for, the weights are tied, or the vocabulary
+    is wider than the state."""
+    return not embed_size and not tie and vocab_size <= rnn_size
 
 
 def input_size_of(config: dict) -> tuple[int, bool]:
     """(width of the first layer's input, whether it is the fixed one-hot table)."""
-    v, h, e = config["vocab_size"], config["rnn_size"], config["embed_size"]
-    return (v, True) if one_hot(v, h, e) else (e or h, False)
+    v, h, e, tie = config["vocab_size"], config["rnn_size"], config["embed_size"], config.get("tie", False)
+    return (v, True) if one_hot(v, h, e, tie) else (h if tie else e or h, False)
 
 
 def expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
@@ -206,6 +246,8 @@ def param_count(config: dict) -> int:
     shapes = expected_shapes(config)
     if input_size_of(config)[1]:
         del shapes["embed.weight"]
+    if config.get("tie"):  # one matrix, the embedding's
+        del shapes["head.weight"]
     shapes.pop("rank", None)
     return sum(math.prod(s) for s in shapes.values())
 
@@ -228,8 +270,8 @@ def core_params(config: dict) -> int:
 
 
 def arch_of(config: dict) -> dict:
-    """The architecture keys of a stored config; files from before the adaptive softmax have no cutoffs."""
-    return {k: config.get(k, []) if k == "cutoffs" else config[k] for k in ARCH_KEYS}
+    """The architecture keys of a stored config; files from before a key have its default (ARCH_DEFAULTS)."""
+    return {k: config.get(k, ARCH_DEFAULTS[k]) if k in ARCH_DEFAULTS else config[k] for k in ARCH_KEYS}
 
 
 def build(config: dict) -> CharRNN:

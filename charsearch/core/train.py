@@ -27,7 +27,7 @@ from charsearch.core.config import TrainConfig, label_of
 from charsearch.core.data import MIN_EVAL_CHARS, Batches, Corpus, char_counts, check_fits, check_val, load_corpus
 from charsearch.core.devices import EVAL_BYTES, resolve_device
 from charsearch.core.errors import UsageError, excerpt
-from charsearch.core.model import CharRNN, State, cutoffs_for, detach_state, members_of, score_width
+from charsearch.core.model import CharRNN, Regularizers, State, cutoffs_for, detach_state, members_of, score_width
 from charsearch.core.units import bits, human_bytes, loss_text
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
@@ -340,6 +340,7 @@ class Run:
         for key in ("model", "rnn_size", "num_layers", "embed_size", "dropout"):
             setattr(cfg, key, arch[key])
         cfg.softmax = "adaptive" if arch["cutoffs"] else "full"
+        cfg.tie_weights = arch["tie"]
         return resume
 
     def check_data(self, resume: dict | None):
@@ -358,8 +359,13 @@ class Run:
         cfg, device = self.cfg, self.device
         torch.manual_seed(cfg.seed)
         vocab = len(self.corpus.vocab)
-        self.model = CharRNN(vocab, cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size, cfg.dropout,
-                             cutoffs_for(vocab, cfg.softmax)).to(device)
+        cutoffs = cutoffs_for(vocab, cfg.softmax)
+        if cfg.tie_weights and cutoffs:
+            raise UsageError(f"--tie-weights needs a full softmax; {vocab:,} distinct characters get an adaptive one: "
+                             f"add --softmax full, or leave the weights untied")
+        self.model = CharRNN(vocab, cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size, cfg.dropout, cutoffs,
+                             cfg.tie_weights).to(device)
+        self.model.regularizers = Regularizers(cfg.embed_dropout, cfg.input_dropout, cfg.weight_drop)
         self.model.rank_by(torch.from_numpy(char_counts(train_ids, vocab)))
         self.optimizer = make_optimizer(cfg, self.model, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_fp16)
