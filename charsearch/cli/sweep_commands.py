@@ -60,64 +60,11 @@ def cmd_sweep(args) -> int:
 
 
 def sweep_to_run(args):
-    """(sweep, plan or None): the sweep file, or with --data and --time the automatically sized sweep (as its
-    latest run recorded it, when resumed); the command line's overrides applied."""
-    from charsearch.search.autosize import auto_sweep, default_sweep, parse_duration
-    from charsearch.search.sweepfile import load_sweep
-    budget = parse_duration(args.time) if args.time is not None else None
-    if args.file:
-        if args.data:
-            raise UsageError("--data goes with no sweep file (the file names its corpus in data.corpus)")
-        sweep = load_sweep(args.file)
-    elif not args.data or budget is None:
-        raise UsageError("give a sweep file (e.g. sweeps/smoke.yaml), or --data CORPUS --time DURATION for an "
-                         "automatically sized sweep (e.g. --data tinyshakespeare --time 10m)")
-    else:
-        sweep = default_sweep(args.data, budget)
-        sweep.auto = True
-    if args.resume and sweep.auto:
-        from charsearch.search.resume import recorded_sweep
-        sweep = recorded_sweep(sweep) or sweep
-    sweep.sweep_time = budget or sweep.sweep_time
-    if args.no_warm_start and not args.resume:  # a resumed sweep continues its own study
-        sweep.warm_start = False
-    if args.num_samples is not None:
-        sweep.num_samples = positive("--num-samples", args.num_samples)
-    if args.sweep_time is not None:
-        if args.sweep_time < 0:
-            raise UsageError(f"--sweep-time must be >= 0 seconds; got {args.sweep_time}")
-        sweep.sweep_time = args.sweep_time
-    if args.test_frac is not None:
-        from charsearch.search.sweepfile import set_splits
-        if not 0 <= args.test_frac < 1 - sweep.val_frac:
-            raise UsageError(f"--test-frac must be in [0, {1 - sweep.val_frac:g}) (val_frac is {sweep.val_frac:g}); "
-                             f"got {args.test_frac}")
-        sweep.test_frac = args.test_frac
-        set_splits(sweep, train_given=False, test_given=True, where="--test-frac: ")
-    if args.calibration and not sweep.auto:
-        raise UsageError("--calibration sizes an automatically sized sweep (--data CORPUS --time DURATION); a sweep "
-                         "file's search space is its own")
-    if not sweep.auto:
-        return sweep, None
-    if not sweep.sweep_time:
-        raise UsageError("an automatically sized sweep needs a budget: --time DURATION (e.g. 10m)")
-    return auto_sweep(sweep, sweep.sweep_time, **calibration_source(args))
-
-
-def calibration_source(args) -> dict:
-    """auto_sweep's GPUs and calibration: a given one (its GPU count made the cluster's), else measured on a
-    GPU where Ray (or this machine) has one, else on the CPUs here."""
-    from dataclasses import replace
-
-    from charsearch.search.calibrate import Calibration
-    from charsearch.search.resources import cluster_gpus
-    gpus, measure = cluster_gpus(args.address)
-    if not args.calibration:
-        return {"gpus": gpus, "measure_gpu": measure}
-    cal = Calibration.from_file(args.calibration)
-    if cal.gpus and gpus:
-        cal = replace(cal, gpus=gpus, parallel=cal.per_gpu * gpus)
-    return {"gpus": gpus, "calibration": cal}
+    """(sweep, plan or None) as the command line asks for it (search.prepare.prepare_sweep)."""
+    from charsearch.search.prepare import prepare_sweep
+    return prepare_sweep(args.file, args.data, args.time, resume=args.resume, no_warm_start=args.no_warm_start,
+                         num_samples=args.num_samples, sweep_time=args.sweep_time, test_frac=args.test_frac,
+                         calibration=args.calibration, address=args.address)
 
 
 def dry_run(sweep, plan_text: str, address: str | None) -> None:
