@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from charsearch.cli.common import (
@@ -90,16 +91,27 @@ def cmd_train(args) -> None:
 
 
 def add_export(sub) -> None:
-    e = command(sub, "export", cmd_export, "write the portable model file (CPU float32) of a checkpoint")
-    e.add_argument("checkpoint")
-    e.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
+    e = command(sub, "export", cmd_export, "write the portable model file (CPU float32) of a checkpoint, or its "
+                                           "ONNX step graph")
+    e.add_argument("checkpoint", help="a checkpoint, a model file or an ensemble file")
+    e.add_argument("--out", required=True, help="file to write, e.g. model.pt or model.onnx")
+    e.add_argument("--format", choices=("pt", "onnx"), default=None,
+                   help="pt: charsearch's model file; onnx: one generation step for onnxruntime and other ONNX "
+                        "runtimes, no PyTorch needed (default: by --out's suffix)")
 
 
 def cmd_export(args) -> None:
-    from charsearch.core.artifact import export
+    from charsearch.core import artifact
     from charsearch.core.files import write_target
     write_target(args.out)
-    mf = export(args.checkpoint, args.out)
+    if (args.format or ("onnx" if str(args.out).endswith(".onnx") else "pt")) == "onnx":
+        from charsearch.core.onnx_step import export_onnx
+        mf = artifact.load(args.checkpoint)
+        meta = export_onnx(mf, args.out)
+        print(f"{args.out}: {meta['charsearch.model']}, one generation step as ONNX (opset {meta['opset']}); state "
+              f"inputs {', '.join(name for name, _, _ in json.loads(meta['charsearch.states']))}")
+        return
+    mf = artifact.export(args.checkpoint, args.out)
     val = mf.summary.get("val_loss")
     print(f"{args.out}: {mf.label}, {mf.num_params():,} parameters, vocab {len(mf.vocab)}"
           f"{f', val loss {val:.4f}' if isinstance(val, float) else ''} (CPU float32)")
