@@ -138,6 +138,39 @@ SWEEP_SCHEMA: dict[str, dict[str, tuple]] = {
             "max_failures": ("max_failures", int, _nonneg)},
 }
 TOP_LEVEL = ("name", "data", "train", "search_space", "search", "scheduler", "budget", "resources", "tracking", "ray")
+# what each key of SWEEP_SCHEMA does, for the sweep-file reference (docs: a test checks every key has one)
+SWEEP_HELP = {
+    "data.corpus": "the corpus: a UTF-8 text file, a folder holding input.txt, or a name under data/",
+    "data.min_freq": "characters seen fewer times become one unknown symbol (0: keep all)",
+    "data.train_frac": "the share of the corpus trained on, from its start",
+    "data.val_frac": "the share after it that chooses checkpoints and ranks trials",
+    "data.test_frac": "the share at the end that selection never sees (best shows its loss); alone, train is "
+                      "what is left",
+    "search.algorithm": "tpe: Optuna's TPE sampler; random: random search",
+    "search.seed": "the sampler's seed",
+    "search.num_samples": "trials to run, unless the budget ends the search first",
+    "search.max_concurrent": "trials at once (default: as many as the resources allow)",
+    "search.startup_trials": "finished trials TPE draws at random before it models the results (Optuna's "
+                             "n_startup_trials)",
+    "search.points_to_evaluate": "parameter sets run first, each inside the search space",
+    "search.warm_start": "start from the last finished sweep of this name, corpus and budget",
+    "scheduler.type": "asha: stop bad trials early; none: every trial runs to its own end",
+    "scheduler.time_attr": "ASHA's time axis: chars_trained (fair across shapes) or epoch",
+    "scheduler.grace_epochs": "epochs before ASHA may stop a trial",
+    "scheduler.reduction_factor": "ASHA keeps 1 in this many trials at each rung",
+    "scheduler.report_every_epochs": "how often each trial evaluates, checkpoints and reports",
+    "budget.sweep_time": "seconds of wall time for the whole sweep (0: no limit)",
+    "budget.trial_max_epochs": "epochs a trial trains at most",
+    "budget.trial_max_time": "seconds a trial trains at most (0: no limit)",
+    "budget.finish_time": "seconds at the end in which the best trial trains on, its rate decaying to 0",
+    "budget.first_report_s": "seconds a new trial needs to report once: none starts later in the window",
+    "resources.cpu": "CPUs per trial",
+    "resources.gpu": "GPU share per trial (0.125: eight trials per GPU), or auto: by model size",
+    "tracking.uri": "the MLflow tracking store (sqlite:///..., http://host:port, a database URI)",
+    "ray.storage": "where Ray keeps the experiment and checkpoints: a folder, or a URI (s3://...)",
+    "ray.address": "a Ray cluster to run on (auto: the one on this machine)",
+    "ray.max_failures": "times a failed trial is retried from its last checkpoint",
+}
 
 
 # ---------------------------------------------------------------------------------------------
