@@ -1,0 +1,164 @@
+"""How well does what ASHA compares at a rung predict where a trial ends? (short-horizon bias)
+
+Draws N configurations from the auto sweep's own space for a corpus and budget (its planned shapes,
+learning rate, dropout and step sizes; the prior first), and trains each as a winner of the sweep would
+train: one thread, a constant rate for the search's share of the budget, then decaying linearly to 0
+(`wsd`, decay over 1 - SEARCH_FRACTION). At each ASHA rung the plan sets (in characters trained, inside
+the constant phase) it records two predictors of the end:
+
+    rung      the best fair val loss so far, what ASHA compares today
+    cooldown  the val loss after a short branch from the rung's checkpoint in which the rate decays
+              linearly to 0 over COOLDOWN of the characters trained so far (warmup-stable-decay's
+              cooldown, Hagele et al. 2024), discarded afterwards
+
+and reports the Spearman rank correlation of each with the final values, with what the cooldown costs.
+
+    python benchmarks/bench_rungs.py --data tinyshakespeare --time 600 --configs 8 [--parallel 2]
+
+Writes the `rungs-cpu` section of BENCHMARKS.md and benchmarks/plots/rungs_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PLOTS, save_json, table, write_section  # noqa: E402
+
+COOLDOWN = 0.05  # of the characters trained at the rung
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(x):
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        r = [0.0] * len(x)
+        for rank, i in enumerate(order):
+            r[i] = float(rank)
+        return r
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+
+
+def draw(space: dict, first: dict, n: int, seed: int) -> list[dict]:
+    """The prior, then n - 1 draws from the space (uniform, log-uniform where the kind says)."""
+    import math
+    rng = random.Random(seed)
+    out = [dict(first)]
+    while len(out) < n:
+        point = {}
+        for name, p in space.items():
+            if p.kind == "choice":
+                point[name] = rng.choice(p.values)
+            elif p.log:
+                point[name] = math.exp(rng.uniform(math.log(p.values[0]), math.log(p.values[1])))
+            else:
+                point[name] = rng.uniform(*p.values)
+        out.append(point)
+    return out
+
+
+def run_one(job: dict) -> dict:
+    """One configuration to the end, with its rung and cooldown values (in its own process)."""
+    import torch
+
+    from charsearch.core.config import TrainConfig
+    from charsearch.core.train import train
+    torch.set_num_threads(1)
+    rungs = job["rungs"]
+    seen, work = {}, Path(job["work"])
+    cooldown_s = 0.0
+
+    def on_eval(metrics, checkpoint, is_best):
+        nonlocal cooldown_s
+        for r in rungs:
+            if r not in seen and metrics["chars_trained"] >= r:
+                t0 = time.monotonic()
+                seen[r] = {"rung": metrics["best_val_loss"], "cooldown": cooldown(job, checkpoint, metrics)}
+                cooldown_s += time.monotonic() - t0
+        return False
+
+    cfg = TrainConfig.from_dict({**job["train"], "checkpoint_dir": str(work / "main")})
+    t0 = time.monotonic()
+    result = train(cfg, on_eval=on_eval, progress=False)
+    return {"config": job["config"], "final": result.best_val_loss, "rungs": {str(k): v for k, v in seen.items()},
+            "train_s": time.monotonic() - t0 - cooldown_s, "cooldown_s": cooldown_s}
+
+
+def cooldown(job: dict, checkpoint: Path, metrics: dict) -> float:
+    """The val loss after a linear decay to 0 over COOLDOWN of the characters trained so far, branched
+    from the checkpoint (resumed exactly: optimizer and schedule position), then thrown away."""
+    from charsearch.core.config import TrainConfig
+    from charsearch.core.train import train
+    iters = metrics["iteration"]
+    extra = max(1, round(COOLDOWN * iters))
+    per_epoch = metrics["iteration"] / metrics["epoch"]
+    cfg = TrainConfig.from_dict({**job["train"], "init_from": str(checkpoint), "lr_schedule": "wsd",
+                                 "decay_frac": extra / (iters + extra), "max_time": 0.0,
+                                 "max_epochs": (iters + extra) / per_epoch, "eval_every": iters + extra,
+                                 "checkpoint_dir": str(Path(job["work"]) / f"cool{iters}")})
+    return train(cfg, progress=False).history[-1]["val_loss"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="tinyshakespeare")
+    ap.add_argument("--time", type=float, default=600, help="seconds each configuration trains")
+    ap.add_argument("--configs", type=int, default=8)
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from charsearch.core.data import load_corpus
+    from charsearch.search.autosize import SEARCH_FRACTION, auto_sweep, default_sweep
+    sweep, plan = auto_sweep(default_sweep(args.data, args.time), args.time, cpus=args.parallel)
+    n = len(load_corpus(sweep.corpus).split(sweep.train_frac, sweep.val_frac)[0])
+    grace = sweep.grace_epochs * n
+    rungs = [grace * sweep.reduction_factor ** k for k in range(4)]
+    constant_chars = plan.calibration.rates[plan.shapes[0]] * args.time * SEARCH_FRACTION
+    points = draw(sweep.space, sweep.points_to_evaluate[0], args.configs, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = []
+        for i, point in enumerate(points):
+            train_cfg = sweep.trial_config(point).to_dict()
+            train_cfg.update(lr_schedule="wsd", decay_frac=1 - SEARCH_FRACTION, max_time=args.time, max_epochs=1e4,
+                             eval_every=max(1, round(sweep.report_every_epochs * n / (train_cfg["batch_size"] *
+                                                                                     train_cfg["seq_length"]))),
+                             patience=0)
+            jobs.append({"config": point, "train": train_cfg, "rungs": rungs, "work": f"{tmp}/{i}"})
+        with multiprocessing.get_context("spawn").Pool(args.parallel) as pool:
+            results = pool.map(run_one, jobs)
+    rows, correlations = [], []
+    finals = [r["final"] for r in results]
+    for rung in rungs:
+        have = [r for r in results if str(rung) in r["rungs"]]
+        if len(have) < 4:
+            continue
+        f = [r["final"] for r in have]
+        rows.append({"rung (epochs)": f"{rung / n:.3g}", "in the constant phase": "yes" if rung <= constant_chars
+                     else "no", "configurations": len(have),
+                     "Spearman, rung value": f"{spearman([r['rungs'][str(rung)]['rung'] for r in have], f):.2f}",
+                     "Spearman, after a 5% cooldown": f"{spearman([r['rungs'][str(rung)]['cooldown'] for r in have], f):.2f}"})
+    cost = sum(r["cooldown_s"] for r in results) / max(1e-9, sum(r["train_s"] for r in results))
+    save_json(PLOTS / "rungs_cpu.json", {"args": vars(args), "rungs": rungs, "results": results})
+    body = (f"{args.configs} configurations of the auto sweep's space for {args.data} at {args.time:.0f} s (the "
+            f"prior first, then seeded draws), each trained alone on one thread for {args.time:.0f} s as a "
+            f"winner is: constant rate, then linear decay over the last {1 - SEARCH_FRACTION:.0%}; {args.parallel} at "
+            f"a time. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The cooldowns cost "
+            f"{cost:.1%} of the training time.\n\n" + table(rows))
+    write_section("rungs-cpu", "Do rungs predict the end? (short-horizon bias, CPU)", body,
+                  f"python benchmarks/bench_rungs.py --data {args.data} --time {args.time:.0f} --configs {args.configs}")
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
