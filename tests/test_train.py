@@ -84,7 +84,7 @@ def test_a_wide_vocabulary_is_scored_in_chunks_its_scores_fit_and_the_loss_is_th
     cfg = TrainConfig(model="lstm", rnn_size=32, batch_size=4, seq_length=32)
     assert training_size(cfg, 200_000)[1] >= EVAL_BYTES
     torch.manual_seed(0)
-    model = CharRNN(300, "gru", 8, 1, cutoffs=[20, 100])
+    model = CharRNN(300, "gru", 32, 1, cutoffs=[20, 100])
     small = np.random.default_rng(1).integers(0, 300, 3000).astype(np.uint16)
     ev = Evaluator(small, torch.device("cpu"))
     a = ev(model)

@@ -1,6 +1,7 @@
 """The MLflow UI in a real browser: the page `charsearch ui` links to shows the latest sweep's trials."""
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from .conftest import cli_env, kill_session, store_uri, wait_until
+from .conftest import ROOT, cli_env, kill_session, store_uri, wait_until
 from .web import free_port, wait_http
 
 
@@ -52,6 +53,8 @@ def test_the_linked_runs_page_shows_the_trials_best_first_with_val_loss_and_para
             return texts if all(re.search(r"\d\.\d{4}", t) for t in texts) else None
         texts = wait_until(rows, 30, "every row's val loss drawn")
         page.screenshot(path=tmp_path / "runs.png")
+        if os.environ.get("CHARSEARCH_UPDATE_DOCS"):  # refresh the docs' picture on request only
+            shutil.copy(tmp_path / "runs.png", ROOT / "docs" / "mlflow-runs.png")
         (tmp_path / "runs.txt").write_text("\n".join(texts))
         assert page.locator(f"[role=row][row-index='{len(children)}']").count() == 0  # no other run listed
         # the outcome and the first searched parameter come right after the val loss, before MLflow's own
