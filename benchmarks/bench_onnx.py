@@ -8,12 +8,10 @@ documented loop, docs/examples/onnx_sample.py, against `charsearch sample`'s Sam
 from __future__ import annotations
 
 import importlib.util
-import json
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
@@ -21,7 +19,7 @@ from charsearch.core import artifact
 from charsearch.core.config import SampleOptions
 from charsearch.core.data import Vocab
 from charsearch.core.model import CharRNN
-from charsearch.core.onnx_step import export_onnx
+from charsearch.core.onnx_step import export_onnx, greatest_difference
 from charsearch.core.sample import Sampler, cpu_sampling
 
 from common import ROOT, corpus_text, table, write_section
@@ -32,22 +30,6 @@ RUNS = 3
 spec = importlib.util.spec_from_file_location("onnx_sample", ROOT / "docs" / "examples" / "onnx_sample.py")
 onnx_sample = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(onnx_sample)
-
-
-def agreement(mf, onnx_path: Path) -> float:
-    """The largest difference of a log-probability over 300 greedy steps, ONNX against the PyTorch model."""
-    session = ort.InferenceSession(str(onnx_path))
-    meta = session.get_modelmeta().custom_metadata_map
-    state = {n: np.zeros((layers, 1, h), np.float32) for n, layers, h in json.loads(meta["charsearch.states"])}
-    model, ids, torch_state, worst = mf.build(), 1, None, 0.0
-    for _ in range(300):
-        log_probs, *new = session.run(None, {"ids": np.array([ids]), **state})
-        state = dict(zip(state, new))
-        logits, torch_state = model(torch.tensor([[ids]]), torch_state)
-        expected = torch.log_softmax(logits[0, -1].float(), -1).detach().numpy()
-        worst = max(worst, float(np.abs(log_probs[0] - expected).max()))
-        ids = int(log_probs[0].argmax())
-    return worst
 
 
 def best_rate(fn) -> float:
@@ -78,7 +60,7 @@ def main() -> None:
                 torch_rate = best_rate(lambda n: sampler.generate(SampleOptions("\n", n, seed=1)))
             onnx_rate = best_rate(lambda n: onnx_sample.sample(str(onnx), "\n", n, seed=1))
             rows.append({"model": f"{cell} {layers}x{size}", "max log-prob difference (300 steps)":
-                         f"{agreement(mf, onnx):.1e}", "model.pt": f"{pt.stat().st_size / 1e6:.2f} MB",
+                         f"{greatest_difference(mf, onnx):.1e}", "model.pt": f"{pt.stat().st_size / 1e6:.2f} MB",
                          "model.onnx": f"{onnx.stat().st_size / 1e6:.2f} MB",
                          "charsearch sample (chars/s)": f"{torch_rate:,.0f}",
                          "onnxruntime loop (chars/s)": f"{onnx_rate:,.0f}", "ratio": f"{onnx_rate / torch_rate:.2f}"})

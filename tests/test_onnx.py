@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from charsearch.cli import main
 from charsearch.core import artifact
 from charsearch.core.data import Vocab
 from charsearch.core.model import CharRNN
+from charsearch.core.onnx_step import greatest_difference
 
 from .conftest import ROOT, make_text
 
@@ -49,19 +49,9 @@ def test_the_onnx_step_gives_the_models_log_probabilities_over_hundreds_of_steps
     path = make(tmp_path / "model.pt")
     assert main(["export", str(path), "--out", str(tmp_path / "model.onnx")]) == 0
     assert "one generation step as ONNX" in capsys.readouterr().out
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
-    meta = session.get_modelmeta().custom_metadata_map
+    meta = ort.InferenceSession(str(tmp_path / "model.onnx")).get_modelmeta().custom_metadata_map
     assert json.loads(meta["charsearch.vocab"]) == list(VOCAB.chars)
-    state = {n: np.zeros((layers, 1, h), np.float32) for n, layers, h in json.loads(meta["charsearch.states"])}
-    model = artifact.load(path).build()
-    ids, torch_state, worst = 3, None, 0.0
-    for _ in range(300):
-        log_probs, *new = session.run(None, {"ids": np.array([ids]), **state})
-        state = dict(zip(state, new))
-        logits, torch_state = model(torch.tensor([[ids]]), torch_state)
-        expected = torch.log_softmax(logits[0, -1].float(), -1).detach().numpy()
-        worst = max(worst, float(np.abs(log_probs[0] - expected).max()))
-        ids = int(log_probs[0].argmax())
+    worst = greatest_difference(artifact.load(path), tmp_path / "model.onnx", steps=300, first=3)
     assert worst <= 1e-5
 
 

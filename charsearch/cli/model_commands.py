@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
@@ -110,6 +111,10 @@ def cmd_export(args) -> None:
         meta = export_onnx(mf, args.out)
         print(f"{args.out}: {meta['charsearch.model']}, one generation step as ONNX (opset {meta['opset']}); state "
               f"inputs {', '.join(name for name, _, _ in json.loads(meta['charsearch.states']))}")
+        if importlib.util.find_spec("onnxruntime"):
+            from charsearch.core.onnx_step import greatest_difference
+            print(f"checked with onnxruntime: its log-probabilities are the model's to "
+                  f"{greatest_difference(mf, args.out, steps=100):.1e} over 100 steps")
         return
     mf = artifact.export(args.checkpoint, args.out)
     val = mf.summary.get("val_loss")

@@ -98,3 +98,23 @@ def export_onnx(mf, out: str | Path) -> dict:
     data = proto.SerializeToString()
     atomic_write(out, lambda f: f.write(data))
     return meta
+
+
+def greatest_difference(mf, onnx_path: str | Path, steps: int = 300, first: int = 1) -> float:
+    """The largest difference between a log-probability of the ONNX graph (run by onnxruntime) and of the
+    model file's PyTorch model, over `steps` greedy steps from character id `first`: the export's check."""
+    import numpy as np
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(onnx_path))
+    meta = session.get_modelmeta().custom_metadata_map
+    state = {n: np.zeros((layers, 1, h), np.float32) for n, layers, h in json.loads(meta["charsearch.states"])}
+    model, ids, torch_state, worst = mf.build("cpu"), first, None, 0.0
+    with torch.no_grad():
+        for _ in range(steps):
+            log_probs, *new = session.run(None, {"ids": np.array([ids]), **state})
+            state = dict(zip(state, new))
+            logits, torch_state = model(torch.tensor([[ids]]), torch_state)
+            expected = torch.log_softmax(logits[0, -1].float(), -1).numpy()
+            worst = max(worst, float(np.abs(log_probs[0] - expected).max()))
+            ids = int(log_probs[0].argmax())
+    return worst
