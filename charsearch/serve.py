@@ -363,8 +363,9 @@ $("form").addEventListener("submit", async (event) => {
 
 def page() -> str:
     """The page, with an input for every request field but the prime text (config.SampleOptions)."""
-    inputs = "\n  ".join(f'<label>{name} <input id="{name}" inputmode="{"decimal" if f.type == "float" else "numeric"}">'
-                          f'</label>' for name, f in REQUEST_FIELDS.items() if name != "prime_text")
+    modes = {"float": "decimal", "int": "numeric"}
+    inputs = "\n  ".join(f'<label>{name} <input id="{name}" inputmode="{modes[f.type]}"></label>'
+                          for name, f in REQUEST_FIELDS.items() if name != "prime_text")
     return PAGE_TEMPLATE.replace("%(inputs)s", inputs)
 
 

@@ -2,7 +2,7 @@
 
 Layout (a dict):
     format: "charsearch-model", version: 1,
-    config: the architecture (vocab_size, model, rnn_size, num_layers, embed_size, dropout),
+    config: the architecture (vocab_size, model, rnn_size, num_layers, embed_size, dropout, cutoffs, tie),
     vocab: list of characters (index = id), unk: id of the unknown symbol or None,
     state_dict: float32 CPU tensors,
     summary: val_loss, data hash, trial id, where/when trained, ... (str / int / float / None)

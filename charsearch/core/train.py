@@ -108,7 +108,8 @@ class Evaluator:
         chunk x the widest scores a position needs, model.score_width, with their softmax and a temporary:
         12 bytes each) would pass EVAL_BYTES, as with hundreds of thousands of distinct characters."""
         members = members_of(model)
-        width = sum(score_width(m.config) for m in members) + (members[0].config["vocab_size"] if len(members) > 1 else 0)
+        mixed = members[0].config["vocab_size"] if len(members) > 1 else 0  # the mixture's own scores
+        width = sum(score_width(m.config) for m in members) + mixed
         return max(1, min(VAL_CHUNK, EVAL_BYTES // (12 * self.x.shape[0] * width)))
 
     def _chunks(self, model: CharRNN):

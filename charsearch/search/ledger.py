@@ -5,8 +5,9 @@ the search deadline, the finish); it is never pickled with Tune's experiment sta
 
 The `Ledger` decides every trial's outcome, in one place: the live line, the final summary, the parent
 run's tags and (through those tags) `charsearch best` and `charsearch report` all read its counts, so
-they cannot disagree; the outcomes themselves, and their words, are tracking.layout's one table. A trial counts as started once it has reported (evaluated) at least once, or
-failed; a trial Tune created that never reported is "never started", whatever Tune's status says.
+they cannot disagree; the outcomes themselves, and their words, are tracking.layout's one table. A trial
+counts as started once it has reported (evaluated) at least once, or failed; a trial Tune created that
+never reported is "never started", whatever Tune's status says.
 """
 
 from __future__ import annotations

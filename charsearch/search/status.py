@@ -42,8 +42,8 @@ class StatusLine(tune.Callback):
         ledger = self.state.ledger
         c = ledger.counts(trials)
         parts = [clock_text(time.time() - self.state.started, self.state.budget_s),
-                 f"trials: {c['running']} running, " + (f"{c['starting']} starting, " if c["starting"] else "") + ", ".join(
-                     f"{c[o.name]} {o.words}" for o in OUTCOMES.values() if c[o.name] or o.always_shown)]
+                 f"trials: {c['running']} running, " + (f"{c['starting']} starting, " if c["starting"] else "")
+                 + ", ".join(f"{c[o.name]} {o.words}" for o in OUTCOMES.values() if c[o.name] or o.always_shown)]
         if held := backlog():  # the tracking store is away: trials go on, their writes wait
             parts.append(held)
         if ledger.best:

@@ -58,7 +58,7 @@ class SweepConfig:
     seed: int = 0
     startup_trials: int | None = None  # TPE: trials drawn at random before it models the results (None: Optuna's 10)
     points_to_evaluate: list = field(default_factory=list)  # the first trials' parameters, then the sampler's
-    warm_start: bool | None = None  # start from the last finished sweep like it (sweep/warm.py); None: auto sweeps do
+    warm_start: bool | None = None  # start from the last finished sweep like it (search/warm.py); None: auto sweeps do
     num_samples: int = 8
     max_concurrent: int = 0  # 0 (key absent): as many as the resources allow
     scheduler: str = "asha"

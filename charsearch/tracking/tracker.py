@@ -190,7 +190,7 @@ class Tracker:
                     self.client.set_tag(self.runs[trial_id], "error", error[-4000:])
             self._submit(f"trial {trial_id}'s error", tag_error)
         if model_file is not None and model_file.is_file():
-            # logged under the fixed name selection.py looks for
+            # logged under the fixed name selection looks for (layout.MODEL_ARTIFACT)
             staged = Path(tempfile.mkdtemp(prefix="charsearch-model-")) / Path(MODEL_ARTIFACT).name
             shutil.copyfile(model_file, staged)
 
