@@ -227,3 +227,19 @@ def test_a_misspelt_corpus_name_gets_the_closest_one(tmp_path):
         resolve_path("tinyshakespear", tmp_path / "data")
     with pytest.raises(UsageError, match="did you mean 'tinyshakespeare'"):  # the built-in name, not fetched yet
         resolve_path("tinyshakespere", tmp_path / "nothing")
+
+
+def test_a_loss_near_the_unigram_baseline_is_said_in_one_line(tmp_path, capsys):
+    from charsearch.cli import main
+    from charsearch.core.data import unigram_baseline, unigram_note
+
+    from .conftest import make_text
+    path = write(tmp_path, "u.txt", make_text(20_000))
+    corpus = load_corpus(path)
+    baseline = unigram_baseline(corpus, 0.9, 0.1).cross_entropy
+    assert "near the unigram baseline" in unigram_note(baseline, corpus, 0.9, 0.1)
+    assert unigram_note(0.5 * baseline, corpus, 0.9, 0.1) == ""
+    # a run far too short to learn anything says so after its summary
+    assert main(["train", "--data", str(path), "--rnn-size", "16", "--num-layers", "1", "--max-epochs", "0.02",
+                 "--batch-size", "8", "--seq-length", "16", "--checkpoint-dir", str(tmp_path / "cv"), "--quiet"]) == 0
+    assert "near the unigram baseline" in capsys.readouterr().err

@@ -87,6 +87,10 @@ def cmd_train(args) -> None:
     result = train(cfg, progress=not args.quiet)
     print(f"best val loss {loss_text(result.best_val_loss)} after {result.epochs:.2f} epochs ({result.stop_reason}); "
           f"{result.chars_per_sec:,.0f} chars/s")
+    from charsearch.core.data import unigram_note
+    note = unigram_note(result.best_val_loss, load_corpus(cfg.data, cfg.min_freq), cfg.train_frac, cfg.val_frac)
+    if note:
+        print(note, file=sys.stderr)
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"export it with:  charsearch export {result.best_checkpoint} --out model.pt")
 

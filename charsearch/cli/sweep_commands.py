@@ -111,6 +111,11 @@ def report_outcome(sweep, outcome, args) -> int:
     if outcome.best_val_loss is not None:
         print(f"best val loss {loss_text(outcome.best_val_loss)}, trial {outcome.best_trial}: "
               f"{json.dumps(outcome.best_config)}")
+        from charsearch.core.data import load_corpus, unigram_note
+        note = unigram_note(outcome.best_val_loss, load_corpus(sweep.corpus, sweep.min_freq), sweep.train_frac,
+                            sweep.val_frac)
+        if note:
+            print(note, file=sys.stderr)
     print(f"MLflow: experiment {sweep.name!r}, parent run {outcome.parent_run_id}; Ray results: {outcome.experiment_dir}")
     again = f"charsearch sweep {args.file}" if args.file else f"charsearch sweep --data {args.data} --time {args.time}"
     if outcome.interrupted:

@@ -339,6 +339,20 @@ def unigram_baseline(corpus: Corpus, train_frac: float, val_frac: float) -> Base
     return Baseline(float(-(in_val * log_p).sum() / max(1, len(val))), int(in_val[in_train == 0].sum()))
 
 
+NEAR_UNIGRAM = 0.95  # a val loss above this share of the unigram baseline has learned little beyond frequencies
+
+
+def unigram_note(loss: float, corpus: Corpus, train_frac: float, val_frac: float) -> str:
+    """One line when a model's val loss is near the unigram baseline (it learned little more than which
+    characters are frequent), else ''."""
+    baseline = unigram_baseline(corpus, train_frac, val_frac).cross_entropy
+    if loss < NEAR_UNIGRAM * baseline:
+        return ""
+    return (f"note: val loss {loss:.4f} is near the unigram baseline {baseline:.4f} (the train split's character "
+            f"frequencies alone): the model learned little more; give it more time, or run where the machine is "
+            f"not busy with other work")
+
+
 # characters: lzma's ratio settles by then (tiny-shakespeare: 1.97 nats/char at its start, 2.03 spread, 1.82 on all)
 INFO_SAMPLE = 200_000
 INFO_PIECES = 8  # a larger train split is sampled in this many pieces spread over it
