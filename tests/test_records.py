@@ -74,3 +74,18 @@ def test_a_damaged_or_tampered_record_is_refused_before_anything_is_opened(finis
 
 def test_an_untouched_record_of_a_finished_sweep_still_says_so(finished_copy, capsys):
     one_line_error(capsys, "sweep", "sweeps/smoke.yaml", "--resume", match="finished: nothing to resume")
+
+
+def test_a_truncated_experiment_state_is_set_aside_for_the_last_complete_one(tmp_path):
+    """Ray writes experiment_state-<time>.json without a rename: the newest may be cut short by a kill."""
+    from charsearch.search.storage import Storage
+    from charsearch.search.sweepfile import SweepConfig
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')
+    (folder / "experiment_state-2026-01-02_00-00-00.json").write_text('{"trial_data": [[')
+    storage = Storage(SweepConfig(path="", name="s", corpus="", storage=str(tmp_path)))
+    assert storage.set_aside_damaged_states(str(folder)) == ["experiment_state-2026-01-02_00-00-00.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["experiment_state-2026-01-01_00-00-00.json",
+                                                        "experiment_state-2026-01-02_00-00-00.json.damaged"]
+    assert storage.set_aside_damaged_states(str(folder)) == []  # the complete one stays

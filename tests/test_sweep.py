@@ -109,8 +109,13 @@ def test_resume_after_the_driver_is_killed(project):
     saved["counter"] += 1
     saved["name:ConcurrencyLimiter"]["live_trials"].add("lost0001")
     newest.write_bytes(cloudpickle.dumps(saved))
+    # and as a driver killed while Ray wrote its experiment state (a plain write): a newer state, truncated
+    (state,) = sorted((project / "ray_results" / "resume").glob("*/experiment_state-*.json"))[-1:]
+    truncated = state.with_name("experiment_state-9999-12-31_23-59-59.json")
+    truncated.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     r = charsearch("sweep", path, "--resume", cwd=project)
     assert r.returncode == 0, r.stderr
+    assert f"note: {truncated.name} was truncated" in r.stderr and truncated.with_suffix(".json.damaged").exists()
     assert "0 failed" in r.stdout.splitlines()[0] and "Could not recover" not in r.stderr
     parents, children = runs(uri, "resume")
     assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"  # the same parent run, reopened

@@ -65,6 +65,8 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     corpus = checked_corpus(sweep)
     storage = Storage(sweep)
     previous = resume_point(sweep, storage, tracking_uri, corpus.sha256) if resume else None
+    for note in previous.notes if previous else []:
+        print(note, file=out)
     uri = previous.tracking_uri if previous else resolve_uri(tracking_uri, sweep.tracking_uri)
     storage.check_writable()
     warm = None if previous else warm_start(sweep, uri, corpus, out)

@@ -30,6 +30,7 @@ class ResumePoint:
     exp_dir: str  # the Ray experiment folder
     record: dict  # its charsearch.json
     tracking_uri: str
+    notes: list  # what was mended before Tune reads the folder, a line each
 
 
 def recorded_sweep(sweep: SweepConfig) -> SweepConfig | None:
@@ -62,7 +63,14 @@ def resume_point(sweep: SweepConfig, storage: Storage, uri_flag: str | None, cor
         raise UsageError(f"{where}: changed since the sweep started ({'; '.join(changed[:4])}"
                          f"{' ...' if len(changed) > 4 else ''}): --resume continues the sweep as it started; undo "
                          f"the change, or run without --resume to start a new sweep")
-    return ResumePoint(dirs[-1], record, uri)
+    damaged = storage.set_aside_damaged_states(dirs[-1])
+    if damaged and not tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs):
+        raise UsageError(f"{where}: Ray's experiment state in {storage.show(dirs[-1])} is damaged ({damaged[0]}, "
+                         f"set aside as .damaged) and no earlier one is kept: run without --resume to start a new "
+                         f"sweep (MLflow keeps what the trials logged)")
+    notes = [f"note: {name} was truncated (a kill while Ray wrote it): set aside; resuming from the state saved "
+             f"before it" for name in damaged]
+    return ResumePoint(dirs[-1], record, uri, notes)
 
 
 def recorded_uri(record: dict, uri_flag: str | None, where: str) -> str:

@@ -97,6 +97,24 @@ class Storage:
                              f"their MLflow runs: restore it, or run the sweep without --resume to start a new one")
         return record
 
+    def set_aside_damaged_states(self, exp_dir: str) -> list[str]:
+        """Tune restores from the newest experiment state file (experiment_state-<time>.json), written without
+        a rename: a driver killed mid-write leaves it truncated. Newest first, each that is not JSON is
+        renamed to <name>.damaged, so Tune takes the newest complete one. Returns the names set aside."""
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(exp_dir))
+        states = sorted((i.path for i in infos if i.base_name.startswith("experiment_state-")
+                         and i.base_name.endswith(".json")), reverse=True)
+        damaged = []
+        for path in states:
+            try:
+                with self.fs.open_input_stream(path) as f:
+                    json.loads(f.read().decode("utf-8"))
+                break
+            except (ValueError, RecursionError, OSError, pyarrow.ArrowException):
+                self.fs.move(path, f"{path}.damaged")
+                damaged.append(path.rsplit("/", 1)[-1])
+        return damaged
+
     def write_record(self, exp_dir: str, record: dict) -> None:
         self.fs.create_dir(exp_dir)
         with self.fs.open_output_stream(f"{exp_dir}/{RECORD_FILE}") as f:
