@@ -78,3 +78,12 @@ def test_a_search_algorithm_forgets_the_trials_the_saved_state_lacks():
     ray_compat.forget_unsaved_trials(search_alg, {"saved"})
     assert search_alg.get_state()["counter"] == 1 and limiter.live_trials == {"saved"}
     assert limiter.suggest("third") is not None  # the lost trial's slot is free again
+
+
+def test_searcher_knows_reads_optuna_searchs_trials():
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+    searcher = OptunaSearch(sampler=optuna.samplers.RandomSampler(seed=0), metric="score", mode="min")
+    searcher.set_search_properties("score", "min", {"x": tune.uniform(0, 1)})
+    searcher.suggest("a")
+    assert ray_compat.searcher_knows(searcher, "a") and not ray_compat.searcher_knows(searcher, "b")

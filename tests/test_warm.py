@@ -152,3 +152,18 @@ def test_no_warm_start_on_the_command_line_turns_it_off_but_leaves_a_resumed_swe
     assert sweep_to_run(parse(["sweep", str(path)]))[0].warm_start is True
     assert sweep_to_run(parse(["sweep", str(path), "--no-warm-start"]))[0].warm_start is False
     assert sweep_to_run(parse(["sweep", str(path), "--no-warm-start", "--resume"]))[0].warm_start is True
+
+
+def test_a_trial_the_restored_study_lacks_is_told_to_it_not_looked_up(workdir, sweep):
+    """Tune's saved trials newer than the searcher's saved study (separate checkpoint cadences): completing
+    one the study never suggested adds it as a finished point instead of raising KeyError."""
+    searcher = make_searcher(sweep, SweepState(started=time.time()))
+    assert searcher.set_search_properties("best_val_loss", "min", search_space(sweep))
+    known = searcher.suggest("t-known")
+    searcher.on_trial_complete("t-known", result={"best_val_loss": 2.0, "config": known})
+    point = {"shape": "gru 1x32", "learning_rate": 0.004, "use_ss": True}
+    searcher.on_trial_result("t-lost", {"best_val_loss": 1.5, "config": point})
+    searcher.on_trial_complete("t-lost", result={"best_val_loss": 1.5, "config": point})
+    study = searcher.searcher._ot_study
+    values = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert values == [1.5, 2.0]

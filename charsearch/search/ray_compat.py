@@ -63,6 +63,13 @@ def replace_callbacks_and_searcher(tuner, callbacks: list, searcher, time_budget
     internal._tune_config.time_budget_s = time_budget_s
 
 
+def searcher_knows(searcher, trial_id: str) -> bool:
+    """Whether OptunaSearch holds a trial of this id (its results may be told to it): Tune checkpoints the
+    searcher and the trials on separate cadences, so a restored Tune can hold trials a restored searcher
+    never suggested, and OptunaSearch.on_trial_* index them unguarded."""
+    return trial_id in searcher._ot_trials
+
+
 def forget_unsaved_trials(search_alg, saved: set[str]) -> None:
     """Make a SearchGenerator count as created the `saved` trials only (its counter ends the search at
     num_samples), and its concurrency limit hold slots for those of them still live only."""

@@ -11,6 +11,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from charsearch.search import ray_compat
 from charsearch.search.ledger import METRIC, SweepState
 from charsearch.search.sweepfile import SearchParam, SweepConfig
 from charsearch.search.warm import WarmStart
@@ -100,11 +101,17 @@ class Deadline(Searcher):
         started = self.suggested.pop(trial_id, None)
         if started is not None:
             self.first_report_s = max(self.first_report_s, time.time() - started)
-        self.searcher.on_trial_result(trial_id, result)
+        if ray_compat.searcher_knows(self.searcher, trial_id):
+            self.searcher.on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        """Tune's saved trials win over the searcher's saved state (see resume.py): a trial Tune holds and the
+        restored study lacks is told to the study as a finished point, never looked up."""
         self.suggested.pop(trial_id, None)
-        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        if ray_compat.searcher_knows(self.searcher, trial_id):
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        elif result and not error and isinstance(result.get(METRIC), float) and isinstance(result.get("config"), dict):
+            self.searcher.add_evaluated_point(result["config"], result[METRIC])
 
     def save(self, checkpoint_path: str) -> None:
         self.searcher.save(checkpoint_path)
