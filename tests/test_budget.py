@@ -186,3 +186,13 @@ def test_a_trial_ended_between_its_report_and_tune_registering_the_checkpoint_ke
     # a result without a checkpoint, or one whose folder is gone: the registered one
     assert reported_checkpoint({"checkpoint_dir_name": None}, fs, str(tmp_path), registered) is registered
     assert reported_checkpoint({"checkpoint_dir_name": "checkpoint_000009"}, fs, str(tmp_path), registered) is registered
+
+
+def test_a_machine_that_gives_trials_far_less_than_calibration_measured_is_said_once():
+    from charsearch.search.ledger import SweepState
+    state = SweepState(time.time(), 180, expected_rates={"gru 2x128": 26_026})
+    assert state.slow_note("gru 2x128", 20_000) == ""  # within what a shared machine varies
+    note = state.slow_note("gru 2x128", 3_136)
+    assert note.startswith("note: a gru 2x128 trial trains at 3,136 chars/s, 12% of the 26,026 calibration measured")
+    assert state.slow_note("gru 2x128", 1_000) == ""  # once
+    assert SweepState(time.time()).slow_note("gru 2x128", 1) == ""  # a sweep file's sweep: nothing to compare

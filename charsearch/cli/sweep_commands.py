@@ -55,7 +55,8 @@ def cmd_sweep(args) -> int:
     from charsearch.search import run
     files = {"calibration.json": json.dumps(plan.calibration.to_dict(), indent=1)} if plan else {}
     outcome = run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
-                  dashboard=args.dashboard, started=started, plan_text=plan_text, files=files)
+                  dashboard=args.dashboard, started=started, plan_text=plan_text, files=files,
+                  expected_rates=plan.calibration.rates if plan else None)
     return report_outcome(sweep, outcome, args)
 
 

@@ -58,10 +58,12 @@ class SweepOutcome:
 
 def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tracking_uri: str | None = None,
         dashboard: bool = False, out=sys.stderr, started: float | None = None, plan_text: str = "",
-        files: dict | None = None) -> SweepOutcome:
+        files: dict | None = None, expected_rates: dict | None = None) -> SweepOutcome:
     """Run (or resume) a sweep. `started` (time.time()) is when the user's command began: the budget
-    counts from there, calibration included. `files` (name -> text) go to the parent run as artifacts."""
-    state = SweepState(started or time.time(), sweep.sweep_time)
+    counts from there, calibration included. `files` (name -> text) go to the parent run as artifacts;
+    `expected_rates` (shape -> chars/s, an auto sweep's calibration) let the sweep say when the machine
+    gives its trials far less."""
+    state = SweepState(started or time.time(), sweep.sweep_time, expected_rates=dict(expected_rates or {}))
     corpus = checked_corpus(sweep)
     storage = Storage(sweep)
     previous = resume_point(sweep, storage, tracking_uri, corpus.sha256) if resume else None
@@ -154,7 +156,7 @@ def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: st
                state: SweepState, resources, previous: ResumePoint | None, warm: WarmStart | None) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus), resources)
     searcher = search_algorithm(make_searcher(sweep, state, warm), sweep.max_concurrent)
-    callbacks = [ResumeFromExisting(searcher), MLflowCallback(sweep, tracker, state), StatusLine(state)]
+    callbacks = [ResumeFromExisting(searcher), MLflowCallback(sweep, tracker, state), StatusLine(state, sweep)]
     search_s = state.ends_at - time.time() if math.isfinite(state.ends_at) else None
     if previous is not None:
         # Tune brings back the search space, the scheduler and the searcher's study from the saved experiment

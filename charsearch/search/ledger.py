@@ -80,6 +80,9 @@ class Ledger:
         return c
 
 
+SLOW = 0.5  # a trial training at less than this share of the rate calibration measured: the machine is busy
+
+
 @dataclass
 class SweepState:
     started: float  # time.time() at which the user's command started: the budget counts from there
@@ -87,6 +90,22 @@ class SweepState:
     ends_at: float = math.inf  # time.time() at which the search ends: no new trial after it
     closed: bool = False  # the deadline has refused a trial for lack of time
     ledger: Ledger = field(default_factory=Ledger)
+    expected_rates: dict = field(default_factory=dict)  # shape -> chars/s an auto sweep's calibration measured
+    slow_said: bool = False
 
     def budget_over(self, now: float, slack_s: float = 2.0) -> bool:
         return now >= self.ends_at - slack_s
+
+    def slow_note(self, shape: str, chars_per_sec) -> str:
+        """Once per sweep, a line when a trial trains at under SLOW of what calibration measured for its shape:
+        the machine gives the sweep less than it did then (other work on it), so trials report later and
+        reach less than the plan assumed; '' otherwise."""
+        expected = self.expected_rates.get(shape)
+        if self.slow_said or not expected or not isinstance(chars_per_sec, (int, float)) \
+                or chars_per_sec >= SLOW * expected:
+            return ""
+        self.slow_said = True
+        return (f"note: a {shape} trial trains at {chars_per_sec:,.0f} chars/s, {chars_per_sec / expected:.0%} of the "
+                f"{expected:,.0f} calibration measured: the machine is busy with other work, so the plan's trials "
+                f"reach less than it assumed; no trial starts that cannot report before the search ends, and a "
+                f"model near the unigram baseline is said at the end")

@@ -10,6 +10,7 @@ import time
 
 from ray import tune
 
+from charsearch.core.config import label_of
 from charsearch.core.units import fmt
 from charsearch.search.ledger import SweepState
 from charsearch.tracking.layout import OUTCOMES
@@ -17,12 +18,21 @@ from charsearch.tracking.writer import backlog
 
 
 class StatusLine(tune.Callback):
-    def __init__(self, state: SweepState):
-        self.state = state
+    def __init__(self, state: SweepState, sweep=None):
+        self.state, self.sweep = state, sweep
         self.stream, self.last_print = sys.stderr, 0.0
 
     def __getstate__(self):  # pickled with Tune's experiment state: the live parts stay behind
-        return {"state": None, "stream": None, "last_print": 0.0}
+        return {"state": None, "sweep": None, "stream": None, "last_print": 0.0}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        """A trial much slower than calibration measured is said once, on a line of its own."""
+        if self.state.expected_rates and self.sweep is not None:
+            note = self.state.slow_note(label_of(self.sweep.trial_config(trial.config)), result.get("chars_per_sec"))
+            if note:
+                write_line(self.stream, note)
+                if self.stream.isatty():
+                    self.stream.write("\n")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.print(trials, force=True)
