@@ -33,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PLOTS, save_json, table, write_section  # noqa: E402
 
+from charsearch.search.autosize import SEARCH_FRACTION  # noqa: E402
+
 COOLDOWN = 0.05  # of the characters trained at the rung
 
 
@@ -109,22 +111,13 @@ def cooldown(job: dict, checkpoint: Path, metrics: dict) -> float:
     return train(cfg, progress=False).history[-1]["val_loss"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="tinyshakespeare")
-    ap.add_argument("--time", type=float, default=600, help="seconds each configuration trains")
-    ap.add_argument("--configs", type=int, default=8)
-    ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-
+def measure(args) -> tuple[list, list, int]:
     from charsearch.core.data import load_corpus
-    from charsearch.search.autosize import SEARCH_FRACTION, auto_sweep, default_sweep
-    sweep, plan = auto_sweep(default_sweep(args.data, args.time), args.time, cpus=args.parallel)
+    from charsearch.search.autosize import auto_sweep, default_sweep
+    sweep, _ = auto_sweep(default_sweep(args.data, args.time), args.time, cpus=args.parallel)
     n = len(load_corpus(sweep.corpus).split(sweep.train_frac, sweep.val_frac)[0])
     grace = sweep.grace_epochs * n
     rungs = [grace * sweep.reduction_factor ** k for k in range(4)]
-    constant_chars = plan.calibration.rates[plan.shapes[0]] * args.time * SEARCH_FRACTION
     points = draw(sweep.space, sweep.points_to_evaluate[0], args.configs, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         jobs = []
@@ -137,23 +130,47 @@ def main() -> None:
             jobs.append({"config": point, "train": train_cfg, "rungs": rungs, "work": f"{tmp}/{i}"})
         with multiprocessing.get_context("spawn").Pool(args.parallel) as pool:
             results = pool.map(run_one, jobs)
-    rows, correlations = [], []
+    return rungs, results, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="tinyshakespeare")
+    ap.add_argument("--time", type=float, default=600, help="seconds each configuration trains")
+    ap.add_argument("--configs", type=int, default=8)
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--from-json", action="store_true", help="write the section from benchmarks/plots/rungs_cpu.json")
+    args = ap.parse_args()
+
+    if args.from_json:  # the section again from a saved run, without training
+        saved = json.loads((PLOTS / "rungs_cpu.json").read_text())
+        args = argparse.Namespace(**{**vars(args), **saved["args"], "from_json": True})
+        rungs, results, n = saved["rungs"], saved["results"], saved["train_chars"]
+    else:
+        rungs, results, n = measure(args)
+        save_json("rungs_cpu", {"args": vars(args), "rungs": rungs, "results": results, "train_chars": n})
+    rows = []
     finals = [r["final"] for r in results]
     for rung in rungs:
         have = [r for r in results if str(rung) in r["rungs"]]
         if len(have) < 4:
             continue
         f = [r["final"] for r in have]
-        rows.append({"rung (epochs)": f"{rung / n:.3g}", "in the constant phase": "yes" if rung <= constant_chars
-                     else "no", "configurations": len(have),
+        rows.append({"rung (epochs)": f"{rung / n:.3g}", "configurations": len(have),
                      "Spearman, rung value": f"{spearman([r['rungs'][str(rung)]['rung'] for r in have], f):.2f}",
                      "Spearman, after a 5% cooldown": f"{spearman([r['rungs'][str(rung)]['cooldown'] for r in have], f):.2f}"})
     cost = sum(r["cooldown_s"] for r in results) / max(1e-9, sum(r["train_s"] for r in results))
-    save_json(PLOTS / "rungs_cpu.json", {"args": vars(args), "rungs": rungs, "results": results})
+    best = min(results, key=lambda r: r["final"])
+    described = lambda c: ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items())  # noqa
+    lowest = ("it was the lowest" if best is results[0] else
+              f"the lowest was a draw, {described(best['config'])}: {best['final']:.3f}, "
+              f"{results[0]['final'] - best['final']:.3f} below the prior")
     body = (f"{args.configs} configurations of the auto sweep's space for {args.data} at {args.time:.0f} s (the "
             f"prior first, then seeded draws), each trained alone on one thread for {args.time:.0f} s as a "
             f"winner is: constant rate, then linear decay over the last {1 - SEARCH_FRACTION:.0%}; {args.parallel} at "
-            f"a time. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The cooldowns cost "
+            f"a time, one seed each. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The prior "
+            f"({described(results[0]['config'])}) ended {results[0]['final']:.3f}; {lowest}. The cooldowns cost "
             f"{cost:.1%} of the training time.\n\n" + table(rows))
     write_section("rungs-cpu", "Do rungs predict the end? (short-horizon bias, CPU)", body,
                   f"python benchmarks/bench_rungs.py --data {args.data} --time {args.time:.0f} --configs {args.configs}")

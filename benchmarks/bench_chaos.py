@@ -1,0 +1,218 @@
+"""How many faults does a sweep survive? N seeded cycles of a small sweep (6 tiny trials, 2 at a time, local
+Ray, SQLite store), each with one fault at a random moment, then `charsearch sweep FILE --resume` until the
+sweep finishes:
+
+    driver SIGKILL   the sweep's process killed, at a moment drawn over its whole run (start-up, trials
+                     reporting, the end), with Ray's and the trials' processes
+    driver SIGTERM   stopped as a scheduler stops a job (handled as Ctrl-C)
+    worker SIGKILL   one trial's Ray worker process killed; the sweep goes on (ray.max_failures retries it
+                     from its last checkpoint)
+
+Then it checks what a user relies on: the sweep finished (one parent run, FINISHED), no trial lost (every
+one of num_samples trials has a best_val_loss), none duplicated (trial ids unique in MLflow, and in the
+Optuna study `charsearch report` rebuilds), no run left RUNNING, and `best --export` wrote the trial with
+the lowest recorded val loss.
+
+    python benchmarks/bench_chaos.py [--cycles 20] [--seed 0]
+
+Writes the `chaos-cpu` section of BENCHMARKS.md and benchmarks/plots/chaos_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PLOTS, ROOT, SHAKESPEARE, save_json, table, write_section  # noqa: E402
+
+KINDS = ("driver SIGKILL", "driver SIGTERM", "worker SIGKILL")
+SAMPLES = 6
+MAX_RESUMES = 5
+
+
+def env() -> dict:
+    e = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    e.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    return e
+
+
+def project(folder: Path) -> Path:
+    (folder / "data" / "small").mkdir(parents=True)
+    (folder / "data" / "small" / "input.txt").write_text(SHAKESPEARE.read_text()[:200_000])
+    sweep = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    sweep.update(name="chaos", data={"corpus": "small"})
+    sweep["search"].update(num_samples=SAMPLES, max_concurrent=2)
+    sweep["scheduler"] = {"type": "none", "report_every_epochs": 0.05}
+    sweep["budget"] = {"sweep_time": 0, "trial_max_epochs": 0.3, "trial_max_time": 0}
+    sweep["ray"] = {"storage": "ray_results", "max_failures": 2}
+    path = folder / "chaos.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def session_pids(sid: int) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == sid:
+                    pids.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def trial_workers(sid: int) -> list[int]:
+    """Ray worker processes of the session that are running a trial (Ray names them by their actor)."""
+    out = []
+    for pid in session_pids(sid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("ray::ImplicitFunc") or cmd.startswith("ray::_Inner") or "run_trial" in cmd:
+            out.append(pid)
+    return out
+
+
+def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log) -> tuple[int, str]:
+    """Run (or resume) the sweep; inject `kind` `at` seconds in. Returns (exit code, phase the fault hit)."""
+    args = [sys.executable, "-m", "charsearch", "sweep", str(path)] + (["--resume"] if kind is None and
+                                                                     (folder / "ray_results").exists() else [])
+    p = subprocess.Popen(args, cwd=folder, env=env(), stdout=log, stderr=log, start_new_session=True)
+    phase = "-"
+    try:
+        if kind is not None:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < at and p.poll() is None:
+                time.sleep(0.2)
+            if p.poll() is None:
+                phase = phase_of(folder)
+                if kind == "driver SIGKILL":
+                    kill_session(p.pid)
+                elif kind == "driver SIGTERM":
+                    p.send_signal(signal.SIGTERM)
+                else:
+                    workers = trial_workers(p.pid)
+                    if workers:
+                        os.kill(random.choice(workers), signal.SIGKILL)
+                    else:
+                        phase = "no trial running"
+            else:
+                phase = "after the end"
+        code = p.wait(timeout=900)
+    finally:
+        kill_session(p.pid)
+    return code, phase
+
+
+def log_text(folder: Path) -> str:
+    return (folder / "log.txt").read_text(errors="replace")
+
+
+def phase_of(folder: Path) -> str:
+    """Where the sweep is, read from what it has written: no record yet (start-up), trials, or the end."""
+    records = list(folder.glob("ray_results/chaos/*/charsearch.json"))
+    if not records:
+        return "start-up"
+    import json
+    try:
+        if json.loads(records[-1].read_text()).get("status") != "RUNNING":
+            return "end"
+    except ValueError:
+        return "record being written"
+    return "trials reporting"
+
+
+def check(folder: Path) -> dict:
+    import mlflow
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    df = mlflow.search_runs(experiment_names=["chaos"], max_results=1000)
+    parents, trials = df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]
+    valued = trials[trials["metrics.best_val_loss"].notna()]
+    best = subprocess.run([sys.executable, "-m", "charsearch", "best", "--export", "m.pt"], cwd=folder, env=env(),
+                          capture_output=True, text=True)
+    exported = ""
+    if best.returncode == 0:
+        import torch
+        exported = torch.load(folder / "m.pt", weights_only=True)["summary"].get("trial_id", "")
+    winner = valued.loc[valued["metrics.best_val_loss"].idxmin(), "tags.ray.trial_id"] if len(valued) else None
+    report = subprocess.run([sys.executable, "-m", "charsearch", "report"], cwd=folder, env=env(), capture_output=True,
+                            text=True)
+    import optuna
+    studies = optuna.get_all_study_names(f"sqlite:///{folder}/mlruns/optuna.db") if report.returncode == 0 else []
+    study_trials = len(optuna.load_study(study_name=studies[0], storage=f"sqlite:///{folder}/mlruns/optuna.db")
+                       .trials) if studies else -1
+    return {"finished": len(parents) == 1 and (parents.status == "FINISHED").all(),
+            "lost": SAMPLES - valued["tags.ray.trial_id"].nunique(),
+            "duplicated_mlflow": len(valued) - valued["tags.ray.trial_id"].nunique(),
+            "duplicated_study": max(0, study_trials - SAMPLES) if study_trials >= 0 else -1,
+            "running": int((df.status == "RUNNING").sum()), "best_right": exported == winner}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cycles", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep each cycle's folder (printed) to inspect")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    cycles = []
+    for i in range(args.cycles):
+        kind, at = rng.choice(KINDS), rng.uniform(3, 30)
+        folder = Path(tempfile.mkdtemp(prefix=f"chaos{i}-"))
+        path = project(folder)
+        with open(folder / "log.txt", "w") as log:
+            code, phase = sweep_once(folder, path, kind, at, log)
+            resumes = 0
+            while code != 0 and resumes < MAX_RESUMES and "finished: nothing to resume" not in log_text(folder):
+                resumes += 1
+                code, _ = sweep_once(folder, path, None, 0, log)
+        result = {"cycle": i, "fault": kind, "at_s": round(at, 1), "phase": phase, "resumes": resumes,
+                  "exit": code, **check(folder)}
+        cycles.append(result)
+        print(result, flush=True)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    save_json("chaos_cpu", {"args": vars(args), "cycles": cycles})
+    by = Counter((c["fault"], c["phase"]) for c in cycles)
+    rows = [{"fault": k, "phase": ph, "cycles": n,
+             "finished": sum(c["finished"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
+             "trials lost": sum(c["lost"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
+             "duplicated (MLflow / study)": f"{sum(c['duplicated_mlflow'] for c in cycles if (c['fault'], c['phase']) == (k, ph))}"
+                                            f" / {sum(max(0, c['duplicated_study']) for c in cycles if (c['fault'], c['phase']) == (k, ph))}",
+             "runs left RUNNING": sum(c["running"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
+             "best --export right": sum(c["best_right"] for c in cycles if (c["fault"], c["phase"]) == (k, ph))}
+            for (k, ph), n in sorted(by.items())]
+    body = (f"{args.cycles} cycles (seed {args.seed}) of a sweep of {SAMPLES} tiny trials, 2 at a time, local Ray and a "
+            f"SQLite store; one fault per cycle at a moment drawn in 3-30 s, then `--resume` until it finished (at "
+            f"most {MAX_RESUMES}). A study the report could not rebuild counts as -1 in the JSON.\n\n" + table(rows))
+    write_section("chaos-cpu", "Faults a sweep survives (CPU)", body,
+                  f"python benchmarks/bench_chaos.py --cycles {args.cycles} --seed {args.seed}")
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
