@@ -165,11 +165,11 @@ def check(folder: Path) -> dict:
     studies = optuna.get_all_study_names(f"sqlite:///{folder}/mlruns/optuna.db") if report.returncode == 0 else []
     study_trials = len(optuna.load_study(study_name=studies[0], storage=f"sqlite:///{folder}/mlruns/optuna.db")
                        .trials) if studies else -1
-    return {"finished": len(parents) == 1 and (parents.status == "FINISHED").all(),
-            "lost": SAMPLES - valued["tags.ray.trial_id"].nunique(),
-            "duplicated_mlflow": len(valued) - valued["tags.ray.trial_id"].nunique(),
+    return {"finished": bool(len(parents) == 1 and (parents.status == "FINISHED").all()),
+            "lost": int(SAMPLES - valued["tags.ray.trial_id"].nunique()),
+            "duplicated_mlflow": int(len(valued) - valued["tags.ray.trial_id"].nunique()),
             "duplicated_study": max(0, study_trials - SAMPLES) if study_trials >= 0 else -1,
-            "running": int((df.status == "RUNNING").sum()), "best_right": exported == winner}
+            "running": int((df.status == "RUNNING").sum()), "best_right": bool(exported == winner)}
 
 
 def main() -> None:

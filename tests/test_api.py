@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 import charsearch
 from charsearch import api
@@ -53,11 +54,13 @@ def test_bad_input_raises_the_clis_one_line_error(tmp_path, call, match):
 def test_a_sweep_from_python_returns_its_trials_and_exports_the_best(tmp_path, shakespeare):
     copy_shakespeare(tmp_path, shakespeare)
     (tmp_path / "sweeps").mkdir()
-    (tmp_path / "sweeps" / "smoke.yaml").write_text((ROOT / "sweeps" / "smoke.yaml").read_text())
+    sweep = yaml.safe_load((ROOT / "sweeps" / "smoke.yaml").read_text())
+    sweep["search"].update(num_samples=2)  # two trials: the API's path, not the search, is under test
+    (tmp_path / "sweeps" / "smoke.yaml").write_text(yaml.safe_dump(sweep))
     code = ("import charsearch; r = charsearch.sweep('sweeps/smoke.yaml'); m = r.export('m.pt'); "
             "best = r.trials['metrics.best_val_loss'].min(); "
             "print(len(r.trials), abs(best - r.best_val_loss) < 1e-9, m.info['summary']['val_loss'] == best)")
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.split() == ["4", "True", "True"]
+    assert p.stdout.split() == ["2", "True", "True"]
