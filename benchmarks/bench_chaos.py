@@ -35,11 +35,12 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PLOTS, ROOT, SHAKESPEARE, save_json, table, write_section  # noqa: E402
+from common import ROOT, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
 KINDS = ("driver SIGKILL", "driver SIGTERM", "worker SIGKILL")
 SAMPLES = 6
 MAX_RESUMES = 5
+HANG_S = 240  # a run of this sweep takes under a minute: one still going after this is hung
 
 
 def env() -> dict:
@@ -76,7 +77,7 @@ def session_pids(sid: int) -> list[int]:
 
 
 def kill_session(sid: int) -> None:
-    for pid in session_pids(sid):
+    for pid in {sid, *session_pids(sid)}:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -121,7 +122,13 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log) -> tu
                         phase = "no trial running"
             else:
                 phase = "after the end"
-        code = p.wait(timeout=900)
+        try:
+            code = p.wait(timeout=HANG_S)
+        except subprocess.TimeoutExpired:  # counted, then resumed like a kill
+            kill_session(p.pid)
+            code = p.wait()
+            log.write("\n[bench_chaos: hung, killed]\n")
+            log.flush()
     finally:
         kill_session(p.pid)
     return code, phase
@@ -191,7 +198,7 @@ def main() -> None:
                 resumes += 1
                 code, _ = sweep_once(folder, path, None, 0, log)
         result = {"cycle": i, "fault": kind, "at_s": round(at, 1), "phase": phase, "resumes": resumes,
-                  "exit": code, **check(folder)}
+                  "exit": code, "hung": log_text(folder).count("[bench_chaos: hung"), **check(folder)}
         cycles.append(result)
         print(result, flush=True)
         if not args.keep:
@@ -203,12 +210,13 @@ def main() -> None:
              "trials lost": sum(c["lost"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
              "duplicated (MLflow / study)": f"{sum(c['duplicated_mlflow'] for c in cycles if (c['fault'], c['phase']) == (k, ph))}"
                                             f" / {sum(max(0, c['duplicated_study']) for c in cycles if (c['fault'], c['phase']) == (k, ph))}",
+             "runs hung": sum(c["hung"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
              "runs left RUNNING": sum(c["running"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
              "best --export right": sum(c["best_right"] for c in cycles if (c["fault"], c["phase"]) == (k, ph))}
             for (k, ph), n in sorted(by.items())]
     body = (f"{args.cycles} cycles (seed {args.seed}) of a sweep of {SAMPLES} tiny trials, 2 at a time, local Ray and a "
             f"SQLite store; one fault per cycle at a moment drawn in 3-30 s, then `--resume` until it finished (at "
-            f"most {MAX_RESUMES}). A study the report could not rebuild counts as -1 in the JSON.\n\n" + table(rows))
+            f"most {MAX_RESUMES}). A run still going {HANG_S} s after it started is hung: killed, counted, and resumed. A study the report could not rebuild counts as -1 in the JSON.\n\n" + table(rows))
     write_section("chaos-cpu", "Faults a sweep survives (CPU)", body,
                   f"python benchmarks/bench_chaos.py --cycles {args.cycles} --seed {args.seed}")
     print(body)

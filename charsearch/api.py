@@ -146,10 +146,12 @@ class SweepRun:
 
 def sweep(file_or_data: str | Path, time: str | float | None = None, tracking_uri: str | None = None,
           resume: bool = False, warm_start: bool = True, test_frac: float | None = None,
-          address: str | None = None) -> SweepRun:
+          address: str | None = None, search: str = "auto") -> SweepRun:
     """Run a sweep, as `charsearch sweep` does: a sweep file (.yaml), or a corpus with a `time` budget
     (seconds, or '10m') for an automatically sized one. Ray starts here unless `address` (or RAY_ADDRESS)
-    names a cluster; MLflow records to `tracking_uri`, else MLFLOW_TRACKING_URI, else the sweep file's."""
+    names a cluster; MLflow records to `tracking_uri`, else MLFLOW_TRACKING_URI, else the sweep file's.
+    `search` (an automatically sized sweep): auto searches where the plan says the search can compare
+    enough configurations to pay, else trains the prior alone; always or never decide it."""
     import sys
     import time as clock
 
@@ -161,7 +163,7 @@ def sweep(file_or_data: str | Path, time: str | float | None = None, tracking_ur
     is_file = Path(file_or_data).suffix in (".yaml", ".yml")
     config, plan = prepare_sweep(str(file_or_data) if is_file else None, None if is_file else str(file_or_data),
                                  time, resume=resume, no_warm_start=not warm_start, test_frac=test_frac,
-                                 address=address)
+                                 address=address, search=search)
     plan_text = plan.describe() if plan else ""
     if plan_text:
         print(plan_text, file=sys.stderr)

@@ -122,6 +122,58 @@ def test_the_search_starts_from_a_prior_inside_its_space():
     assert "learning_rate" not in fixed.points_to_evaluate[0] and fixed.points_to_evaluate[0]["shape"] == "gru 2x256"
 
 
+def two_cores(parallel=2) -> Calibration:
+    """Figures in the shape of tiny-shakespeare's on 2 cores: the prior (a GRU, preferred) is the slowest
+    kept shape, so it holds its slot through most of the window."""
+    rates = {"lstm 2x96": 60_000, "lstm 2x128": 50_000, "gru 2x128": 26_000}
+    params = {"lstm 2x96": 137_088, "lstm 2x128": 231_936, "gru 2x128": 173_952}
+    return Calibration("cpu", parallel, 1, rates=rates, params=params, seconds=10.0)
+
+
+def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path):
+    p = plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    assert autosize.prior_shape(p) == "gru 2x128"
+    # the prior and the first other trial each run to the longest rung: the window has room for few more
+    assert p.compared < autosize.MIN_COMPARED and not p.searching
+    line = p.search_line()
+    assert line == next(x for x in p.describe().splitlines() if x.startswith("# no search:"))
+    assert f"~{p.compared:.0f} configurations besides the prior" in line and "fewer than 10" in line
+    usable = p.search_s + p.finish_s
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(50_000))
+    sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
+    # one trial, the prior, on both cores for the whole budget, on the schedule the search's winner gets
+    assert (sweep.num_samples, sweep.max_concurrent, sweep.scheduler, sweep.cpu) == (1, 1, "none", 2)
+    assert sweep.points_to_evaluate[0]["shape"] == "gru 2x128"
+    assert sweep.trial_max_time == pytest.approx(usable, abs=0.1) and sweep.finish_time == 0
+    assert sweep.train["lr_schedule"] == "wsd" and sweep.train["decay_frac"] == pytest.approx(0.7)
+    assert sweep.trial_max_epochs * 1_000_000 > 2 * 26_000 * usable  # the clock ends it, not its epochs
+    assert sweep.report_every_epochs * 1_000_000 == pytest.approx(26_000 * usable / autosize.NO_SEARCH_REPORTS, rel=0.01)
+    # the printed file runs as it was planned
+    f = tmp_path / "resolved.yaml"
+    f.write_text(yaml.safe_dump(sweep.to_file(), sort_keys=False))
+    again = load_sweep(f)
+    assert (again.num_samples, again.scheduler, again.trial_max_time) == (1, "none", sweep.trial_max_time)
+    # asked for, the search runs all the same; asked not to, it does not
+    forced = plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="always")
+    assert forced.searching and "searching: --search always" in forced.search_line()
+    searched = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600), forced)
+    assert searched.num_samples >= 1000 and searched.scheduler == "asha" and searched.finish_time > 0
+    never = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="never")
+    assert not never.searching and "--search never" in never.search_line()
+
+
+def test_the_search_runs_where_many_slots_compare_many_configurations():
+    two = plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    eight = plan(two_cores(parallel=8), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    assert eight.compared >= autosize.MIN_COMPARED > two.compared and eight.searching
+    assert "# the search could bring" in eight.describe()
+    # a prior as fast as the others holds its slot a third of the window, not most of it: more compared
+    fast = two_cores()
+    fast.rates["gru 2x128"] = 50_000
+    assert plan(fast, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65).compared > two.compared
+
+
 def test_dropout_follows_the_pressure_to_memorise_the_train_split():
     """Passes over the train split times all parameters per train character: an English corpus of 1 M
     characters is read ~10 times by a 182 k-parameter prior (pressure ~2: no dropout); the same corpus at
@@ -170,10 +222,14 @@ def test_durations(text, seconds):
     (["sweep"], "give a sweep file"),
     (["sweep", "--data", "missing.txt", "--time", "5m"], "missing.txt"),
     (["sweep", "s.yaml", "--data", "c.txt"], "--data goes with no sweep file"),
+    (["sweep", "--data", "c.txt", "--time", "5m", "--search", "sometimes"],
+     "--search 'sometimes': expected one of auto, always, never"),
+    (["sweep", "fixed.yaml", "--search", "never"], "a sweep file's search is its own"),
 ])
 def test_bad_auto_sweep_requests(capsys, workdir, argv, match):
     (workdir / "c.txt").write_text(make_text(20_000))
     (workdir / "s.yaml").write_text("name: s\ndata: {corpus: c.txt}\nsearch_space: auto\nbudget: {sweep_time: 60}\n")
+    (workdir / "fixed.yaml").write_text("name: f\ndata: {corpus: c.txt}\nsearch_space: {dropout: {float: [0, 0.3]}}\n")
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and match in err, err
@@ -194,7 +250,7 @@ def test_bad_auto_and_shape_entries_in_sweep_files(capsys, workdir, text, match)
 
 
 def test_dry_run_measures_this_machine_and_prints_an_editable_sweep_file(capsys, workdir, shakespeare_slice):
-    assert main(["sweep", "--data", str(shakespeare_slice), "--time", "90", "--dry-run"]) == 0
+    assert main(["sweep", "--data", str(shakespeare_slice), "--time", "90", "--search", "always", "--dry-run"]) == 0
     out = capsys.readouterr().out
     resolved, comments = out.split("# calibration:", 1)
     comments = "# calibration:" + comments

@@ -122,7 +122,7 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     try:
         t0 = time.monotonic()
-        r = charsearch("sweep", "--data", shakespeare_slice, "--time", "100", cwd=workdir)
+        r = charsearch("sweep", "--data", shakespeare_slice, "--time", "100", "--search", "always", cwd=workdir)
         wall = time.monotonic() - t0
     finally:
         for h in hogs:
@@ -166,6 +166,32 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     exported = torch.load(workdir / "model.pt", weights_only=True)
     assert exported["summary"]["trial_id"] == trials.loc[trials["metrics.best_val_loss"].idxmin(), "tags.ray.trial_id"]
     assert counts_in(best.stdout.splitlines()[0]) == summary
+
+
+def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_whole_machine_on_the_winners_schedule(
+        workdir, shakespeare_slice):
+    t0 = time.monotonic()
+    r = charsearch("sweep", "--data", shakespeare_slice, "--time", "60", "--search", "never", cwd=workdir)
+    wall = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert wall <= 1.05 * 60 + startup_seconds(), (wall, r.stderr[-2000:])
+    planned = re.search(r"# no search: .*\(--search never\); the prior trains alone on the whole machine for (\d+) s",
+                        r.stderr)
+    assert planned, r.stderr
+    summary = counts_in(r.stdout.splitlines()[0])
+    assert summary["started"] == summary["finished"] == 1, r.stdout
+    _, trials = runs(store_uri(workdir), "auto-shakespeare200k")
+    (row,) = [row for _, row in trials.iterrows()]
+    assert row["params.learning_rate"] == "0.003" and row["tags.charsearch.outcome"] == "finished"
+    assert row["params.lr_schedule"] == "wsd" and float(row["params.decay_frac"]) == pytest.approx(0.7)
+    # on both cores, until its last evaluation just before the budget's end, its rate decayed to 0
+    parent = runs(store_uri(workdir), "auto-shakespeare200k")[0].iloc[0]
+    assert json.loads(parent["params.resources"])["cpu"] == os.cpu_count()
+    rates = mlflow.MlflowClient(store_uri(workdir)).get_metric_history(row.run_id, "learning_rate")
+    assert rates[-1].value < 0.1 * 0.003, rates
+    best = charsearch("best", "--export", "model.pt", cwd=workdir)
+    assert best.returncode == 0, best.stderr
+    assert torch.load(workdir / "model.pt", weights_only=True)["summary"]["trial_id"] == row["tags.ray.trial_id"]
 
 
 def test_a_trial_ended_between_its_report_and_tune_registering_the_checkpoint_keeps_the_reported_model(tmp_path):

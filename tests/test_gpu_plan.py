@@ -97,14 +97,15 @@ def test_an_auto_sweep_on_a_node_with_gpus_packs_its_trials_on_them(gpu_node, wo
                       seconds=1.0, cpu_per_trial=0.5)
     cal.rates = {s: round(cal.packed_rate(s, 2)) for s in cal.single}
     (workdir / "cal.json").write_text(json.dumps(cal.to_dict()))
-    args = ["sweep", "--data", shakespeare_slice, "--time", "75", "--calibration", "cal.json", "--address", gpu_node]
+    args = ["sweep", "--data", shakespeare_slice, "--time", "75", "--calibration", "cal.json", "--address", gpu_node,
+            "--search", "always"]
     dry = charsearch(*args, "--dry-run", cwd=workdir, RAY_ADDRESS=gpu_node)
     assert dry.returncode == 0, dry.stderr
     # the cluster's two GPUs, two trials on each: half a GPU and half a CPU per trial
     assert "2 trials per GPU x 2 GPU(s), 0.5 of a GPU and 0.5 CPU each" in dry.stdout, dry.stdout
     assert "max_concurrent: 4" in dry.stdout and re.search(r"# resources per trial: cpu 0\.5, gpu 0\.5", dry.stdout)
     # without a calibration the GPU is measured where Ray puts a GPU task: declared GPUs cannot be
-    r = charsearch(*args[:5], "--address", gpu_node, "--dry-run", cwd=workdir, RAY_ADDRESS=gpu_node)
+    r = charsearch(*args[:5], "--address", gpu_node, "--search", "always", "--dry-run", cwd=workdir, RAY_ADDRESS=gpu_node)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "the process it gave one to sees no CUDA device" in r.stderr and "Traceback" not in r.stderr
     r = charsearch(*args, cwd=workdir, RAY_ADDRESS=gpu_node, timeout=400)

@@ -36,6 +36,10 @@ def add_sweep(sub) -> None:
                         "finished sweep of the same corpus and budget in the tracking store (its best "
                         "configuration first, its trials known to the sampler); a sweep file asks for that with "
                         "search.warm_start: true")
+    w.add_argument("--search", default="auto", metavar="{auto,always,never}",
+                   help="an automatically sized sweep: auto (default) searches where the plan says the search "
+                        "can compare enough configurations to pay for itself, else trains its prior alone on "
+                        "the sweep's schedule (the dry run says which, and why); always or never decide it")
     w.add_argument("--dashboard", action="store_true", help="start the Ray dashboard")
     w.add_argument("--calibration", metavar="FILE", default=None,
                    help="an auto sweep's calibration (JSON, e.g. the calibration.json artifact of an earlier auto "
@@ -65,7 +69,7 @@ def sweep_to_run(args):
     from charsearch.search.prepare import prepare_sweep
     return prepare_sweep(args.file, args.data, args.time, resume=args.resume, no_warm_start=args.no_warm_start,
                          num_samples=args.num_samples, sweep_time=args.sweep_time, test_frac=args.test_frac,
-                         calibration=args.calibration, address=args.address)
+                         calibration=args.calibration, address=args.address, search=args.search)
 
 
 def dry_run(sweep, plan_text: str, address: str | None) -> None:

@@ -35,6 +35,14 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   larger model trained to the end does better (in a single hand-run pilot of 740 s on one thread with
   the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
 
+- no search where it cannot pay: the plan estimates how many configurations besides the prior the
+  search can bring to ASHA's first rung in its window (`comparisons`: the slots' time left beside the
+  prior, which ranks first at every rung it reaches first and so holds its slot up to the longest rung,
+  over what one such trial costs: its start, its grace period and its expected promotions). Below
+  MIN_COMPARED there is no search: the prior trains alone on the whole machine for the whole budget
+  on the sweep's schedule (constant, then decaying to 0 over the last 1 - SEARCH_FRACTION), as the
+  search's winner would; `--search always` (or `never`) overrides.
+
 Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40% of the budget
 searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at
 the unigram plateau); bench_search.py measures the rules above (BENCHMARKS.md).
@@ -102,6 +110,16 @@ FREE_PRESSURE = 3.0  # passes x (all parameters / train characters) that trains 
 # worse than 0 on tiny-shakespeare, pressure 2)
 MAX_DROPOUT = 0.2
 MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks close trials by its noise
+# Configurations besides the prior that the search must bring to its first rung to be worth its cost. The
+# search costs its winner about a quarter of the characters it would train alone (a third of the window on
+# one thread, against the whole window on all of them); on tiny-shakespeare at 600 s that is ~0.006
+# nats/char, what a constant-then-decay schedule earns (BENCHMARKS.md, suite). One draw of the auto space
+# in seven ended below the prior there (bench_rungs: by 0.013), and the rungs rank configurations as their
+# ends do (Spearman 0.95-0.98): ten draws hold one such with probability 1 - (6/7)^10 = 0.79.
+MIN_COMPARED = 10
+TRIAL_START_S = 3.0  # a trial's start in a running sweep (actors reused): the corpus, the model, the first step
+SEARCH_MODES = ("auto", "always", "never")
+NO_SEARCH_REPORTS = 16  # evaluations of a prior trained alone: its best kept, its checkpoints to resume from
 
 
 @dataclass
@@ -120,6 +138,20 @@ class Plan:
     nats_per_char: float  # the train split's information per character (data.compressed_nats)
     calibration: Calibration
     fixed: dict = field(default_factory=dict)  # the sweep's fixed embed_size and softmax (calibrate.candidate)
+    compared: float = 0.0  # configurations besides the prior the search can bring to its first rung
+    searching: bool = True  # False: the prior trains alone for the budget (no_search)
+    search_mode: str = "auto"
+
+    def search_line(self) -> str:
+        """Whether the sweep searches, and why, in one line."""
+        could = (f"the search could bring ~{self.compared:.0f} configurations besides the prior to its first "
+                 f"rung in {self.search_s:.0f} s")
+        if self.searching:
+            return f"# {could}" + (" (searching: --search always)" if self.compared < MIN_COMPARED else "")
+        why = "--search never" if self.search_mode == "never" else f"fewer than {MIN_COMPARED}: too few to pay for it"
+        return (f"# no search: {could} ({why}); the prior trains alone on the whole machine for "
+                f"{self.search_s + self.finish_s:.0f} s, constant, then decaying to 0 over the last "
+                f"{1 - SEARCH_FRACTION:.0%}, as the search's winner would")
 
     @property
     def per_param(self) -> float:
@@ -145,6 +177,7 @@ class Plan:
                      f"ASHA grace {self.grace_chars / self.train_chars:.3g} epochs, max "
                      f"{self.max_chars / self.train_chars:.3g} epochs; a new trial needs ~{self.first_report_s:.0f} s "
                      f"to report once")
+        lines.append(self.search_line())
         lines.append(f"# the train split carries {self.nats_per_char:.3g} nats/char (lzma; English prose "
                      f"~{REFERENCE_NATS:g}): characters per parameter x{self.per_param:.2g}")
         passes, press = pressure(self)
@@ -159,9 +192,11 @@ class Plan:
 
 
 def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vocab_size: int,
-         nats_per_char: float = REFERENCE_NATS, may_sample: bool = True, fixed: dict | None = None) -> Plan:
+         nats_per_char: float = REFERENCE_NATS, may_sample: bool = True, fixed: dict | None = None,
+         search: str = "auto") -> Plan:
     """The sizing for `val_chars` scored per evaluation: the whole val split, of which the plan may score a
-    sample instead (`may_sample`), or a sample the user fixed; `fixed` as calibrate.candidate's."""
+    sample instead (`may_sample`), or a sample the user fixed; `fixed` as calibrate.candidate's. `search`:
+    auto (search where it can pay), always, or never (SEARCH_MODES)."""
     usable = budget_s - cal.seconds - FIXED_COST_S
     if usable < 10:
         raise UsageError(f"a {budget_s:g} s budget leaves {usable:.0f} s to train after calibration "
@@ -182,9 +217,33 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
     report = max(median * search_s / 40, 2 * (eval_chars or val_chars))
     grace = max(median * search_s / 20, report)
     max_chars = max(fastest * search_s / 3, grace * 3)
-    first_report = 3.0 + report / slowest
-    return Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report,
-                eval_chars, first_report, train_chars, vocab_size, nats_per_char, cal, dict(fixed or {}))
+    first_report = TRIAL_START_S + report / slowest
+    p = Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report, eval_chars,
+             first_report, train_chars, vocab_size, nats_per_char, cal, dict(fixed or {}), search_mode=search)
+    p.compared = comparisons(p)
+    p.searching = search == "always" or (search == "auto" and p.compared >= MIN_COMPARED)
+    return p
+
+
+def comparisons(p: Plan) -> float:
+    """Configurations besides the prior that the search can bring to ASHA's first rung in its window.
+
+    While no trial has reached a rung, the first to reach it goes on (ASHA compares with the values
+    recorded there): the first trial of each slot, the prior's included, runs to the longest rung and
+    holds its slot that long. The slots' time left goes to later trials, each costing its start, its grace
+    period and its expected promotions (at reduction factor 3, a third of a rung's trials go on, three
+    times as far: 2/3 of a grace period more per rung above the first), at the median kept shape's rate."""
+    cal = p.calibration
+    rates = sorted(cal.rates[n] for n in p.shapes)
+    median = rates[len(rates) // 2]
+
+    def hold(rate: float) -> float:
+        return min(p.search_s, TRIAL_START_S + p.max_chars / rate)
+
+    left = cal.parallel * p.search_s - hold(cal.rates[prior_shape(p)]) - (cal.parallel - 1) * hold(median)
+    rungs = max(0.0, math.log(p.max_chars / p.grace_chars, 3))
+    trial_s = TRIAL_START_S + p.grace_chars / median * (1 + 2 / 3 * rungs)
+    return cal.parallel - 1 + max(0.0, left) / trial_s
 
 
 def scale_for(nats_per_char: float) -> float:
@@ -233,6 +292,27 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     sweep.trial_max_time = 0.0
     sweep.finish_time = round(p.finish_s, 1)
     sweep.first_report_s = round(p.first_report_s, 1)
+    return sweep if p.searching else no_search(sweep, p)
+
+
+def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
+    """The sweep as one trial, the prior (or a warm start's best), on the whole machine for the whole budget,
+    its rate constant, then decaying to 0 over the last 1 - SEARCH_FRACTION: the schedule the search's
+    winner gets, without the search. The space stays in the file: more samples would search it."""
+    cal, usable = p.calibration, p.search_s + p.finish_s
+    sweep.num_samples, sweep.max_concurrent, sweep.scheduler = 1, 1, "none"
+    sweep.startup_trials = None
+    sweep.train = {**sweep.train, "lr_schedule": "wsd", "decay_frac": round(1 - SEARCH_FRACTION, 2)}
+    if cal.gpus:
+        sweep.gpu = 1.0
+    else:
+        sweep.cpu = cal.cpu_per_trial * cal.parallel
+    # one slot's rate: the whole machine trains one trial faster, but not `parallel` times (S2 in BENCHMARKS.md)
+    rate = cal.rates[prior_shape(p)]
+    report = max(rate * usable / NO_SEARCH_REPORTS, 2 * (p.eval_chars or 0), 1.0)
+    sweep.report_every_epochs = _round(report / p.train_chars)
+    sweep.trial_max_epochs = _round(max(10.0, 3 * cal.parallel * rate * usable / p.train_chars))  # the clock ends it
+    sweep.trial_max_time, sweep.finish_time = round(usable, 1), 0.0
     return sweep
 
 
@@ -267,10 +347,11 @@ def _round(x: float) -> float:
 
 
 def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpus: int = 0,
-               calibration: Calibration | None = None, measure_gpu=None) -> tuple[SweepConfig, Plan]:
+               calibration: Calibration | None = None, measure_gpu=None, search: str = "auto") -> tuple[SweepConfig, Plan]:
     """Size `sweep` (its corpus, split and fixed train options) to the machine: to `calibration` where
     one is given, else measured on the CPUs here or, with `gpus`, on a GPU (`measure_gpu`: a function
-    with calibrate_gpu's arguments that runs it where a GPU is; by default, in this process)."""
+    with calibrate_gpu's arguments that runs it where a GPU is; by default, in this process). `search`:
+    as plan's."""
     from charsearch.core.data import compressed_nats, load_corpus
     corpus = load_corpus(sweep.corpus, sweep.min_freq)
     train_ids, val_ids, _ = corpus.split(sweep.train_frac, sweep.val_frac)
@@ -293,7 +374,7 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
                          f"for its train split); use a larger corpus or a sweep file with search_space of your own")
     sample = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
     p = plan(cal, budget_s, len(train_ids), min(len(val_ids), sample or len(val_ids)), len(corpus.vocab), nats,
-             may_sample=not sample, fixed=fixed)
+             may_sample=not sample, fixed=fixed, search=search)
     sweep.sweep_time = budget_s
     return apply(sweep, p), p
 
@@ -304,6 +385,14 @@ def default_sweep(corpus: str, budget_s: float) -> SweepConfig:
     path = resolve_path(corpus)
     name = f"auto-{(path.absolute().parent.name if path.name == 'input.txt' else path.stem)}"
     return SweepConfig(path="", name=name, corpus=str(path), sweep_time=budget_s)
+
+
+def search_mode(text: str) -> str:
+    """--search's value, checked: auto, always or never."""
+    if text not in SEARCH_MODES:
+        raise UsageError(f"--search {text!r}: expected one of {', '.join(SEARCH_MODES)} (auto: search where the "
+                         f"plan says the search can compare enough configurations to pay for itself)")
+    return text
 
 
 def parse_duration(text: str) -> float:

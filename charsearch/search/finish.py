@@ -29,11 +29,10 @@ from charsearch.search.ledger import METRIC, SweepState
 from charsearch.search.status import clock_text, write_line
 from charsearch.search.sweepfile import SweepConfig
 from charsearch.search.tracking_callback import reported_checkpoint, summary_of, trial_params
-from charsearch.search.trial import set_report_interval, trial_dir, worker_device
+from charsearch.search.trial import END_MARGIN_S, set_report_interval, trial_dir, worker_device
 from charsearch.tracking.tracker import Tracker
 
 FINISHERS = 1
-FINISH_MARGIN_S = 12.0  # logging the finished trial, ending Ray, writing the summary
 EVALUATIONS = 12  # enough to keep the best, few enough to leave the time to training
 
 
@@ -64,7 +63,7 @@ def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, stat
     a sweep gives a model whenever the budget lets one train at all."""
     ranked = sorted((r for r in grid if r.checkpoint is not None and isinstance(r.metrics.get(METRIC), float)
                      and math.isfinite(r.metrics[METRIC])), key=lambda r: r.metrics[METRIC])
-    left = sweep.sweep_time - (time.time() - state.started) - FINISH_MARGIN_S
+    left = sweep.sweep_time - (time.time() - state.started) - END_MARGIN_S
     first = next((t for t in state.ledger.trials if t.trial_id not in state.ledger.errors), None)
     if left < 5 or not (ranked or first):
         return None

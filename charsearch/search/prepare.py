@@ -7,16 +7,18 @@ from __future__ import annotations
 from dataclasses import replace
 
 from charsearch.core.errors import UsageError
-from charsearch.search.autosize import Plan, auto_sweep, default_sweep, parse_duration
+from charsearch.search.autosize import Plan, auto_sweep, default_sweep, parse_duration, search_mode
 from charsearch.search.sweepfile import SweepConfig, load_sweep, set_splits
 
 
 def prepare_sweep(file: str | None = None, data: str | None = None, time: str | float | None = None,
                   resume: bool = False, no_warm_start: bool = False, num_samples: int | None = None,
                   sweep_time: float | None = None, test_frac: float | None = None, calibration: str | None = None,
-                  address: str | None = None) -> tuple[SweepConfig, Plan | None]:
-    """(sweep, plan of an auto sweep or None). `time` is the whole sweep's budget (seconds, or '10m')."""
+                  address: str | None = None, search: str = "auto") -> tuple[SweepConfig, Plan | None]:
+    """(sweep, plan of an auto sweep or None). `time` is the whole sweep's budget (seconds, or '10m');
+    `search` as autosize.plan's."""
     budget = parse_duration(str(time)) if time is not None else None
+    search = search_mode(search)
     if file:
         if data:
             raise UsageError("--data goes with no sweep file (the file names its corpus in data.corpus)")
@@ -50,11 +52,14 @@ def prepare_sweep(file: str | None = None, data: str | None = None, time: str | 
     if calibration and not sweep.auto:
         raise UsageError("--calibration sizes an automatically sized sweep (--data CORPUS --time DURATION); a sweep "
                          "file's search space is its own")
+    if search != "auto" and not sweep.auto:
+        raise UsageError(f"--search {search} decides whether an automatically sized sweep searches; a sweep "
+                         f"file's search is its own (search.num_samples)")
     if not sweep.auto:
         return sweep, None
     if not sweep.sweep_time:
         raise UsageError("an automatically sized sweep needs a budget: --time DURATION (e.g. 10m)")
-    return auto_sweep(sweep, sweep.sweep_time, **calibration_source(calibration, address))
+    return auto_sweep(sweep, sweep.sweep_time, **calibration_source(calibration, address), search=search)
 
 
 def calibration_source(calibration: str | None, address: str | None) -> dict:

@@ -8,9 +8,11 @@ before tune.report() returns.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -22,6 +24,7 @@ from charsearch.core.data import Corpus, iters_per_epoch
 from charsearch.search.sweepfile import SweepConfig
 
 TRIAL_DIR_PREFIX = "charsearch-trial-"
+END_MARGIN_S = 12.0  # after a run that ends with the budget: its last report, its model logged, Ray ended, the summary
 
 
 def worker_device(gpu: bool, threads: int) -> str:
@@ -37,7 +40,9 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else "cpu"
 
 
-def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
+def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float = math.inf) -> None:
+    """A trial of `sweep`. One with a time limit (trial_max_time) ends its run, its last evaluation included,
+    by the search's end (`ends_at`, time.time()) as well: a schedule decays by then instead of being cut."""
     from charsearch.core.train import train
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
@@ -75,7 +80,10 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus) -> None:
             finally:
                 shutil.rmtree(report, ignore_errors=True)
 
-        train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary)
+        deadline = None
+        if cfg.max_time > 0 and math.isfinite(ends_at):
+            deadline = min(ends_at - END_MARGIN_S, time.time() + cfg.max_time)
+        train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary, deadline=deadline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
