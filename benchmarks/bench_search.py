@@ -73,14 +73,14 @@ def follow_train(cmd: list[str], project: Path) -> dict:
     return {"points": points, "best": best, "wall": time.time() - t0, "calibration_s": 0.0}
 
 
-def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: Path) -> dict:
+def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: Path, extra: tuple = ()) -> dict:
     name = f"bench-{algorithm}-{seed}"
     sweep = {"name": name, "data": {"corpus": str(corpus)}, "search_space": "auto",
              "search": {"algorithm": algorithm, "seed": seed}, "budget": {"sweep_time": budget}}
     path = project / f"{name}.yaml"
     path.write_text(yaml.safe_dump(sweep))
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", str(path)], cwd=project, env=env(),
+    r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", str(path), *extra], cwd=project, env=env(),
                        capture_output=True, text=True)
     wall = time.time() - t0
     if r.returncode:
@@ -100,7 +100,8 @@ def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: P
         points.append((t, best))
     cal = re.search(r"measured in (\d+) s", r.stderr)
     winner = re.search(r"best val loss .*?trial \w+: (\{.*\})", r.stdout)
-    return {"points": points, "best": parent.data.metrics["best_val_loss"], "wall": wall,
+    trials = sum(run.data.tags.get("charsearch.kind") == "trial" for run in runs)
+    return {"points": points, "best": parent.data.metrics["best_val_loss"], "wall": wall, "trials": trials,
             "calibration_s": float(cal[1]) if cal else None, "summary": r.stdout.splitlines()[0],
             "winner": winner[1] if winner else "", "plan": plan_lines(r.stderr)}
 
