@@ -85,16 +85,12 @@ def kill_session(sid: int) -> None:
 
 
 def trial_workers(sid: int) -> list[int]:
-    """Ray worker processes of the session that are running a trial (Ray names them by their actor)."""
-    out = []
-    for pid in session_pids(sid):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cmd.startswith("ray::ImplicitFunc") or cmd.startswith("ray::_Inner") or "run_trial" in cmd:
-            out.append(pid)
-    return out
+    """Ray worker processes of the session that are training a trial: each keeps its files in a private
+    folder named after its pid (search.trial.trial_dir), which it removes when the trial ends."""
+    from charsearch.search.trial import TRIAL_DIR_PREFIX
+    alive = set(session_pids(sid))
+    folders = Path(tempfile.gettempdir()).glob(f"{TRIAL_DIR_PREFIX}*")
+    return sorted({int(f.name[len(TRIAL_DIR_PREFIX):].split("-", 1)[0]) for f in folders} & alive)
 
 
 def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log) -> tuple[int, str]:
