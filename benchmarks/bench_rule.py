@@ -4,7 +4,7 @@
                                      constant, then decaying to 0 over the last 70% (what the search's winner gets)
     auto sweep                       `charsearch sweep --data C --time T`: the plan decides whether to search
                                      (autosize.comparisons against MIN_COMPARED) and says so in one line
-    auto sweep, always searching     the same with `--search always`: the search the rule turns off
+    auto sweep (--search always)     the same, searching whatever the plan says: the search the rule turns off
 
 Every model is scored on the whole val split. The table gives what each plan said (no search, or the
 configurations it estimated the search could bring to its first rung), how many trials reported in the
@@ -33,7 +33,7 @@ from common import PLOTS, save_json, table, write_section  # noqa: E402
 
 from charsearch.search.autosize import MIN_COMPARED, PRIOR_LR, SEARCH_FRACTION  # noqa: E402
 
-SCHEDULE, RULE, ALWAYS = "prior alone (sweep's schedule)", "auto sweep", "auto sweep, always searching"
+SCHEDULE, RULE, X
 
 
 def sweep(corpus: Path, budget: float, seed: int, project: Path, extra: tuple = ()) -> dict:
