@@ -33,7 +33,7 @@ from common import PLOTS, save_json, table, write_section  # noqa: E402
 
 from charsearch.search.autosize import MIN_COMPARED, PRIOR_LR, SEARCH_FRACTION  # noqa: E402
 
-SCHEDULE, RULE, X
+SCHEDULE, RULE, ALWAYS = "prior alone (sweep's schedule)", "auto sweep", "auto sweep (--search always)"
 
 
 def sweep(corpus: Path, budget: float, seed: int, project: Path, extra: tuple = ()) -> dict:
