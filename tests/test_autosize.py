@@ -109,8 +109,11 @@ def test_the_search_starts_from_a_prior_inside_its_space():
     steps = [b * s for b in sweep.space["batch_size"].values for s in sweep.space["seq_length"].values]
     assert min(steps) == 1_024 and max(steps) == 8_192
     # a value the sweep file set stands
-    own = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600, startup_trials=6), p)
-    assert own.startup_trials == 6
+    own = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600, startup_trials=6,
+                                     max_failures=0), p)
+    assert own.startup_trials == 6 and own.max_failures == 0
+    # a trial whose worker dies is retried from its last checkpoint, unless the file says otherwise
+    assert sweep.max_failures == autosize.AUTO_MAX_FAILURES == 2
     # a GRU is preferred where one is kept, even if an LSTM is nearer the ratio
     gru = calibration()
     gru.rates["gru 2x256"], gru.params["gru 2x256"] = 30_000, 650_000

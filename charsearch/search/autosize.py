@@ -119,6 +119,9 @@ MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks clo
 MIN_COMPARED = 10
 TRIAL_START_S = 3.0  # a trial's start in a running sweep (actors reused): the corpus, the model, the first step
 SEARCH_MODES = ("auto", "always", "never")
+# a trial whose worker dies (a killed process, a lost node) reruns from its last checkpoint, in the same MLflow
+# run, this many times before it counts as failed: an auto sweep's trials are few, each one matters
+AUTO_MAX_FAILURES = 2
 NO_SEARCH_REPORTS = 16  # evaluations of a prior trained alone: its best kept, its checkpoints to resume from
 
 
@@ -286,6 +289,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     sweep.trial_max_epochs = _round(p.max_chars / n)
     sweep.report_every_epochs = _round(p.report_chars / n)
     sweep.num_samples = max(sweep.num_samples, 1000)  # the budget and the deadline end the search, not a count
+    if sweep.max_failures is None:  # a value from the sweep file stands
+        sweep.max_failures = AUTO_MAX_FAILURES
     sweep.max_concurrent = p.calibration.parallel
     cal = p.calibration
     sweep.cpu, sweep.gpu = cal.cpu_per_trial, (1 / cal.per_gpu if cal.gpus else 0.0)

@@ -170,7 +170,7 @@ def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: st
         verbose=0, callbacks=callbacks,
         # two: the experiment state saved last may still name the checkpoint before the latest
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        failure_config=tune.FailureConfig(max_failures=sweep.max_failures))
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures or 0))
     tune_config = tune.TuneConfig(
         metric=METRIC, mode="min", search_alg=searcher,
         scheduler=make_scheduler(sweep, len(corpus.split(sweep.train_frac, sweep.val_frac)[0])),

@@ -77,7 +77,7 @@ class SweepConfig:
     tracking_uri: str = DEFAULT_TRACKING_URI
     storage: str = "ray_results"
     address: str = ""
-    max_failures: int = 0
+    max_failures: int | None = None  # None: 0, or autosize.AUTO_MAX_FAILURES for an auto sweep
 
     def trial_config(self, params: dict) -> TrainConfig:
         """The training options of one trial: defaults < train: < the sampled parameters."""
@@ -169,7 +169,7 @@ SWEEP_HELP = {
     "tracking.uri": "the MLflow tracking store (sqlite:///..., http://host:port, a database URI)",
     "ray.storage": "where Ray keeps the experiment and checkpoints: a folder, or a URI (s3://...)",
     "ray.address": "a Ray cluster to run on (auto: the one on this machine)",
-    "ray.max_failures": "times a failed trial is retried from its last checkpoint",
+    "ray.max_failures": "times a failed trial is retried from its last checkpoint (default 0; 2 in an auto sweep)",
 }
 
 
