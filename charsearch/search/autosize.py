@@ -118,6 +118,10 @@ MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks clo
 # ends do (Spearman 0.95-0.98): ten draws hold one such with probability 1 - (6/7)^10 = 0.79.
 MIN_COMPARED = 10
 TRIAL_START_S = 3.0  # a trial's start in a running sweep (actors reused): the corpus, the model, the first step
+# a slot's first trial also waits for Ray to start its worker process, which imports torch. With these two
+# starts the estimate for tiny-shakespeare, 600 s, 2 cores is ~4 configurations; in the sweep that searched
+# there anyway 2 reported besides the prior (BENCHMARKS.md, rule-cpu): an estimate on the high side
+SLOT_START_S = 15.0
 SEARCH_MODES = ("auto", "always", "never")
 # a trial whose worker dies (a killed process, a lost node) reruns from its last checkpoint, in the same MLflow
 # run, this many times before it counts as failed: an auto sweep's trials are few, each one matters
@@ -239,11 +243,12 @@ def comparisons(p: Plan) -> float:
     cal = p.calibration
     rates = sorted(cal.rates[n] for n in p.shapes)
     median = rates[len(rates) // 2]
+    window = max(0.0, p.search_s - SLOT_START_S - p.first_report_s)  # no trial starts too late to report
 
     def hold(rate: float) -> float:
-        return min(p.search_s, TRIAL_START_S + p.max_chars / rate)
+        return min(window, TRIAL_START_S + p.max_chars / rate)
 
-    left = cal.parallel * p.search_s - hold(cal.rates[prior_shape(p)]) - (cal.parallel - 1) * hold(median)
+    left = cal.parallel * window - hold(cal.rates[prior_shape(p)]) - (cal.parallel - 1) * hold(median)
     rungs = max(0.0, math.log(p.max_chars / p.grace_chars, 3))
     trial_s = TRIAL_START_S + p.grace_chars / median * (1 + 2 / 3 * rungs)
     return cal.parallel - 1 + max(0.0, left) / trial_s
