@@ -80,7 +80,8 @@ def test_a_budget_too_small_to_train_is_refused_with_the_least_that_works():
 def test_the_plan_fills_a_sweep_that_loads_back_from_its_file(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(50_000))
-    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65,
+             search="always")
     sweep = autosize.apply(SweepConfig(path="", name="auto-c", corpus=str(corpus), sweep_time=600,
                                        train={"weight_decay": 0.01}), p)
     assert sweep.space["shape"].values == p.shapes and sweep.train["weight_decay"] == 0.01
@@ -95,7 +96,8 @@ def test_the_plan_fills_a_sweep_that_loads_back_from_its_file(tmp_path):
 
 
 def test_the_search_starts_from_a_prior_inside_its_space():
-    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65,
+             search="always")
     usable = p.search_s + p.finish_s
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600), p)
     (first,) = sweep.points_to_evaluate
@@ -117,7 +119,8 @@ def test_the_search_starts_from_a_prior_inside_its_space():
     # a GRU is preferred where one is kept, even if an LSTM is nearer the ratio
     gru = calibration()
     gru.rates["gru 2x256"], gru.params["gru 2x256"] = 30_000, 650_000
-    p = plan(gru, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    p = plan(gru, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65,
+             search="always")
     assert "gru 2x256" in p.shapes and autosize.prior_shape(p) == "gru 2x256"
     # an option the user fixed is neither searched nor in the first point
     fixed = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600,
