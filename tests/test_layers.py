@@ -13,7 +13,8 @@ RULES = {
     "search": ({"core", "tracking", "search"}, set()),
     "ship": ({"core", "tracking", "ship"}, {"ray"}),
     "serve": ({"core"}, {"ray", "optuna", "mlflow"}),
-    "cli": ({"core", "tracking", "search", "ship", "serve", "cli", "api"}, set()),
+    "ui": ({"core", "tracking", "ship"}, {"ray", "optuna"}),
+    "cli": ({"core", "tracking", "search", "ship", "serve", "ui", "cli", "api"}, set()),
     "api": ({"core", "tracking", "search", "ship"}, set()),
 }
 

@@ -1,5 +1,6 @@
 """Selection and the MLflow UI against a real MLflow SQLite store (runs written through charsearch.tracking)."""
 
+import http.client
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import pytest
 import torch
 
 from charsearch.cli import main
+from charsearch.tracking.layout import SHOWN_LOSS_TAG
+from charsearch.ui import sweep_page
 
 from .conftest import Trial, record_sweep, store_uri, write_model
 from .web import free_port, wait_http
@@ -72,6 +75,17 @@ def test_best_without_any_sweep(workdir, capsys):
     assert "no sweeps recorded" in capsys.readouterr().err
 
 
+def test_the_ui_opens_on_the_latest_sweep_and_shows_its_val_losses_rounded(store, workdir):
+    client = mlflow.MlflowClient(store)
+    exp = client.get_experiment_by_name("exp")
+    assert sweep_page(store) == ("exp", f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                                        "&viewStateShareKey=charsearch-latest-sweep")
+    assert sweep_page(store_uri(workdir, "empty.db")) == ("", "")  # MLflow's own home page then
+    shown = {r.data.tags["ray.trial_id"]: r.data.tags[SHOWN_LOSS_TAG]
+             for r in client.search_runs([exp.experiment_id], "tags.`charsearch.kind` = 'trial'")}
+    assert shown == {"t1": "1.7000", "t2": "2.0000", "t3": "1.5000"}
+
+
 @pytest.mark.slow
 def test_ui_serves_the_store_on_localhost(store, workdir):
     port = free_port()
@@ -86,8 +100,18 @@ def test_ui_serves_the_store_on_localhost(store, workdir):
         assert '"name": "exp"' in body or '"name":"exp"' in body
         exp_id = mlflow.MlflowClient(store).get_experiment_by_name("exp").experiment_id
         lines = [p.stderr.readline().strip() for _ in range(2)]
-        assert lines[1] == (f"latest sweep 'exp': http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
-                            "?workflowType=machine_learning&viewStateShareKey=charsearch-latest-sweep"), lines
+        route = f"#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey=charsearch-latest-sweep"
+        assert lines == [f"MLflow UI for {store} at http://127.0.0.1:{port}/ : it opens on the latest sweep's "
+                         "trials ('exp') (Ctrl-C stops it)", f"latest sweep 'exp': http://127.0.0.1:{port}/{route}"]
+        # the bare address opens the sweep's runs table, not MLflow's home page; any other path is MLflow's
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        answer = conn.getresponse()
+        assert (answer.status, answer.getheader("Location")) == (302, f"/?sweep{route}")
+        answer.read()
+        conn.request("GET", "/?sweep")
+        answer = conn.getresponse()
+        assert answer.status == 200 and b"<html" in answer.read().lower()
     finally:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()

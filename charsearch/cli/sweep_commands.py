@@ -253,36 +253,21 @@ def cmd_ui(args) -> None:
     import os
 
     from charsearch.tracking.store import resolve_uri
+    from charsearch.ui import sweep_page
     uri = resolve_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise UsageError(f"{uri} is a tracking server: open it in a browser, it serves the UI itself")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # lean: no job runner workers
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
+           "--port", str(args.port), "--workers", "1", "--app-name", "charsearch"]
     base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", file=sys.stderr)
-    link = latest_sweep_link(uri, base)
-    if link:
-        print(f"latest sweep {link}", file=sys.stderr)
+    name, route = sweep_page(uri)
+    opens = f"the latest sweep's trials ('{name}')" if name else "MLflow's home page (no sweep recorded yet)"
+    print(f"MLflow UI for {uri} at {base}/ : it opens on {opens} (Ctrl-C stops it)", file=sys.stderr)
+    if route:
+        print(f"latest sweep '{name}': {base}/{route}", file=sys.stderr)
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)
-
-
-def latest_sweep_link(uri: str, base: str) -> str:
-    """MLflow 3 opens an experiment on its GenAI view; the trials are in the classic runs table, and the
-    view the sweep shared (Tracker.share_view) orders them."""
-    from charsearch.ship import selection
-    from charsearch.tracking.layout import SHARED_VIEW
-    from charsearch.tracking.store import client_for
-    try:
-        name, _ = selection.trials(uri)
-    except UsageError:  # no sweep recorded yet
-        return ""
-    exp = client_for(uri).get_experiment_by_name(name)
-    link = f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
-    if f"mlflow.sharedViewState.{SHARED_VIEW}" in exp.tags:
-        link += f"&viewStateShareKey={SHARED_VIEW}"
-    return f"'{name}': {link}"
 
 
 COMMANDS = (add_sweep, add_best, add_report, add_ui)

@@ -7,7 +7,7 @@ MLflow runs all read.
                  RAY_EXPERIMENT_TAG naming the Ray experiment folder it records
     trial run    one per trial, nested under the parent: KIND_TAG "trial", TRIAL_TAG, the trial's params,
                  STEP_METRICS at every evaluation (step = characters trained), best_val_loss, OUTCOME_TAG,
-                 and its best model file at MODEL_ARTIFACT
+                 SHOWN_LOSS_TAG, and its best model file at MODEL_ARTIFACT
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ TRIAL_TAG = "ray.trial_id"
 SWEEP_TAG = "charsearch.sweep"
 RAY_EXPERIMENT_TAG = "charsearch.ray_experiment"  # on the parent run: the Ray experiment folder it records
 OUTCOME_TAG = "charsearch.outcome"  # on a trial run: the name of its Outcome
+# on a trial run: its best_val_loss rounded to 4 decimals, for the runs table (MLflow prints metrics unrounded)
+SHOWN_LOSS_TAG = "charsearch.best_val_loss"
 COUNTS_TAG = "charsearch.counts"  # on the parent run: the sweep's trial counts as JSON
 SHARED_VIEW = "charsearch-latest-sweep"  # the key of the runs-table view each sweep shares
 STEP_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec", "epoch", "learning_rate", "ss_prob")

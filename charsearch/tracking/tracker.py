@@ -30,10 +30,12 @@ from mlflow.exceptions import MlflowException
 
 from charsearch.tracking.layout import (
     KIND_TAG,
+    METRIC,
     MODEL_ARTIFACT,
     OUTCOME_TAG,
     OUTCOMES,
     SHARED_VIEW,
+    SHOWN_LOSS_TAG,
     STEP_METRICS,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -99,11 +101,14 @@ class Tracker:
         each browser). Any MLflow UI on this store opens it at `?viewStateShareKey=SHARED_VIEW`."""
         # what decides first, the ids last: MLflow groups columns by kind (metrics, params, tags) unless a
         # column order is given, and its side panel leaves ~1200 px of a 1600 px window
-        columns = ["metrics.`best_val_loss`", f"tags.`{OUTCOME_TAG}`", *(f"params.`{name}`" for name in searched),
+        # column order is given, and its side panel leaves ~1200 px of a 1600 px window; widths that hold
+        # each header whole (MLflow's 100 px cut "charsearch.outcome")
+        columns = [f"tags.`{SHOWN_LOSS_TAG}`", f"tags.`{OUTCOME_TAG}`", *(f"params.`{name}`" for name in searched),
                    f"tags.`{TRIAL_TAG}`"]
+        widths = {c: max(100, 8 * len(c.split("`")[1]) + 48) for c in columns}
         view = {"searchFilter": f"tags.mlflow.parentRunId = '{self.parent_id}'",
-                "orderByKey": "metrics.`best_val_loss`", "orderByAsc": True,
-                "selectedColumns": columns, "columnOrder": columns}
+                "orderByKey": f"metrics.`{METRIC}`", "orderByAsc": True,
+                "selectedColumns": columns, "columnOrder": columns, "columnWidths": widths}
         self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{SHARED_VIEW}", json.dumps(view))
 
     def reopen_sweep(self, parent_id: str) -> None:
@@ -184,6 +189,9 @@ class Tracker:
         model file is copied at once: the caller may remove it when this returns."""
         self._log(trial_id, summary, step=int(summary.get("chars_trained", 0) or 0),
                   what=f"trial {trial_id}'s results")
+        loss = summary.get(METRIC)
+        if isinstance(loss, (int, float)) and math.isfinite(loss):
+            self.trial_tags(trial_id, {SHOWN_LOSS_TAG: f"{loss:.4f}"})
         if error:
             def tag_error():
                 if trial_id in self.runs:
