@@ -189,6 +189,9 @@ def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_whole_machine_on
     assert json.loads(parent["params.resources"])["cpu"] == os.cpu_count()
     rates = mlflow.MlflowClient(store_uri(workdir)).get_metric_history(row.run_id, "learning_rate")
     assert rates[-1].value < 0.1 * 0.003, rates
+    # its threads were watched at every report (search/threads.py): all of them, or one if others were slower
+    threads = mlflow.MlflowClient(store_uri(workdir)).get_metric_history(row.run_id, "threads")
+    assert len(threads) == len(rates) and {m.value for m in threads} <= {1, os.cpu_count()}, threads
     best = charsearch("best", "--export", "model.pt", cwd=workdir)
     assert best.returncode == 0, best.stderr
     assert torch.load(workdir / "model.pt", weights_only=True)["summary"]["trial_id"] == row["tags.ray.trial_id"]
@@ -219,6 +222,36 @@ def test_a_machine_that_gives_trials_far_less_than_calibration_measured_is_said_
     state = SweepState(time.time(), 180, expected_rates={"gru 2x128": 26_026})
     assert state.slow_note("gru 2x128", 20_000) == ""  # within what a shared machine varies
     note = state.slow_note("gru 2x128", 3_136)
-    assert note.startswith("note: a gru 2x128 trial trains at 3,136 chars/s, 12% of the 26,026 calibration measured")
+    assert note.startswith("note: a gru 2x128 trial trains at 3,136 chars/s, 12% of the 26,026 calibration measured "
+                           "on one thread")
     assert state.slow_note("gru 2x128", 1_000) == ""  # once
     assert SweepState(time.time()).slow_note("gru 2x128", 1) == ""  # a sweep file's sweep: nothing to compare
+
+
+def test_a_trial_whose_threads_are_slower_than_one_drops_to_one_and_tries_them_again_later():
+    from charsearch.search.threads import Threads
+    before = torch.get_num_threads()
+    try:
+        quiet = Threads(2, one_thread_rate=100.0)
+        assert [quiet.after_window(150.0 * s, s) for s in (1, 2, 3)] == ["", "", ""] and quiet.current == 2
+
+        t = Threads(2, one_thread_rate=100.0)
+        note = t.after_window(30.0, 1.0)  # a window at 30 chars/s with two threads: slower than one
+        assert note.startswith("2 threads made 30 chars/s, less than one thread (100)") and t.current == 1
+        assert torch.get_num_threads() == 1
+        chars, secs, seen = 30.0, 1.0, []
+        for rate in (90, 90, 40, 90, 90, 90, 90, 200):  # windows of one second each, at these rates
+            chars, secs = chars + rate, secs + 1
+            seen.append((t.after_window(chars, secs) != "", t.current))
+        # two windows on one thread, two threads again (slower than one: back for four), then two threads
+        # again, fast enough to stay
+        assert seen == [(False, 1), (False, 2), (True, 1), (False, 1), (False, 1), (False, 1), (False, 2),
+                        (False, 2)], seen
+        assert torch.get_num_threads() == 2
+        # nothing to compare with, or a single thread: never changes
+        blind = Threads(2, one_thread_rate=None)
+        assert blind.after_window(1.0, 1.0) == "" and blind.current == 2
+        single = Threads(1, one_thread_rate=100.0)
+        assert single.after_window(1.0, 1.0) == "" and single.current == 1
+    finally:
+        torch.set_num_threads(before)

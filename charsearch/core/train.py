@@ -518,7 +518,7 @@ class Run:
             "iteration": self.iteration, "epoch": self.epoch, "chars_trained": self.iteration * self.chars_per_iter,
             "train_loss": self.window_loss, "val_loss": val, "val_bpc": bits(val), "best_val_loss": self.best_val,
             "learning_rate": self.lr(max(0, self.iteration - 1)), "chars_per_sec": self.chars_per_sec,
-            "elapsed_s": self.elapsed, "final": final,
+            "elapsed_s": self.elapsed, "train_s": self.train_time, "final": final,
         }
         if self.cfg.use_ss:
             metrics["ss_prob"] = ss_probability(self.cfg, self.iteration)

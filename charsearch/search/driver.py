@@ -154,8 +154,8 @@ def search_deadline(sweep: SweepConfig, started: float) -> float:
 
 def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: str, tracker: Tracker,
                state: SweepState, resources, previous: ResumePoint | None, warm: WarmStart | None) -> tune.Tuner:
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus, ends_at=state.ends_at),
-                                    resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus, ends_at=state.ends_at,
+                                                         one_thread_rates=state.expected_rates), resources)
     searcher = search_algorithm(make_searcher(sweep, state, warm), sweep.max_concurrent)
     callbacks = [ResumeFromExisting(searcher), MLflowCallback(sweep, tracker, state), StatusLine(state, sweep)]
     search_s = state.ends_at - time.time() if math.isfinite(state.ends_at) else None

@@ -106,6 +106,6 @@ class SweepState:
             return ""
         self.slow_said = True
         return (f"note: a {shape} trial trains at {chars_per_sec:,.0f} chars/s, {chars_per_sec / expected:.0%} of the "
-                f"{expected:,.0f} calibration measured: the machine is busy with other work, so the plan's trials "
-                f"reach less than it assumed; no trial starts that cannot report before the search ends, and a "
-                f"model near the unigram baseline is said at the end")
+                f"{expected:,.0f} calibration measured on one thread: the machine is busy with other work, so the "
+                f"plan's trials reach less than it assumed; no trial starts that cannot report before the search "
+                f"ends, and a model near the unigram baseline is said at the end")

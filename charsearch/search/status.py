@@ -26,13 +26,16 @@ class StatusLine(tune.Callback):
         return {"state": None, "sweep": None, "stream": None, "last_print": 0.0}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        """A trial much slower than calibration measured is said once, on a line of its own."""
+        """A trial much slower than calibration measured is said once, and a trial's own note (its threads)
+        each time, on a line of its own."""
+        notes = [f"note: trial {trial.trial_id}: {result['note']}"] if isinstance(result.get("note"), str) else []
         if self.state.expected_rates and self.sweep is not None:
-            note = self.state.slow_note(label_of(self.sweep.trial_config(trial.config)), result.get("chars_per_sec"))
-            if note:
-                write_line(self.stream, note)
-                if self.stream.isatty():
-                    self.stream.write("\n")
+            notes.append(self.state.slow_note(label_of(self.sweep.trial_config(trial.config)),
+                                              result.get("chars_per_sec")))
+        for note in filter(None, notes):
+            write_line(self.stream, note)
+            if self.stream.isatty():
+                self.stream.write("\n")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.print(trials, force=True)

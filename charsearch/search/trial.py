@@ -19,9 +19,10 @@ import ray
 from ray import tune
 
 from charsearch.core import artifact
-from charsearch.core.config import TrainConfig
+from charsearch.core.config import TrainConfig, label_of
 from charsearch.core.data import Corpus, iters_per_epoch
 from charsearch.search.sweepfile import SweepConfig
+from charsearch.search.threads import Threads
 
 TRIAL_DIR_PREFIX = "charsearch-trial-"
 END_MARGIN_S = 12.0  # after a run that ends with the budget: its last report, its model logged, Ray ended, the summary
@@ -40,14 +41,19 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else "cpu"
 
 
-def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float = math.inf) -> None:
+def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float = math.inf,
+              one_thread_rates: dict | None = None) -> None:
     """A trial of `sweep`. One with a time limit (trial_max_time) ends its run, its last evaluation included,
-    by the search's end (`ends_at`, time.time()) as well: a schedule decays by then instead of being cut."""
+    by the search's end (`ends_at`, time.time()) as well: a schedule decays by then instead of being cut.
+    `one_thread_rates` (shape -> chars/s on one thread, an auto sweep's calibration) let a CPU trial with
+    several threads drop to one where other work makes them slower (search/threads.py)."""
     from charsearch.core.train import train
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
     cfg = sweep.trial_config(config)
     cfg.device = worker_device(resources.get("GPU", 0) > 0, int(resources.get("CPU", 1)))
+    threads = Threads(max(1, int(resources.get("CPU", 1))), (one_thread_rates or {}).get(label_of(cfg))) \
+        if cfg.device == "cpu" else None
     train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
     epoch = max(1, iters_per_epoch(len(train_ids), cfg.batch_size, cfg.seq_length))
     set_report_interval(cfg, sweep.report_every_epochs * epoch)
@@ -70,6 +76,9 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
         def on_eval(metrics: dict, path: Path, is_best: bool) -> None:
             if is_best:
                 artifact.export(path, best_model, summary)
+            if threads:  # the characters and seconds of this process, not those of a run it resumed
+                note = threads.after_window(metrics["chars_per_sec"] * metrics["train_s"], metrics["train_s"])
+                metrics = {**metrics, "threads": threads.current, **({"note": note} if note else {})}
             report = work / f"report-{metrics['iteration']}"
             report.mkdir()
             os.link(path, report / "checkpoint.pt")
