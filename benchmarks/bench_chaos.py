@@ -41,6 +41,7 @@ KINDS = ("driver SIGKILL", "driver SIGTERM", "worker SIGKILL")
 SAMPLES = 6
 MAX_RESUMES = 5
 HANG_S = 240  # a run of this sweep takes under a minute: one still going after this is hung
+WORKER_WAIT_S = 60  # a worker kill that finds no trial at its moment waits this long for one to start
 
 
 def env() -> dict:
@@ -85,12 +86,21 @@ def kill_session(sid: int) -> None:
 
 
 def trial_workers(sid: int) -> list[int]:
-    """Ray worker processes of the session that are training a trial: each keeps its files in a private
-    folder named after its pid (search.trial.trial_dir), which it removes when the trial ends."""
+    """Ray worker processes of the session that run a trial: Ray titles them after the trainable
+    (`ray::ImplicitFunc.train`) from the moment the trial's actor starts, and each keeps its files in a
+    private folder named after its pid (search.trial.trial_dir) while it trains."""
     from charsearch.search.trial import TRIAL_DIR_PREFIX
     alive = set(session_pids(sid))
     folders = Path(tempfile.gettempdir()).glob(f"{TRIAL_DIR_PREFIX}*")
-    return sorted({int(f.name[len(TRIAL_DIR_PREFIX):].split("-", 1)[0]) for f in folders} & alive)
+    by_folder = {int(f.name[len(TRIAL_DIR_PREFIX):].split("-", 1)[0]) for f in folders} & alive
+    return sorted(by_folder | {pid for pid in alive if "ImplicitFunc" in title(pid)})
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log) -> tuple[int, str]:
@@ -110,8 +120,11 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log) -> tu
                     kill_session(p.pid)
                 elif kind == "driver SIGTERM":
                     p.send_signal(signal.SIGTERM)
-                else:
+                else:  # a trial may be starting: wait for one a while rather than miss the fault
                     workers = trial_workers(p.pid)
+                    while not workers and time.monotonic() - t0 < at + WORKER_WAIT_S and p.poll() is None:
+                        time.sleep(0.5)
+                        workers = trial_workers(p.pid)
                     if workers:
                         os.kill(random.choice(workers), signal.SIGKILL)
                     else:

@@ -173,10 +173,10 @@ def _throughput(args) -> float:
     import torch
 
     from charsearch.core.model import CharRNN
-    from charsearch.search.calibrate import _steps
+    from charsearch.search.calibrate import step_rate
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    return _steps(CharRNN(65, model, size, layers), 65, 64, 128, seconds, "cpu")[0]
+    return step_rate(CharRNN(65, model, size, layers), 65, 64, 128, seconds, "cpu")[0]
 
 
 def s2(seconds: float = 15.0) -> list[dict]:

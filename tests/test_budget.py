@@ -248,6 +248,21 @@ def test_a_trial_whose_threads_are_slower_than_one_drops_to_one_and_tries_them_a
         assert seen == [(False, 1), (False, 2), (True, 1), (False, 1), (False, 1), (False, 1), (False, 2),
                         (False, 2)], seen
         assert torch.get_num_threads() == 2
+        # at the start: a few steps timed with all threads and with one; the faster is kept
+        rates = {2: 40.0, 1: 90.0}
+        busy = Threads(2, one_thread_rate=None)
+        note = busy.probe(lambda seconds: rates[torch.get_num_threads()])
+        assert note.startswith("2 threads made 40 chars/s, one thread 90") and busy.current == 1 == torch.get_num_threads()
+        assert busy.one_rate == 90.0 and busy.wait == 2  # then tries both again after two windows
+        rates = {2: 150.0, 1: 90.0}
+        quiet = Threads(2, one_thread_rate=None)
+        assert quiet.probe(lambda seconds: rates[torch.get_num_threads()]) == ""
+        assert quiet.current == 2 == torch.get_num_threads() and quiet.one_rate == 90.0
+        # the real thing: a trial's shape timed on this machine's threads
+        from charsearch.core.config import TrainConfig
+        from charsearch.search.trial import shape_rate
+        assert shape_rate(TrainConfig(model="lstm", rnn_size=16, num_layers=1, batch_size=4, seq_length=8), 10,
+                          0.1) > 0
         # nothing to compare with, or a single thread: never changes
         blind = Threads(2, one_thread_rate=None)
         assert blind.after_window(1.0, 1.0) == "" and blind.current == 2

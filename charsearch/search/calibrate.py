@@ -174,7 +174,7 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
             if core > max_params or (last and time.time() > deadline) or (
                     last and last[1] * last[0] / total * budget_s < least * core):
                 break
-            rate, _ = _steps(net, vocab, PROBE_BATCH, PROBE_SEQ, seconds_each, "cpu")
+            rate, _ = step_rate(net, vocab, PROBE_BATCH, PROBE_SEQ, seconds_each, "cpu")
             out.append((shape_label(model, layers, size), core, rate))
             last = (total, rate)
             if rate * budget_s < least * core:  # the larger ones are slower still
@@ -182,7 +182,7 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
     return out
 
 
-def _steps(net, vocab: int, batch: int, seq: int, seconds: float, device: str) -> tuple[float, int]:
+def step_rate(net, vocab: int, batch: int, seq: int, seconds: float, device: str) -> tuple[float, int]:
     """(chars/s, peak bytes reserved) of Adam steps on random ids for about `seconds`, the first step
     (which allocates) not counted."""
     import torch
@@ -245,7 +245,7 @@ def _gpu_shape(args) -> tuple[float, int]:
     net = candidate(vocab, model, layers, size, fixed)
     if start_at:  # packed trials start measuring together
         time.sleep(max(0.0, start_at - time.time()))
-    rate, peak = _steps(net, vocab, GPU_PROBE_BATCH, GPU_PROBE_SEQ, seconds, "cuda")
+    rate, peak = step_rate(net, vocab, GPU_PROBE_BATCH, GPU_PROBE_SEQ, seconds, "cuda")
     return rate, peak + CONTEXT_BYTES
 
 

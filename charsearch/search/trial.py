@@ -21,6 +21,7 @@ from ray import tune
 from charsearch.core import artifact
 from charsearch.core.config import TrainConfig, label_of
 from charsearch.core.data import Corpus, iters_per_epoch
+from charsearch.search.calibrate import candidate, step_rate
 from charsearch.search.sweepfile import SweepConfig
 from charsearch.search.threads import Threads
 
@@ -54,6 +55,7 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
     cfg.device = worker_device(resources.get("GPU", 0) > 0, int(resources.get("CPU", 1)))
     threads = Threads(max(1, int(resources.get("CPU", 1))), (one_thread_rates or {}).get(label_of(cfg))) \
         if cfg.device == "cpu" else None
+    notes: list[str] = []
     train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
     epoch = max(1, iters_per_epoch(len(train_ids), cfg.batch_size, cfg.seq_length))
     set_report_interval(cfg, sweep.report_every_epochs * epoch)
@@ -77,8 +79,10 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
             if is_best:
                 artifact.export(path, best_model, summary)
             if threads:  # the characters and seconds of this process, not those of a run it resumed
-                note = threads.after_window(metrics["chars_per_sec"] * metrics["train_s"], metrics["train_s"])
-                metrics = {**metrics, "threads": threads.current, **({"note": note} if note else {})}
+                notes.append(threads.after_window(metrics["chars_per_sec"] * metrics["train_s"], metrics["train_s"]))
+                said = "; ".join(filter(None, notes))
+                notes.clear()
+                metrics = {**metrics, "threads": threads.current, **({"note": said} if said else {})}
             report = work / f"report-{metrics['iteration']}"
             report.mkdir()
             os.link(path, report / "checkpoint.pt")
@@ -89,12 +93,21 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
             finally:
                 shutil.rmtree(report, ignore_errors=True)
 
+        if threads:  # said with the first report (a result without a val loss is not one)
+            notes.append(threads.probe(lambda seconds: shape_rate(cfg, len(corpus.vocab), seconds)))
         deadline = None
         if cfg.max_time > 0 and math.isfinite(ends_at):
             deadline = min(ends_at - END_MARGIN_S, time.time() + cfg.max_time)
         train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary, deadline=deadline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def shape_rate(cfg: TrainConfig, vocab: int, seconds: float) -> float:
+    """Chars/s of a few training steps of the trial's shape and step on this process's threads now."""
+    net = candidate(vocab, cfg.model, cfg.num_layers, cfg.rnn_size, {"embed_size": cfg.embed_size,
+                                                                      "softmax": cfg.softmax})
+    return step_rate(net, vocab, cfg.batch_size, cfg.seq_length, seconds, "cpu")[0]
 
 
 def set_report_interval(cfg: TrainConfig, iterations: float) -> None:
