@@ -1,10 +1,11 @@
 """A short auto sweep on a machine that other work shares, against one or more charsearch trees side by side.
 
     python benchmarks/bench_busy.py --tree before=/path/to/old/checkout --tree after=. [--time 180] [--runs 1]
+                                    [--other-threads 1]
 
 For each tree (and run), `charsearch sweep --data tinyshakespeare --time T` runs twice: on the quiet machine,
-and beside "other work": another process training an LSTM 2x128 with as many torch threads as the machine
-has cores, started before the sweep and stopped after it (what a second user's training job does). The
+and beside "other work": another process training an LSTM 2x128 with --other-threads torch threads,
+started before the sweep and stopped after it (what a second user's training job does). The
 table gives the sweep's best val loss, its trials' training rate at their last report against the rate
 calibration measured, the threads at the last report (where the tree logs them), the notes the sweep
 printed, and its wall time.
@@ -42,12 +43,12 @@ while True:
 """
 
 
-def run(tree: Path, budget: int, busy: bool, folder: Path) -> dict:
+def run(tree: Path, budget: int, busy: int, folder: Path) -> dict:
     data = folder / "data" / "tinyshakespeare" / "input.txt"
     data.parent.mkdir(parents=True)
     data.write_bytes(SHAKESPEARE.read_bytes())
     env = {**os.environ, "PYTHONPATH": str(tree), "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    other = subprocess.Popen([sys.executable, "-c", OTHER_WORK.format(threads=os.cpu_count())]) if busy else None
+    other = subprocess.Popen([sys.executable, "-c", OTHER_WORK.format(threads=busy)]) if busy else None
     try:
         t0 = time.time()
         r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", "tinyshakespeare", "--time",
@@ -63,7 +64,7 @@ def run(tree: Path, budget: int, busy: bool, folder: Path) -> dict:
                 "notes": [f"exit {r.returncode}: {last}"], "wall": wall}
     import mlflow
     client = mlflow.MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
-    exp = client.search_experiments()[-1]
+    exp = client.get_experiment_by_name(re.search(r"MLflow: experiment '([^']+)'", r.stdout)[1])
     trials = [x for x in client.search_runs([exp.experiment_id]) if x.data.tags.get("charsearch.kind") == "trial"]
     best = min(trials, key=lambda x: x.data.metrics.get("best_val_loss", float("inf")))
     shape = f"{best.data.params.get('model')} {best.data.params.get('num_layers')}x{best.data.params.get('rnn_size')}"
@@ -81,11 +82,13 @@ def main() -> None:
     ap.add_argument("--tree", action="append", required=True, help="NAME=PATH of a charsearch checkout")
     ap.add_argument("--time", type=int, default=180)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--other-threads", type=int, default=1, help="the other work's torch threads")
+    ap.add_argument("--machines", default="busy,quiet", help="busy, quiet or both")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     trees = [(name, Path(path).resolve()) for name, path in (t.split("=", 1) for t in args.tree)]
     rows = []
-    for busy in (True, False):
+    for busy in [{"busy": args.other_threads, "quiet": 0}[m] for m in args.machines.split(",")]:
         for name, tree in trees:
             for _ in range(args.runs):
                 with tempfile.TemporaryDirectory(prefix="bench-busy-") as d:
@@ -98,15 +101,17 @@ def main() -> None:
                              "shape": r["shape"], "trials": r["trials"], "rate (of calibration)": rate,
                              "threads": r["threads"], "wall s": f"{r['wall']:.0f}",
                              "notes": "; ".join(n.removeprefix("note: ")[:120] for n in r["notes"]) or "-"})
-    body = (f"`charsearch sweep --data tinyshakespeare --time {args.time}` on this 2-core machine, quiet and beside "
-            "another process training an LSTM 2x128 with one torch thread per core. Rate: the best trial's chars/s "
+    where = "quiet and beside" if "quiet" in args.machines else "beside"
+    body = (f"`charsearch sweep --data tinyshakespeare --time {args.time}` on this 2-core machine, {where} "
+            f"another process training an LSTM 2x128 with {args.other_threads} torch thread(s). Rate: the best trial's chars/s "
             "over its run at its last report, and its share of what calibration measured for its shape on one "
             "thread; threads: the trial's torch threads at its reports (where the tree logs them).\n\n"
             + table(rows))
     print(body)
     if not args.no_write:
         write_section("busy", "A short sweep on a busy machine", body,
-                      "python benchmarks/bench_busy.py --tree before=<checkout> --tree after=.")
+                      f"python benchmarks/bench_busy.py --tree before=<checkout> --tree after=. "
+                      f"--other-threads {args.other_threads}")
 
 
 if __name__ == "__main__":
