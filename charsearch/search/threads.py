@@ -2,9 +2,9 @@
 
 A trial given several CPUs trains with as many torch threads. On a quiet machine they pay (two threads of
 an LSTM 2x96 on 2 cores: about 1.5x one); with other work on the machine they wait on each other at every
-operation, and the trial can fall far below one thread: 2,328-38,204 chars/s with two threads against
-55,973-65,174 with one, measured on 2 cores beside a test suite; beside another training job a two-thread
-trial did not reach its first report in three minutes. So a trial with several threads first times a few
+operation, and the trial can fall far below one thread: beside another training job on one of 2 cores,
+an LSTM 2x128 made 429 chars/s on two threads and 55,065 on one, and a two-thread trial did not reach its
+first report in three minutes (bench_busy.py, BENCHMARKS.md). So a trial with several threads first times a few
 steps of its shape with all of them and with one (about PROBE_S each) and starts with the faster; then it
 watches each window between its reports: one slower than a single thread (what it made on one, else what
 calibration measured for its shape on one) drops it to one thread, and it tries all of them again after
