@@ -62,7 +62,10 @@ def test_a_sweep_on_s3_storage_survives_a_killed_driver_and_resumes_from_the_buc
         saved = json.loads(f.read())
     assert saved["status"] == "FINISHED" and saved["parent_run_id"] == parents.iloc[0].run_id
     checkpointed = {f.path.split("/trial_")[1].split("/")[0] for f in files if "/checkpoint_" in f.path}
-    assert checkpointed == set(trials["tags.ray.trial_id"])
+    # a trial that uploaded a checkpoint after Ray last saved its state is forgotten by the resumed sweep
+    # (docs/sweeps.md, Resume): its folder may stay, with no result in MLflow; at most the ones running at the kill
+    assert set(trials["tags.ray.trial_id"]) <= checkpointed
+    assert len(checkpointed - set(trials["tags.ray.trial_id"])) <= 2
     best = charsearch("best", "--experiment", "s3", "--export", "model.pt", cwd=project)
     assert best.returncode == 0, best.stderr
     winner = trials.loc[trials["metrics.best_val_loss"].idxmin(), "tags.ray.trial_id"]
