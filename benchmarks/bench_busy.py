@@ -65,7 +65,12 @@ def run(tree: Path, budget: int, busy: int, folder: Path) -> dict:
     import mlflow
     client = mlflow.MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name(re.search(r"MLflow: experiment '([^']+)'", r.stdout)[1])
-    trials = [x for x in client.search_runs([exp.experiment_id]) if x.data.tags.get("charsearch.kind") == "trial"]
+    trials = [x for x in client.search_runs([exp.experiment_id]) if x.data.tags.get("charsearch.kind") == "trial"
+              and "best_val_loss" in x.data.metrics]
+    if not trials:
+        return {"val": None, "shape": "-", "trials": 0, "rate": None, "calibrated": None, "threads": "-",
+                "notes": [f"no trial reported: {r.stdout.strip().splitlines()[0] if r.stdout.strip() else '-'}"],
+                "wall": wall}
     best = min(trials, key=lambda x: x.data.metrics.get("best_val_loss", float("inf")))
     shape = f"{best.data.params.get('model')} {best.data.params.get('num_layers')}x{best.data.params.get('rnn_size')}"
     measured = re.search(rf"#\s+{re.escape(shape)}\s+[\d,]+ params\s+([\d,]+) chars/s", r.stderr)
@@ -75,6 +80,11 @@ def run(tree: Path, budget: int, busy: int, folder: Path) -> dict:
             "calibrated": float(measured[1].replace(",", "")) if measured else None,
             "threads": "→".join(dict.fromkeys(f"{t:g}" for t in threads)) if threads else "-",
             "notes": [line for line in r.stderr.splitlines() if line.startswith("note:")], "wall": wall}
+
+
+def commit_of(tree: Path) -> str:
+    r = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return r.stdout.strip() or "?"
 
 
 def main() -> None:
@@ -105,7 +115,8 @@ def main() -> None:
     body = (f"`charsearch sweep --data tinyshakespeare --time {args.time}` on this 2-core machine, {where} "
             f"another process training an LSTM 2x128 with {args.other_threads} torch thread(s). Rate: the best trial's chars/s "
             "over its run at its last report, and its share of what calibration measured for its shape on one "
-            "thread; threads: the trial's torch threads at its reports (where the tree logs them).\n\n"
+            "thread; threads: the trial's torch threads at its reports (where the tree logs them). Trees: "
+            + ", ".join(f"{name} = {commit_of(tree)}" for name, tree in trees) + ". One run per row.\n\n"
             + table(rows))
     print(body)
     if not args.no_write:

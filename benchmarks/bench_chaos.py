@@ -1,12 +1,17 @@
 """How many faults does a sweep survive? N seeded cycles of a small sweep (6 tiny trials, 2 at a time, local
-Ray, SQLite store), each with one fault at a random moment, then `charsearch sweep FILE --resume` until the
-sweep finishes:
+Ray, recording to an `mlflow server` on loopback with SQLite behind it), each with one fault at a random
+moment, then `charsearch sweep FILE --resume` until the sweep finishes:
 
     driver SIGKILL   the sweep's process killed, at a moment drawn over its whole run (start-up, trials
                      reporting, the end), with Ray's and the trials' processes
     driver SIGTERM   stopped as a scheduler stops a job (handled as Ctrl-C)
     worker SIGKILL   one trial's Ray worker process killed; the sweep goes on (ray.max_failures retries it
                      from its last checkpoint)
+    server stopped   the tracking server killed for OUTAGE_S, then started again: the sweep holds its
+                     MLflow writes meanwhile and goes on
+    driver SIGKILL, writes held
+                     the tracking server killed, the driver killed HELD_S later (its writes held), the
+                     server started again, then --resume
 
 Then it checks what a user relies on: the sweep finished (one parent run, FINISHED), no trial lost (every
 one of num_samples trials has a best_val_loss), none duplicated (trial ids unique in MLflow, and in the
@@ -37,7 +42,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
-KINDS = ("driver SIGKILL", "driver SIGTERM", "worker SIGKILL")
+KINDS = ("driver SIGKILL", "driver SIGTERM", "worker SIGKILL", "server stopped", "driver SIGKILL, writes held")
+OUTAGE_S = 20.0
+HELD_S = 5.0
 SAMPLES = 6
 MAX_RESUMES = 5
 HANG_S = 240  # a run of this sweep takes under a minute: one still going after this is hung
@@ -62,6 +69,45 @@ def project(folder: Path) -> Path:
     path = folder / "chaos.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return path
+
+
+class Server:
+    """An `mlflow server` on loopback for one cycle: SQLite behind it, its artifacts in the cycle's folder."""
+
+    def __init__(self, folder: Path):
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.folder, self.uri, self.p = folder, f"http://127.0.0.1:{self.port}", None
+        (folder / "mlruns").mkdir(exist_ok=True)
+
+    def start(self) -> None:
+        log = open(self.folder / "mlflow.log", "a")
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder}/mlruns/mlflow.db",
+             "--artifacts-destination", str(self.folder / "mlartifacts"), "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", "1"], cwd=self.folder, stdout=log, stderr=log, start_new_session=True,
+            env={**env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        t0 = time.monotonic()
+        while not self.healthy():
+            if self.p.poll() is not None or time.monotonic() - t0 > 120:
+                raise SystemExit(f"mlflow server did not start:\n{(self.folder / 'mlflow.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def healthy(self) -> bool:
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.p is not None:
+            kill_session(self.p.pid)
+            self.p.wait()
+            self.p = None
 
 
 def session_pids(sid: int) -> list[int]:
@@ -103,11 +149,12 @@ def title(pid: int) -> str:
         return ""
 
 
-def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log) -> tuple[int, str]:
+def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log, server: Server) -> tuple[int, str]:
     """Run (or resume) the sweep; inject `kind` `at` seconds in. Returns (exit code, phase the fault hit)."""
     args = [sys.executable, "-m", "charsearch", "sweep", str(path)] + (["--resume"] if kind is None and
                                                                      (folder / "ray_results").exists() else [])
-    p = subprocess.Popen(args, cwd=folder, env=env(), stdout=log, stderr=log, start_new_session=True)
+    p = subprocess.Popen(args, cwd=folder, env={**env(), "MLFLOW_TRACKING_URI": server.uri}, stdout=log, stderr=log,
+                         start_new_session=True)
     phase = "-"
     try:
         if kind is not None:
@@ -120,6 +167,15 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log) -> tu
                     kill_session(p.pid)
                 elif kind == "driver SIGTERM":
                     p.send_signal(signal.SIGTERM)
+                elif kind == "server stopped":
+                    server.stop()
+                    time.sleep(OUTAGE_S)
+                    server.start()
+                elif kind == "driver SIGKILL, writes held":
+                    server.stop()
+                    time.sleep(HELD_S)
+                    kill_session(p.pid)
+                    server.start()
                 else:  # a trial may be starting: wait for one a while rather than miss the fault
                     workers = trial_workers(p.pid)
                     while not workers and time.monotonic() - t0 < at + WORKER_WAIT_S and p.poll() is None:
@@ -161,21 +217,21 @@ def phase_of(folder: Path) -> str:
     return "trials reporting"
 
 
-def check(folder: Path) -> dict:
+def check(folder: Path, server: Server) -> dict:
     import mlflow
-    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(server.uri)
     df = mlflow.search_runs(experiment_names=["chaos"], max_results=1000)
     parents, trials = df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]
     valued = trials[trials["metrics.best_val_loss"].notna()]
-    best = subprocess.run([sys.executable, "-m", "charsearch", "best", "--export", "m.pt"], cwd=folder, env=env(),
+    through = {**env(), "MLFLOW_TRACKING_URI": server.uri}
+    best = subprocess.run([sys.executable, "-m", "charsearch", "best", "--export", "m.pt"], cwd=folder, env=through,
                           capture_output=True, text=True)
     exported = ""
     if best.returncode == 0:
         import torch
         exported = torch.load(folder / "m.pt", weights_only=True)["summary"].get("trial_id", "")
     winner = valued.loc[valued["metrics.best_val_loss"].idxmin(), "tags.ray.trial_id"] if len(valued) else None
-    report = subprocess.run([sys.executable, "-m", "charsearch", "report"], cwd=folder, env=env(), capture_output=True,
+    report = subprocess.run([sys.executable, "-m", "charsearch", "report"], cwd=folder, env=through, capture_output=True,
                             text=True)
     import optuna
     studies = optuna.get_all_study_names(f"sqlite:///{folder}/mlruns/optuna.db") if report.returncode == 0 else []
@@ -200,14 +256,19 @@ def main() -> None:
         kind, at = rng.choice(KINDS), rng.uniform(3, 30)
         folder = Path(tempfile.mkdtemp(prefix=f"chaos{i}-"))
         path = project(folder)
-        with open(folder / "log.txt", "w") as log:
-            code, phase = sweep_once(folder, path, kind, at, log)
-            resumes = 0
-            while code != 0 and resumes < MAX_RESUMES and "finished: nothing to resume" not in log_text(folder):
-                resumes += 1
-                code, _ = sweep_once(folder, path, None, 0, log)
-        result = {"cycle": i, "fault": kind, "at_s": round(at, 1), "phase": phase, "resumes": resumes,
-                  "exit": code, "hung": log_text(folder).count("[bench_chaos: hung"), **check(folder)}
+        server = Server(folder)
+        server.start()
+        try:
+            with open(folder / "log.txt", "w") as log:
+                code, phase = sweep_once(folder, path, kind, at, log, server)
+                resumes = 0
+                while code != 0 and resumes < MAX_RESUMES and "finished: nothing to resume" not in log_text(folder):
+                    resumes += 1
+                    code, _ = sweep_once(folder, path, None, 0, log, server)
+            result = {"cycle": i, "fault": kind, "at_s": round(at, 1), "phase": phase, "resumes": resumes,
+                      "exit": code, "hung": log_text(folder).count("[bench_chaos: hung"), **check(folder, server)}
+        finally:
+            server.stop()
         cycles.append(result)
         print(result, flush=True)
         if not args.keep:
@@ -223,8 +284,9 @@ def main() -> None:
              "runs left RUNNING": sum(c["running"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
              "best --export right": sum(c["best_right"] for c in cycles if (c["fault"], c["phase"]) == (k, ph))}
             for (k, ph), n in sorted(by.items())]
-    body = (f"{args.cycles} cycles (seed {args.seed}) of a sweep of {SAMPLES} tiny trials, 2 at a time, local Ray and a "
-            f"SQLite store; one fault per cycle at a moment drawn in 3-30 s, then `--resume` until it finished (at "
+    body = (f"{args.cycles} cycles (seed {args.seed}) of a sweep of {SAMPLES} tiny trials, 2 at a time, local Ray, "
+            f"recording to an `mlflow server` on loopback (SQLite behind it; stopped for {OUTAGE_S:.0f} s in 'server "
+            f"stopped', and {HELD_S:.0f} s before the driver's kill in 'writes held'); one fault per cycle at a moment drawn in 3-30 s, then `--resume` until it finished (at "
             f"most {MAX_RESUMES}). A run still going {HANG_S} s after it started is hung: killed, counted, and resumed. A study the report could not rebuild counts as -1 in the JSON.\n\n" + table(rows))
     write_section("chaos-cpu", "Faults a sweep survives (CPU)", body,
                   f"python benchmarks/bench_chaos.py --cycles {args.cycles} --seed {args.seed}")

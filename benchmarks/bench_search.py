@@ -57,10 +57,10 @@ def run_train(corpus: Path, budget: float, seed: int, project: Path) -> dict:
                          "--seed", str(seed), "--checkpoint-dir", str(project / "cv")], project)
 
 
-def follow_train(cmd: list[str], project: Path) -> dict:
+def follow_train(cmd: list[str], project: Path, extra_env: dict | None = None) -> dict:
     """A `charsearch train` command, its best val loss so far read off its evaluation lines as they come."""
     t0 = time.time()
-    p = subprocess.Popen(cmd, cwd=project, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, cwd=project, env={**env(), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     points, best = [], float("inf")
     for line in p.stderr:
         m = VAL_LINE.search(line)

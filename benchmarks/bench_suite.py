@@ -96,9 +96,9 @@ CORPORA = {"English prose (tiny-shakespeare)": shakespeare, "source code (Python
 # --- the prior alone --------------------------------------------------------------------------------
 
 
-def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> dict:
-    """The first trial the auto sweep would run, trained alone for the budget, its rate decaying to 0 over
-    the last `decay_frac` of it."""
+def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> tuple[list, str, str]:
+    """(the `charsearch train` command, the dry run's plan, the shape) of the first trial the auto sweep would
+    run, trained alone for the budget, its rate decaying to 0 over the last `decay_frac` of it."""
     r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
                         "--dry-run"], cwd=project, env=env(), capture_output=True, text=True)
     if r.returncode:
@@ -116,9 +116,15 @@ def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac:
     for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip", "eval_chars"):
         if key in prior:
             cmd += [f"--{key.replace('_', '-')}", str(prior[key])]
+    return cmd, plan_text, f"{model} {shape}"
+
+
+def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> dict:
+    """The first trial the auto sweep would run, trained alone for the budget (prior_command)."""
+    cmd, plan_text, shape = prior_command(corpus, budget, seed, project, decay_frac)
     r = follow_train(cmd, project)
     return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
-            "winner": f"{model} {shape} (prior)", "plan": plan_lines(plan_text)}
+            "winner": f"{shape} (prior)", "plan": plan_lines(plan_text)}
 
 
 # --- every row scored on the whole val split ------------------------------------------------------------

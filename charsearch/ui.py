@@ -36,11 +36,18 @@ def app():
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import RedirectResponse
 
-    uri = os.environ[BACKEND_STORE_URI_ENV_VAR]  # set by `mlflow ui` for its workers
+    uri = os.environ.get(BACKEND_STORE_URI_ENV_VAR)  # set by `mlflow ui`/`mlflow server` for its workers
+
+    def route_or_none() -> str:
+        """The sweep's route, or '' where the store cannot say (MLflow's own page then reports it)."""
+        try:
+            return sweep_page(uri)[1]
+        except Exception:  # noqa: BLE001 - the landing page must never be an error of ours
+            return ""
 
     async def landing(scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == "/" and not scope["query_string"]:
-            _, route = await run_in_threadpool(sweep_page, uri)
+        if uri and scope["type"] == "http" and scope["path"] == "/" and not scope["query_string"]:
+            route = await run_in_threadpool(route_or_none)
             if route:
                 # the route is a fragment, which the browser keeps and never sends: a query marks the
                 # second request, which MLflow answers with its page as usual

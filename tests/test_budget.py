@@ -228,45 +228,57 @@ def test_a_machine_that_gives_trials_far_less_than_calibration_measured_is_said_
     assert SweepState(time.time()).slow_note("gru 2x128", 1) == ""  # a sweep file's sweep: nothing to compare
 
 
-def test_a_trial_whose_threads_are_slower_than_one_drops_to_one_and_tries_them_again_later():
+def test_a_trial_reports_at_the_latest_after_twice_what_its_interval_takes_at_calibration_rate():
+    from charsearch.core.config import TrainConfig
+    from charsearch.search.trial import late_report_s
+    cfg = TrainConfig(eval_every=100, batch_size=10, seq_length=50)  # 50,000 chars a report
+    assert late_report_s(cfg, 10_000.0) == pytest.approx(10.0)  # 5 s at calibration's rate
+    assert late_report_s(cfg, None) is None and late_report_s(cfg, 0.0) is None  # nothing measured: on characters
+
+
+def test_a_trial_whose_threads_are_slower_than_one_drops_to_one_and_times_them_again_later():
     from charsearch.search.threads import Threads
     before = torch.get_num_threads()
+    machine = {2: 150.0, 1: 100.0}  # chars/s of a few steps, by torch's threads now (a quiet machine: 2 pay)
+    timed = lambda seconds: machine[torch.get_num_threads()]  # noqa: E731
     try:
-        quiet = Threads(2, one_thread_rate=100.0)
+        quiet = Threads(2, 100.0, timed)
+        assert quiet.probe() == "" and quiet.current == 2 == torch.get_num_threads()
         assert [quiet.after_window(150.0 * s, s) for s in (1, 2, 3)] == ["", "", ""] and quiet.current == 2
 
-        t = Threads(2, one_thread_rate=100.0)
-        note = t.after_window(30.0, 1.0)  # a window at 30 chars/s with two threads: slower than one
-        assert note.startswith("2 threads made 30 chars/s, less than one thread (100)") and t.current == 1
-        assert torch.get_num_threads() == 1
+        t = Threads(2, 100.0, timed)
+        assert t.probe() == "" and t.current == 2
+        note = t.after_window(30.0, 1.0)  # other work arrives: a window at 30 chars/s on two threads
+        assert note.startswith("2 threads made 30 chars/s, less than one thread (100): training with one thread")
+        assert t.current == 1 == torch.get_num_threads()
+        machine.update({2: 40.0, 1: 90.0})  # still there: two threads time slower than one at the retry
         chars, secs, seen = 30.0, 1.0, []
-        for rate in (90, 90, 40, 90, 90, 90, 90, 200):  # windows of one second each, at these rates
-            chars, secs = chars + rate, secs + 1
-            seen.append((t.after_window(chars, secs) != "", t.current))
-        # two windows on one thread, two threads again (slower than one: back for four), then two threads
-        # again, fast enough to stay
-        assert seen == [(False, 1), (False, 2), (True, 1), (False, 1), (False, 1), (False, 1), (False, 2),
-                        (False, 2)], seen
+        for _ in range(7):  # windows of one second each, at the machine's rate on the trial's threads
+            chars, secs = chars + machine[t.current], secs + 1
+            seen.append((t.after_window(chars, secs), t.current))
+            if len(seen) == 5:
+                machine[2] = 180.0  # the other work is gone
+        # timed again after two windows (one thread kept), then after four more: two threads again; nothing said
+        assert seen == [("", 1), ("", 1), ("", 1), ("", 1), ("", 1), ("", 2), ("", 2)], seen
         assert torch.get_num_threads() == 2
+        machine[2] = 40.0
+        assert t.after_window(chars + 40, secs + 1) == "" and t.current == 1  # dropped again, said once per trial
+
         # at the start: a few steps timed with all threads and with one; the faster is kept
-        rates = {2: 40.0, 1: 90.0}
-        busy = Threads(2, one_thread_rate=None)
-        note = busy.probe(lambda seconds: rates[torch.get_num_threads()])
-        assert note.startswith("2 threads made 40 chars/s, one thread 90") and busy.current == 1 == torch.get_num_threads()
-        assert busy.one_rate == 90.0 and busy.wait == 2  # then tries both again after two windows
-        rates = {2: 150.0, 1: 90.0}
-        quiet = Threads(2, one_thread_rate=None)
-        assert quiet.probe(lambda seconds: rates[torch.get_num_threads()]) == ""
-        assert quiet.current == 2 == torch.get_num_threads() and quiet.one_rate == 90.0
+        machine.update({2: 40.0, 1: 90.0})
+        busy = Threads(2, None, timed)
+        note = busy.probe()
+        assert note.startswith("2 threads made 40 chars/s, one thread 90: training with one thread")
+        assert busy.current == 1 == torch.get_num_threads() and busy.one_rate == 90.0 and busy.wait == 2
         # the real thing: a trial's shape timed on this machine's threads
         from charsearch.core.config import TrainConfig
         from charsearch.search.trial import shape_rate
         assert shape_rate(TrainConfig(model="lstm", rnn_size=16, num_layers=1, batch_size=4, seq_length=8), 10,
                           0.1) > 0
         # nothing to compare with, or a single thread: never changes
-        blind = Threads(2, one_thread_rate=None)
+        blind = Threads(2, None, timed)
         assert blind.after_window(1.0, 1.0) == "" and blind.current == 2
-        single = Threads(1, one_thread_rate=100.0)
-        assert single.after_window(1.0, 1.0) == "" and single.current == 1
+        single = Threads(1, 100.0, timed)
+        assert single.probe() == "" and single.after_window(1.0, 1.0) == "" and single.current == 1
     finally:
         torch.set_num_threads(before)

@@ -86,6 +86,38 @@ def test_the_ui_opens_on_the_latest_sweep_and_shows_its_val_losses_rounded(store
     assert shown == {"t1": "1.7000", "t2": "2.0000", "t3": "1.5000"}
 
 
+def asgi_get(app, path: str) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of a GET through an ASGI app, as uvicorn would call it."""
+    import asyncio
+    sent = []
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:5000")], "http_version": "1.1", "scheme": "http",
+             "server": ("127.0.0.1", 5000), "client": ("127.0.0.1", 1), "root_path": ""}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], dict(sent[0].get("headers", [])), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_the_ui_app_leaves_the_landing_page_to_mlflow_where_it_cannot_find_the_sweep(monkeypatch, tmp_path):
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR
+
+    from charsearch.ui import app
+    broken = f"sqlite:///{tmp_path}/missing-folder/mlflow.db"  # the lookup fails: MLflow's page, not an error
+    monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, broken)
+    with pytest.raises(OSError):
+        sweep_page(broken)
+    status, headers, body = asgi_get(app(), "/")
+    assert status == 200 and b"location" not in headers and body.lower().startswith(b"<!doctype html")
+    monkeypatch.delenv(BACKEND_STORE_URI_ENV_VAR)  # `mlflow server --app-name charsearch` run by hand, no store named
+    status, headers, _ = asgi_get(app(), "/")
+    assert status == 200 and b"location" not in headers
+
+
 @pytest.mark.slow
 def test_ui_serves_the_store_on_localhost(store, workdir):
     port = free_port()

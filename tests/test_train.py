@@ -182,6 +182,17 @@ def test_budget_and_patience_stop_the_run(small_corpus, tmp_path, monkeypatch):
     assert r.stop_reason == "patience" and len(r.history) == 3
 
 
+def test_a_run_given_seconds_between_evaluations_evaluates_when_they_pass_whatever_its_iterations(small_corpus,
+                                                                                                   tmp_path):
+    cfg = cfg_for(small_corpus, tmp_path, max_epochs=0.05, eval_every=10_000)
+    plain = train(cfg, progress=False)
+    assert [h["iteration"] for h in plain.history] == [plain.iterations]  # only the last iteration's
+    assert [h["iteration"] for h in train(cfg, progress=False, eval_every_s=1e9).history] == [plain.iterations]
+    overdue = train(cfg, progress=False, eval_every_s=0.0)  # always overdue: after every iteration
+    assert [h["iteration"] for h in overdue.history] == list(range(1, plain.iterations + 1))
+    assert plain.iterations >= 5
+
+
 def test_too_short_corpus_fails_before_writing_anything(tmp_path):
     p = tmp_path / "tiny.txt"
     p.write_text("abcdefghij" * 12)

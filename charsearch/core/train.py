@@ -288,7 +288,7 @@ class Run:
     `train()` below drives them; a resume is "set up, then restore"."""
 
     def __init__(self, cfg: TrainConfig, corpus: Corpus | None, on_eval: OnEval | None, progress: bool,
-                 summary_extra: dict | None, deadline: float | None = None):
+                 summary_extra: dict | None, deadline: float | None = None, eval_every_s: float | None = None):
         cfg = replace(cfg.validate())  # the caller's config stays as it was
         self.cfg, self.on_eval = cfg, on_eval
         self.device = device = resolve_device(cfg.device)
@@ -325,6 +325,7 @@ class Run:
         self.start = time.monotonic()
         self.it_at_start = self.iteration
         self.train_time, self.window_start = 0.0, self.start
+        self.eval_every_s, self.last_eval = eval_every_s, self.start
         self.loss_sum = torch.zeros((), device=device)
         self.window_iters, self.window_loss = 0, math.nan
 
@@ -537,7 +538,7 @@ class Run:
                       f"val {loss_text(val)}{' *best*' if is_best else ''}, "
                       f"{self.chars_per_sec:,.0f} chars/s")
         stop = self.on_eval(metrics, path, is_best) if self.on_eval else False
-        self.window_start = time.monotonic()  # evaluation time is not training time
+        self.window_start = self.last_eval = time.monotonic()  # evaluation time is not training time
         return bool(stop)
 
     # --- the stop rules -------------------------------------------------------------------------
@@ -546,6 +547,10 @@ class Run:
     def out_of_time(self) -> bool:
         reserve = self.eval_s if self.deadline is not None else 0.0
         return self.cfg.max_time > 0 and self.elapsed + reserve >= self.cfg.max_time
+
+    @property
+    def eval_overdue(self) -> bool:
+        return self.eval_every_s is not None and time.monotonic() - self.last_eval >= self.eval_every_s
 
     @property
     def patience_reached(self) -> bool:
@@ -558,18 +563,20 @@ class Run:
 
 
 def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None = None,
-          progress: bool = True, summary_extra: dict | None = None, deadline: float | None = None) -> TrainResult:
+          progress: bool = True, summary_extra: dict | None = None, deadline: float | None = None,
+          eval_every_s: float | None = None) -> TrainResult:
     """Train one model as configured. `on_eval(metrics, checkpoint, is_best)` is called after every
     evaluation; returning True stops the run (as ASHA or a budget would). With `deadline` (time.time())
     the run ends by then, its last evaluation included, whatever its set-up took: its max_time is the
-    time left once it is set up."""
-    run = Run(cfg, corpus, on_eval, progress, summary_extra, deadline)
+    time left once it is set up. With `eval_every_s` it also evaluates once that many seconds have passed
+    since the last evaluation (or the start), however few iterations that was."""
+    run = Run(cfg, corpus, on_eval, progress, summary_extra, deadline, eval_every_s)
     stop_reason = "max_epochs"
     run.model.train()
     try:
         while run.iteration < run.total_iters:
             run.step()
-            at_eval = run.iteration % cfg.eval_every == 0 or run.iteration == run.total_iters
+            at_eval = run.iteration % cfg.eval_every == 0 or run.iteration == run.total_iters or run.eval_overdue
             out_of_time = run.out_of_time
             if run.iteration % cfg.print_every == 0 or at_eval or out_of_time:
                 run.read_loss()

@@ -182,9 +182,10 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
     return out
 
 
-def step_rate(net, vocab: int, batch: int, seq: int, seconds: float, device: str) -> tuple[float, int]:
-    """(chars/s, peak bytes reserved) of Adam steps on random ids for about `seconds`, the first step
-    (which allocates) not counted."""
+def step_rate(net, vocab: int, batch: int, seq: int, seconds: float, device: str,
+              least_steps: int = 3) -> tuple[float, int]:
+    """(chars/s, peak bytes reserved) of Adam steps on random ids for about `seconds` (at least `least_steps`),
+    the first step (which allocates) not counted."""
     import torch
     net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
@@ -199,7 +200,7 @@ def step_rate(net, vocab: int, batch: int, seq: int, seconds: float, device: str
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     sync()
     t, n = time.perf_counter(), 0
-    while n < 3 or time.perf_counter() - t < seconds:
+    while n < least_steps or time.perf_counter() - t < seconds:
         step()
         n += 1
         if n % 10 == 0:

@@ -27,6 +27,7 @@ from charsearch.search.threads import Threads
 
 TRIAL_DIR_PREFIX = "charsearch-trial-"
 END_MARGIN_S = 12.0  # after a run that ends with the budget: its last report, its model logged, Ray ended, the summary
+LATE = 2.0  # a trial reports at the latest after this many times the seconds its report interval takes at calibration's rate
 
 
 def worker_device(gpu: bool, threads: int) -> str:
@@ -47,18 +48,20 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
     """A trial of `sweep`. One with a time limit (trial_max_time) ends its run, its last evaluation included,
     by the search's end (`ends_at`, time.time()) as well: a schedule decays by then instead of being cut.
     `one_thread_rates` (shape -> chars/s on one thread, an auto sweep's calibration) let a CPU trial with
-    several threads drop to one where other work makes them slower (search/threads.py)."""
+    several threads drop to one where other work makes them slower (search/threads.py), and keep its reports
+    on the plan's clock where the machine gives it far less (late_report_s)."""
     from charsearch.core.train import train
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
     cfg = sweep.trial_config(config)
     cfg.device = worker_device(resources.get("GPU", 0) > 0, int(resources.get("CPU", 1)))
-    threads = Threads(max(1, int(resources.get("CPU", 1))), (one_thread_rates or {}).get(label_of(cfg))) \
-        if cfg.device == "cpu" else None
+    threads = Threads(max(1, int(resources.get("CPU", 1))), (one_thread_rates or {}).get(label_of(cfg)),
+                      lambda seconds: shape_rate(cfg, len(corpus.vocab), seconds)) if cfg.device == "cpu" else None
     notes: list[str] = []
     train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
     epoch = max(1, iters_per_epoch(len(train_ids), cfg.batch_size, cfg.seq_length))
     set_report_interval(cfg, sweep.report_every_epochs * epoch)
+    eval_every_s = late_report_s(cfg, (one_thread_rates or {}).get(label_of(cfg)))
 
     work = trial_dir()
     cfg.checkpoint_dir = str(work / "cv")
@@ -94,20 +97,33 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
                 shutil.rmtree(report, ignore_errors=True)
 
         if threads:  # said with the first report (a result without a val loss is not one)
-            notes.append(threads.probe(lambda seconds: shape_rate(cfg, len(corpus.vocab), seconds)))
+            notes.append(threads.probe())
         deadline = None
         if cfg.max_time > 0 and math.isfinite(ends_at):
             deadline = min(ends_at - END_MARGIN_S, time.time() + cfg.max_time)
-        train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary, deadline=deadline)
+        train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary, deadline=deadline,
+              eval_every_s=eval_every_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def late_report_s(cfg: TrainConfig, calibrated_rate: float | None) -> float | None:
+    """Seconds after which a trial reports even before its report interval's characters are trained: LATE
+    times what the interval takes at the rate calibration measured for its shape (None without one). On a
+    machine that other work shares, a trial at a tenth of that rate would otherwise report ten times later
+    than planned: past rungs the plan timed, past the search's end (the finish then trains it from its start),
+    with the live line silent meanwhile. Extra reports between rungs change nothing in ASHA's decisions,
+    which are taken in characters."""
+    if not calibrated_rate or calibrated_rate <= 0:
+        return None
+    return LATE * cfg.eval_every * cfg.batch_size * cfg.seq_length / calibrated_rate
 
 
 def shape_rate(cfg: TrainConfig, vocab: int, seconds: float) -> float:
     """Chars/s of a few training steps of the trial's shape and step on this process's threads now."""
     net = candidate(vocab, cfg.model, cfg.num_layers, cfg.rnn_size, {"embed_size": cfg.embed_size,
                                                                       "softmax": cfg.softmax})
-    return step_rate(net, vocab, cfg.batch_size, cfg.seq_length, seconds, "cpu")[0]
+    return step_rate(net, vocab, cfg.batch_size, cfg.seq_length, seconds, "cpu", least_steps=1)[0]
 
 
 def set_report_interval(cfg: TrainConfig, iterations: float) -> None:
