@@ -249,11 +249,16 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep each cycle's folder (printed) to inspect")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated faults to draw from, of: " + ", ".join(KINDS))
+    ap.add_argument("--section", default="chaos-cpu", help="the BENCHMARKS.md section (and JSON file) to write")
     args = ap.parse_args()
+    kinds = args.kinds.split(",")
+    if not set(kinds) <= set(KINDS):
+        ap.error(f"--kinds: each of {', '.join(KINDS)}")
     rng = random.Random(args.seed)
     cycles = []
     for i in range(args.cycles):
-        kind, at = rng.choice(KINDS), rng.uniform(3, 30)
+        kind, at = rng.choice(kinds), rng.uniform(3, 30)
         folder = Path(tempfile.mkdtemp(prefix=f"chaos{i}-"))
         path = project(folder)
         server = Server(folder)
@@ -273,7 +278,7 @@ def main() -> None:
         print(result, flush=True)
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
-    save_json("chaos_cpu", {"args": vars(args), "cycles": cycles})
+    save_json(args.section.replace("-", "_"), {"args": vars(args), "cycles": cycles})
     by = Counter((c["fault"], c["phase"]) for c in cycles)
     rows = [{"fault": k, "phase": ph, "cycles": n,
              "finished": sum(c["finished"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
@@ -288,8 +293,10 @@ def main() -> None:
             f"recording to an `mlflow server` on loopback (SQLite behind it; stopped for {OUTAGE_S:.0f} s in 'server "
             f"stopped', and {HELD_S:.0f} s before the driver's kill in 'writes held'); one fault per cycle at a moment drawn in 3-30 s, then `--resume` until it finished (at "
             f"most {MAX_RESUMES}). A run still going {HANG_S} s after it started is hung: killed, counted, and resumed. A study the report could not rebuild counts as -1 in the JSON.\n\n" + table(rows))
-    write_section("chaos-cpu", "Faults a sweep survives (CPU)", body,
-                  f"python benchmarks/bench_chaos.py --cycles {args.cycles} --seed {args.seed}")
+    title = "Faults a sweep survives (CPU)" + ("" if args.section == "chaos-cpu" else f": {', '.join(kinds)}")
+    kinds_flag = "" if kinds == list(KINDS) else f" --kinds '{args.kinds}' --section {args.section}"
+    write_section(args.section, title, body,
+                  f"python benchmarks/bench_chaos.py --cycles {args.cycles} --seed {args.seed}{kinds_flag}")
     print(body)
 
 
