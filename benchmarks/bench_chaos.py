@@ -9,7 +9,7 @@ moment, then `charsearch sweep FILE --resume` until the sweep finishes:
                      from its last checkpoint)
     server stopped   the tracking server killed for OUTAGE_S, then started again: the sweep holds its
                      MLflow writes meanwhile and goes on
-    driver SIGKILL, writes held
+    driver SIGKILL with writes held
                      the tracking server killed, the driver killed HELD_S later (its writes held), the
                      server started again, then --resume
 
@@ -42,7 +42,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
-KINDS = ("driver SIGKILL", "driver SIGTERM", "worker SIGKILL", "server stopped", "driver SIGKILL, writes held")
+KINDS = ("driver SIGKILL", "driver SIGTERM", "worker SIGKILL", "server stopped", "driver SIGKILL with writes held")
 OUTAGE_S = 20.0
 HELD_S = 5.0
 SAMPLES = 6
@@ -171,7 +171,7 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log, serve
                     server.stop()
                     time.sleep(OUTAGE_S)
                     server.start()
-                elif kind == "driver SIGKILL, writes held":
+                elif kind == "driver SIGKILL with writes held":
                     server.stop()
                     time.sleep(HELD_S)
                     kill_session(p.pid)
