@@ -3,7 +3,7 @@
 A trial given several CPUs trains with as many torch threads. Where they pay (two threads of an LSTM 2x96
 on 2 quiet cores: about 1.5x one) it keeps them; with other work on the machine they wait on each other at
 every operation and the trial can fall far below one thread: beside another training job on one of 2
-cores, an LSTM 2x128 made 429 chars/s on two threads and 55,065 on one (bench_busy.py, BENCHMARKS.md), and
+cores, a GRU 2x128 made 439 chars/s on two threads and 47,104 on one (bench_busy.py, BENCHMARKS.md), and
 some shapes gain nothing from a second thread even on a quiet machine. So a trial with several threads first
 times a few steps of its shape with all of them and with one (PROBE_S each, at least one step) and starts
 with the faster. Then it watches each window between its reports: one slower than a single thread (what it
