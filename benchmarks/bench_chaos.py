@@ -248,7 +248,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--keep", action="store_true", help="keep each cycle's folder (printed) to inspect")
+    ap.add_argument("--keep", action="store_true", help="keep each cycle's folder (printed) to inspect; a cycle "
+                    "that fails a check keeps its folder always")
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated faults to draw from, of: " + ", ".join(KINDS))
     ap.add_argument("--section", default="chaos-cpu", help="the BENCHMARKS.md section (and JSON file) to write")
     args = ap.parse_args()
@@ -274,10 +275,14 @@ def main() -> None:
                       "exit": code, "hung": log_text(folder).count("[bench_chaos: hung"), **check(folder, server)}
         finally:
             server.stop()
+        failed = not (result["finished"] and result["exit"] == 0 and result["best_right"]) or any(
+            result[k] for k in ("lost", "duplicated_mlflow", "duplicated_study", "running"))
+        if args.keep or failed:  # its logs, records and store, to find what went wrong
+            result["folder"] = str(folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
         cycles.append(result)
         print(result, flush=True)
-        if not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
     save_json(args.section.replace("-", "_"), {"args": vars(args), "cycles": cycles})
     by = Counter((c["fault"], c["phase"]) for c in cycles)
     rows = [{"fault": k, "phase": ph, "cycles": n,

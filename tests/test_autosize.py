@@ -148,9 +148,13 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(50_000))
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
-    # one trial, the prior, on both cores for the whole budget, on the schedule the search's winner gets
-    assert (sweep.num_samples, sweep.max_concurrent, sweep.scheduler, sweep.cpu) == (1, 1, "none", 2)
-    assert sweep.points_to_evaluate[0]["shape"] == "gru 2x128"
+    # the prior twice at once, one core each, seeds apart, for the whole budget, on the schedule the search's
+    # winner gets; the line says how to mix them
+    assert (sweep.num_samples, sweep.max_concurrent, sweep.scheduler, sweep.cpu) == (2, 2, "none", 1)
+    assert "the prior trains 2 times at once, seeds apart, 1 slot(s) each" in line and "--ensemble 2" in line
+    first, second = sweep.points_to_evaluate
+    assert first["shape"] == "gru 2x128" and {**first, "seed": 0} == {**second, "seed": 0}
+    assert {first["seed"], second["seed"]} == {123, 124} and sweep.space["seed"].values == [123, 124]
     assert sweep.trial_max_time == pytest.approx(usable, abs=0.1) and sweep.finish_time == 0
     assert sweep.train["lr_schedule"] == "wsd" and sweep.train["decay_frac"] == pytest.approx(0.7)
     assert sweep.trial_max_epochs * 1_000_000 > 2 * 26_000 * usable  # the clock ends it, not its epochs
@@ -159,7 +163,15 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     f = tmp_path / "resolved.yaml"
     f.write_text(yaml.safe_dump(sweep.to_file(), sort_keys=False))
     again = load_sweep(f)
-    assert (again.num_samples, again.scheduler, again.trial_max_time) == (1, "none", sweep.trial_max_time)
+    assert (again.num_samples, again.scheduler, again.trial_max_time) == (2, "none", sweep.trial_max_time)
+    assert again.points_to_evaluate == sweep.points_to_evaluate
+    # a seed the sweep file fixed is where the members' seeds start; with one slot, one trial on it
+    seeded = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600, train={"seed": 7}), p)
+    assert [point["seed"] for point in seeded.points_to_evaluate] == [7, 8]
+    one = plan(two_cores(parallel=1), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    alone = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), one)
+    assert (alone.num_samples, alone.cpu, "seed" in alone.space) == (1, 1, False)
+    assert "the prior trains alone on the whole machine" in one.search_line() and "--ensemble" not in one.search_line()
     # asked for, the search runs all the same; asked not to, it does not
     forced = plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="always")
     assert forced.searching and "searching: --search always" in forced.search_line()

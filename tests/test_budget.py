@@ -168,33 +168,43 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     assert counts_in(best.stdout.splitlines()[0]) == summary
 
 
-def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_whole_machine_on_the_winners_schedule(
-        workdir, shakespeare_slice):
+def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_winners_schedule(workdir, shakespeare_slice):
     t0 = time.monotonic()
     r = charsearch("sweep", "--data", shakespeare_slice, "--time", "60", "--search", "never", cwd=workdir)
     wall = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     assert wall <= 1.05 * 60 + startup_seconds(), (wall, r.stderr[-2000:])
-    planned = re.search(r"# no search: .*\(--search never\); the prior trains alone on the whole machine for (\d+) s",
-                        r.stderr)
+    planned = re.search(r"# no search: .*\(--search never\); the prior (trains alone on the whole machine|trains (\d) "
+                        r"times at once, seeds apart, (\d+) slot\(s\) each) for (\d+) s", r.stderr)
     assert planned, r.stderr
+    members = int(planned.group(2) or 1)
     summary = counts_in(r.stdout.splitlines()[0])
-    assert summary["started"] == summary["finished"] == 1, r.stdout
-    _, trials = runs(store_uri(workdir), "auto-shakespeare200k")
-    (row,) = [row for _, row in trials.iterrows()]
-    assert row["params.learning_rate"] == "0.003" and row["tags.charsearch.outcome"] == "finished"
-    assert row["params.lr_schedule"] == "wsd" and float(row["params.decay_frac"]) == pytest.approx(0.7)
-    # on both cores, until its last evaluation just before the budget's end, its rate decayed to 0
-    parent = runs(store_uri(workdir), "auto-shakespeare200k")[0].iloc[0]
-    assert json.loads(parent["params.resources"])["cpu"] == os.cpu_count()
-    rates = mlflow.MlflowClient(store_uri(workdir)).get_metric_history(row.run_id, "learning_rate")
-    assert rates[-1].value < 0.1 * 0.003, rates
-    # its threads were watched at every report (search/threads.py): all of them, or one if others were slower
-    threads = mlflow.MlflowClient(store_uri(workdir)).get_metric_history(row.run_id, "threads")
-    assert len(threads) == len(rates) and {m.value for m in threads} <= {1, os.cpu_count()}, threads
+    assert summary["started"] == summary["finished"] == members, r.stdout
+    client = mlflow.MlflowClient(store_uri(workdir))
+    parent, trials = runs(store_uri(workdir), "auto-shakespeare200k")
+    assert len(trials) == members
+    # the prior, seeds apart, on the slots the plan gave each, until its last evaluation just before the
+    # budget's end, its rate decayed to 0
+    assert sorted(trials["params.seed"].astype(int)) == [123 + i for i in range(members)]
+    cpu = json.loads(parent.iloc[0]["params.resources"])["cpu"]
+    assert cpu == (os.cpu_count() if members == 1 else int(planned.group(3))), cpu
+    for _, row in trials.iterrows():
+        assert row["params.learning_rate"] == "0.003" and row["tags.charsearch.outcome"] == "finished"
+        assert row["params.lr_schedule"] == "wsd" and float(row["params.decay_frac"]) == pytest.approx(0.7)
+        rates = client.get_metric_history(row.run_id, "learning_rate")
+        assert rates[-1].value < 0.1 * 0.003, rates
+        # its threads were watched at every report (search/threads.py): all it has, or one if more were slower
+        threads = client.get_metric_history(row.run_id, "threads")
+        assert len(threads) == len(rates) and {m.value for m in threads} <= {1, cpu}, threads
     best = charsearch("best", "--export", "model.pt", cwd=workdir)
     assert best.returncode == 0, best.stderr
-    assert torch.load(workdir / "model.pt", weights_only=True)["summary"]["trial_id"] == row["tags.ray.trial_id"]
+    winner = trials.loc[trials["metrics.best_val_loss"].astype(float).idxmin()]
+    assert torch.load(workdir / "model.pt", weights_only=True)["summary"]["trial_id"] == winner["tags.ray.trial_id"]
+    if members > 1:  # the line's command mixes them, no worse on val than the better one alone
+        mixed = charsearch("best", "--export", "mix.pt", "--ensemble", str(members), cwd=workdir)
+        assert mixed.returncode == 0, mixed.stderr
+        val = float(re.search(r"exported .*; val (\d+\.\d+)", mixed.stdout).group(1))
+        assert val <= float(winner["metrics.best_val_loss"]) + 1e-4, (val, mixed.stdout)
 
 
 def test_a_trial_ended_between_its_report_and_tune_registering_the_checkpoint_keeps_the_reported_model(tmp_path):

@@ -56,6 +56,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from charsearch.core.config import DEFAULT_SEED
 from charsearch.core.errors import UsageError
 from charsearch.core.model import cutoffs_for, param_count
 from charsearch.core.units import human_bytes
@@ -127,6 +128,12 @@ SEARCH_MODES = ("auto", "always", "never")
 # run, this many times before it counts as failed: an auto sweep's trials are few, each one matters
 AUTO_MAX_FAILURES = 2
 NO_SEARCH_REPORTS = 16  # evaluations of a prior trained alone: its best kept, its checkpoints to resume from
+# Without a search, a CPU with two slots trains the prior twice at once, one slot each, seeds apart, rather than
+# once on both: on 2 cores a GRU 2x128 trains no faster on two threads than on one, so each member ends as
+# low as the prior alone, and their mixture (weights fitted on val) lower still (BENCHMARKS.md, pair-cpu:
+# 1.5199 +- 0.012 alone, 1.5198 +- 0.007 the better member, 1.4697 +- 0.005 mixed, 300 s). More members
+# would each get fewer threads than measured there, and cost their mixture more at sampling time.
+MEMBERS = 2
 
 
 @dataclass
@@ -156,9 +163,13 @@ class Plan:
         if self.searching:
             return f"# {could}" + (" (searching: --search always)" if self.compared < MIN_COMPARED else "")
         why = "--search never" if self.search_mode == "never" else f"fewer than {MIN_COMPARED}: too few to pay for it"
-        return (f"# no search: {could} ({why}); the prior trains alone on the whole machine for "
-                f"{self.search_s + self.finish_s:.0f} s, constant, then decaying to 0 over the last "
-                f"{1 - SEARCH_FRACTION:.0%}, as the search's winner would")
+        members = members_of(self)
+        how = ("trains alone on the whole machine" if members == 1 else
+               f"trains {members} times at once, seeds apart, {self.calibration.parallel // members} slot(s) each")
+        mix = "" if members == 1 else f" (`charsearch best --export FILE --ensemble {members}` mixes them)"
+        return (f"# no search: {could} ({why}); the prior {how} for {self.search_s + self.finish_s:.0f} s, "
+                f"constant, then decaying to 0 over the last {1 - SEARCH_FRACTION:.0%}, as the search's winner "
+                f"would{mix}")
 
     @property
     def per_param(self) -> float:
@@ -306,24 +317,37 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
 
 
 def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
-    """The sweep as one trial, the prior (or a warm start's best), on the whole machine for the whole budget,
-    its rate constant, then decaying to 0 over the last 1 - SEARCH_FRACTION: the schedule the search's
-    winner gets, without the search. The space stays in the file: more samples would search it."""
+    """The sweep without a search: the prior (or a warm start's best) for the whole budget, its rate constant,
+    then decaying to 0 over the last 1 - SEARCH_FRACTION (the schedule the search's winner gets). On a CPU
+    with two slots or more it trains as MEMBERS trials at once, seeds apart, the slots shared between them:
+    `best --export --ensemble` mixes them. The space stays in the file: more samples would search it."""
     cal, usable = p.calibration, p.search_s + p.finish_s
-    sweep.num_samples, sweep.max_concurrent, sweep.scheduler = 1, 1, "none"
+    members = members_of(p)
+    sweep.num_samples, sweep.max_concurrent, sweep.scheduler = members, members, "none"
     sweep.startup_trials = None
     sweep.train = {**sweep.train, "lr_schedule": "wsd", "decay_frac": round(1 - SEARCH_FRACTION, 2)}
     if cal.gpus:
         sweep.gpu = 1.0
     else:
-        sweep.cpu = cal.cpu_per_trial * cal.parallel
-    # one slot's rate: the whole machine trains one trial faster, but not `parallel` times (S2 in BENCHMARKS.md)
+        sweep.cpu = cal.cpu_per_trial * (cal.parallel // members)
+    if members > 1:
+        seed = int(sweep.train.get("seed", DEFAULT_SEED))
+        sweep.space["seed"] = SearchParam("choice", [seed + i for i in range(members)])
+        sweep.points_to_evaluate = [{**sweep.points_to_evaluate[0], "seed": seed + i} for i in range(members)]
+    # one slot's rate: a member on one slot trains at it; the whole machine trains one trial faster, but not
+    # `parallel` times (S2 in BENCHMARKS.md)
     rate = cal.rates[prior_shape(p)]
     report = max(rate * usable / NO_SEARCH_REPORTS, 2 * (p.eval_chars or 0), 1.0)
     sweep.report_every_epochs = _round(report / p.train_chars)
     sweep.trial_max_epochs = _round(max(10.0, 3 * cal.parallel * rate * usable / p.train_chars))  # the clock ends it
     sweep.trial_max_time, sweep.finish_time = round(usable, 1), 0.0
     return sweep
+
+
+def members_of(p: Plan) -> int:
+    """Trials of the prior a sweep without a search trains at once: MEMBERS on a CPU with the slots for them,
+    else one (on a GPU, one trial per GPU is what the packing measured for a finish)."""
+    return 1 if p.calibration.gpus else max(1, min(MEMBERS, p.calibration.parallel))
 
 
 def prior_shape(p: Plan) -> str:
