@@ -200,7 +200,8 @@ def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_winners_schedule
     assert best.returncode == 0, best.stderr
     winner = trials.loc[trials["metrics.best_val_loss"].astype(float).idxmin()]
     assert torch.load(workdir / "model.pt", weights_only=True)["summary"]["trial_id"] == winner["tags.ray.trial_id"]
-    if members > 1:  # the line's command mixes them, no worse on val than the better one alone
+    if members > 1:  # the lines' command mixes them, no worse on val than the better one alone
+        assert f"its {members} members mixed: --ensemble {members}" in r.stdout.splitlines()[-1], r.stdout
         mixed = charsearch("best", "--export", "mix.pt", "--ensemble", str(members), cwd=workdir)
         assert mixed.returncode == 0, mixed.stderr
         val = float(re.search(r"exported .*; val (\d+\.\d+)", mixed.stdout).group(1))

@@ -61,7 +61,8 @@ def cmd_sweep(args) -> int:
     outcome = run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
                   dashboard=args.dashboard, started=started, plan_text=plan_text, files=files,
                   expected_rates=plan.calibration.rates if plan else None)
-    return report_outcome(sweep, outcome, args)
+    from charsearch.search.autosize import members_of
+    return report_outcome(sweep, outcome, args, members_of(plan) if plan and not plan.searching else 1)
 
 
 def sweep_to_run(args):
@@ -99,7 +100,7 @@ def dry_run(sweep, plan_text: str, address: str | None) -> None:
     print(f"# resources per trial: cpu {sweep.cpu:g}, gpu {gpu}; GPUs visible here: {gpus}")
 
 
-def report_outcome(sweep, outcome, args) -> int:
+def report_outcome(sweep, outcome, args, members: int = 1) -> int:
     from charsearch.tracking.layout import describe_counts
     print(f"sweep {sweep.name}: {describe_counts(outcome.counts)} in {outcome.wall_s / 60:.1f} min")
     for trial_id, error in list((outcome.errors or {}).items())[:3]:  # the full tracebacks are in MLflow
@@ -130,7 +131,8 @@ def report_outcome(sweep, outcome, args) -> int:
         print(f"charsearch sweep: error: no trial reported a val loss: {describe_counts(outcome.counts)}; "
               f"give the sweep more time, or smaller models", file=sys.stderr)
         return 1
-    print("next: charsearch best --export model.pt   (or charsearch ui to browse)")
+    mix = f"; its {members} members mixed: --ensemble {members}" if members > 1 else ""
+    print(f"next: charsearch best --export model.pt{mix}   (or charsearch ui to browse)")
     return 0
 
 
