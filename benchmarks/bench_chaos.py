@@ -275,7 +275,8 @@ def main() -> None:
                       "exit": code, "hung": log_text(folder).count("[bench_chaos: hung"), **check(folder, server)}
         finally:
             server.stop()
-        failed = not (result["finished"] and result["exit"] == 0 and result["best_right"]) or any(
+        done = result["exit"] == 0 or "finished: nothing to resume" in log_text(folder)  # killed as it ended
+        failed = not (result["finished"] and done and result["best_right"]) or any(
             result[k] for k in ("lost", "duplicated_mlflow", "duplicated_study", "running"))
         if args.keep or failed:  # its logs, records and store, to find what went wrong
             result["folder"] = str(folder)

@@ -142,6 +142,36 @@ def test_resume_after_the_driver_is_killed(project):
     assert len(children_after) == len(children) and not (project / "other.db").exists()
 
 
+def test_a_driver_killed_before_ray_saved_any_state_resumes_by_starting_again_in_its_run(project):
+    # the driver is killed once the sweep's record and parent run exist; Ray's saved state is then taken away,
+    # as a kill before Tune's first save leaves it (Tune cannot restore that: it would start without a space)
+    path = sweep_file(project, "early", search={"num_samples": 3, "max_concurrent": 2}, budget={"sweep_time": 0},
+                      scheduler={"type": "none", "report_every_epochs": 0.05})
+    uri = store_uri(project)
+    p = subprocess.Popen([sys.executable, "-m", "charsearch", "sweep", str(path)], cwd=project, env=env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: list((project / "ray_results" / "early").glob("*/charsearch.json")), 120, "the record")
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        kill_session(p.pid)
+    wait_until(lambda: not session_pids(p.pid), 60, "the killed driver's processes to exit")
+    (exp_dir,) = (project / "ray_results" / "early").glob("*/")
+    for state in [*exp_dir.glob("experiment_state-*.json"), *exp_dir.glob("search_gen_state-*.json")]:
+        state.unlink()
+    r = charsearch("sweep", path, "--resume", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "the sweep was stopped before Ray saved the state of its trials: it starts again, in the same MLflow run" \
+        in r.stderr and "Traceback" not in r.stderr, r.stderr
+    parents, children = runs(uri, "early")
+    assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"  # the same parent run, reopened
+    trials = children[children["metrics.best_val_loss"].notna()]
+    assert len(trials) == 3 and trials["tags.ray.trial_id"].is_unique
+    assert not (children.status == "RUNNING").any()
+    assert list((project / "ray_results" / "early").glob("*/")) == [exp_dir]  # the same experiment folder
+
+
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(project):
     path = sweep_file(project, "term", search={"num_samples": 4, "max_concurrent": 2}, budget={"sweep_time": 0},
                       scheduler={"type": "none", "report_every_epochs": 0.02})

@@ -159,7 +159,7 @@ def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: st
     searcher = search_algorithm(make_searcher(sweep, state, warm), sweep.max_concurrent)
     callbacks = [ResumeFromExisting(searcher), MLflowCallback(sweep, tracker, state), StatusLine(state, sweep)]
     search_s = state.ends_at - time.time() if math.isfinite(state.ends_at) else None
-    if previous is not None:
+    if previous is not None and previous.restorable:
         # Tune brings back the search space, the scheduler and the searcher's study from the saved experiment
         tuner = tune.Tuner.restore(previous.exp_dir, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, storage_filesystem=storage.ray_fs)

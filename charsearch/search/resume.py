@@ -31,6 +31,7 @@ class ResumePoint:
     record: dict  # its charsearch.json
     tracking_uri: str
     notes: list  # what was mended before Tune reads the folder, a line each
+    restorable: bool = True  # False: stopped before Ray saved its trials' state; the sweep starts again in its run
 
 
 def recorded_sweep(sweep: SweepConfig) -> SweepConfig | None:
@@ -48,7 +49,7 @@ def resume_point(sweep: SweepConfig, storage: Storage, uri_flag: str | None, cor
     for this experiment folder, and the corpus is the one that run trained on."""
     where = sweep.path or sweep.name
     dirs = storage.experiment_dirs(sweep.name)
-    if not dirs or not tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs):
+    if not dirs:
         raise UsageError(f"{where}: nothing to resume under {storage.show(storage.root)}/{sweep.name} (run the sweep "
                          f"without --resume first)")
     record = storage.read_record(dirs[-1])
@@ -64,13 +65,13 @@ def resume_point(sweep: SweepConfig, storage: Storage, uri_flag: str | None, cor
                          f"{' ...' if len(changed) > 4 else ''}): --resume continues the sweep as it started; undo "
                          f"the change, or run without --resume to start a new sweep")
     damaged = storage.set_aside_damaged_states(dirs[-1])
-    if damaged and not tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs):
-        raise UsageError(f"{where}: Ray's experiment state in {storage.show(dirs[-1])} is damaged ({damaged[0]}, "
-                         f"set aside as .damaged) and no earlier one is kept: run without --resume to start a new "
-                         f"sweep (MLflow keeps what the trials logged)")
     notes = [f"note: {name} was truncated (a kill while Ray wrote it): set aside; resuming from the state saved "
              f"before it" for name in damaged]
-    return ResumePoint(dirs[-1], record, uri, notes)
+    restorable = tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs) and storage.has_state(dirs[-1])
+    if not restorable:
+        notes.append(f"note: {storage.show(dirs[-1])}: the sweep was stopped before Ray saved the state of its "
+                     f"trials: it starts again, in the same MLflow run")
+    return ResumePoint(dirs[-1], record, uri, notes, restorable)
 
 
 def recorded_uri(record: dict, uri_flag: str | None, where: str) -> str:

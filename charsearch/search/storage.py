@@ -97,6 +97,12 @@ class Storage:
                              f"their MLflow runs: restore it, or run the sweep without --resume to start a new one")
         return record
 
+    def has_state(self, exp_dir: str) -> bool:
+        """Whether Tune saved an experiment state (its trials) in the folder: a driver killed in its first
+        seconds leaves the record and Tune's settings (tuner.pkl) without one, and Tune cannot restore that."""
+        infos = self.fs.get_file_info(pyarrow.fs.FileSelector(exp_dir))
+        return any(i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json") for i in infos)
+
     def set_aside_damaged_states(self, exp_dir: str) -> list[str]:
         """Tune restores from the newest experiment state file (experiment_state-<time>.json), written without
         a rename: a driver killed mid-write leaves it truncated. Newest first, each that is not JSON is
