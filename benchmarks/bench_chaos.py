@@ -222,6 +222,8 @@ def check(folder: Path, server: Server) -> dict:
     mlflow.set_tracking_uri(server.uri)
     df = mlflow.search_runs(experiment_names=["chaos"], max_results=1000)
     parents, trials = df[df["tags.charsearch.kind"] == "sweep"], df[df["tags.charsearch.kind"] == "trial"]
+    if "metrics.best_val_loss" not in trials:  # no trial has one
+        trials = trials.assign(**{"metrics.best_val_loss": float("nan")})
     valued = trials[trials["metrics.best_val_loss"].notna()]
     through = {**env(), "MLFLOW_TRACKING_URI": server.uri}
     best = subprocess.run([sys.executable, "-m", "charsearch", "best", "--export", "m.pt"], cwd=folder, env=through,

@@ -172,6 +172,31 @@ def test_a_driver_killed_before_ray_saved_any_state_resumes_by_starting_again_in
     assert list((project / "ray_results" / "early").glob("*/")) == [exp_dir]  # the same experiment folder
 
 
+def test_a_sweep_killed_after_its_trials_ended_before_mlflow_heard_of_it_resumes_and_records_them(project):
+    # as a driver killed at the sweep's end with its MLflow writes held (the server away) leaves it: Tune saved
+    # every trial as ended, MLflow holds none of them and the parent run RUNNING. Tune resumes that without a
+    # step: the trials are recorded from its saved state all the same
+    path = sweep_file(project, "late", search={"num_samples": 2, "max_concurrent": 2}, budget={"sweep_time": 0},
+                      scheduler={"type": "none", "report_every_epochs": 0.05})
+    uri = store_uri(project)
+    first = charsearch("sweep", path, cwd=project)
+    assert first.returncode == 0, first.stderr
+    parents, children = runs(uri, "late")
+    values = dict(zip(children["tags.ray.trial_id"], children["metrics.best_val_loss"]))
+    client = mlflow.MlflowClient(uri)
+    for run_id in children.run_id:
+        client.delete_run(run_id)
+    client.update_run(parents.iloc[0].run_id, status="RUNNING")
+    r = charsearch("sweep", path, "--resume", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("sweep late: 2 trials (2 finished, 0 failed)"), r.stdout
+    parents, children = runs(uri, "late")
+    assert parents.iloc[0].status == "FINISHED" and (children.status == "FINISHED").all()
+    assert dict(zip(children["tags.ray.trial_id"], children["metrics.best_val_loss"])) == values
+    best = charsearch("best", "--export", "model.pt", cwd=project)
+    assert best.returncode == 0, best.stderr
+
+
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(project):
     path = sweep_file(project, "term", search={"num_samples": 4, "max_concurrent": 2}, budget={"sweep_time": 0},
                       scheduler={"type": "none", "report_every_epochs": 0.02})

@@ -11,7 +11,8 @@ on_experiment_end with their best model so far.
 
 The writes themselves are made in the background (tracking.Writer), so a driver killed with writes
 still waiting may leave a trial that Tune saved as ended without its end in MLflow: a resumed sweep
-logs such trials from Tune's saved state (their last result and latest checkpoint) at its first step.
+logs such trials from Tune's saved state (their last result and latest checkpoint) at its first step,
+or at its end where Tune has no step to take (every trial had ended).
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class MLflowCallback(tune.Callback):
         self._close(self.saved)
 
     def on_experiment_end(self, trials, **info):
+        if self.replay:  # a resumed sweep whose trials had all ended: Tune ends it without a step
+            self.replay = False
+            self._replay(trials)
         self.ledger.trials = list(trials)
         budget_over = self.state.budget_over(time.time())
         for trial in trials:
