@@ -246,6 +246,37 @@ def check(folder: Path, server: Server) -> dict:
             "running": int((df.status == "RUNNING").sum()), "best_right": bool(exported == winner)}
 
 
+def run_cycle(i: int, kind: str | None, at: float, keep: bool) -> dict:
+    """One cycle in a folder of its own: the sweep with `kind` injected `at` seconds in (None: no fault), resumed
+    until it finishes; then the checks. A cycle that fails one keeps its folder (so does --keep)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"chaos{i}-"))
+    path = project(folder)
+    server = Server(folder)
+    server.start()
+    try:
+        with open(folder / "log.txt", "w") as log:
+            t0 = time.monotonic()
+            code, phase = sweep_once(folder, path, kind, at, log, server)
+            wall = time.monotonic() - t0
+            resumes = 0
+            while code != 0 and resumes < MAX_RESUMES and "finished: nothing to resume" not in log_text(folder):
+                resumes += 1
+                code, _ = sweep_once(folder, path, None, 0, log, server)
+        result = {"cycle": i, "fault": kind or "none", "at_s": round(at, 1), "phase": phase, "resumes": resumes,
+                  "exit": code, "wall_s": round(wall, 1), "hung": log_text(folder).count("[bench_chaos: hung"),
+                  **check(folder, server)}
+    finally:
+        server.stop()
+    done = result["exit"] == 0 or "finished: nothing to resume" in log_text(folder)  # killed as it ended
+    failed = not (result["finished"] and done and result["best_right"]) or any(
+        result[k] for k in ("lost", "duplicated_mlflow", "duplicated_study", "running"))
+    if keep or failed:  # its logs, records and store, to find what went wrong
+        result["folder"] = str(folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cycles", type=int, default=20)
@@ -258,38 +289,21 @@ def main() -> None:
     kinds = args.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         ap.error(f"--kinds: each of {', '.join(KINDS)}")
+    quiet = run_cycle(-1, None, 0.0, args.keep)  # the sweep's length without a fault: faults are drawn within it
+    print(quiet, flush=True)
+    length = quiet["wall_s"]
     rng = random.Random(args.seed)
     cycles = []
     for i in range(args.cycles):
-        kind, at = rng.choice(kinds), rng.uniform(3, 30)
-        folder = Path(tempfile.mkdtemp(prefix=f"chaos{i}-"))
-        path = project(folder)
-        server = Server(folder)
-        server.start()
-        try:
-            with open(folder / "log.txt", "w") as log:
-                code, phase = sweep_once(folder, path, kind, at, log, server)
-                resumes = 0
-                while code != 0 and resumes < MAX_RESUMES and "finished: nothing to resume" not in log_text(folder):
-                    resumes += 1
-                    code, _ = sweep_once(folder, path, None, 0, log, server)
-            result = {"cycle": i, "fault": kind, "at_s": round(at, 1), "phase": phase, "resumes": resumes,
-                      "exit": code, "hung": log_text(folder).count("[bench_chaos: hung"), **check(folder, server)}
-        finally:
-            server.stop()
-        done = result["exit"] == 0 or "finished: nothing to resume" in log_text(folder)  # killed as it ended
-        failed = not (result["finished"] and done and result["best_right"]) or any(
-            result[k] for k in ("lost", "duplicated_mlflow", "duplicated_study", "running"))
-        if args.keep or failed:  # its logs, records and store, to find what went wrong
-            result["folder"] = str(folder)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+        kind, at = rng.choice(kinds), 2 + rng.random() * max(1.0, length - 2)
+        result = run_cycle(i, kind, at, args.keep)
         cycles.append(result)
         print(result, flush=True)
-    save_json(args.section.replace("-", "_"), {"args": vars(args), "cycles": cycles})
+    save_json(args.section.replace("-", "_"), {"args": vars(args), "quiet": quiet, "cycles": cycles})
     by = Counter((c["fault"], c["phase"]) for c in cycles)
     rows = [{"fault": k, "phase": ph, "cycles": n,
              "finished": sum(c["finished"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
+             "resumes": sum(c["resumes"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
              "trials lost": sum(c["lost"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
              "duplicated (MLflow / study)": f"{sum(c['duplicated_mlflow'] for c in cycles if (c['fault'], c['phase']) == (k, ph))}"
                                             f" / {sum(max(0, c['duplicated_study']) for c in cycles if (c['fault'], c['phase']) == (k, ph))}",
@@ -299,7 +313,7 @@ def main() -> None:
             for (k, ph), n in sorted(by.items())]
     body = (f"{args.cycles} cycles (seed {args.seed}) of a sweep of {SAMPLES} tiny trials, 2 at a time, local Ray, "
             f"recording to an `mlflow server` on loopback (SQLite behind it; stopped for {OUTAGE_S:.0f} s in 'server "
-            f"stopped', and {HELD_S:.0f} s before the driver's kill in 'writes held'); one fault per cycle at a moment drawn in 3-30 s, then `--resume` until it finished (at "
+            f"stopped', and {HELD_S:.0f} s before the driver's kill in 'writes held'); one fault per cycle at a moment drawn over the length of a run without a fault ({length:.0f} s, run first), then `--resume` until it finished (at "
             f"most {MAX_RESUMES}). A run still going {HANG_S} s after it started is hung: killed, counted, and resumed. A study the report could not rebuild counts as -1 in the JSON.\n\n" + table(rows))
     title = "Faults a sweep survives (CPU)" + ("" if args.section == "chaos-cpu" else f": {', '.join(kinds)}")
     kinds_flag = "" if kinds == list(KINDS) else f" --kinds '{args.kinds}' --section {args.section}"
