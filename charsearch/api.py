@@ -151,7 +151,8 @@ def sweep(file_or_data: str | Path, time: str | float | None = None, tracking_ur
     (seconds, or '10m') for an automatically sized one. Ray starts here unless `address` (or RAY_ADDRESS)
     names a cluster; MLflow records to `tracking_uri`, else MLFLOW_TRACKING_URI, else the sweep file's.
     `search` (an automatically sized sweep): auto searches where the plan says the search can compare
-    enough configurations to pay, else trains the prior alone; always or never decide it."""
+    enough configurations to pay, else trains the prior without a search (twice at once, seeds apart, on a
+    CPU with two slots or more: `.export(path, ensemble=2)` mixes the two); always or never decide it."""
     import sys
     import time as clock
 
