@@ -143,7 +143,11 @@ def report(results: dict, commands: list[str]) -> None:
     body = ("tiny-shakespeare on this 2-core machine, one run after the other, each a fresh CLI process; cells: "
             "fair val loss (nats/char, whole val split), mean ± standard deviation over seeds (each seed in "
             "brackets). The pair's two members train at once, one thread each, for the same budget as the prior "
-            "alone; the mixture's weights are fitted on val.\n\n" + table(rows))
+            "alone; the mixture's weights are fitted on val. The sweep columns are `charsearch sweep` itself (a sweep "
+            "file with `search_space: auto` and the budget, a fresh store), whose plan on 2 cores trains the prior "
+            "twice at once, seeds apart, without a search; then its `best --export` (the better member) and "
+            "`best --export --ensemble 2` (their mixture, weights fitted on val). The prior is the plan's: "
+            "calibration chose gru 2x192 at 600 s in this run.\n\n" + table(rows))
     write_section("pair-cpu", "One model on both cores, or two at once (CPU)", body,
                   "; then ".join(commands))
     print(body)
