@@ -146,8 +146,8 @@ def report(results: dict, commands: list[str]) -> None:
             "alone; the mixture's weights are fitted on val. The sweep columns are `charsearch sweep` itself (a sweep "
             "file with `search_space: auto` and the budget, a fresh store), whose plan on 2 cores trains the prior "
             "twice at once, seeds apart, without a search; then its `best --export` (the better member) and "
-            "`best --export --ensemble 2` (their mixture, weights fitted on val). The prior is the plan's: "
-            "calibration chose gru 2x192 at 600 s in this run.\n\n" + table(rows))
+            "`best --export --ensemble 2` (their mixture, weights fitted on val). The prior is the shape the plan "
+            "chose from its calibration in that run.\n\n" + table(rows))
     write_section("pair-cpu", "One model on both cores, or two at once (CPU)", body,
                   "; then ".join(commands))
     print(body)
