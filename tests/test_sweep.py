@@ -160,8 +160,11 @@ def test_a_driver_killed_before_ray_saved_any_state_resumes_by_starting_again_in
     (exp_dir,) = (project / "ray_results" / "early").glob("*/")
     for state in [*exp_dir.glob("experiment_state-*.json"), *exp_dir.glob("search_gen_state-*.json")]:
         state.unlink()
+    # and the only state there is, truncated as a kill during Ray's first write leaves it
+    (exp_dir / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": [')
     r = charsearch("sweep", path, "--resume", cwd=project)
     assert r.returncode == 0, r.stderr
+    assert "was truncated (a kill while Ray wrote it): set aside; no earlier state is kept" in r.stderr, r.stderr
     assert "the sweep was stopped before Ray saved the state of its trials: it starts again, in the same MLflow run" \
         in r.stderr and "Traceback" not in r.stderr, r.stderr
     parents, children = runs(uri, "early")

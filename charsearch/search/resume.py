@@ -65,9 +65,9 @@ def resume_point(sweep: SweepConfig, storage: Storage, uri_flag: str | None, cor
                          f"{' ...' if len(changed) > 4 else ''}): --resume continues the sweep as it started; undo "
                          f"the change, or run without --resume to start a new sweep")
     damaged = storage.set_aside_damaged_states(dirs[-1])
-    notes = [f"note: {name} was truncated (a kill while Ray wrote it): set aside; resuming from the state saved "
-             f"before it" for name in damaged]
     restorable = tune.Tuner.can_restore(dirs[-1], storage_filesystem=storage.ray_fs) and storage.has_state(dirs[-1])
+    kept = "resuming from the state saved before it" if restorable else "no earlier state is kept"
+    notes = [f"note: {name} was truncated (a kill while Ray wrote it): set aside; {kept}" for name in damaged]
     if not restorable:
         notes.append(f"note: {storage.show(dirs[-1])}: the sweep was stopped before Ray saved the state of its "
                      f"trials: it starts again, in the same MLflow run")
