@@ -3,6 +3,7 @@ could not be written is named in one line (the real server's outage: tests/test_
 
 import time
 
+import pytest
 from mlflow.exceptions import MlflowException
 
 from charsearch.tracking.writer import Writer
@@ -50,6 +51,28 @@ def test_the_wait_at_the_end_gives_up_once_the_store_makes_no_progress():
     assert w.unwritten() == ("MLflow at http://tracking:5000: 2 writes not made (API request to "
                              "http://tracking:5000/api/2.0/mlflow/runs/log-batch failed): trial t1's model, "
                              "trial t1's outcome")
+
+
+def test_a_read_waits_in_line_while_the_store_is_away_and_says_so_once():
+    w = Writer("http://tracking:5000")
+    made, lines, tries = [], [], [0]
+    w.submit("write 0", lambda: made.append(0))
+
+    def read():
+        tries[0] += 1
+        if tries[0] <= 3:  # away for 1 + 2 + 4 s of the writer's retries: longer than WAIT_NOTE_S
+            raise ConnectionRefusedError("connection refused")
+        return list(made)
+
+    assert w.call("the trial runs", read, lines.append) == [0]  # after the write before it
+    assert lines == ["MLflow at http://tracking:5000 does not answer: the sweep waits for it to read the trial "
+                     "runs (Ctrl-C stops; --resume goes on from there)"]
+
+    def refused():
+        raise MlflowException.invalid_parameter_value("no such experiment")
+    with pytest.raises(MlflowException, match="no such experiment"):
+        w.call("the trial runs", refused, lines.append)
+    assert len(lines) == 1 and w.unwritten() == ""  # a refused read is the caller's, not a dropped write
 
 
 def test_two_commands_creating_one_new_store_at_once_both_succeed(tmp_path):

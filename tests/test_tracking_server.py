@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pytest
 import torch
 
 from charsearch.cli import main
+from charsearch.tracking.tracker import Tracker
 
 from .conftest import charsearch, cli_env, kill_session, runs, store_uri, sweep_file
 from .test_cluster import Cluster, free_port, wait_until
@@ -304,6 +306,37 @@ def test_tracking_database_and_server_stopped_mid_sweep(team, postgres, project)
     for h in history.values():  # each step once, in order
         steps = [m.step for m in h]
         assert steps == sorted(set(steps))
+
+
+def test_a_resumed_sweep_waits_for_a_tracking_server_away_as_its_trials_are_read(team, monkeypatch):
+    """A resumed sweep reads what ended before once its parent run is reopened: were the server to go away
+    in between, the read waits for it (one line) and goes on when it is back, rather than spending MLflow's
+    own retries and ending the sweep with a traceback."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # MLflow gives up in seconds: the hold retries
+    first = Tracker(team.tracking_uri, "held", background=True)
+    parent = first.start_sweep("held-1", params={}, files={}, tags={})
+    first.trial_started("t1", "trial_t1", {"lr": 0.002})
+    first.trial_ended("t1", {"best_val_loss": 1.5})
+    first.close_trial("t1", "finished")
+    assert first.flush() == ""
+    resumed = Tracker(team.tracking_uri, "held", background=True)
+    resumed.reopen_sweep(parent)
+    team.kill("mlflow")
+    lines, read = [], {}
+    reader = threading.Thread(target=lambda: read.update(runs=resumed.ended_before(lines.append)))
+    reader.start()
+    try:
+        time.sleep(OUTAGE_S)
+        assert reader.is_alive() and lines == [
+            f"MLflow at {team.tracking_uri} does not answer: the sweep waits for it to read the runs of the trials "
+            f"that ended before (Ctrl-C stops; --resume goes on from there)"]
+    finally:
+        team.start_mlflow("mlflow-held.log")
+    wait_until(team.mlflow_healthy, 90, "the MLflow server to start again")
+    reader.join(timeout=120)
+    assert not reader.is_alive()
+    (run,) = read["runs"]
+    assert run.data.tags["ray.trial_id"] == "t1" and run.data.metrics["best_val_loss"] == 1.5 and len(lines) == 1
 
 
 def test_driver_killed_mid_sweep_then_resumed(team, project):

@@ -43,21 +43,22 @@ SUMMARY_KEYS = ("best_val_loss", "chars_trained", "epoch", "iteration", "elapsed
 
 
 class MLflowCallback(tune.Callback):
-    def __init__(self, sweep: SweepConfig, tracker: Tracker, state: SweepState):
-        self.sweep, self.tracker, self.state = sweep, tracker, state
+    def __init__(self, sweep: SweepConfig, tracker: Tracker, state: SweepState, out=None):
+        self.sweep, self.tracker, self.state, self.out = sweep, tracker, state, out
         self.ended: dict[str, str] = {}  # trial id -> outcome, not yet in a saved snapshot
         self.saved: dict[str, str] = {}  # ... in the snapshot being written
         self.replay = True
 
     def __getstate__(self):  # pickled with Tune's experiment state: the live parts stay behind
-        return {"sweep": self.sweep, "tracker": None, "state": None, "ended": {}, "saved": {}, "replay": True}
+        return {"sweep": self.sweep, "tracker": None, "state": None, "out": None, "ended": {}, "saved": {},
+                "replay": True}
 
     @property
     def ledger(self):
         return self.state.ledger
 
     def setup(self, **info):
-        for run in self.tracker.child_runs():  # a resumed sweep: what ended before
+        for run in self.tracker.ended_before(lambda line: print(line, file=self.out)):
             self.ledger.recorded(run.data.tags[TRIAL_TAG], run.data.tags.get(OUTCOME_TAG) if
                                  run.info.status != "RUNNING" else None, "best_val_loss" in run.data.metrics)
 

@@ -54,6 +54,7 @@ class Tracker:
         self.experiment = experiment
         self.experiment_id = self._experiment_id(experiment)
         self.parent_id: str | None = None
+        self.reopened = False  # a resumed sweep's parent run: its trials may have ended before
         self.runs: dict[str, str] = {}  # trial id -> run id (filled in by the writes themselves)
         self.writer = writer_for(uri) if background else None
 
@@ -112,7 +113,7 @@ class Tracker:
         self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{SHARED_VIEW}", json.dumps(view))
 
     def reopen_sweep(self, parent_id: str) -> None:
-        self.parent_id = parent_id
+        self.parent_id, self.reopened = parent_id, True
         self.client.update_run(parent_id, status="RUNNING")
         self.reopen_trials()
 
@@ -139,6 +140,15 @@ class Tracker:
         self._submit("closing trials left open", close_open_trials)
         self._submit("the sweep's end", lambda: self.client.set_terminated(self.parent_id, status))
         return self.flush()
+
+    def ended_before(self, waiting=None) -> list:
+        """The trial runs of a reopened sweep (none for a new one), read in line with the writes before:
+        a store that is away is waited for, `waiting(line)` told once (Writer.call)."""
+        if not self.reopened:
+            return []
+        if self.writer is None:
+            return self.child_runs()
+        return self.writer.call("the runs of the trials that ended before", self.child_runs, waiting)
 
     def child_runs(self):
         return self.client.search_runs([self.experiment_id],

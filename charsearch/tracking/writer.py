@@ -68,6 +68,29 @@ class Writer:
                 self.failing_since, self.progress_at = None, time.monotonic()
                 self.cond.notify_all()
 
+    def call(self, what: str, fn, waiting=None):
+        """`fn()`'s result (a read), made in line with the writes submitted before it. A store that is away
+        is waited for as for a write, and `waiting(line)` is told once when that takes more than
+        WAIT_NOTE_S; a failure that is not passing (a 4xx) is raised here."""
+        done, box = threading.Event(), {}
+
+        def op():
+            try:
+                box["value"] = fn()
+            except Exception as e:
+                if passing(e):
+                    raise  # held, and tried again
+                box["error"] = e
+            done.set()
+        self.submit(what, op)
+        if not done.wait(WAIT_NOTE_S) and waiting is not None:
+            waiting(f"MLflow at {self.uri} does not answer: the sweep waits for it to read {what} "
+                    f"(Ctrl-C stops; --resume goes on from there)")
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
     def flush(self, stall_s: float) -> bool:
         """Wait until every write submitted is made or dropped, or until none has been made for `stall_s`
         seconds. True when nothing is left waiting."""
@@ -117,6 +140,7 @@ def first_line(e: Exception) -> str:
 _writers: dict[str, Writer] = {}
 _writers_lock = threading.Lock()
 FLUSH_STALL_S = 120.0  # a sweep's end waits this long for a store that makes no progress
+WAIT_NOTE_S = 3.0  # a read held longer than this is said
 
 
 def writer_for(uri: str) -> Writer:
