@@ -18,8 +18,9 @@ starting from the first.
     python benchmarks/bench_suite.py [--budgets 300,600] [--seeds 2] [--corpora all]
 
 Also measured first (the `measure` rows): S2, the aggregate throughput of two one-thread trials against
-one two-thread trial, for two shapes. Writes the `suite-cpu` section of BENCHMARKS.md,
-benchmarks/plots/suite_cpu.json and benchmarks/plots/suite_cpu.png (each row's gain over the defaults).
+one two-thread trial, for two shapes (`--no-s2` skips it). Writes the `suite-cpu` section of BENCHMARKS.md,
+benchmarks/plots/suite_cpu.json and benchmarks/plots/suite_cpu.png (each row's gain over the defaults);
+`--section NAME` writes another section and files named after it (rows of a later plan beside the earlier).
 """
 
 from __future__ import annotations
@@ -144,10 +145,36 @@ def whole_val(model: Path, corpus: Path, project: Path, recorded: float) -> dict
 
 
 def run_auto_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dict:
+    """(c) The auto sweep and its exported model; where it trained two trials or more, also its
+    `best --export --ensemble 2` (the mixture its closing line offers), and whether its winner is the prior's
+    configuration (the plan's first point, seed aside) or one the search found."""
     r = run_sweep(corpus, budget, seed, "tpe", project)
-    subprocess.run([sys.executable, "-m", "charsearch", "best", "--experiment", f"bench-tpe-{seed}", "--export",
-                    str(project / "best.pt")], cwd=project, env=env(), capture_output=True, check=True)
-    return {**r, **whole_val(project / "best.pt", corpus, project, r["best"])}
+    export = [sys.executable, "-m", "charsearch", "best", "--experiment", f"bench-tpe-{seed}", "--export"]
+    subprocess.run([*export, str(project / "best.pt")], cwd=project, env=env(), capture_output=True, check=True)
+    out = {**r, **whole_val(project / "best.pt", corpus, project, r["best"]), "origin": winner_origin(project, seed, r)}
+    if r["trials"] >= 2:
+        subprocess.run([*export, str(project / "mix.pt"), "--ensemble", "2"], cwd=project, env=env(),
+                       capture_output=True, check=True)
+        out["ensemble"] = whole_val(project / "mix.pt", corpus, project, r["best"])["best"]
+    return out
+
+
+def winner_origin(project: Path, seed: int, r: dict) -> str:
+    """'prior' when the sweep's winner is its plan's first point (the seed aside), else 'found'."""
+    import mlflow
+    uri = f"sqlite:///{project}/mlruns/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"bench-tpe-{seed}")
+    parent = client.search_runs([exp.experiment_id], "tags.`charsearch.kind` = 'sweep'", max_results=1)[0]
+    plan = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(
+        run_id=parent.info.run_id, artifact_path="auto-sized.yaml", dst_path=str(project / "plan"),
+        tracking_uri=uri)).read_text())
+    prior = {k: v for k, v in plan["search"]["points_to_evaluate"][0].items() if k != "seed"}
+    try:
+        winner = json.loads(r["winner"])
+    except ValueError:
+        return "?"
+    return "prior" if all(winner.get(k) == v for k, v in prior.items()) else "found"
 
 
 def run_warm_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dict:
@@ -218,17 +245,21 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (with --keep: add seeds)")
     ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5), or all")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated, of: " + ", ".join(METHODS))
-    ap.add_argument("--keep", action="store_true", help="start from the results in benchmarks/plots/suite_cpu.json "
+    ap.add_argument("--section", default="suite-cpu", help="the BENCHMARKS.md section; its JSON and plot are named "
+                    "after it")
+    ap.add_argument("--no-s2", action="store_true", help="skip the S2 throughput measurement")
+    ap.add_argument("--keep", action="store_true", help="start from the results in the section's JSON "
                     "(rows run again replace theirs)")
-    ap.add_argument("--report-only", action="store_true", help="redraw from benchmarks/plots/suite_cpu.json")
+    ap.add_argument("--report-only", action="store_true", help="redraw from the section's JSON")
     args = ap.parse_args()
+    args.stem = args.section.replace("-", "_")
     if args.report_only:
-        saved = json.loads((PLOTS / "suite_cpu.json").read_text())
+        saved = json.loads((PLOTS / f"{args.stem}.json").read_text())
         return report(saved["results"], saved["s2"], args)
     names = list(CORPORA) if args.corpora == "all" else [list(CORPORA)[int(i) - 1] for i in args.corpora.split(",")]
     methods = args.methods.split(",")
-    saved = json.loads((PLOTS / "suite_cpu.json").read_text()) if args.keep else {"results": {}, "s2": []}
-    measured = s2() if not args.keep else saved["s2"]
+    saved = json.loads((PLOTS / f"{args.stem}.json").read_text()) if args.keep else {"results": {}, "s2": []}
+    measured = saved["s2"] if args.keep or args.no_s2 else s2()
     results: dict = saved["results"]
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names):
@@ -243,7 +274,7 @@ def main() -> None:
                         r = run(corpus, budget, seed, project)
                         print(f"  best {r['best']:.4f} in {r['wall']:.0f} s", file=sys.stderr, flush=True)
                         results[f"{name}|{budget:g}|{method}|{seed}"] = {k: v for k, v in r.items() if k != "points"}
-                        save_json("suite_cpu", {"results": results, "s2": measured})
+                        save_json(args.stem, {"results": results, "s2": measured})
     report(results, measured, args)
 
 
@@ -262,16 +293,18 @@ def brief(winner: str) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in config.items())
 
 
-def gains_chart(groups: dict) -> str:
+def gains_chart(groups: dict, stem: str) -> str:
     """Per corpus and budget, how far the prior alone and the auto sweep end below `train`'s defaults
     (nats/char, ± the method's standard deviation over seeds), as grouped horizontal bars; saved as
-    benchmarks/plots/suite_cpu.png. Returns the Markdown image line."""
+    benchmarks/plots/STEM.png. Returns the Markdown image line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [(f"{corpus.split(' (')[0]}, {float(budget):.0f} s", by_method) for (corpus, budget), by_method
             in sorted(groups.items(), key=lambda kv: (float(kv[0][1]), list(CORPORA).index(kv[0][0])))
             if {"train defaults", "prior alone", "auto sweep"} <= set(by_method)]
+    if not rows:
+        return ""
     fig, ax = plt.subplots(figsize=(7.5, 0.6 * len(rows) + 1.4))
     height = 0.38
     for k, (method, color) in enumerate((("prior alone", "#a8a8a8"), ("auto sweep", "#4878a8"))):
@@ -286,9 +319,9 @@ def gains_chart(groups: dict) -> str:
            title="The auto sweep and its prior alone, against the defaults (2 CPU cores)")
     ax.legend(fontsize=8, loc="upper right")
     PLOTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOTS / "suite_cpu.png", dpi=110, bbox_inches="tight")
+    fig.savefig(PLOTS / f"{stem}.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return "![The auto sweep and its prior alone against the defaults](benchmarks/plots/suite_cpu.png)"
+    return f"![The auto sweep and its prior alone against the defaults](benchmarks/plots/{stem}.png)"
 
 
 def report(results: dict, measured: list, args) -> None:
@@ -307,9 +340,21 @@ def report(results: dict, measured: list, args) -> None:
     for (corpus, budget), by_method in groups.items():
         mean = {m: statistics.mean(v) for m, v in by_method.items()}
         row = {"corpus": corpus, "budget": f"{float(budget):.0f} s"}
-        for m in DEFAULT_METHODS:
+        for m in (*DEFAULT_METHODS, SCHEDULE):
             if m in by_method:
                 row[m] = cell(by_method[m])
+        mixes = [r["ensemble"] for k, r in results.items() if k.startswith(f"{corpus}|{budget}|auto sweep|")
+                 and "ensemble" in r]
+        if mixes:
+            row["auto sweep, --ensemble 2"] = cell(mixes)
+        origins = [r["origin"] for k, r in results.items() if k.startswith(f"{corpus}|{budget}|auto sweep|")
+                   and "origin" in r]
+        if origins:
+            row["sweep's winner"] = ", ".join(origins)
+        if SCHEDULE in mean and "auto sweep" in mean:
+            row["sweep - prior (sweep's schedule)"] = f"{mean['auto sweep'] - mean[SCHEDULE]:+.4f}"
+            if mixes:
+                row["ensemble - prior (sweep's schedule)"] = f"{statistics.mean(mixes) - mean[SCHEDULE]:+.4f}"
         if {"auto sweep", "train defaults", "prior alone"} <= set(mean):
             bar = min(mean["train defaults"], mean["prior alone"])
             row["sweep - better of the two"] = f"{mean['auto sweep'] - bar:+.4f}"
@@ -319,11 +364,15 @@ def report(results: dict, measured: list, args) -> None:
             "fair val loss (nats/char) ± standard deviation over seeds (each seed's value in brackets). "
             "(a) `charsearch train --data C --max-time T` with its defaults; (b) the auto sweep's prior (its "
             "first planned trial) trained alone for T, its learning rate decaying linearly to 0; (c) `charsearch "
-            "sweep --data C --time T`, its exported model. Every row's model is scored on the whole val split "
+            "sweep --data C --time T`, its exported model (`best --export`), and where it trained two trials or "
+            "more, its `best --export --ensemble 2` (the mixture its closing line offers); the sweep's winner is "
+            "'prior' when it is the plan's first point (seed aside), 'found' when the search drew it; (d) the "
+            "prior alone on the sweep's schedule (constant, then decaying over the last "
+            f"{1 - SEARCH_FRACTION:.0%}). Every row's model is scored on the whole val split "
             "(`charsearch eval --split val`), also where the run itself scored a sample of it (`eval_chars`). "
-            "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups)
-            + "\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
-              "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured))
+            "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups, args.stem)
+            + ("\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
+               "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured) if measured else ""))
     schedule_rows = [{"corpus": corpus, "budget": f"{float(budget):.0f} s",
                       "prior alone, decaying over the whole budget": cell(by_method["prior alone"]),
                       f"prior alone, constant, then decaying over the last {1 - SEARCH_FRACTION:.0%}":
@@ -342,8 +391,11 @@ def report(results: dict, measured: list, args) -> None:
                  + table(warm_rows))
     budgets = ",".join(sorted({k.split("|")[1] for k in results}, key=float))
     seeds = len({k.split("|")[3] for k in results})
-    write_section("suite-cpu", "The auto sweep on a suite of corpora (CPU)", body,
-                  f"python benchmarks/bench_suite.py --budgets {budgets} --seeds {seeds} --corpora all")
+    methods = ",".join(dict.fromkeys(k.split("|")[2] for k in results))
+    extra = "" if args.section == "suite-cpu" else f" --section {args.section} --corpora {args.corpora} --methods '{methods}'"
+    write_section(args.section, "The auto sweep on a suite of corpora (CPU)" + (
+        "" if args.section == "suite-cpu" else f": {args.section}"), body,
+        f"python benchmarks/bench_suite.py --budgets {budgets} --seeds {seeds}{extra}")
 
 
 if __name__ == "__main__":
