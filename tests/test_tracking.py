@@ -88,3 +88,28 @@ def test_two_commands_creating_one_new_store_at_once_both_succeed(tmp_path):
                 for _ in range(2)]
         errors = [p.communicate()[1] for p in both]
         assert [p.returncode for p in both] == [0, 0], errors
+
+
+def test_a_restarted_trial_reporting_again_from_an_older_checkpoint_logs_each_step_once(tmp_path):
+    """Ray's saved state may name the checkpoint before a trial's latest: the resumed sweep restarts the trial
+    from there, and it reports steps its run holds already. Those are not logged twice; later ones are."""
+    import mlflow
+
+    from charsearch.tracking.tracker import Tracker
+    (tmp_path / "mlruns").mkdir()
+    uri = store_uri(tmp_path)
+    first = Tracker(uri, "again", background=True)
+    parent = first.start_sweep("again-1", params={}, files={}, tags={})
+    first.trial_started("t1", "trial_t1", {})
+    for step, loss in ((100, 3.0), (200, 2.5), (300, 2.2)):
+        first.trial_result("t1", {"val_loss": loss, "chars_trained": step})
+    assert first.flush() == ""
+    resumed = Tracker(uri, "again", background=True)
+    resumed.reopen_sweep(parent)
+    resumed.trial_started("t1", "trial_t1", {})  # restarted from the checkpoint at step 100
+    for step, loss in ((200, 2.6), (300, 2.3), (400, 2.0)):
+        resumed.trial_result("t1", {"val_loss": loss, "chars_trained": step})
+    assert resumed.flush() == ""
+    client = mlflow.MlflowClient(uri)
+    history = client.get_metric_history(resumed.runs["t1"], "val_loss")
+    assert sorted((m.step, m.value) for m in history) == [(100, 3.0), (200, 2.5), (300, 2.2), (400, 2.0)]

@@ -56,6 +56,9 @@ class Tracker:
         self.parent_id: str | None = None
         self.reopened = False  # a resumed sweep's parent run: its trials may have ended before
         self.runs: dict[str, str] = {}  # trial id -> run id (filled in by the writes themselves)
+        # a restarted trial's last val_loss step in its run: the results it reports again from an older
+        # checkpoint (Ray's saved state may name the one before its latest) are not logged twice
+        self.logged_through: dict[str, int] = {}
         self.writer = writer_for(uri) if background else None
 
     def _experiment_id(self, name: str) -> str:
@@ -165,6 +168,8 @@ class Tracker:
             run_id = self.runs.get(trial_id)
             if run_id:
                 self.client.update_run(run_id, status="RUNNING")
+                steps = [m.step for m in self.client.get_metric_history(run_id, "val_loss")]
+                self.logged_through[trial_id] = max(steps, default=-1)
                 return
             # a create whose answer was lost (the server went away meanwhile) may have made the run
             found = self.client.search_runs(
@@ -183,7 +188,7 @@ class Tracker:
     def trial_result(self, trial_id: str, result: dict) -> None:
         if "val_loss" in result:
             self._log(trial_id, {k: result[k] for k in STEP_METRICS if k in result},
-                      step=int(result["chars_trained"]), what=f"trial {trial_id}'s results")
+                      step=int(result["chars_trained"]), what=f"trial {trial_id}'s results", once=True)
 
     def trial_tags(self, trial_id: str, tags: dict) -> None:
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
@@ -233,9 +238,10 @@ class Tracker:
                 self.client.set_terminated(run_id, OUTCOMES[outcome].run_status)
         self._submit(f"trial {trial_id}'s outcome", op)
 
-    def _log(self, trial_or_run: str, metrics: dict, step: int, what: str) -> None:
+    def _log(self, trial_or_run: str, metrics: dict, step: int, what: str, once: bool = False) -> None:
         """Metrics of a trial (by trial id) or of the parent run (by run id), stamped now: a retried
-        write repeats the same points, which the store keeps once."""
+        write repeats the same points, which the store keeps once. `once`: not at a step the trial's run
+        held before it was restarted."""
         ts = int(1000 * time.time())
         batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
@@ -244,6 +250,8 @@ class Tracker:
 
         def op():
             run_id = trial_or_run if trial_or_run == self.parent_id else self.runs.get(trial_or_run)
+            if once and step <= self.logged_through.get(trial_or_run, -1):
+                return
             if run_id is not None:
                 self.client.log_batch(run_id, metrics=batch)
         self._submit(what, op)
