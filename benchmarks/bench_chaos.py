@@ -18,7 +18,11 @@ one of num_samples trials has a best_val_loss), none duplicated (trial ids uniqu
 Optuna study `charsearch report` rebuilds), no run left RUNNING, and `best --export` wrote the trial with
 the lowest recorded val loss.
 
-    python benchmarks/bench_chaos.py [--cycles 20] [--seed 0]
+    python benchmarks/bench_chaos.py [--cycles 20] [--seed 0] [--points]
+
+With --points each fault is injected at a named point of the sweep (POINTS: its record written, its first
+checkpoint, a third trial started) rather than at a moment in seconds: a run that is the same every time,
+which the test suite runs as three seeded cycles (tests/test_chaos.py).
 
 Writes the `chaos-cpu` section of BENCHMARKS.md and benchmarks/plots/chaos_cpu.json.
 """
@@ -149,8 +153,9 @@ def title(pid: int) -> str:
         return ""
 
 
-def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log, server: Server) -> tuple[int, str]:
-    """Run (or resume) the sweep; inject `kind` `at` seconds in. Returns (exit code, phase the fault hit)."""
+def sweep_once(folder: Path, path: Path, kind: str | None, at: float | str, log, server: Server) -> tuple[int, str]:
+    """Run (or resume) the sweep; inject `kind` `at` seconds in, or at the named point `at` (POINTS). Returns
+    (exit code, phase the fault hit)."""
     args = [sys.executable, "-m", "charsearch", "sweep", str(path)] + (["--resume"] if kind is None and
                                                                      (folder / "ray_results").exists() else [])
     p = subprocess.Popen(args, cwd=folder, env={**env(), "MLFLOW_TRACKING_URI": server.uri}, stdout=log, stderr=log,
@@ -159,10 +164,9 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log, serve
     try:
         if kind is not None:
             t0 = time.monotonic()
-            while time.monotonic() - t0 < at and p.poll() is None:
-                time.sleep(0.2)
+            wait_for(p, folder, at)
             if p.poll() is None:
-                phase = phase_of(folder)
+                phase = at if isinstance(at, str) else phase_of(folder)
                 if kind == "driver SIGKILL":
                     kill_session(p.pid)
                 elif kind == "driver SIGTERM":
@@ -178,7 +182,8 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log, serve
                     server.start()
                 else:  # a trial may be starting: wait for one a while rather than miss the fault
                     workers = trial_workers(p.pid)
-                    while not workers and time.monotonic() - t0 < at + WORKER_WAIT_S and p.poll() is None:
+                    while not workers and time.monotonic() - t0 < WORKER_WAIT_S + (
+                            0 if isinstance(at, str) else at) and p.poll() is None:
                         time.sleep(0.5)
                         workers = trial_workers(p.pid)
                     if workers:
@@ -197,6 +202,25 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float, log, serve
     finally:
         kill_session(p.pid)
     return code, phase
+
+
+def trial_folders(folder: Path) -> list[Path]:
+    return list(folder.glob("ray_results/chaos/*/trial_*"))
+
+
+POINTS = {  # a named point of the sweep -> whether it has been reached, read from what the sweep has written
+    "record written": lambda folder: bool(list(folder.glob("ray_results/chaos/*/charsearch.json"))),
+    "first checkpoint": lambda folder: bool(list(folder.glob("ray_results/chaos/*/trial_*/checkpoint_*"))),
+    "third trial started": lambda folder: len(trial_folders(folder)) >= 3,  # 2 at a time: one has ended
+}
+
+
+def wait_for(p: subprocess.Popen, folder: Path, at: float | str) -> None:
+    """Until `at` seconds have passed, or the named point `at` (POINTS) is reached, or the sweep has ended."""
+    t0 = time.monotonic()
+    reached = POINTS[at] if isinstance(at, str) else (lambda _: time.monotonic() - t0 >= at)
+    while p.poll() is None and time.monotonic() - t0 < HANG_S and not reached(folder):
+        time.sleep(0.1 if isinstance(at, str) else 0.2)
 
 
 def log_text(folder: Path) -> str:
@@ -246,9 +270,10 @@ def check(folder: Path, server: Server) -> dict:
             "running": int((df.status == "RUNNING").sum()), "best_right": bool(exported == winner)}
 
 
-def run_cycle(i: int, kind: str | None, at: float, keep: bool) -> dict:
-    """One cycle in a folder of its own: the sweep with `kind` injected `at` seconds in (None: no fault), resumed
-    until it finishes; then the checks. A cycle that fails one keeps its folder (so does --keep)."""
+def run_cycle(i: int, kind: str | None, at: float | str, keep: bool) -> dict:
+    """One cycle in a folder of its own: the sweep with `kind` injected `at` seconds in or at the named point
+    `at` (None: no fault), resumed until it finishes; then the checks (`passed`). A cycle that fails one keeps
+    its folder (so does --keep)."""
     folder = Path(tempfile.mkdtemp(prefix=f"chaos{i}-"))
     path = project(folder)
     server = Server(folder)
@@ -262,19 +287,30 @@ def run_cycle(i: int, kind: str | None, at: float, keep: bool) -> dict:
             while code != 0 and resumes < MAX_RESUMES and "finished: nothing to resume" not in log_text(folder):
                 resumes += 1
                 code, _ = sweep_once(folder, path, None, 0, log, server)
-        result = {"cycle": i, "fault": kind or "none", "at_s": round(at, 1), "phase": phase, "resumes": resumes,
+        result = {"cycle": i, "fault": kind or "none", "at_s": at if isinstance(at, str) else round(at, 1),
+                  "phase": phase, "resumes": resumes,
                   "exit": code, "wall_s": round(wall, 1), "hung": log_text(folder).count("[bench_chaos: hung"),
                   **check(folder, server)}
     finally:
         server.stop()
-    done = result["exit"] == 0 or "finished: nothing to resume" in log_text(folder)  # killed as it ended
-    failed = not (result["finished"] and done and result["best_right"]) or any(
-        result[k] for k in ("lost", "duplicated_mlflow", "duplicated_study", "running"))
-    if keep or failed:  # its logs, records and store, to find what went wrong
+    result["done"] = result["exit"] == 0 or "finished: nothing to resume" in log_text(folder)  # killed as it ended
+    if keep or not passed(result):  # its logs, records and store, to find what went wrong
         result["folder"] = str(folder)
     else:
         shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def passed(result: dict) -> bool:
+    """The sweep finished, resumed to its end; nothing lost, duplicated or left RUNNING; best --export right."""
+    return (result["finished"] and result["done"] and result["best_right"]
+            and not any(result[k] for k in ("lost", "duplicated_mlflow", "duplicated_study", "running")))
+
+
+def draw(rng: random.Random, kinds: list[str], length: float | None) -> tuple[str, float | str]:
+    """A cycle's fault and its moment: seconds within a quiet run's `length`, or (None) a named point."""
+    kind = rng.choice(kinds)
+    return kind, rng.choice(list(POINTS)) if length is None else 2 + rng.random() * max(1.0, length - 2)
 
 
 def main() -> None:
@@ -285,17 +321,21 @@ def main() -> None:
                     "that fails a check keeps its folder always")
     ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated faults to draw from, of: " + ", ".join(KINDS))
     ap.add_argument("--section", default="chaos-cpu", help="the BENCHMARKS.md section (and JSON file) to write")
+    ap.add_argument("--points", action="store_true", help="inject each fault at a named point of the sweep "
+                    f"({', '.join(POINTS)}) instead of a moment in seconds")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     if not set(kinds) <= set(KINDS):
         ap.error(f"--kinds: each of {', '.join(KINDS)}")
-    quiet = run_cycle(-1, None, 0.0, args.keep)  # the sweep's length without a fault: faults are drawn within it
-    print(quiet, flush=True)
-    length = quiet["wall_s"]
+    quiet, length = None, None
+    if not args.points:  # the sweep's length without a fault: faults are drawn within it
+        quiet = run_cycle(-1, None, 0.0, args.keep)
+        print(quiet, flush=True)
+        length = quiet["wall_s"]
     rng = random.Random(args.seed)
     cycles = []
     for i in range(args.cycles):
-        kind, at = rng.choice(kinds), 2 + rng.random() * max(1.0, length - 2)
+        kind, at = draw(rng, kinds, length)
         result = run_cycle(i, kind, at, args.keep)
         cycles.append(result)
         print(result, flush=True)
@@ -311,12 +351,15 @@ def main() -> None:
              "runs left RUNNING": sum(c["running"] for c in cycles if (c["fault"], c["phase"]) == (k, ph)),
              "best --export right": sum(c["best_right"] for c in cycles if (c["fault"], c["phase"]) == (k, ph))}
             for (k, ph), n in sorted(by.items())]
+    moment = (f"at a named point drawn from: {', '.join(POINTS)}" if args.points else
+              f"at a moment drawn over the length of a run without a fault ({length:.0f} s, run first)")
     body = (f"{args.cycles} cycles (seed {args.seed}) of a sweep of {SAMPLES} tiny trials, 2 at a time, local Ray, "
             f"recording to an `mlflow server` on loopback (SQLite behind it; stopped for {OUTAGE_S:.0f} s in 'server "
-            f"stopped', and {HELD_S:.0f} s before the driver's kill in 'writes held'); one fault per cycle at a moment drawn over the length of a run without a fault ({length:.0f} s, run first), then `--resume` until it finished (at "
+            f"stopped', and {HELD_S:.0f} s before the driver's kill in 'writes held'); one fault per cycle {moment}, then `--resume` until it finished (at "
             f"most {MAX_RESUMES}). A run still going {HANG_S} s after it started is hung: killed, counted, and resumed. A study the report could not rebuild counts as -1 in the JSON.\n\n" + table(rows))
     title = "Faults a sweep survives (CPU)" + ("" if args.section == "chaos-cpu" else f": {', '.join(kinds)}")
-    kinds_flag = "" if kinds == list(KINDS) else f" --kinds '{args.kinds}' --section {args.section}"
+    kinds_flag = ("" if kinds == list(KINDS) else f" --kinds '{args.kinds}'") + (" --points" if args.points else "") + (
+        "" if args.section == "chaos-cpu" else f" --section {args.section}")
     write_section(args.section, title, body,
                   f"python benchmarks/bench_chaos.py --cycles {args.cycles} --seed {args.seed}{kinds_flag}")
     print(body)

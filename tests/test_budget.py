@@ -32,7 +32,7 @@ def startup_seconds() -> float:
 def test_a_sweep_cut_by_its_budget_keeps_every_trained_model(project, tmp_path_factory):
     # trials that could train for minutes, a budget of well under one: the budget cuts them mid-trial
     path = sweep_file(project, "cut", search={"num_samples": 3, "max_concurrent": 2}, scheduler={"type": "none",
-                      "report_every_epochs": 0.02}, budget={"sweep_time": 60, "trial_max_epochs": 20,
+                      "report_every_epochs": 0.02}, budget={"sweep_time": 40, "trial_max_epochs": 20,
                       "trial_max_time": 0})
     tmp = tmp_path_factory.mktemp("t", numbered=True)  # the sweep's temp folder, to see what it leaves there
     r = charsearch("sweep", path, cwd=project, TMPDIR=str(tmp), RAY_TMPDIR="/tmp/ray")
@@ -74,13 +74,13 @@ def test_a_sweep_cut_by_its_budget_keeps_every_trained_model(project, tmp_path_f
 def test_no_trial_starts_that_cannot_report_before_the_deadline(project):
     # a trial needs a few seconds to its first report (0.5 epoch of a 200k-char slice), more on a loaded
     # machine, where the sweep raises its estimate to the longest first report seen; 400 trials, 2 at a
-    # time, 60 s (start-up included): the deadline ends the search (a fast machine runs 40 such trials in
-    # under 60 s)
+    # time, 45 s (start-up included): the deadline ends the search (a fast machine runs 30 such trials in
+    # under 45 s)
     text = (project / "data" / "tinyshakespeare" / "input.txt").read_text()[:200_000]
     (project / "data" / "tinyshakespeare" / "input.txt").write_text(text)
     path = sweep_file(project, "deadline", search={"num_samples": 400, "max_concurrent": 2},
                       scheduler={"type": "none", "report_every_epochs": 0.5},
-                      budget={"sweep_time": 60, "trial_max_epochs": 1, "trial_max_time": 0, "first_report_s": 10},
+                      budget={"sweep_time": 45, "trial_max_epochs": 1, "trial_max_time": 0, "first_report_s": 10},
                       train={"model": "lstm", "optimizer": "adam", "lr_schedule": "constant"})
     r = charsearch("sweep", path, cwd=project)
     assert r.returncode == 0, r.stderr

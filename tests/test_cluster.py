@@ -214,54 +214,82 @@ def test_sweep_on_two_nodes_with_a_tracking_server(cluster, project, tmp_path_fa
     assert sample.returncode == 0 and sample.stdout.startswith("KING:")
 
 
-def test_worker_node_lost_mid_sweep(cluster, project, s3):
+def test_worker_node_lost_then_driver_killed_and_resumed_from_s3(cluster, project, s3):
     """Kill the worker node while one of its trials runs: Tune reruns that trial on the head node from its
-    last checkpoint in the S3 bucket (ray.max_failures), in the same MLflow run, and the sweep completes."""
-    epochs = 0.2
+    last checkpoint in the S3 bucket (ray.max_failures), in the same MLflow run. Then kill the driver while
+    that trial reports again: `--resume` reads the sweep's record and Ray's state from the bucket and
+    completes the sweep, each trial once, nothing of Ray's on local disk."""
+    epochs = 0.25
     path = sweep_file(project, "cluster-loss", search={"num_samples": 3, "max_concurrent": 2},
                       scheduler={"type": "none", "report_every_epochs": 0.04},
                       budget={"sweep_time": 0, "trial_max_epochs": epochs, "trial_max_time": 0},
                       ray={"storage": f"s3://{S3_BUCKET}/loss?endpoint_override={s3[0]}&scheme=http",
                            "max_failures": 2})
-    worker = cluster.node_ids["node_b"]
+    worker, head = cluster.node_ids["node_b"], cluster.node_ids["node_a"]
+    through = {"MLFLOW_TRACKING_URI": cluster.tracking_uri, **S3_KEYS}
     driver = subprocess.Popen(
         [sys.executable, "-m", "charsearch", "sweep", str(path), "--address", cluster.address],
-        cwd=project, env=cli_env(MLFLOW_TRACKING_URI=cluster.tracking_uri, **S3_KEYS), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        def trial_on_worker():  # a trial of this sweep that has reported (and checkpointed) on the worker
-            _, children = runs(cluster.tracking_uri, "cluster-loss")
-            if children.empty or "tags.node_id" not in children or "metrics.val_loss" not in children:
-                return None
-            on_worker = children[(children["tags.node_id"] == worker) & children["metrics.val_loss"].notna()
-                                 & (children.status == "RUNNING")]
-            return on_worker.iloc[0].to_dict() if len(on_worker) else None
+        cwd=project, env=cli_env(**through), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    client = mlflow.MlflowClient(cluster.tracking_uri)
 
+    def reporting(node: str, run_id: str | None = None, after: int = 0):
+        """A running trial of this sweep that has reported (and checkpointed) from `node`, past step `after`."""
+        _, children = runs(cluster.tracking_uri, "cluster-loss")
+        if children.empty or "tags.node_id" not in children or "metrics.val_loss" not in children:
+            return None
+        found = children[(children["tags.node_id"] == node) & children["metrics.val_loss"].notna()
+                         & (children.status == "RUNNING") & (run_id is None or children.run_id == run_id)]
+        found = [t for _, t in found.iterrows()
+                 if max(m.step for m in client.get_metric_history(t.run_id, "val_loss")) > after]
+        return found[0].to_dict() if found else None
+
+    try:
         t0 = time.monotonic()
-        victim = wait_until(trial_on_worker, 150, "a trial reporting from the worker node", every=0.3)
-        client = mlflow.MlflowClient(cluster.tracking_uri)
+        victim = wait_until(lambda: reporting(worker), 150, "a trial reporting from the worker node", every=0.3)
         steps_before = [m.step for m in client.get_metric_history(victim["run_id"], "val_loss")]
         cluster.kill("node_b")
-        killed_at = time.monotonic()
-        print(f"killed the worker node {killed_at - t0:.1f} s into the sweep, while trial "
+        print(f"killed the worker node {time.monotonic() - t0:.1f} s into the sweep, while trial "
               f"{victim['tags.ray.trial_id']} was at {steps_before[-1]} chars")
-        out, err = driver.communicate(timeout=240)
-        print(f"sweep ended {time.monotonic() - killed_at:.1f} s after the kill; its status lines:\n{err}")
+        wait_until(lambda: reporting(head, victim["run_id"], steps_before[-1]), 150,
+                   "the trial to report again from the head node", every=0.3)
+        kill_session(driver.pid)
+        driver.wait(timeout=30)
+        print(f"killed the driver {time.monotonic() - t0:.1f} s into the sweep; its status lines:\n"
+              f"{driver.stderr.read()}")
     finally:
         kill_session(driver.pid)
-    assert driver.returncode == 0, err
-    assert "sweep cluster-loss: 3 trials (3 finished, 0 failed)" in out, out + err
+    assert not (project / "ray_results").exists()  # nothing of Ray's went to the local disk
+    r = charsearch("sweep", path, "--resume", "--address", cluster.address, cwd=project, **through)
+    assert r.returncode == 0, r.stderr
+    # (a new driver on a cluster that lost a node first gets Ray's own "(raylet) ... marked dead" lines)
+    assert "\nsweep cluster-loss: 3 trials (3 finished, 0 failed)" in f"\n{r.stdout}", r.stdout + r.stderr
+    assert f"Ray results: s3://{S3_BUCKET}/loss/cluster-loss/" in r.stdout
 
     parents, children = runs(cluster.tracking_uri, "cluster-loss")
-    assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"
+    assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"  # the same parent run, reopened
     assert len(children) == 3 and children["tags.ray.trial_id"].is_unique  # every trial once, no duplicate runs
     assert (children.status == "FINISHED").all() and (children["tags.charsearch.outcome"] == "finished").all()
     assert (children["metrics.epoch"] >= epochs - 1e-9).all()  # each trained its full budget
     victim = children[children.run_id == victim["run_id"]].iloc[0]
     assert victim["tags.charsearch.retries"] == "1" and victim["tags.charsearch.retry_error"]
-    assert victim["tags.node_id"] == cluster.node_ids["node_a"]  # rerun on the surviving node
-    # resumed from its checkpoint: the history goes on past the steps logged before the kill, none repeated
+    assert victim["tags.node_id"] == head  # rerun on the surviving node
+    # resumed from its checkpoints: the history goes on past the steps logged before each kill, none repeated
     steps = [m.step for m in client.get_metric_history(victim.run_id, "val_loss")]
-    print(f"trial {victim['tags.ray.trial_id']} val_loss steps: before the kill {steps_before}, in all {steps}")
+    print(f"trial {victim['tags.ray.trial_id']} val_loss steps: before the node's loss {steps_before}, in all {steps}")
     assert steps[:len(steps_before)] == steps_before and len(steps) > len(steps_before)
     assert steps == sorted(set(steps))
+    # the bucket holds the record, finished and naming the parent run, and each trial's checkpoints
+    _, fs = s3
+    files = fs.get_file_info(pyarrow.fs.FileSelector(f"{S3_BUCKET}/loss/cluster-loss", recursive=True))
+    (record,) = [f.path for f in files if f.base_name == "charsearch.json"]
+    with fs.open_input_stream(record) as f:
+        saved = json.loads(f.read())
+    assert saved["status"] == "FINISHED" and saved["parent_run_id"] == parents.iloc[0].run_id
+    checkpointed = {f.path.split("/trial_")[1].split("/")[0] for f in files if "/checkpoint_" in f.path}
+    assert set(children["tags.ray.trial_id"]) <= checkpointed
+    best = charsearch("best", "--experiment", "cluster-loss", "--export", "model.pt", cwd=project,
+                      MLFLOW_TRACKING_URI=cluster.tracking_uri)
+    assert best.returncode == 0, best.stderr
+    winner = children.loc[children["metrics.best_val_loss"].idxmin(), "tags.ray.trial_id"]
+    assert torch.load(project / "model.pt", weights_only=True)["summary"]["trial_id"] == winner
