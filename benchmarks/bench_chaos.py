@@ -163,9 +163,11 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float | str, log,
     phase = "-"
     try:
         if kind is not None:
+            reached = wait_for(p, folder, at)
             t0 = time.monotonic()
-            wait_for(p, folder, at)
-            if p.poll() is None:
+            if p.poll() is None and not reached:
+                phase = "point not reached"
+            elif p.poll() is None:
                 phase = at if isinstance(at, str) else phase_of(folder)
                 if kind == "driver SIGKILL":
                     kill_session(p.pid)
@@ -182,8 +184,7 @@ def sweep_once(folder: Path, path: Path, kind: str | None, at: float | str, log,
                     server.start()
                 else:  # a trial may be starting: wait for one a while rather than miss the fault
                     workers = trial_workers(p.pid)
-                    while not workers and time.monotonic() - t0 < WORKER_WAIT_S + (
-                            0 if isinstance(at, str) else at) and p.poll() is None:
+                    while not workers and time.monotonic() - t0 < WORKER_WAIT_S and p.poll() is None:
                         time.sleep(0.5)
                         workers = trial_workers(p.pid)
                     if workers:
@@ -215,12 +216,16 @@ POINTS = {  # a named point of the sweep -> whether it has been reached, read fr
 }
 
 
-def wait_for(p: subprocess.Popen, folder: Path, at: float | str) -> None:
-    """Until `at` seconds have passed, or the named point `at` (POINTS) is reached, or the sweep has ended."""
+def wait_for(p: subprocess.Popen, folder: Path, at: float | str) -> bool:
+    """Until `at` seconds have passed, or the named point `at` (POINTS) is reached, or the sweep has ended
+    (or run HANG_S). Whether `at` was reached."""
     t0 = time.monotonic()
     reached = POINTS[at] if isinstance(at, str) else (lambda _: time.monotonic() - t0 >= at)
-    while p.poll() is None and time.monotonic() - t0 < HANG_S and not reached(folder):
+    while p.poll() is None and time.monotonic() - t0 < HANG_S:
+        if reached(folder):
+            return True
         time.sleep(0.1 if isinstance(at, str) else 0.2)
+    return False
 
 
 def log_text(folder: Path) -> str:

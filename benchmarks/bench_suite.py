@@ -152,15 +152,26 @@ def run_auto_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dic
     export = [sys.executable, "-m", "charsearch", "best", "--experiment", f"bench-tpe-{seed}", "--export"]
     subprocess.run([*export, str(project / "best.pt")], cwd=project, env=env(), capture_output=True, check=True)
     out = {**r, **whole_val(project / "best.pt", corpus, project, r["best"]), "origin": winner_origin(project, seed, r)}
-    if r["trials"] >= 2:
-        subprocess.run([*export, str(project / "mix.pt"), "--ensemble", "2"], cwd=project, env=env(),
-                       capture_output=True, check=True)
+    mix = subprocess.run([*export, str(project / "mix.pt"), "--ensemble", "2"], cwd=project, env=env(),
+                         capture_output=True, text=True) if r["trials"] >= 2 else None
+    if mix is not None and mix.returncode == 0:
         out["ensemble"] = whole_val(project / "mix.pt", corpus, project, r["best"])["best"]
+    elif mix is not None:  # e.g. fewer than two trials saved a model: the row goes on without the mixture
+        print(f"  no ensemble: {mix.stderr.strip()[-300:]}", file=sys.stderr, flush=True)
     return out
 
 
 def winner_origin(project: Path, seed: int, r: dict) -> str:
-    """'prior' when the sweep's winner is its plan's first point (the seed aside), else 'found'."""
+    """'prior' when the sweep's winner is its plan's first point (the seed aside), else 'found' ('?' where
+    the plan or the winner cannot be read)."""
+    try:
+        return _origin(project, seed, r)
+    except Exception as e:  # noqa: BLE001 -- a benchmark row is kept whatever this column finds
+        print(f"  winner's origin unknown: {e}", file=sys.stderr, flush=True)
+        return "?"
+
+
+def _origin(project: Path, seed: int, r: dict) -> str:
     import mlflow
     uri = f"sqlite:///{project}/mlruns/mlflow.db"
     client = mlflow.MlflowClient(uri)

@@ -55,10 +55,11 @@ def write_section(name: str, title: str, body: str, command: str) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    cols = list(rows[0])
+    """A Markdown table of every column any row has, in first-seen order ('-' where a row has none)."""
+    cols = list(dict.fromkeys(c for r in rows for c in r))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(_fmt(r[c]) if c in r else "-" for c in cols) + " |")
     return "\n".join(lines)
 
 

@@ -227,10 +227,10 @@ def test_worker_node_lost_then_driver_killed_and_resumed_from_s3(cluster, projec
                            "max_failures": 2})
     worker, head = cluster.node_ids["node_b"], cluster.node_ids["node_a"]
     through = {"MLFLOW_TRACKING_URI": cluster.tracking_uri, **S3_KEYS}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "charsearch", "sweep", str(path), "--address", cluster.address],
-        cwd=project, env=cli_env(**through), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    with open(project / "driver.log", "w") as log:  # a file, not a pipe: a full pipe would stall the driver
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "charsearch", "sweep", str(path), "--address", cluster.address],
+            cwd=project, env=cli_env(**through), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     client = mlflow.MlflowClient(cluster.tracking_uri)
 
     def reporting(node: str, run_id: str | None = None, after: int = 0):
@@ -256,7 +256,7 @@ def test_worker_node_lost_then_driver_killed_and_resumed_from_s3(cluster, projec
         kill_session(driver.pid)
         driver.wait(timeout=30)
         print(f"killed the driver {time.monotonic() - t0:.1f} s into the sweep; its status lines:\n"
-              f"{driver.stderr.read()}")
+              f"{(project / 'driver.log').read_text()}")
     finally:
         kill_session(driver.pid)
     assert not (project / "ray_results").exists()  # nothing of Ray's went to the local disk

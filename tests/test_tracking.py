@@ -92,7 +92,8 @@ def test_two_commands_creating_one_new_store_at_once_both_succeed(tmp_path):
 
 def test_a_restarted_trial_reporting_again_from_an_older_checkpoint_logs_each_step_once(tmp_path):
     """Ray's saved state may name the checkpoint before a trial's latest: the resumed sweep restarts the trial
-    from there, and it reports steps its run holds already. Those are not logged twice; later ones are."""
+    from there, and it reports steps its run holds already (as a retry in the same sweep may). Those are not
+    logged twice; later ones are."""
     import mlflow
 
     from charsearch.tracking.tracker import Tracker
@@ -109,6 +110,7 @@ def test_a_restarted_trial_reporting_again_from_an_older_checkpoint_logs_each_st
     resumed.trial_started("t1", "trial_t1", {})  # restarted from the checkpoint at step 100
     for step, loss in ((200, 2.6), (300, 2.3), (400, 2.0)):
         resumed.trial_result("t1", {"val_loss": loss, "chars_trained": step})
+    resumed.trial_result("t1", {"val_loss": 2.1, "chars_trained": 400})  # a retry (max_failures) reporting again
     assert resumed.flush() == ""
     client = mlflow.MlflowClient(uri)
     history = client.get_metric_history(resumed.runs["t1"], "val_loss")

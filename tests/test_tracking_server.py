@@ -323,7 +323,7 @@ def test_a_resumed_sweep_waits_for_a_tracking_server_away_as_its_trials_are_read
     resumed.reopen_sweep(parent)
     team.kill("mlflow")
     lines, read = [], {}
-    reader = threading.Thread(target=lambda: read.update(runs=resumed.ended_before(lines.append)))
+    reader = threading.Thread(target=lambda: read.update(runs=resumed.ended_before(lines.append)), daemon=True)
     reader.start()
     try:
         time.sleep(OUTAGE_S)

@@ -83,8 +83,12 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     try:
         exp_dir = reopen_record(tracker, previous) if previous else start_record(
             sweep, storage, tracker, corpus, resources, plan_text, uri, files or {}, warm)
+        # what ended before a resume, read before Tune starts: a store away meanwhile is waited for, and
+        # Ctrl-C (or SIGTERM) stops the wait as it stops the sweep
+        earlier = tracker.ended_before(lambda line: print(line, file=out))
         state.ends_at = search_deadline(sweep, state.started)
-        grid = make_tuner(sweep, corpus, storage, exp_dir, tracker, state, resources, previous, warm, out).fit()
+        grid = make_tuner(sweep, corpus, storage, exp_dir, tracker, state, resources, previous, warm,
+                          earlier).fit()
         remove_stale_trial_dirs()
         interrupted = ended_early(sweep, state)
         finish = finish_search(sweep, grid, tracker, corpus, state, interrupted, out)
@@ -154,11 +158,11 @@ def search_deadline(sweep: SweepConfig, started: float) -> float:
 
 def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: str, tracker: Tracker,
                state: SweepState, resources, previous: ResumePoint | None, warm: WarmStart | None,
-               out) -> tune.Tuner:
+               earlier: list) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus, ends_at=state.ends_at,
                                                          one_thread_rates=state.expected_rates), resources)
     searcher = search_algorithm(make_searcher(sweep, state, warm), sweep.max_concurrent)
-    callbacks = [ResumeFromExisting(searcher), MLflowCallback(sweep, tracker, state, out), StatusLine(state, sweep)]
+    callbacks = [ResumeFromExisting(searcher), MLflowCallback(sweep, tracker, state, earlier), StatusLine(state, sweep)]
     search_s = state.ends_at - time.time() if math.isfinite(state.ends_at) else None
     if previous is not None and previous.restorable:
         # Tune brings back the search space, the scheduler and the searcher's study from the saved experiment

@@ -43,14 +43,15 @@ SUMMARY_KEYS = ("best_val_loss", "chars_trained", "epoch", "iteration", "elapsed
 
 
 class MLflowCallback(tune.Callback):
-    def __init__(self, sweep: SweepConfig, tracker: Tracker, state: SweepState, out=None):
-        self.sweep, self.tracker, self.state, self.out = sweep, tracker, state, out
+    def __init__(self, sweep: SweepConfig, tracker: Tracker, state: SweepState, ended_before: list = ()):
+        self.sweep, self.tracker, self.state = sweep, tracker, state
+        self.ended_before = list(ended_before)  # a resumed sweep's trial runs (Tracker.ended_before)
         self.ended: dict[str, str] = {}  # trial id -> outcome, not yet in a saved snapshot
         self.saved: dict[str, str] = {}  # ... in the snapshot being written
         self.replay = True
 
     def __getstate__(self):  # pickled with Tune's experiment state: the live parts stay behind
-        return {"sweep": self.sweep, "tracker": None, "state": None, "out": None, "ended": {}, "saved": {},
+        return {"sweep": self.sweep, "tracker": None, "state": None, "ended_before": [], "ended": {}, "saved": {},
                 "replay": True}
 
     @property
@@ -58,7 +59,7 @@ class MLflowCallback(tune.Callback):
         return self.state.ledger
 
     def setup(self, **info):
-        for run in self.tracker.ended_before(lambda line: print(line, file=self.out)):
+        for run in self.ended_before:
             self.ledger.recorded(run.data.tags[TRIAL_TAG], run.data.tags.get(OUTCOME_TAG) if
                                  run.info.status != "RUNNING" else None, "best_val_loss" in run.data.metrics)
 

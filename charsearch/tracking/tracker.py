@@ -56,8 +56,9 @@ class Tracker:
         self.parent_id: str | None = None
         self.reopened = False  # a resumed sweep's parent run: its trials may have ended before
         self.runs: dict[str, str] = {}  # trial id -> run id (filled in by the writes themselves)
-        # a restarted trial's last val_loss step in its run: the results it reports again from an older
-        # checkpoint (Ray's saved state may name the one before its latest) are not logged twice
+        # each trial's last val_loss step in its run: the results a restarted trial reports again from an
+        # older checkpoint (Ray's saved state, or a retry, may name the one before its latest) are not
+        # logged twice
         self.logged_through: dict[str, int] = {}
         self.writer = writer_for(uri) if background else None
 
@@ -241,7 +242,7 @@ class Tracker:
     def _log(self, trial_or_run: str, metrics: dict, step: int, what: str, once: bool = False) -> None:
         """Metrics of a trial (by trial id) or of the parent run (by run id), stamped now: a retried
         write repeats the same points, which the store keeps once. `once`: not at a step the trial's run
-        held before it was restarted."""
+        holds already (a restarted trial reporting again)."""
         ts = int(1000 * time.time())
         batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
@@ -254,4 +255,6 @@ class Tracker:
                 return
             if run_id is not None:
                 self.client.log_batch(run_id, metrics=batch)
+                if once:
+                    self.logged_through[trial_or_run] = step
         self._submit(what, op)

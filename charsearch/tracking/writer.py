@@ -72,6 +72,8 @@ class Writer:
         """`fn()`'s result (a read), made in line with the writes submitted before it. A store that is away
         is waited for as for a write, and `waiting(line)` is told once when that takes more than
         WAIT_NOTE_S; a failure that is not passing (a 4xx) is raised here."""
+        if threading.current_thread() is self.thread:  # an op of this writer's own: already in line
+            return fn()
         done, box = threading.Event(), {}
 
         def op():
@@ -80,6 +82,8 @@ class Writer:
             except Exception as e:
                 if passing(e):
                     raise  # held, and tried again
+                box["error"] = e
+            except BaseException as e:
                 box["error"] = e
             done.set()
         self.submit(what, op)
