@@ -1,5 +1,6 @@
 """Real sweeps through the command line: local Ray, OptunaSearch, ASHA, MLflow with a SQLite store."""
 
+import json
 import os
 import re
 import shutil
@@ -178,7 +179,8 @@ def test_a_driver_killed_before_ray_saved_any_state_resumes_by_starting_again_in
 def test_a_sweep_killed_after_its_trials_ended_before_mlflow_heard_of_it_resumes_and_records_them(project):
     # as a driver killed at the sweep's end with its MLflow writes held (the server away) leaves it: Tune saved
     # every trial as ended, MLflow holds none of them and the parent run RUNNING. Tune resumes that without a
-    # step: the trials are recorded from its saved state all the same
+    # step: the trials are recorded from its saved state all the same. One trial Tune saved as still running,
+    # its last checkpoint at its end (killed as it ended): restored at its end, it reports that end again
     path = sweep_file(project, "late", search={"num_samples": 2, "max_concurrent": 2}, budget={"sweep_time": 0},
                       scheduler={"type": "none", "report_every_epochs": 0.05})
     uri = store_uri(project)
@@ -190,6 +192,11 @@ def test_a_sweep_killed_after_its_trials_ended_before_mlflow_heard_of_it_resumes
     for run_id in children.run_id:
         client.delete_run(run_id)
     client.update_run(parents.iloc[0].run_id, status="RUNNING")
+    state = max((project / "ray_results" / "late").glob("*/experiment_state-*.json"))
+    saved = json.loads(state.read_text())
+    trial = json.loads(saved["trial_data"][0][0])
+    saved["trial_data"][0][0] = json.dumps({**trial, "status": "RUNNING"})
+    state.write_text(json.dumps(saved))
     r = charsearch("sweep", path, "--resume", cwd=project)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("sweep late: 2 trials (2 finished, 0 failed)"), r.stdout

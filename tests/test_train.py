@@ -136,6 +136,22 @@ def test_resume_continues_exactly(small_corpus, tmp_path, extra):
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
 
 
+def test_a_run_resumed_at_its_end_reports_its_last_evaluation_again_and_trains_no_more(small_corpus, tmp_path):
+    # a sweep killed as a trial ended restores that trial at its end; the sweep may never have heard of it
+    done = train(cfg_for(small_corpus, tmp_path / "a", max_epochs=0.2), progress=False)
+    seen = []
+    again = train(cfg_for(small_corpus, tmp_path / "b", max_epochs=0.2, init_from=str(done.latest_checkpoint)),
+                  on_eval=lambda m, p, b: seen.append((m, p, b)), progress=False)
+    assert [m for m, _, _ in seen] == [done.history[-1]] and seen[0][0]["final"]
+    assert seen[0][1:] == (done.latest_checkpoint, False)
+    assert again.iterations == done.iterations and again.best_val_loss == done.best_val_loss
+    assert again.latest_checkpoint is None  # nothing trained, nothing written
+    # with more epochs asked for, it trains on as before
+    more = train(cfg_for(small_corpus, tmp_path / "c", max_epochs=0.4, init_from=str(done.latest_checkpoint)),
+                 on_eval=lambda m, p, b: seen.append((m, p, b)), progress=False)
+    assert more.iterations > done.iterations and seen[1][0]["iteration"] > done.iterations
+
+
 def test_each_regularizer_trains_and_changes_the_run_and_tied_weights_need_a_full_softmax(small_corpus, tmp_path):
     plain = train(cfg_for(small_corpus, tmp_path / "p", max_epochs=0.3), progress=False)
     for name, value in REGULARIZED.items():

@@ -572,6 +572,10 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
     since the last evaluation (or the start), however few iterations that was."""
     run = Run(cfg, corpus, on_eval, progress, summary_extra, deadline, eval_every_s)
     stop_reason = "max_epochs"
+    if on_eval is not None and run.history and run.iteration >= run.total_iters:
+        # resumed from its own last evaluation (a sweep killed as this trial ended): nothing is left to train,
+        # and the caller may never have heard of that evaluation, so it is reported again
+        on_eval(dict(run.history[-1]), Path(cfg.init_from), False)
     run.model.train()
     try:
         while run.iteration < run.total_iters:
