@@ -10,8 +10,9 @@ machine or in packages:
     large            25 MB of Python source from the installed packages (site-packages)
 
 and for each: (a) `charsearch train` with its defaults, (b) the auto sweep's prior trained alone for the
-budget (the first trial `charsearch sweep --data C --time T --dry-run` plans, its learning rate decaying
-linearly to 0 as the sweep's finish does), (c) the auto sweep (`charsearch sweep --data C --time T`), and
+budget (the first trial of the auto sweep run before it on the same corpus, budget and seed, else the first
+trial `charsearch sweep --data C --time T --dry-run` plans; its learning rate decaying linearly to 0 as the
+sweep's finish does), (c) the auto sweep (`charsearch sweep --data C --time T`), and
 where asked (`--methods "warm second sweep"`), (d) the auto sweep run twice in one project, the second
 starting from the first.
 
@@ -97,18 +98,27 @@ CORPORA = {"English prose (tiny-shakespeare)": shakespeare, "source code (Python
 # --- the prior alone --------------------------------------------------------------------------------
 
 
-def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> tuple[list, str, str]:
-    """(the `charsearch train` command, the dry run's plan, the shape) of the first trial the auto sweep would
-    run, trained alone for the budget, its rate decaying to 0 over the last `decay_frac` of it."""
-    r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
-                        "--dry-run"], cwd=project, env=env(), capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"dry run failed:\n{r.stderr[-3000:]}")
-    plan, plan_text = yaml.safe_load(r.stdout), r.stdout
+# The plan each auto sweep ran, by (corpus, budget, seed): a prior arm run after it in the same invocation trains
+# that plan's prior, not a fresh dry run's (calibration's rates vary run to run, and with them the shape kept).
+SWEEP_PLANS: dict[tuple, str] = {}
+
+
+def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> tuple[list, str, str, str]:
+    """(the `charsearch train` command, the plan, the shape, where the plan came from) of the first trial of the
+    auto sweep run before it on the same corpus, budget and seed (else of `charsearch sweep --dry-run`'s plan),
+    trained alone for the budget, its rate decaying to 0 over the last `decay_frac` of it."""
+    plan_text, source = SWEEP_PLANS.get((str(corpus), budget, seed)), "the sweep's plan"
+    if plan_text is None:
+        r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
+                            "--dry-run"], cwd=project, env=env(), capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(f"dry run failed:\n{r.stderr[-3000:]}")
+        plan_text, source = r.stdout, "a dry run"
+    plan = yaml.safe_load(plan_text)
     prior = {**plan["train"], **plan["search"]["points_to_evaluate"][0]}
     model, shape = prior.pop("shape").split()
     layers, size = shape.split("x")
-    rate = int(re.search(rf"{model} {shape}\s+[\d,]+ params\s+([\d,]+) chars/s", r.stdout)[1].replace(",", ""))
+    rate = int(re.search(rf"{model} {shape}\s+[\d,]+ params\s+([\d,]+) chars/s", plan_text)[1].replace(",", ""))
     evals = max(1, round(rate * budget / 20 / (prior["batch_size"] * prior["seq_length"])))
     cmd = [sys.executable, "-m", "charsearch", "train", "--data", str(corpus), "--model", model, "--num-layers", layers,
            "--rnn-size", size, "--max-time", str(budget), "--seed", str(123 + seed), "--lr-schedule", "wsd",
@@ -117,15 +127,15 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
     for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip", "eval_chars"):
         if key in prior:
             cmd += [f"--{key.replace('_', '-')}", str(prior[key])]
-    return cmd, plan_text, f"{model} {shape}"
+    return cmd, plan_text, f"{model} {shape}", source
 
 
 def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> dict:
     """The first trial the auto sweep would run, trained alone for the budget (prior_command)."""
-    cmd, plan_text, shape = prior_command(corpus, budget, seed, project, decay_frac)
+    cmd, plan_text, shape, source = prior_command(corpus, budget, seed, project, decay_frac)
     r = follow_train(cmd, project)
     return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
-            "winner": f"{shape} (prior)", "plan": plan_lines(plan_text)}
+            "winner": f"{shape} (prior)", "plan": plan_lines(plan_text), "prior_from": source}
 
 
 # --- every row scored on the whole val split ------------------------------------------------------------
@@ -151,7 +161,15 @@ def run_auto_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dic
     r = run_sweep(corpus, budget, seed, "tpe", project)
     export = [sys.executable, "-m", "charsearch", "best", "--experiment", f"bench-tpe-{seed}", "--export"]
     subprocess.run([*export, str(project / "best.pt")], cwd=project, env=env(), capture_output=True, check=True)
-    out = {**r, **whole_val(project / "best.pt", corpus, project, r["best"]), "origin": winner_origin(project, seed, r)}
+    out = {**r, **whole_val(project / "best.pt", corpus, project, r["best"])}
+    try:
+        plan_text = sweep_plan(project, seed)
+    except Exception as e:  # noqa: BLE001 -- a benchmark row is kept whatever this column finds
+        print(f"  the sweep's plan is unreadable: {e}", file=sys.stderr, flush=True)
+        out["origin"] = "?"
+    else:
+        SWEEP_PLANS[(str(corpus), budget, seed)] = plan_text
+        out["origin"], out["shape"] = winner_origin(yaml.safe_load(plan_text), r)
     mix = subprocess.run([*export, str(project / "mix.pt"), "--ensemble", "2"], cwd=project, env=env(),
                          capture_output=True, text=True) if r["trials"] >= 2 else None
     if mix is not None and mix.returncode == 0:
@@ -161,31 +179,27 @@ def run_auto_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dic
     return out
 
 
-def winner_origin(project: Path, seed: int, r: dict) -> str:
-    """'prior' when the sweep's winner is its plan's first point (the seed aside), else 'found' ('?' where
-    the plan or the winner cannot be read)."""
-    try:
-        return _origin(project, seed, r)
-    except Exception as e:  # noqa: BLE001 -- a benchmark row is kept whatever this column finds
-        print(f"  winner's origin unknown: {e}", file=sys.stderr, flush=True)
-        return "?"
-
-
-def _origin(project: Path, seed: int, r: dict) -> str:
+def sweep_plan(project: Path, seed: int) -> str:
+    """The plan the auto sweep ran (auto-sized.yaml, logged on its parent run)."""
     import mlflow
     uri = f"sqlite:///{project}/mlruns/mlflow.db"
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(f"bench-tpe-{seed}")
     parent = client.search_runs([exp.experiment_id], "tags.`charsearch.kind` = 'sweep'", max_results=1)[0]
-    plan = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(
+    return Path(mlflow.artifacts.download_artifacts(
         run_id=parent.info.run_id, artifact_path="auto-sized.yaml", dst_path=str(project / "plan"),
-        tracking_uri=uri)).read_text())
+        tracking_uri=uri)).read_text()
+
+
+def winner_origin(plan: dict, r: dict) -> tuple[str, str]:
+    """('prior' when the sweep's winner is its plan's first point, the seed aside, else 'found' ('?' where the
+    winner cannot be read); the prior's shape)."""
     prior = {k: v for k, v in plan["search"]["points_to_evaluate"][0].items() if k != "seed"}
     try:
         winner = json.loads(r["winner"])
     except ValueError:
-        return "?"
-    return "prior" if all(winner.get(k) == v for k, v in prior.items()) else "found"
+        return "?", prior.get("shape", "?")
+    return ("prior" if all(winner.get(k) == v for k, v in prior.items()) else "found"), prior.get("shape", "?")
 
 
 def run_warm_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dict:
@@ -362,6 +376,10 @@ def report(results: dict, measured: list, args) -> None:
                    and "origin" in r]
         if origins:
             row["sweep's winner"] = ", ".join(origins)
+        shapes = [r["shape"] for k, r in results.items() if k.startswith(f"{corpus}|{budget}|auto sweep|")
+                  and "shape" in r]
+        if shapes:
+            row["sweep's prior"] = ", ".join(shapes)
         if SCHEDULE in mean and "auto sweep" in mean:
             row["sweep - prior (sweep's schedule)"] = f"{mean['auto sweep'] - mean[SCHEDULE]:+.4f}"
             if mixes:
@@ -379,7 +397,9 @@ def report(results: dict, measured: list, args) -> None:
             "more, its `best --export --ensemble 2` (the mixture its closing line offers); the sweep's winner is "
             "'prior' when it is the plan's first point (seed aside), 'found' when the search drew it; (d) the "
             "prior alone on the sweep's schedule (constant, then decaying over the last "
-            f"{1 - SEARCH_FRACTION:.0%}). Every row's model is scored on the whole val split "
+            f"{1 - SEARCH_FRACTION:.0%}). A prior arm run after the auto sweep of the same corpus, budget and seed "
+            "trains that sweep's own prior (its plan's first point: 'sweep's prior'), else the prior of a dry run "
+            "(whose calibration can keep another shape). Every row's model is scored on the whole val split "
             "(`charsearch eval --split val`), also where the run itself scored a sample of it (`eval_chars`). "
             "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups, args.stem)
             + ("\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
