@@ -133,9 +133,8 @@ NO_SEARCH_REPORTS = 16  # evaluations of a prior trained alone: its best kept, i
 # low as the prior alone, and their mixture (weights fitted on val) lower still (BENCHMARKS.md, pair-cpu:
 # 1.5199 +- 0.012 alone, 1.5198 +- 0.007 the better member, 1.4697 +- 0.005 mixed, 300 s). More members
 # would each get fewer threads than measured there, and cost their mixture more at sampling time.
-# Where a second thread does speed a trial up the better member falls behind: at 4,046 characters a member
-# trains at 0.62 of one trial on both cores, and CJK news's better member ended 0.054 above the prior alone
-# at 300 s, its mixture 0.041 below (BENCHMARKS.md, suite-pair-cpu).
+# Where a second thread does speed a trial up the better member falls behind: on CJK news (4,046 characters)
+# it ended 0.054 above the prior alone at 300 s, its mixture 0.041 below (BENCHMARKS.md, suite-pair-cpu).
 MEMBERS = 2
 
 
