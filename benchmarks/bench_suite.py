@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import env, follow_train, plan_lines, python_corpus, run_sweep, run_train  # noqa: E402
 from common import PLOTS, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
-from charsearch.search.autosize import SEARCH_FRACTION
+from charsearch.search.autosize import NO_SEARCH_REPORTS, PAIR_SHARE, SEARCH_FRACTION
 
 # --- the corpora ---------------------------------------------------------------------------------
 
@@ -103,10 +103,13 @@ CORPORA = {"English prose (tiny-shakespeare)": shakespeare, "source code (Python
 SWEEP_PLANS: dict[tuple, str] = {}
 
 
-def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> tuple[list, str, str, str]:
+def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0,
+                  sweeps_time: bool = False) -> tuple[list, str, str, str]:
     """(the `charsearch train` command, the plan, the shape, where the plan came from) of the first trial of the
     auto sweep run before it on the same corpus, budget and seed (else of `charsearch sweep --dry-run`'s plan),
-    trained alone for the budget, its rate decaying to 0 over the last `decay_frac` of it."""
+    trained alone for the budget, its rate decaying to 0 over the last `decay_frac` of it; with `sweeps_time`,
+    for the time and with the evaluations a sweep without a search gives its prior (what the budget leaves
+    after the calibration and the sweep's start), where the plan does not search."""
     plan_text, source = SWEEP_PLANS.get((str(corpus), budget, seed)), "the sweep's plan"
     if plan_text is None:
         r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
@@ -119,9 +122,13 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
     model, shape = prior.pop("shape").split()
     layers, size = shape.split("x")
     rate = int(re.search(rf"{model} {shape}\s+[\d,]+ params\s+([\d,]+) chars/s", plan_text)[1].replace(",", ""))
-    evals = max(1, round(rate * budget / 20 / (prior["batch_size"] * prior["seq_length"])))
+    seconds, reports = budget, 20
+    given = re.search(r"# no search: .* for (\d+) s, constant", plan_text) if sweeps_time else None
+    if given:
+        seconds, reports = float(given[1]), NO_SEARCH_REPORTS
+    evals = max(1, round(rate * seconds / reports / (prior["batch_size"] * prior["seq_length"])))
     cmd = [sys.executable, "-m", "charsearch", "train", "--data", str(corpus), "--model", model, "--num-layers", layers,
-           "--rnn-size", size, "--max-time", str(budget), "--seed", str(123 + seed), "--lr-schedule", "wsd",
+           "--rnn-size", size, "--max-time", str(seconds), "--seed", str(123 + seed), "--lr-schedule", "wsd",
            "--decay-frac", str(decay_frac), "--max-epochs", "10000", "--eval-every", str(evals),
            "--checkpoint-dir", str(project / "cv")]
     for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip", "eval_chars"):
@@ -130,12 +137,29 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
     return cmd, plan_text, f"{model} {shape}", source
 
 
-def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0) -> dict:
+def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0,
+              sweeps_time: bool = False) -> dict:
     """The first trial the auto sweep would run, trained alone for the budget (prior_command)."""
-    cmd, plan_text, shape, source = prior_command(corpus, budget, seed, project, decay_frac)
+    cmd, plan_text, shape, source = prior_command(corpus, budget, seed, project, decay_frac, sweeps_time)
     r = follow_train(cmd, project)
     return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
             "winner": f"{shape} (prior)", "plan": plan_lines(plan_text), "prior_from": source}
+
+
+def run_plan(corpus: Path, budget: float, seed: int, project: Path) -> dict:
+    """The plan alone (`charsearch sweep --dry-run`, no training): whether it searches, its prior, and without a
+    search how many times the prior trains at once and the share of one trial's rate alone each would train at."""
+    r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
+                        "--dry-run"], cwd=project, env=env(), capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"dry run failed:\n{r.stderr[-3000:]}")
+    plan = yaml.safe_load(r.stdout)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith(("# no search", "# the search could")))
+    share = re.search(r"would train at (\d+)%", line)
+    times = re.search(r"trains (\d+) times at once", line)
+    return {"plan": plan_lines(r.stdout), "prior": plan["search"]["points_to_evaluate"][0].get("shape", "?"),
+            "searching": not line.startswith("# no search"), "share": int(share[1]) if share else None,
+            "members": int(times[1]) if times else 1}
 
 
 # --- every row scored on the whole val split ------------------------------------------------------------
@@ -254,10 +278,14 @@ def s2(seconds: float = 15.0) -> list[dict]:
 # --- the suite ----------------------------------------------------------------------------------------
 
 SCHEDULE = "prior alone (sweep's schedule)"
+SWEEPS_TIME = "prior alone (sweep's schedule and time)"
 METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            "prior alone": run_prior,
            # the schedule the sweep's winner gets: a constant rate while the search runs, then the finish's decay
            SCHEDULE: lambda c, b, s, p: run_prior(c, b, s, p, 1 - SEARCH_FRACTION),
+           # and for the time the sweep gives it without a search, with as many evaluations
+           SWEEPS_TIME: lambda c, b, s, p: run_prior(c, b, s, p, 1 - SEARCH_FRACTION, sweeps_time=True),
+           "plan": run_plan,
            "auto sweep": run_auto_sweep,
            "warm second sweep": run_warm_sweep}
 DEFAULT_METHODS = ("train defaults", "prior alone", "auto sweep")
@@ -297,7 +325,8 @@ def main() -> None:
                         project.mkdir()
                         print(f"{name}, {budget:g} s, seed {seed}, {method} ...", file=sys.stderr, flush=True)
                         r = run(corpus, budget, seed, project)
-                        print(f"  best {r['best']:.4f} in {r['wall']:.0f} s", file=sys.stderr, flush=True)
+                        print(f"  best {r['best']:.4f} in {r['wall']:.0f} s" if "best" in r else f"  {r}",
+                              file=sys.stderr, flush=True)
                         results[f"{name}|{budget:g}|{method}|{seed}"] = {k: v for k, v in r.items() if k != "points"}
                         save_json(args.stem, {"results": results, "s2": measured})
     report(results, measured, args)
@@ -351,9 +380,12 @@ def gains_chart(groups: dict, stem: str) -> str:
 
 def report(results: dict, measured: list, args) -> None:
     groups: dict = {}
+    plans: dict = {}
     for key, r in results.items():
         corpus, budget, method, _ = key.split("|")
-        if method != "warm second sweep":
+        if method == "plan":
+            plans.setdefault((corpus, budget), []).append(r)
+        elif method != "warm second sweep":
             groups.setdefault((corpus, budget), {}).setdefault(method, []).append(r["best"])
     rows, warm_rows = [], []
     for key, r in results.items():
@@ -365,7 +397,7 @@ def report(results: dict, measured: list, args) -> None:
     for (corpus, budget), by_method in groups.items():
         mean = {m: statistics.mean(v) for m, v in by_method.items()}
         row = {"corpus": corpus, "budget": f"{float(budget):.0f} s"}
-        for m in (*DEFAULT_METHODS, SCHEDULE):
+        for m in (*DEFAULT_METHODS, SCHEDULE, SWEEPS_TIME):
             if m in by_method:
                 row[m] = cell(by_method[m])
         mixes = [r["ensemble"] for k, r in results.items() if k.startswith(f"{corpus}|{budget}|auto sweep|")
@@ -380,10 +412,18 @@ def report(results: dict, measured: list, args) -> None:
                   and "shape" in r]
         if shapes:
             row["sweep's prior"] = ", ".join(shapes)
+        sweeps = [r for k, r in results.items() if k.startswith(f"{corpus}|{budget}|auto sweep|")]
+        shares = [m[1] for r in sweeps for m in [re.search(r"each of \d+ at once would train at (\d+%)",
+                                                           " ".join(r.get("plan", [])))] if m]
+        if sweeps:  # without a search: one trial alone, or members, by what one on its slot trains at
+            row["sweep's trials"] = ", ".join(str(r["trials"]) for r in sweeps) + (
+                f" (a member's rate / alone: {', '.join(shares)})" if shares else "")
         if SCHEDULE in mean and "auto sweep" in mean:
             row["sweep - prior (sweep's schedule)"] = f"{mean['auto sweep'] - mean[SCHEDULE]:+.4f}"
             if mixes:
                 row["ensemble - prior (sweep's schedule)"] = f"{statistics.mean(mixes) - mean[SCHEDULE]:+.4f}"
+        if SWEEPS_TIME in mean and "auto sweep" in mean:
+            row["sweep - prior (sweep's schedule and time)"] = f"{mean['auto sweep'] - mean[SWEEPS_TIME]:+.4f}"
         if {"auto sweep", "train defaults", "prior alone"} <= set(mean):
             bar = min(mean["train defaults"], mean["prior alone"])
             row["sweep - better of the two"] = f"{mean['auto sweep'] - bar:+.4f}"
@@ -397,7 +437,8 @@ def report(results: dict, measured: list, args) -> None:
             "more, its `best --export --ensemble 2` (the mixture its closing line offers); the sweep's winner is "
             "'prior' when it is the plan's first point (seed aside), 'found' when the search drew it; (d) the "
             "prior alone on the sweep's schedule (constant, then decaying over the last "
-            f"{1 - SEARCH_FRACTION:.0%}). A prior arm run after the auto sweep of the same corpus, budget and seed "
+            f"{1 - SEARCH_FRACTION:.0%}); (e) the same for the time a sweep without a search gives its prior (the "
+            f"budget less the calibration and the sweep's start), with its {NO_SEARCH_REPORTS} evaluations. A prior arm run after the auto sweep of the same corpus, budget and seed "
             "trains that sweep's own prior (its plan's first point: 'sweep's prior'), else the prior of a dry run "
             "(whose calibration can keep another shape). Every row's model is scored on the whole val split "
             "(`charsearch eval --split val`), also where the run itself scored a sample of it (`eval_chars`). "
@@ -415,6 +456,16 @@ def report(results: dict, measured: list, args) -> None:
         body += ("\n\nThe sweep's winner trains at a constant rate while the search runs and decays over the finish "
                  "only; the prior alone above decays over the whole budget. The prior alone with the sweep's "
                  "schedule separates the schedule from the search:\n\n" + table(schedule_rows))
+    plan_rows = [{"corpus": corpus, "budget": f"{float(budget):.0f} s", "prior": ", ".join(dict.fromkeys(r["prior"] for r in rs)),
+                  "searches": ", ".join("yes" if r["searching"] else "no" for r in rs),
+                  "each of 2 at once / one alone": ", ".join(f"{r['share']}%" if r["share"] else "-" for r in rs),
+                  "the prior trains": ", ".join(f"{r['members']}x" for r in rs)}
+                 for (corpus, budget), rs in plans.items()]
+    if plan_rows:
+        body += ("\n\nThe plan alone (`charsearch sweep --data C --time T --dry-run`, one per seed): without a search the "
+                 "prior's shape is measured as two trials at once (one thread each on 2 cores) and as one alone on "
+                 "every thread; it trains twice at once (`2x`) where each of the two trains at "
+                 f"{PAIR_SHARE:.0%} or more of the one alone's rate, else once (`1x`):\n\n" + table(plan_rows))
     if warm_rows:
         body += ("\n\nA second sweep of the same corpus and budget in the same project starts from the first (its "
                  "best configuration first, its trials in the Optuna study): the first sweep's exported model and "

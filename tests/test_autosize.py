@@ -11,6 +11,7 @@ import yaml
 from charsearch.cli import main
 from charsearch.search import autosize
 from charsearch.search.autosize import Calibration, parse_duration, plan
+from charsearch.search.calibrate import WHOLE_SECONDS
 from charsearch.search.sweepfile import SweepConfig, load_sweep
 
 from .conftest import make_text, one_line_error
@@ -137,8 +138,10 @@ def two_cores(parallel=2) -> Calibration:
 
 
 def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path):
-    p = plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
-    assert autosize.prior_shape(p) == "gru 2x128"
+    cal = two_cores()
+    cal.whole["gru 2x128"], cal.paired["gru 2x128"] = 27_000, 26_000  # a second thread barely speeds it up
+    p = plan(cal, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    assert autosize.prior_shape(p) == "gru 2x128" and autosize.needs_members(p) is None
     # the prior and the first other trial each run to the longest rung: the window has room for few more
     assert p.compared < autosize.MIN_COMPARED and not p.searching
     line = p.search_line()
@@ -151,7 +154,8 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     # the prior twice at once, one core each, seeds apart, for the whole budget, on the schedule the search's
     # winner gets; the line says how to mix them
     assert (sweep.num_samples, sweep.max_concurrent, sweep.scheduler, sweep.cpu) == (2, 2, "none", 1)
-    assert "the prior trains 2 times at once, seeds apart, 1 slot(s) each" in line and "--ensemble 2" in line
+    assert "the prior trains 2 times at once, seeds apart, 1 slot(s) each (each of 2 at once would train at 96% " \
+           "of the rate of one alone)" in line and "--ensemble 2" in line
     first, second = sweep.points_to_evaluate
     assert first["shape"] == "gru 2x128" and {**first, "seed": 0} == {**second, "seed": 0}
     assert {first["seed"], second["seed"]} == {123, 124} and sweep.space["seed"].values == [123, 124]
@@ -179,6 +183,49 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     assert searched.num_samples >= 1000 and searched.scheduler == "asha" and searched.finish_time > 0
     never = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="never")
     assert not never.searching and "--search never" in never.search_line()
+
+
+def test_without_a_search_the_prior_trains_as_members_only_where_one_on_its_slot_is_nearly_as_fast_as_alone(tmp_path):
+    """On a large vocabulary the output layer gains from a second thread: a member on one slot would train at a
+    fraction of the prior alone on every thread, and the single model a sweep exports would fall behind it."""
+    cal = two_cores()
+    p = plan(cal, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    # not measured yet: the sweep measures it before deciding (a plan from a file without it trains one)
+    assert autosize.needs_members(p) == "gru 2x128" and autosize.members_of(p) == 1
+    cal.whole["gru 2x128"], cal.paired["gru 2x128"] = 42_000, 26_000  # each of two at once: 62%
+    assert autosize.needs_members(p) is None and autosize.members_of(p) == 1
+    line = p.search_line()
+    assert "the prior trains alone on the whole machine (each of 2 at once would train at 62% of the rate of one " \
+           "alone)" in line and "--ensemble" not in line
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(50_000))
+    sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
+    assert (sweep.num_samples, sweep.max_concurrent, sweep.cpu, "seed" in sweep.space) == (1, 1, 2, False)
+    usable = p.search_s + p.finish_s  # its reports spaced by its own rate on the whole machine
+    assert sweep.report_every_epochs * 1_000_000 == pytest.approx(42_000 * usable / autosize.NO_SEARCH_REPORTS, rel=0.01)
+    cal.whole["gru 2x128"] = 26_000 / autosize.PAIR_SHARE  # at the share exactly: members
+    assert autosize.members_of(p) == 2
+    member = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
+    assert member.report_every_epochs * 1_000_000 == pytest.approx(26_000 * usable / autosize.NO_SEARCH_REPORTS,
+                                                                   rel=0.01)
+    # searching, on one slot, or on a GPU, nothing to measure
+    assert autosize.needs_members(plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000,
+                                     vocab_size=65, search="always")) is None
+    assert autosize.needs_members(plan(two_cores(parallel=1), budget_s=600, train_chars=1_000_000, val_chars=110_000,
+                                     vocab_size=65)) is None
+
+
+def test_an_auto_sweep_without_a_search_measures_its_prior_as_members_and_alone(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(200_000))
+    cal = Calibration("cpu", 2, 1, rates={"gru 2x32": 50_000}, params={"gru 2x32": 16_128}, seconds=1.0)
+    sweep, p = autosize.auto_sweep(SweepConfig(path="", name="a", corpus=str(corpus)), 120, cpus=2, calibration=cal,
+                                   search="never")
+    # measured here, on this machine's threads, and the time it took counted in the calibration's
+    assert cal.whole["gru 2x32"] > 0 and cal.paired["gru 2x32"] > 0 and cal.seconds > 1.0 + 2 * 0.9 * WHOLE_SECONDS
+    assert p.calibration is cal and sweep.num_samples == autosize.members_of(p)
+    assert ("the prior trains alone" if sweep.num_samples == 1 else "the prior trains 2 times") in p.search_line()
+    assert (sweep.num_samples == 2) == (cal.paired["gru 2x32"] >= autosize.PAIR_SHARE * cal.whole["gru 2x32"])
 
 
 def test_the_search_runs_where_many_slots_compare_many_configurations():

@@ -14,6 +14,8 @@ import mlflow
 import pytest
 import torch
 
+from charsearch.search.autosize import PAIR_SHARE
+
 from .conftest import charsearch, counts_in, runs, store_uri, sweep_file
 
 pytestmark = pytest.mark.slow
@@ -174,10 +176,14 @@ def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_winners_schedule
     wall = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     assert wall <= 1.05 * 60 + startup_seconds(), (wall, r.stderr[-2000:])
+    # with the share of the rate of one alone that each of two at once would train at, which decided it
     planned = re.search(r"# no search: .*\(--search never\); the prior (trains alone on the whole machine|trains (\d) "
-                        r"times at once, seeds apart, (\d+) slot\(s\) each) for (\d+) s", r.stderr)
+                        r"times at once, seeds apart, (\d+) slot\(s\) each) \(each of 2 at once would train at (\d+)% "
+                        r"of the rate of one alone\) for (\d+) s", r.stderr)
     assert planned, r.stderr
     members = int(planned.group(2) or 1)
+    share, rule = int(planned.group(4)), round(100 * PAIR_SHARE)  # rounded: the rule's own figure may go either way
+    assert share >= rule if members == 2 else share <= rule, planned.group(0)
     summary = counts_in(r.stdout.splitlines()[0])
     assert summary["started"] == summary["finished"] == members, r.stdout
     client = mlflow.MlflowClient(store_uri(workdir))

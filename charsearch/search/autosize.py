@@ -60,7 +60,8 @@ from charsearch.core.config import DEFAULT_SEED
 from charsearch.core.errors import UsageError
 from charsearch.core.model import cutoffs_for, param_count
 from charsearch.core.units import human_bytes
-from charsearch.search.calibrate import MEMORY_SHARE, REFERENCE, Calibration, calibrate_cpu, calibrate_gpu
+from charsearch.search.calibrate import (MEMORY_SHARE, REFERENCE, Calibration, calibrate_cpu, calibrate_gpu,
+                                         measure_members)
 from charsearch.search.sweepfile import SearchParam, SweepConfig, parse_shape
 
 SEARCH_FRACTION = 0.3  # of the budget; the rest trains the winner to the end
@@ -129,13 +130,19 @@ SEARCH_MODES = ("auto", "always", "never")
 AUTO_MAX_FAILURES = 2
 NO_SEARCH_REPORTS = 16  # evaluations of a prior trained alone: its best kept, its checkpoints to resume from
 # Without a search, a CPU with two slots trains the prior twice at once, one slot each, seeds apart, rather than
-# once on both: on 2 cores a GRU 2x128 trains no faster on two threads than on one, so each member ends as
-# low as the prior alone, and their mixture (weights fitted on val) lower still (BENCHMARKS.md, pair-cpu:
-# 1.5199 +- 0.012 alone, 1.5198 +- 0.007 the better member, 1.4697 +- 0.005 mixed, 300 s). More members
-# would each get fewer threads than measured there, and cost their mixture more at sampling time.
-# Where a second thread does speed a trial up the better member falls behind: on CJK news (4,046 characters)
-# it ended 0.054 above the prior alone at 300 s, its mixture 0.041 below (BENCHMARKS.md, suite-pair-cpu).
+# once on both, where each trains nearly as many characters as one alone: two one-thread trials on 2 cores train
+# 26-39% more characters together than one two-thread trial (S2 in BENCHMARKS.md), and on tiny-shakespeare the
+# better member ends about as low as the prior alone, their mixture (weights fitted on val) lower still
+# (BENCHMARKS.md, pair-cpu: 1.5199 +- 0.012 alone, 1.5198 +- 0.007 the better member, 1.4697 +- 0.005 mixed,
+# 300 s). More members would each get fewer threads than measured there, and cost their mixture more at sampling.
 MEMBERS = 2
+# Where a second thread speeds a trial up, a member trains fewer characters than the prior alone and the better
+# member falls behind it: on CJK news (4,046 characters, whose output layer gains from the second thread) it
+# ended 0.054 above the prior alone at 300 s, its mixture 0.041 below, while on Python source it ended 0.025
+# below (BENCHMARKS.md, suite-pair-cpu). So members train only where each, beside the others, trains at least
+# this share of the rate of one trial alone on every thread (calibrate.measure_members; what it measured on
+# those corpora is in BENCHMARKS.md, suite-share-cpu): else the prior trains once, on the whole machine.
+PAIR_SHARE = 0.7
 
 
 @dataclass
@@ -165,9 +172,12 @@ class Plan:
         if self.searching:
             return f"# {could}" + (" (searching: --search always)" if self.compared < MIN_COMPARED else "")
         why = "--search never" if self.search_mode == "never" else f"fewer than {MIN_COMPARED}: too few to pay for it"
-        members = members_of(self)
+        members, cal = members_of(self), self.calibration
+        shape = prior_shape(self)
+        share = (f" (each of {MEMBERS} at once would train at {cal.paired[shape] / cal.whole[shape]:.0%} of the rate of "
+                 f"one alone)") if shape in cal.whole and shape in cal.paired else ""
         how = ("trains alone on the whole machine" if members == 1 else
-               f"trains {members} times at once, seeds apart, {self.calibration.parallel // members} slot(s) each")
+               f"trains {members} times at once, seeds apart, {cal.parallel // members} slot(s) each") + share
         mix = "" if members == 1 else f" (`charsearch best --export FILE --ensemble {members}` mixes them)"
         return (f"# no search: {could} ({why}); the prior {how} for {self.search_s + self.finish_s:.0f} s, "
                 f"constant, then decaying to 0 over the last {1 - SEARCH_FRACTION:.0%}, as the search's winner "
@@ -321,8 +331,9 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
 def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
     """The sweep without a search: the prior (or a warm start's best) for the whole budget, its rate constant,
     then decaying to 0 over the last 1 - SEARCH_FRACTION (the schedule the search's winner gets). On a CPU
-    with two slots or more it trains as MEMBERS trials at once, seeds apart, the slots shared between them:
-    `best --export --ensemble` mixes them. The space stays in the file: more samples would search it."""
+    with two slots or more, where each would train nearly as fast as one trial alone (members_of), it trains as
+    MEMBERS trials at once, seeds apart, the slots shared between them: `best --export --ensemble` mixes them.
+    The space stays in the file: more samples would search it."""
     cal, usable = p.calibration, p.search_s + p.finish_s
     members = members_of(p)
     sweep.num_samples, sweep.max_concurrent, sweep.scheduler = members, members, "none"
@@ -336,9 +347,9 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
         seed = int(sweep.train.get("seed", DEFAULT_SEED))
         sweep.space["seed"] = SearchParam("choice", [seed + i for i in range(members)])
         sweep.points_to_evaluate = [{**sweep.points_to_evaluate[0], "seed": seed + i} for i in range(members)]
-    # one slot's rate: a member on one slot trains at it; the whole machine trains one trial faster, but not
-    # `parallel` times (S2 in BENCHMARKS.md)
-    rate = cal.rates[prior_shape(p)]
+    # a member trains at its rate beside the others, one trial alone at its rate on every thread (where measured)
+    shape = prior_shape(p)
+    rate = (cal.whole if members == 1 else cal.paired).get(shape, cal.rates[shape])
     report = max(rate * usable / NO_SEARCH_REPORTS, 2 * (p.eval_chars or 0), 1.0)
     sweep.report_every_epochs = _round(report / p.train_chars)
     sweep.trial_max_epochs = _round(max(10.0, 3 * cal.parallel * rate * usable / p.train_chars))  # the clock ends it
@@ -347,9 +358,25 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
 
 
 def members_of(p: Plan) -> int:
-    """Trials of the prior a sweep without a search trains at once: MEMBERS on a CPU with the slots for them,
-    else one (on a GPU, one trial per GPU is what the packing measured for a finish)."""
-    return 1 if p.calibration.gpus else max(1, min(MEMBERS, p.calibration.parallel))
+    """Trials of the prior a sweep without a search trains at once: MEMBERS on a CPU with the slots for them where
+    each on its slots trains at PAIR_SHARE or more of the prior's rate alone on every thread (measured: see
+    needs_members), else one (on a GPU, one trial per GPU is what the packing measured for a finish)."""
+    cal = p.calibration
+    if cal.gpus or cal.parallel < MEMBERS:
+        return 1
+    shape = prior_shape(p)
+    whole, paired = cal.whole.get(shape), cal.paired.get(shape)
+    return MEMBERS if whole and paired and paired >= PAIR_SHARE * whole else 1
+
+
+def needs_members(p: Plan) -> str | None:
+    """The prior's shape, where whether it trains as members depends on rates not yet measured: as MEMBERS trials
+    at once, and as one alone on every thread."""
+    cal = p.calibration
+    shape = prior_shape(p)
+    if p.searching or cal.gpus or cal.parallel < MEMBERS or (shape in cal.whole and shape in cal.paired):
+        return None
+    return shape
 
 
 def prior_shape(p: Plan) -> str:
@@ -411,6 +438,11 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
     sample = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
     p = plan(cal, budget_s, len(train_ids), min(len(val_ids), sample or len(val_ids)), len(corpus.vocab), nats,
              may_sample=not sample, fixed=fixed, search=search)
+    shape = needs_members(p)
+    if shape:  # whether the prior trains as members: measured, then planned again with the time it took
+        measure_members(cal, shape, MEMBERS, len(corpus.vocab), fixed)
+        p = plan(cal, budget_s, len(train_ids), min(len(val_ids), sample or len(val_ids)), len(corpus.vocab), nats,
+                 may_sample=not sample, fixed=fixed, search=search)
     sweep.sweep_time = budget_s
     return apply(sweep, p), p
 

@@ -2,7 +2,11 @@
 sweep's trials share the devices the way the sweep will pack them.
 
 On CPU: every candidate shape's chars/s with one one-thread trial per core running at once (the
-families spread over the processes, so every core is busy while measuring).
+families spread over the processes, so every core is busy while measuring); where a sweep without a
+search could train its prior as several trials at once, also the prior's shape as those trials at once
+(`paired`) and as one trial alone on every thread (`whole`): whether a second thread speeds a trial up
+depends on the shape and the vocabulary (a large vocabulary's output layer gains from it, a small GRU's
+recurrent core does not).
 
 On a GPU (in a process that sees one): each candidate's chars/s as a single trial and the GPU memory
 one trial takes (peak reserved by PyTorch plus the CUDA context), then the packing curve of the
@@ -35,6 +39,7 @@ REFERENCE = "lstm 2x128"  # the packing curve's shape: char-rnn's default
 MEMORY_SHARE = 0.9  # of a GPU's memory, what its packed trials may take together
 CONTEXT_BYTES = 500 * 2 ** 20  # the CUDA context each trial's process holds beside what PyTorch reserves
 TOKENS_PER_PARAM = 20  # by default, a shape is not probed once a smaller one of its family cannot train this long
+WHOLE_SECONDS = 2.0  # each side of measure_members: a decision rests on it, so longer than the shapes' probes
 
 
 MAX_FILE = 1_000_000
@@ -63,7 +68,8 @@ def calibration_problem(d: dict) -> str | None:
     low = 1 / 16 if gpus else 1  # a CPU trial takes at least one CPU; GPU trials may share one, 16 at most
     if not _number(cpu) or not low <= cpu <= 1024:
         return f"cpu_per_trial must be a number in [{low:g}, 1024]; got {excerpt(cpu)}"
-    tables = {"rates": MAX_RATE, "params": MAX_PARAMS, "memory": MAX_BYTES, "single": MAX_RATE, "packing": MAX_RATE}
+    tables = {"rates": MAX_RATE, "params": MAX_PARAMS, "memory": MAX_BYTES, "single": MAX_RATE, "packing": MAX_RATE,
+              "whole": MAX_RATE, "paired": MAX_RATE}
     for key, hi in tables.items():
         table = d.get(key, {})
         if not isinstance(table, dict) or len(table) > 1000:
@@ -107,6 +113,8 @@ class Calibration:
     packing: dict = field(default_factory=dict)  # K -> aggregate chars/s of REFERENCE with K trials on one GPU
     single: dict = field(default_factory=dict)  # shape -> chars/s of one trial alone on a GPU
     cpu_per_trial: float = 1.0  # CPUs each trial asks Ray for (a share of one where GPU trials outnumber them)
+    whole: dict = field(default_factory=dict)  # CPU: shape -> chars/s of one trial alone on every thread
+    paired: dict = field(default_factory=dict)  # CPU: shape -> chars/s of the slower of its members at once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -231,6 +239,36 @@ def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, fam
         cal.rates[name], cal.params[name] = round(rate), params
     cal.seconds = round(time.monotonic() - start, 1)
     return cal
+
+
+def _probe_alone(args) -> float:
+    """Runs in a calibration process: one shape's chars/s on `threads` threads, from `start_at` (a wall-clock time,
+    so that processes probing side by side start together)."""
+    vocab, model, layers, size, threads, seconds, fixed, start_at = args
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = candidate(vocab, model, layers, size, fixed)
+    time.sleep(max(0.0, start_at - time.time()))
+    return step_rate(net, vocab, PROBE_BATCH, PROBE_SEQ, seconds, "cpu")[0]
+
+
+def measure_members(cal: Calibration, shape: str, members: int, vocab: int, fixed: dict | None = None,
+                    seconds: float = WHOLE_SECONDS) -> None:
+    """`shape` as `members` trials at once, the threads split between them, then as one trial alone on all of
+    them: each member's chars/s into cal.paired, the one's into cal.whole, the time it took into cal.seconds. The
+    same shape, steps and duration on both sides, so that the two compare."""
+    from charsearch.search.sweepfile import parse_shape
+    start = time.monotonic()
+    s = parse_shape(shape)
+    threads = cal.parallel * cal.threads
+    args = (vocab, s["model"], s["num_layers"], s["rnn_size"])
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(members) as pool:
+        side = pool.map(_probe_alone, [(*args, max(1, threads // members), seconds, fixed, time.time() + 1.0)] * members)
+        alone = pool.apply(_probe_alone, ((*args, threads, seconds, fixed, 0.0),))
+    cal.paired[shape], cal.whole[shape] = round(min(side)), round(alone)
+    cal.seconds = round(cal.seconds + time.monotonic() - start, 1)
 
 
 # ---------------------------------------------------------------------------------------------
