@@ -222,7 +222,7 @@ def test_an_auto_sweep_without_a_search_measures_its_prior_as_members_and_alone(
     sweep, p = autosize.auto_sweep(SweepConfig(path="", name="a", corpus=str(corpus)), 120, cpus=2, calibration=cal,
                                    search="never")
     # measured here, on this machine's threads, and the time it took counted in the calibration's
-    assert cal.whole["gru 2x32"] > 0 and cal.paired["gru 2x32"] > 0 and cal.seconds > 1.0 + 2 * 0.9 * WHOLE_SECONDS
+    assert cal.whole["gru 2x32"] > 0 and cal.paired["gru 2x32"] > 0 and cal.seconds > 1.0 + 4 * 0.9 * WHOLE_SECONDS
     assert p.calibration is cal and sweep.num_samples == autosize.members_of(p)
     assert ("the prior trains alone" if sweep.num_samples == 1 else "the prior trains 2 times") in p.search_line()
     assert (sweep.num_samples == 2) == (cal.paired["gru 2x32"] >= autosize.PAIR_SHARE * cal.whole["gru 2x32"])

@@ -142,7 +142,7 @@ MEMBERS = 2
 # below (BENCHMARKS.md, suite-pair-cpu). So members train only where each, beside the others, trains at least
 # this share of the rate of one trial alone on every thread (calibrate.measure_members; what it measured on
 # those corpora is in BENCHMARKS.md, suite-share-cpu): else the prior trains once, on the whole machine.
-PAIR_SHARE = 0.7
+PAIR_SHARE = 0.75
 
 
 @dataclass
@@ -331,8 +331,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
 def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
     """The sweep without a search: the prior (or a warm start's best) for the whole budget, its rate constant,
     then decaying to 0 over the last 1 - SEARCH_FRACTION (the schedule the search's winner gets). On a CPU
-    with two slots or more, where each would train nearly as fast as one trial alone (members_of), it trains as
-    MEMBERS trials at once, seeds apart, the slots shared between them: `best --export --ensemble` mixes them.
+    with two slots or more, where each would train at PAIR_SHARE or more of one trial alone's rate (members_of),
+    it trains as MEMBERS trials at once, seeds apart, the slots shared between them: `best --export --ensemble` mixes them.
     The space stays in the file: more samples would search it."""
     cal, usable = p.calibration, p.search_s + p.finish_s
     members = members_of(p)

@@ -39,7 +39,8 @@ REFERENCE = "lstm 2x128"  # the packing curve's shape: char-rnn's default
 MEMORY_SHARE = 0.9  # of a GPU's memory, what its packed trials may take together
 CONTEXT_BYTES = 500 * 2 ** 20  # the CUDA context each trial's process holds beside what PyTorch reserves
 TOKENS_PER_PARAM = 20  # by default, a shape is not probed once a smaller one of its family cannot train this long
-WHOLE_SECONDS = 2.0  # each side of measure_members: a decision rests on it, so longer than the shapes' probes
+WHOLE_SECONDS = 1.5  # each turn of measure_members: a decision rests on it, so longer than the shapes' probes
+WHOLE_ROUNDS = 2  # and each side twice: two threads sometimes run little faster than one while other work runs
 
 
 MAX_FILE = 1_000_000
@@ -254,20 +255,25 @@ def _probe_alone(args) -> float:
 
 
 def measure_members(cal: Calibration, shape: str, members: int, vocab: int, fixed: dict | None = None,
-                    seconds: float = WHOLE_SECONDS) -> None:
-    """`shape` as `members` trials at once, the threads split between them, then as one trial alone on all of
-    them: each member's chars/s into cal.paired, the one's into cal.whole, the time it took into cal.seconds. The
-    same shape, steps and duration on both sides, so that the two compare."""
+                    seconds: float = WHOLE_SECONDS, rounds: int = WHOLE_ROUNDS) -> None:
+    """`shape` as `members` trials at once, the threads split between them, and as one trial alone on all of
+    them, in turns: each member's chars/s into cal.paired, the one's into cal.whole (each the best of its
+    `rounds`: a turn that shared the machine with other work says less about it), the time it took into
+    cal.seconds. The same shape, steps and duration on both sides, so that the two compare."""
     from charsearch.search.sweepfile import parse_shape
     start = time.monotonic()
     s = parse_shape(shape)
     threads = cal.parallel * cal.threads
     args = (vocab, s["model"], s["num_layers"], s["rnn_size"])
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(members) as pool:
-        side = pool.map(_probe_alone, [(*args, max(1, threads // members), seconds, fixed, time.time() + 1.0)] * members)
-        alone = pool.apply(_probe_alone, ((*args, threads, seconds, fixed, 0.0),))
-    cal.paired[shape], cal.whole[shape] = round(min(side)), round(alone)
+    paired, alone = 0.0, 0.0
+    with ctx.Pool(members) as side, ctx.Pool(1) as one:
+        for _ in range(rounds):
+            at = time.time() + 0.5  # every member's model built: they step together
+            paired = max(paired, min(side.map(_probe_alone, [(*args, max(1, threads // members), seconds, fixed, at)]
+                                              * members, chunksize=1)))
+            alone = max(alone, one.apply(_probe_alone, ((*args, threads, seconds, fixed, 0.0),)))
+    cal.paired[shape], cal.whole[shape] = round(paired), round(alone)
     cal.seconds = round(cal.seconds + time.monotonic() - start, 1)
 
 
