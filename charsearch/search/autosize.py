@@ -436,13 +436,17 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
         raise UsageError(f"the corpus is too small for any candidate model (at most {max_params:,.0f} parameters "
                          f"for its train split); use a larger corpus or a sweep file with search_space of your own")
     sample = sweep.train.get("eval_chars") or 0  # a sample the user fixed stands
-    p = plan(cal, budget_s, len(train_ids), min(len(val_ids), sample or len(val_ids)), len(corpus.vocab), nats,
-             may_sample=not sample, fixed=fixed, search=search)
-    shape = needs_members(p)
-    if shape:  # whether the prior trains as members: measured, then planned again with the time it took
+
+    def sized() -> Plan:
+        return plan(cal, budget_s, len(train_ids), min(len(val_ids), sample or len(val_ids)), len(corpus.vocab), nats,
+                    may_sample=not sample, fixed=fixed, search=search)
+    p = sized()
+    for _ in range(2):  # whether the prior trains as members: measured, then planned again with the time it took,
+        shape = needs_members(p)  # which can move the prior to the next shape where two are nearly as near
+        if not shape:
+            break
         measure_members(cal, shape, MEMBERS, len(corpus.vocab), fixed)
-        p = plan(cal, budget_s, len(train_ids), min(len(val_ids), sample or len(val_ids)), len(corpus.vocab), nats,
-                 may_sample=not sample, fixed=fixed, search=search)
+        p = sized()
     sweep.sweep_time = budget_s
     return apply(sweep, p), p
 
