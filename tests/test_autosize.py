@@ -216,6 +216,9 @@ def test_without_a_search_the_prior_trains_as_members_only_where_one_on_its_slot
 
 
 def test_an_auto_sweep_without_a_search_measures_its_prior_as_members_and_alone(tmp_path):
+    import torch
+    torch.set_num_threads(2)  # as a Python API caller's process may have: the measuring must not hang after it
+    torch.ones(512, 512) @ torch.ones(512, 512)
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(200_000))
     # two shapes equally near the prior's characters per parameter when 93 s are usable: the time measuring

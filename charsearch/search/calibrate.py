@@ -265,14 +265,16 @@ def measure_members(cal: Calibration, shape: str, members: int, vocab: int, fixe
     s = parse_shape(shape)
     threads = cal.parallel * cal.threads
     args = (vocab, s["model"], s["num_layers"], s["rnn_size"])
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    # spawned, not forked: a child forked from a process whose torch has run on several threads (the Python API's
+    # caller's) can hang in its first parallel step
+    ctx = multiprocessing.get_context("spawn")
     paired, alone = 0.0, 0.0
-    with ctx.Pool(members) as side, ctx.Pool(1) as one:
+    with ctx.Pool(members) as pool:
         for _ in range(rounds):
             at = time.time() + 0.5  # every member's model built: they step together
-            paired = max(paired, min(side.map(_probe_alone, [(*args, max(1, threads // members), seconds, fixed, at)]
+            paired = max(paired, min(pool.map(_probe_alone, [(*args, max(1, threads // members), seconds, fixed, at)]
                                               * members, chunksize=1)))
-            alone = max(alone, one.apply(_probe_alone, ((*args, threads, seconds, fixed, 0.0),)))
+            alone = max(alone, pool.apply(_probe_alone, ((*args, threads, seconds, fixed, 0.0),)))
     cal.paired[shape], cal.whole[shape] = round(paired), round(alone)
     cal.seconds = round(cal.seconds + time.monotonic() - start, 1)
 
