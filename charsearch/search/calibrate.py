@@ -242,6 +242,12 @@ def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, fam
     return cal
 
 
+def _ready(_) -> None:
+    """Runs in a calibration process: torch imported, and long enough that each process takes one call."""
+    import torch  # noqa: F401
+    time.sleep(0.2)
+
+
 def _probe_alone(args) -> float:
     """Runs in a calibration process: one shape's chars/s on `threads` threads, from `start_at` (a wall-clock time,
     so that processes probing side by side start together)."""
@@ -270,6 +276,7 @@ def measure_members(cal: Calibration, shape: str, members: int, vocab: int, fixe
     ctx = multiprocessing.get_context("spawn")
     paired, alone = 0.0, 0.0
     with ctx.Pool(members) as pool:
+        pool.map(_ready, range(members), chunksize=1)  # torch imported in each: the first turn's members start together
         for _ in range(rounds):
             at = time.time() + 0.5  # every member's model built: they step together
             paired = max(paired, min(pool.map(_probe_alone, [(*args, max(1, threads // members), seconds, fixed, at)]
