@@ -231,6 +231,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(project):
     assert "interrupted: continue with" in err and "Traceback" not in err and "Fatal" not in err, err[-3000:]
     parents, children = runs(uri, "term")
     assert parents.iloc[0].status == "KILLED" and not (children.status == "RUNNING").any()
+    assert not list(tmp.glob("charsearch-trial-*"))  # the stopped trials' folders went with their processes
     # --resume continues the sweep as it started: a changed file is refused, naming what changed
     d = yaml.safe_load(path.read_text())
     d["search_space"]["rnn_size"] = {"choice": [32, 48]}
@@ -245,7 +246,6 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_it_resumes(project):
     parents, children = runs(uri, "term")
     assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"
     assert (children[children["metrics.best_val_loss"].notna()].status == "FINISHED").sum() == 4
-    # a stopped trial whose process outlived its driver left its folder: the next trials on the node removed it
     assert not list(tmp.glob("charsearch-trial-*"))
 
 

@@ -73,6 +73,7 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     storage.check_writable()
     warm = None if previous else warm_start(sweep, uri, corpus, out)
 
+    owns_ray = not ray.is_initialized()  # else a cluster joined while planning, or a Python caller's own Ray
     init_ray(address or sweep.address, dashboard)
     resources, note = trial_resources(sweep, ray.cluster_resources().get("GPU", 0), len(corpus.vocab))
     if note:
@@ -96,7 +97,9 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
         end_failed(tracker, storage, exp_dir, e)
         raise
     outcome = close_record(tracker, storage, exp_dir, state, interrupted, finish, out)
-    remove_stale_trial_dirs()  # again: trial processes ended with the search may have exited only now
+    if owns_ray:  # its worker processes end with it: the folders of trials stopped mid-run can go now
+        ray.shutdown()
+    remove_stale_trial_dirs()
     return outcome
 
 
