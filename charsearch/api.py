@@ -169,7 +169,8 @@ def sweep(file_or_data: str | Path, time: str | float | None = None, tracking_ur
     if plan_text:
         print(plan_text, file=sys.stderr)
     outcome = run(config, resume=resume, address=address, tracking_uri=tracking_uri, started=started,
-                  plan_text=plan_text, expected_rates=plan.calibration.rates if plan else None)
+                  plan_text=plan_text, expected_rates=plan.calibration.rates if plan else None,
+                  whole_rates=plan.calibration.whole if plan else None)
     uri = resolve_uri(tracking_uri, config.tracking_uri)
     _, df = trials(uri, config.name)
     return SweepRun(config.name, uri, outcome.best_val_loss, outcome.best_trial, outcome.best_config, df)

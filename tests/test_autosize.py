@@ -11,7 +11,7 @@ import yaml
 from charsearch.cli import main
 from charsearch.search import autosize
 from charsearch.search.autosize import Calibration, parse_duration, plan
-from charsearch.search.calibrate import WHOLE_SECONDS
+from charsearch.search.calibrate import WHOLE_ROUNDS, WHOLE_SECONDS, measure_members
 from charsearch.search.sweepfile import SweepConfig, load_sweep
 
 from .conftest import make_text, one_line_error
@@ -159,7 +159,7 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     first, second = sweep.points_to_evaluate
     assert first["shape"] == "gru 2x128" and {**first, "seed": 0} == {**second, "seed": 0}
     assert {first["seed"], second["seed"]} == {123, 124} and sweep.space["seed"].values == [123, 124]
-    assert sweep.trial_max_time == pytest.approx(usable, abs=0.1) and sweep.finish_time == 0
+    assert sweep.trial_max_time == 600 and sweep.finish_time == 0  # its clock ends it: the budget's end
     assert sweep.train["lr_schedule"] == "wsd" and sweep.train["decay_frac"] == pytest.approx(0.7)
     assert sweep.trial_max_epochs * 1_000_000 > 2 * 26_000 * usable  # the clock ends it, not its epochs
     assert sweep.report_every_epochs * 1_000_000 == pytest.approx(26_000 * usable / autosize.NO_SEARCH_REPORTS, rel=0.01)
@@ -230,11 +230,21 @@ def test_an_auto_sweep_without_a_search_measures_its_prior_as_members_and_alone(
     # measured here, on this machine's threads, and the time it took counted in the calibration
     assert set(cal.whole) == set(cal.paired) == {"gru 1x32", "gru 2x32"}, cal
     assert all(rate > 0 for rate in (*cal.whole.values(), *cal.paired.values()))
-    assert cal.seconds > 1.0 + 2 * 4 * 0.9 * WHOLE_SECONDS
+    assert cal.seconds > 1.0 + 2 * 2 * 0.9 * WHOLE_SECONDS  # each shape: a turn on each side, at least
     assert p.calibration is cal and autosize.prior_shape(p) == "gru 1x32" and sweep.num_samples == autosize.members_of(p)
     assert (sweep.num_samples == 2) == (cal.paired["gru 1x32"] >= autosize.PAIR_SHARE * cal.whole["gru 1x32"])
     share = re.search(r"each of 2 at once would train at (\d+)% of the rate of one alone", p.search_line())
     assert share and int(share[1]) == round(100 * cal.paired["gru 1x32"] / cal.whole["gru 1x32"]), p.search_line()
+
+
+def test_the_members_measuring_takes_a_second_turn_only_where_it_could_change_the_decision():
+    cal = Calibration("cpu", 2, 1)
+    # a share no measurement comes near (members cannot train at 10x, or -10x, the rate of one alone): settled
+    assert measure_members(cal, "gru 1x32", 2, 65, share=10.0) == 1
+    assert measure_members(cal, "gru 2x32", 2, 65, share=-10.0) == 1
+    assert measure_members(cal, "gru 2x48", 2, 65) == WHOLE_ROUNDS  # no decision given: every turn
+    assert set(cal.whole) == set(cal.paired) == {"gru 1x32", "gru 2x32", "gru 2x48"}, cal
+    assert all(rate > 0 for rate in (*cal.whole.values(), *cal.paired.values()))
 
 
 def test_the_search_runs_where_many_slots_compare_many_configurations():

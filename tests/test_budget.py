@@ -297,5 +297,18 @@ def test_a_trial_whose_threads_are_slower_than_one_drops_to_one_and_times_them_a
         assert blind.after_window(1.0, 1.0) == "" and blind.current == 2
         single = Threads(1, 100.0, timed)
         assert single.probe() == "" and single.after_window(1.0, 1.0) == "" and single.current == 1
+
+        # the sweep measured the shape alone on all threads moments ago: the first probe times nothing
+        calls = []
+        counted = lambda seconds: calls.append(seconds) or machine[torch.get_num_threads()]  # noqa: E731
+        torch.set_num_threads(1)
+        measured = Threads(2, 100.0, counted, all_threads_rate=150.0)
+        assert measured.probe() == "" and measured.current == 2 == torch.get_num_threads() and calls == []
+        assert measured.after_window(40.0, 1.0).startswith("2 threads made 40 chars/s, less than one thread")
+        assert measured.current == 1  # still watched; its later retries time both again
+        assert [measured.after_window(40.0 + 90 * s, 1.0 + s) for s in (1, 2)] == ["", ""] and len(calls) == 2
+        # all threads measured no faster than one: the probe times both, as without a measurement
+        slower = Threads(2, 100.0, counted, all_threads_rate=90.0)
+        assert slower.probe().startswith("2 threads made 40 chars/s, one thread 90") and len(calls) == 4
     finally:
         torch.set_num_threads(before)

@@ -62,7 +62,8 @@ def cmd_sweep(args) -> int:
     files = {"calibration.json": json.dumps(plan.calibration.to_dict(), indent=1)} if plan else {}
     outcome = run(sweep, resume=args.resume, address=args.address, tracking_uri=args.tracking_uri,
                   dashboard=args.dashboard, started=started, plan_text=plan_text, files=files,
-                  expected_rates=plan.calibration.rates if plan else None)
+                  expected_rates=plan.calibration.rates if plan else None,
+                  whole_rates=plan.calibration.whole if plan else None)
     from charsearch.search.autosize import members_of
     return report_outcome(sweep, outcome, args, members_of(plan) if plan and not plan.searching else 1)
 

@@ -353,7 +353,9 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
     report = max(rate * usable / NO_SEARCH_REPORTS, 2 * (p.eval_chars or 0), 1.0)
     sweep.report_every_epochs = _round(report / p.train_chars)
     sweep.trial_max_epochs = _round(max(10.0, 3 * cal.parallel * rate * usable / p.train_chars))  # the clock ends it
-    sweep.trial_max_time, sweep.finish_time = round(usable, 1), 0.0
+    # the clock, not the plan's estimate of the sweep's start: the prior trains until the budget's end less
+    # trial.END_MARGIN_S, whenever it started (usable counts FIXED_COST_S, more than a start here takes)
+    sweep.trial_max_time, sweep.finish_time = float(sweep.sweep_time or round(usable, 1)), 0.0
     return sweep
 
 
@@ -445,7 +447,7 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
         shape = needs_members(p)  # which can move the prior to the next shape where two are nearly as near
         if not shape:
             break
-        measure_members(cal, shape, MEMBERS, len(corpus.vocab), fixed)
+        measure_members(cal, shape, MEMBERS, len(corpus.vocab), fixed, share=PAIR_SHARE)
         p = sized()
     sweep.sweep_time = budget_s
     return apply(sweep, p), p

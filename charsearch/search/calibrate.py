@@ -41,6 +41,7 @@ CONTEXT_BYTES = 500 * 2 ** 20  # the CUDA context each trial's process holds bes
 TOKENS_PER_PARAM = 20  # by default, a shape is not probed once a smaller one of its family cannot train this long
 WHOLE_SECONDS = 1.5  # each turn of measure_members: a decision rests on it, so longer than the shapes' probes
 WHOLE_ROUNDS = 2  # and each side twice: two threads sometimes run little faster than one while other work runs
+SETTLED = 0.1  # but once only where the first turn's share is this far from the share the decision turns on
 
 
 MAX_FILE = 1_000_000
@@ -261,11 +262,14 @@ def _probe_alone(args) -> float:
 
 
 def measure_members(cal: Calibration, shape: str, members: int, vocab: int, fixed: dict | None = None,
-                    seconds: float = WHOLE_SECONDS, rounds: int = WHOLE_ROUNDS) -> None:
+                    share: float | None = None, seconds: float = WHOLE_SECONDS, rounds: int = WHOLE_ROUNDS) -> int:
     """`shape` as `members` trials at once, the threads split between them, and as one trial alone on all of
     them, in turns: each member's chars/s into cal.paired, the one's into cal.whole (each the best of its
     `rounds`: a turn that shared the machine with other work says less about it), the time it took into
-    cal.seconds. The same shape, steps and duration on both sides, so that the two compare."""
+    cal.seconds. The same shape, steps and duration on both sides, so that the two compare. With `share` (the
+    member's share of the one's rate a decision turns on), the turns stop once a member's share is SETTLED
+    away from it: another turn would not change the decision, and its seconds are the sweep's. Returns the turns
+    taken."""
     from charsearch.search.sweepfile import parse_shape
     start = time.monotonic()
     s = parse_shape(shape)
@@ -274,16 +278,20 @@ def measure_members(cal: Calibration, shape: str, members: int, vocab: int, fixe
     # spawned, not forked: a child forked from a process whose torch has run on several threads (the Python API's
     # caller's) can hang in its first parallel step
     ctx = multiprocessing.get_context("spawn")
-    paired, alone = 0.0, 0.0
+    paired, alone, turns = 0.0, 0.0, 0
     with ctx.Pool(members) as pool:
         pool.map(_ready, range(members), chunksize=1)  # torch imported in each: the first turn's members start together
-        for _ in range(rounds):
+        while turns < rounds:
+            turns += 1
             at = time.time() + 0.5  # every member's model built: they step together
             paired = max(paired, min(pool.map(_probe_alone, [(*args, max(1, threads // members), seconds, fixed, at)]
                                               * members, chunksize=1)))
             alone = max(alone, pool.apply(_probe_alone, ((*args, threads, seconds, fixed, 0.0),)))
+            if share is not None and alone > 0 and abs(paired / alone - share) >= SETTLED:
+                break
     cal.paired[shape], cal.whole[shape] = round(paired), round(alone)
     cal.seconds = round(cal.seconds + time.monotonic() - start, 1)
+    return turns
 
 
 # ---------------------------------------------------------------------------------------------

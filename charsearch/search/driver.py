@@ -58,12 +58,14 @@ class SweepOutcome:
 
 def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tracking_uri: str | None = None,
         dashboard: bool = False, out=sys.stderr, started: float | None = None, plan_text: str = "",
-        files: dict | None = None, expected_rates: dict | None = None) -> SweepOutcome:
+        files: dict | None = None, expected_rates: dict | None = None, whole_rates: dict | None = None) -> SweepOutcome:
     """Run (or resume) a sweep. `started` (time.time()) is when the user's command began: the budget
     counts from there, calibration included. `files` (name -> text) go to the parent run as artifacts;
     `expected_rates` (shape -> chars/s, an auto sweep's calibration) let the sweep say when the machine
-    gives its trials far less."""
-    state = SweepState(started or time.time(), sweep.sweep_time, expected_rates=dict(expected_rates or {}))
+    gives its trials far less; `whole_rates` (shape -> chars/s of one trial alone on every thread, where the
+    calibration measured it) spare a trial of such a shape its own timing of its threads."""
+    state = SweepState(started or time.time(), sweep.sweep_time, expected_rates=dict(expected_rates or {}),
+                       whole_rates=dict(whole_rates or {}))
     corpus = checked_corpus(sweep)
     storage = Storage(sweep)
     previous = resume_point(sweep, storage, tracking_uri, corpus.sha256) if resume else None
@@ -163,7 +165,8 @@ def make_tuner(sweep: SweepConfig, corpus: Corpus, storage: Storage, exp_dir: st
                state: SweepState, resources, previous: ResumePoint | None, warm: WarmStart | None,
                earlier: list) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, corpus=corpus, ends_at=state.ends_at,
-                                                         one_thread_rates=state.expected_rates), resources)
+                                                         one_thread_rates=state.expected_rates,
+                                                         whole_rates=state.whole_rates), resources)
     searcher = search_algorithm(make_searcher(sweep, state, warm), sweep.max_concurrent)
     callbacks = [ResumeFromExisting(searcher), MLflowCallback(sweep, tracker, state, earlier), StatusLine(state, sweep)]
     search_s = state.ends_at - time.time() if math.isfinite(state.ends_at) else None

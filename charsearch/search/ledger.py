@@ -91,6 +91,7 @@ class SweepState:
     closed: bool = False  # the deadline has refused a trial for lack of time
     ledger: Ledger = field(default_factory=Ledger)
     expected_rates: dict = field(default_factory=dict)  # shape -> chars/s an auto sweep's calibration measured
+    whole_rates: dict = field(default_factory=dict)  # shape -> chars/s of one trial alone on every thread, where measured
     slow_said: bool = False
 
     def budget_over(self, now: float, slack_s: float = 2.0) -> bool:

@@ -22,17 +22,25 @@ PROBE_S = 1.0
 
 
 class Threads:
-    def __init__(self, threads: int, one_thread_rate: float | None, step_rate: Callable[[float], float]):
-        """`step_rate(seconds)`: chars/s of a few training steps of the trial's shape on the current threads."""
+    def __init__(self, threads: int, one_thread_rate: float | None, step_rate: Callable[[float], float],
+                 all_threads_rate: float | None = None):
+        """`step_rate(seconds)`: chars/s of a few training steps of the trial's shape on the current threads;
+        `all_threads_rate`: what the shape made alone on all of them when the sweep measured it (calibration)."""
         self.threads, self.one_rate, self.step_rate = threads, one_thread_rate, step_rate
+        self.many_rate = all_threads_rate
         self.current, self.wait, self.backoff = threads, 0, 2
         self.last: tuple[float, float] | None = None  # (chars trained, seconds trained) at the last report
         self.said = False
 
     def probe(self) -> str:
         """Take the faster of all threads and one, each timed for a few steps. Returns a line the first time
-        one thread is the faster, else ''."""
+        one thread is the faster, else ''. The first time, where the sweep measured both rates and all
+        threads were the faster, it takes all without timing them again: the windows watch them from there."""
         if self.threads <= 1:
+            return ""
+        known, self.many_rate = self.many_rate, None
+        if known and self.one_rate and known > self.one_rate:
+            self.set(self.threads)
             return ""
         self.set(self.threads)
         many = self.step_rate(PROBE_S)

@@ -26,7 +26,7 @@ from charsearch.search.sweepfile import SweepConfig
 from charsearch.search.threads import Threads
 
 TRIAL_DIR_PREFIX = "charsearch-trial-"
-END_MARGIN_S = 12.0  # after a run that ends with the budget: its last report, its model logged, Ray ended, the summary
+END_MARGIN_S = 6.0  # after a run that ends with the budget: its last report, its model logged, Ray ended, the summary (~3 s on 2 cores)
 LATE = 2.0  # a trial reports at the latest after this many times the seconds its report interval takes at calibration's rate
 
 
@@ -44,19 +44,22 @@ def device_name(device: str) -> str:
 
 
 def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float = math.inf,
-              one_thread_rates: dict | None = None) -> None:
+              one_thread_rates: dict | None = None, whole_rates: dict | None = None) -> None:
     """A trial of `sweep`. One with a time limit (trial_max_time) ends its run, its last evaluation included,
     by the search's end (`ends_at`, time.time()) as well: a schedule decays by then instead of being cut.
     `one_thread_rates` (shape -> chars/s on one thread, an auto sweep's calibration) let a CPU trial with
     several threads drop to one where other work makes them slower (search/threads.py), and keep its reports
-    on the plan's clock where the machine gives it far less (late_report_s)."""
+    on the plan's clock where the machine gives it far less (late_report_s); `whole_rates` (shape -> chars/s
+    alone on every thread, measured moments before by an auto sweep without a search) answer its first question
+    of threads without timing them again."""
     from charsearch.core.train import train
     ctx = tune.get_context()
     resources = ctx.get_trial_resources().required_resources
     cfg = sweep.trial_config(config)
     cfg.device = worker_device(resources.get("GPU", 0) > 0, int(resources.get("CPU", 1)))
     threads = Threads(max(1, int(resources.get("CPU", 1))), (one_thread_rates or {}).get(label_of(cfg)),
-                      lambda seconds: shape_rate(cfg, len(corpus.vocab), seconds)) if cfg.device == "cpu" else None
+                      lambda seconds: shape_rate(cfg, len(corpus.vocab), seconds),
+                      (whole_rates or {}).get(label_of(cfg))) if cfg.device == "cpu" else None
     notes: list[str] = []
     train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
     epoch = max(1, iters_per_epoch(len(train_ids), cfg.batch_size, cfg.seq_length))
