@@ -243,22 +243,20 @@ def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, fam
     return cal
 
 
-def _ready(_) -> None:
-    """Runs in a calibration process: torch imported, and long enough that each process takes one call."""
-    import torch  # noqa: F401
-    time.sleep(0.2)
-
-
 def _probe_alone(args) -> float:
-    """Runs in a calibration process: one shape's chars/s on `threads` threads, from `start_at` (a wall-clock time,
-    so that processes probing side by side start together)."""
+    """One shape's chars/s on `threads` threads, from `start_at` (a wall-clock time, so that processes probing side
+    by side start together). Runs in a calibration process, or in this one (its thread count put back after)."""
     vocab, model, layers, size, threads, seconds, fixed, start_at = args
     import torch
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    net = candidate(vocab, model, layers, size, fixed)
-    time.sleep(max(0.0, start_at - time.time()))
-    return step_rate(net, vocab, PROBE_BATCH, PROBE_SEQ, seconds, "cpu")[0]
+    try:
+        torch.manual_seed(0)
+        net = candidate(vocab, model, layers, size, fixed)
+        time.sleep(max(0.0, start_at - time.time()))
+        return step_rate(net, vocab, PROBE_BATCH, PROBE_SEQ, seconds, "cpu")[0]
+    finally:
+        torch.set_num_threads(before)
 
 
 def measure_members(cal: Calibration, shape: str, members: int, vocab: int, fixed: dict | None = None,
@@ -274,24 +272,35 @@ def measure_members(cal: Calibration, shape: str, members: int, vocab: int, fixe
     start = time.monotonic()
     s = parse_shape(shape)
     threads = cal.parallel * cal.threads
+    each = max(1, threads // members)
     args = (vocab, s["model"], s["num_layers"], s["rnn_size"])
-    # spawned, not forked: a child forked from a process whose torch has run on several threads (the Python API's
-    # caller's) can hang in its first parallel step
-    ctx = multiprocessing.get_context("spawn")
+    # the one alone runs in this process. Members of one thread each are forked: a child never enters a parallel
+    # region, so it cannot hang on a thread pool copied from a parent whose torch ran on several threads (this
+    # one's, a Python API caller's), and it starts without importing torch again (~3 s); members of several
+    # threads are spawned, their imports waited for so that the first turn's members start together
+    ctx = multiprocessing.get_context("fork" if each == 1 and "fork" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
     paired, alone, turns = 0.0, 0.0, 0
     with ctx.Pool(members) as pool:
-        pool.map(_ready, range(members), chunksize=1)  # torch imported in each: the first turn's members start together
+        if ctx.get_start_method() == "spawn":
+            pool.map(_ready, range(members), chunksize=1)
         while turns < rounds:
             turns += 1
             at = time.time() + 0.5  # every member's model built: they step together
-            paired = max(paired, min(pool.map(_probe_alone, [(*args, max(1, threads // members), seconds, fixed, at)]
-                                              * members, chunksize=1)))
-            alone = max(alone, pool.apply(_probe_alone, ((*args, threads, seconds, fixed, 0.0),)))
+            paired = max(paired, min(pool.map(_probe_alone, [(*args, each, seconds, fixed, at)] * members,
+                                              chunksize=1)))
+            alone = max(alone, _probe_alone((*args, threads, seconds, fixed, 0.0)))
             if share is not None and alone > 0 and abs(paired / alone - share) >= SETTLED:
                 break
     cal.paired[shape], cal.whole[shape] = round(paired), round(alone)
     cal.seconds = round(cal.seconds + time.monotonic() - start, 1)
     return turns
+
+
+def _ready(_) -> None:
+    """Runs in a spawned calibration process: torch imported, and long enough that each process takes one call."""
+    import torch  # noqa: F401
+    time.sleep(0.2)
 
 
 # ---------------------------------------------------------------------------------------------

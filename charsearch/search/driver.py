@@ -1,8 +1,8 @@
 """The sweep's driver: `run` reads top to bottom as its steps.
 
     check the corpus and where the sweep will be kept (or what --resume continues)
-    find what the last finished sweep like it found (a warm start), unless resuming
-    start Ray; decide each trial's resources
+    start Ray; meanwhile open the tracking store and find what the last finished sweep like it found (a warm
+    start), unless resuming; decide each trial's resources
     open (or reopen) the sweep's MLflow parent run and its record beside Tune's experiment
     search: Tune runs the trials until the search's deadline, its sample count, or Ctrl-C
     finish: the best trial trains on to the end of the budget (the first from its start if none reported)
@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -73,15 +74,16 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
         print(note, file=out)
     uri = previous.tracking_uri if previous else resolve_uri(tracking_uri, sweep.tracking_uri)
     storage.check_writable()
-    warm = None if previous else warm_start(sweep, uri, corpus, out)
 
     owns_ray = not ray.is_initialized()  # else a cluster joined while planning, or a Python caller's own Ray
-    init_ray(address or sweep.address, dashboard)
+    with ThreadPoolExecutor(1) as pool:  # the tracking store opens (a new SQLite store: ~2 s) while Ray starts
+        opened = pool.submit(open_store, sweep, uri, corpus, previous, out)
+        init_ray(address or sweep.address, dashboard)
+        warm, tracker = opened.result()
     resources, note = trial_resources(sweep, ray.cluster_resources().get("GPU", 0), len(corpus.vocab))
     if note:
         print(f"note: {note}", file=out)
 
-    tracker = Tracker(uri, sweep.name, background=True)  # trials never wait for MLflow
     exp_dir = None
     try:
         exp_dir = reopen_record(tracker, previous) if previous else start_record(
@@ -103,6 +105,13 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
         ray.shutdown()
     remove_stale_trial_dirs()
     return outcome
+
+
+def open_store(sweep: SweepConfig, uri: str, corpus: Corpus, previous: ResumePoint | None,
+               out) -> tuple[WarmStart | None, Tracker]:
+    """(what a new sweep starts from, the sweep's tracker): the tracking store's reads before the sweep starts."""
+    warm = None if previous else warm_start(sweep, uri, corpus, out)
+    return warm, Tracker(uri, sweep.name, background=True)  # trials never wait for MLflow
 
 
 def warm_start(sweep: SweepConfig, uri: str, corpus: Corpus, out) -> WarmStart | None:
