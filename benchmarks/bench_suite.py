@@ -123,7 +123,7 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
     layers, size = shape.split("x")
     rate = int(re.search(rf"{model} {shape}\s+[\d,]+ params\s+([\d,]+) chars/s", plan_text)[1].replace(",", ""))
     seconds, reports = budget, 20
-    given = re.search(r"# no search: .* for (\d+) s, constant", plan_text) if sweeps_time else None
+    given = re.search(r"# no search: .* for ~?(\d+) s, constant", plan_text) if sweeps_time else None
     if given:
         seconds, reports = float(given[1]), NO_SEARCH_REPORTS
     evals = max(1, round(rate * seconds / reports / (prior["batch_size"] * prior["seq_length"])))

@@ -147,7 +147,9 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     line = p.search_line()
     assert line == next(x for x in p.describe().splitlines() if x.startswith("# no search:"))
     assert f"~{p.compared:.0f} configurations besides the prior" in line and "fewer than 10" in line
-    usable = p.search_s + p.finish_s
+    # it trains from the sweep's start until just before the budget's end: the line says for how long
+    usable = 600 - cal.seconds - autosize.NO_SEARCH_COST_S
+    assert p.prior_s == pytest.approx(usable) and f" for ~{usable:.0f} s, constant, then decaying" in line, line
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(50_000))
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
@@ -201,7 +203,7 @@ def test_without_a_search_the_prior_trains_as_members_only_where_one_on_its_slot
     corpus.write_text(make_text(50_000))
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
     assert (sweep.num_samples, sweep.max_concurrent, sweep.cpu, "seed" in sweep.space) == (1, 1, 2, False)
-    usable = p.search_s + p.finish_s  # its reports spaced by its own rate on the whole machine
+    usable = p.prior_s  # its reports spaced by its own rate on the whole machine
     assert sweep.report_every_epochs * 1_000_000 == pytest.approx(42_000 * usable / autosize.NO_SEARCH_REPORTS, rel=0.01)
     cal.whole["gru 2x128"] = 26_000 / autosize.PAIR_SHARE  # at the share exactly: members
     assert autosize.members_of(p) == 2

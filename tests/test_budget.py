@@ -179,7 +179,7 @@ def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_winners_schedule
     # with the share of the rate of one alone that each of two at once would train at, which decided it
     planned = re.search(r"# no search: .*\(--search never\); the prior (trains alone on the whole machine|trains (\d) "
                         r"times at once, seeds apart, (\d+) slot\(s\) each) \(each of 2 at once would train at (\d+)% "
-                        r"of the rate of one alone\) for (\d+) s", r.stderr)
+                        r"of the rate of one alone\) for ~(\d+) s", r.stderr)
     assert planned, r.stderr
     members = int(planned.group(2) or 1)
     share, rule = int(planned.group(4)), round(100 * PAIR_SHARE)  # rounded: the rule's own figure may go either way

@@ -69,6 +69,10 @@ TOKENS_PER_PARAM = 20
 MAX_TOKENS_PER_PARAM = 400  # a shape that could see more characters per parameter is too small for the budget
 PARAMS_PER_CHAR = 2.0
 FIXED_COST_S = 25.0  # Ray start and shutdown, the first trial's start, MLflow writes (measured: ~20 s)
+# of the budget less the calibration, what the prior of a sweep without a search does not train: the sweep's start
+# before its trial trains (imports, Ray and the tracking store, Tune's first actor: ~9 s on 2 cores) and
+# trial.END_MARGIN_S (6 s) before the budget's end
+NO_SEARCH_COST_S = 15.0
 CALIBRATION_FRACTION = 0.04
 # candidate shapes, each family from small to large: a family stops at its first shape too slow to keep
 FAMILIES = {("lstm", 1): (64, 128, 256, 512, 768), ("lstm", 2): (32, 64, 96, 128, 192, 256, 384, 512),
@@ -179,9 +183,14 @@ class Plan:
         how = ("trains alone on the whole machine" if members == 1 else
                f"trains {members} times at once, seeds apart, {cal.parallel // members} slot(s) each") + share
         mix = "" if members == 1 else f" (`charsearch best --export FILE --ensemble {members}` mixes them)"
-        return (f"# no search: {could} ({why}); the prior {how} for {self.search_s + self.finish_s:.0f} s, "
+        return (f"# no search: {could} ({why}); the prior {how} for ~{self.prior_s:.0f} s, "
                 f"constant, then decaying to 0 over the last {1 - SEARCH_FRACTION:.0%}, as the search's winner "
                 f"would{mix}")
+
+    @property
+    def prior_s(self) -> float:
+        """Seconds the prior of a sweep without a search trains: until the budget's end, from the sweep's start."""
+        return self.search_s + self.finish_s + FIXED_COST_S - NO_SEARCH_COST_S
 
     @property
     def per_param(self) -> float:
@@ -334,7 +343,7 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
     with two slots or more, where each would train at PAIR_SHARE or more of one trial alone's rate (members_of),
     it trains as MEMBERS trials at once, seeds apart, the slots shared between them: `best --export --ensemble` mixes them.
     The space stays in the file: more samples would search it."""
-    cal, usable = p.calibration, p.search_s + p.finish_s
+    cal, usable = p.calibration, p.prior_s
     members = members_of(p)
     sweep.num_samples, sweep.max_concurrent, sweep.scheduler = members, members, "none"
     sweep.startup_trials = None
@@ -354,7 +363,7 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
     sweep.report_every_epochs = _round(report / p.train_chars)
     sweep.trial_max_epochs = _round(max(10.0, 3 * cal.parallel * rate * usable / p.train_chars))  # the clock ends it
     # the clock, not the plan's estimate of the sweep's start: the prior trains until the budget's end less
-    # trial.END_MARGIN_S, whenever it started (usable counts FIXED_COST_S, more than a start here takes)
+    # trial.END_MARGIN_S, whenever it started
     sweep.trial_max_time, sweep.finish_time = float(sweep.sweep_time or round(usable, 1)), 0.0
     return sweep
 
