@@ -39,7 +39,7 @@ from charsearch.search.tracking_callback import MLflowCallback
 from charsearch.search.trial import remove_stale_trial_dirs, run_trial
 from charsearch.search.warm import WARM_TAG, WarmStart, earlier_sweep
 from charsearch.tracking.layout import COUNTS_TAG, RAY_EXPERIMENT_TAG
-from charsearch.tracking.store import resolve_uri
+from charsearch.tracking.store import client_for, resolve_uri
 from charsearch.tracking.tracker import Tracker
 
 
@@ -79,11 +79,12 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     with ThreadPoolExecutor(1) as pool:  # the tracking store opens (a new SQLite store: ~2 s) while Ray starts
         opened = pool.submit(open_store, sweep, uri, corpus, previous, out)
         init_ray(address or sweep.address, dashboard)
-        warm, tracker = opened.result()
+        warm = opened.result()
     resources, note = trial_resources(sweep, ray.cluster_resources().get("GPU", 0), len(corpus.vocab))
     if note:
         print(f"note: {note}", file=out)
 
+    tracker = Tracker(uri, sweep.name, background=True)  # trials never wait for MLflow
     exp_dir = None
     try:
         exp_dir = reopen_record(tracker, previous) if previous else start_record(
@@ -107,11 +108,11 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     return outcome
 
 
-def open_store(sweep: SweepConfig, uri: str, corpus: Corpus, previous: ResumePoint | None,
-               out) -> tuple[WarmStart | None, Tracker]:
-    """(what a new sweep starts from, the sweep's tracker): the tracking store's reads before the sweep starts."""
-    warm = None if previous else warm_start(sweep, uri, corpus, out)
-    return warm, Tracker(uri, sweep.name, background=True)  # trials never wait for MLflow
+def open_store(sweep: SweepConfig, uri: str, corpus: Corpus, previous: ResumePoint | None, out) -> WarmStart | None:
+    """The tracking store opened, its tables made where it is new, and what a new sweep starts from: reads only,
+    so that a sweep whose Ray does not start leaves no experiment behind."""
+    client_for(uri)
+    return None if previous else warm_start(sweep, uri, corpus, out)
 
 
 def warm_start(sweep: SweepConfig, uri: str, corpus: Corpus, out) -> WarmStart | None:
