@@ -46,9 +46,8 @@ def test_the_budget_splits_into_search_and_finish_and_asha_compares_many_cheaply
     assert p.search_s == pytest.approx(autosize.SEARCH_FRACTION * usable)
     # every trial reports at least once before the first rung; evaluations cost a small share
     assert p.report_chars >= 2 * 110_000 and p.grace_chars >= p.report_chars
-    assert p.max_chars >= 3 * p.grace_chars  # at least one promotion at reduction factor 3
-    # no trial holds a slot for more than a third of the window (at the fastest kept shape's rate)
-    assert p.max_chars == pytest.approx(max(40_000 * p.search_s / 3, 3 * p.grace_chars))
+    # one promotion at reduction factor 3, no more: later rungs rank as the first two do, and would hold the slots
+    assert p.max_chars == pytest.approx(autosize.MAX_RUNGS * p.grace_chars) and autosize.MAX_RUNGS == 3
     assert p.first_report_s == pytest.approx(3.0 + p.report_chars / 36_000)  # by the slowest kept shape
 
 
@@ -140,7 +139,7 @@ def two_cores(parallel=2) -> Calibration:
 def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path):
     cal = two_cores()
     cal.whole["gru 2x128"], cal.paired["gru 2x128"] = 27_000, 26_000  # a second thread barely speeds it up
-    p = plan(cal, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    p = plan(cal, budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     assert autosize.prior_shape(p) == "gru 2x128" and autosize.needs_members(p) is None
     # the prior and the first other trial each run to the longest rung: the window has room for few more
     assert p.compared < autosize.MIN_COMPARED and not p.searching
@@ -148,11 +147,11 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     assert line == next(x for x in p.describe().splitlines() if x.startswith("# no search:"))
     assert f"~{p.compared:.0f} configurations besides the prior" in line and "fewer than 10" in line
     # it trains from the sweep's start until just before the budget's end: the line says for how long
-    usable = 600 - cal.seconds - autosize.NO_SEARCH_COST_S
+    usable = 300 - cal.seconds - autosize.NO_SEARCH_COST_S
     assert p.prior_s == pytest.approx(usable) and f" for ~{usable:.0f} s, constant, then decaying" in line, line
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(50_000))
-    sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
+    sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=300), p)
     # the prior twice at once, one core each, seeds apart, for the whole budget, on the schedule the search's
     # winner gets; the line says how to mix them
     assert (sweep.num_samples, sweep.max_concurrent, sweep.scheduler, sweep.cpu) == (2, 2, "none", 1)
@@ -161,7 +160,7 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     first, second = sweep.points_to_evaluate
     assert first["shape"] == "gru 2x128" and {**first, "seed": 0} == {**second, "seed": 0}
     assert {first["seed"], second["seed"]} == {123, 124} and sweep.space["seed"].values == [123, 124]
-    assert sweep.trial_max_time == 600 and sweep.finish_time == 0  # its clock ends it: the budget's end
+    assert sweep.trial_max_time == 300 and sweep.finish_time == 0  # its clock ends it: the budget's end
     assert sweep.train["lr_schedule"] == "wsd" and sweep.train["decay_frac"] == pytest.approx(0.7)
     assert sweep.trial_max_epochs * 1_000_000 > 2 * 26_000 * usable  # the clock ends it, not its epochs
     assert sweep.report_every_epochs * 1_000_000 == pytest.approx(26_000 * usable / autosize.NO_SEARCH_REPORTS, rel=0.01)
@@ -172,18 +171,18 @@ def test_no_search_where_the_window_can_compare_too_few_configurations(tmp_path)
     assert (again.num_samples, again.scheduler, again.trial_max_time) == (2, "none", sweep.trial_max_time)
     assert again.points_to_evaluate == sweep.points_to_evaluate
     # a seed the sweep file fixed is where the members' seeds start; with one slot, one trial on it
-    seeded = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600, train={"seed": 7}), p)
+    seeded = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=300, train={"seed": 7}), p)
     assert [point["seed"] for point in seeded.points_to_evaluate] == [7, 8]
-    one = plan(two_cores(parallel=1), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
-    alone = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), one)
+    one = plan(two_cores(parallel=1), budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    alone = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=300), one)
     assert (alone.num_samples, alone.cpu, "seed" in alone.space) == (1, 1, False)
     assert "the prior trains alone on the whole machine" in one.search_line() and "--ensemble" not in one.search_line()
     # asked for, the search runs all the same; asked not to, it does not
-    forced = plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="always")
+    forced = plan(two_cores(), budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="always")
     assert forced.searching and "searching: --search always" in forced.search_line()
-    searched = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=600), forced)
+    searched = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=300), forced)
     assert searched.num_samples >= 1000 and searched.scheduler == "asha" and searched.finish_time > 0
-    never = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="never")
+    never = plan(calibration(), budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="never")
     assert not never.searching and "--search never" in never.search_line()
 
 
@@ -191,7 +190,7 @@ def test_without_a_search_the_prior_trains_as_members_only_where_one_on_its_slot
     """On a large vocabulary the output layer gains from a second thread: a member on one slot would train at a
     fraction of the prior alone on every thread, and the single model a sweep exports would fall behind it."""
     cal = two_cores()
-    p = plan(cal, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    p = plan(cal, budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     # not measured yet: the sweep measures it before deciding (a plan from a file without it trains one)
     assert autosize.needs_members(p) == "gru 2x128" and autosize.members_of(p) == 1
     cal.whole["gru 2x128"], cal.paired["gru 2x128"] = 42_000, 26_000  # each of two at once: 62%
@@ -201,19 +200,19 @@ def test_without_a_search_the_prior_trains_as_members_only_where_one_on_its_slot
            "alone)" in line and "--ensemble" not in line
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(50_000))
-    sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
+    sweep = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=300), p)
     assert (sweep.num_samples, sweep.max_concurrent, sweep.cpu, "seed" in sweep.space) == (1, 1, 2, False)
     usable = p.prior_s  # its reports spaced by its own rate on the whole machine
     assert sweep.report_every_epochs * 1_000_000 == pytest.approx(42_000 * usable / autosize.NO_SEARCH_REPORTS, rel=0.01)
     cal.whole["gru 2x128"] = 26_000 / autosize.PAIR_SHARE  # at the share exactly: members
     assert autosize.members_of(p) == 2
-    member = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=600), p)
+    member = autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=300), p)
     assert member.report_every_epochs * 1_000_000 == pytest.approx(26_000 * usable / autosize.NO_SEARCH_REPORTS,
                                                                    rel=0.01)
     # searching, on one slot, or on a GPU, nothing to measure
-    assert autosize.needs_members(plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000,
+    assert autosize.needs_members(plan(two_cores(), budget_s=300, train_chars=1_000_000, val_chars=110_000,
                                      vocab_size=65, search="always")) is None
-    assert autosize.needs_members(plan(two_cores(parallel=1), budget_s=600, train_chars=1_000_000, val_chars=110_000,
+    assert autosize.needs_members(plan(two_cores(parallel=1), budget_s=300, train_chars=1_000_000, val_chars=110_000,
                                      vocab_size=65)) is None
 
 
@@ -250,14 +249,14 @@ def test_the_members_measuring_takes_a_second_turn_only_where_it_could_change_th
 
 
 def test_the_search_runs_where_many_slots_compare_many_configurations():
-    two = plan(two_cores(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
-    eight = plan(two_cores(parallel=8), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    two = plan(two_cores(), budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
+    eight = plan(two_cores(parallel=8), budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     assert eight.compared >= autosize.MIN_COMPARED > two.compared and eight.searching
     assert "# the search could bring" in eight.describe()
     # a prior as fast as the others holds its slot a third of the window, not most of it: more compared
     fast = two_cores()
     fast.rates["gru 2x128"] = 50_000
-    assert plan(fast, budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65).compared > two.compared
+    assert plan(fast, budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65).compared > two.compared
 
 
 def test_dropout_follows_the_pressure_to_memorise_the_train_split():

@@ -22,7 +22,8 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   (train's eval_chars; at least MIN_EVAL_SAMPLE), and `charsearch eval` scores the whole split;
 - ASHA's grace period is max(r_median * S / 20, one report): the median shape could run 20 trials to
   their first rung in the window, so many configurations are compared cheaply; its maximum is
-  max(r_fastest * S / 3, 3 * grace): no trial holds a slot for more than a third of the window;
+  MAX_RUNGS grace periods: rungs already rank configurations as their ends do, so a longer one only
+  holds a slot that later trials could use (see MAX_RUNGS);
 - the search gets SEARCH_FRACTION of what the budget leaves after calibration and start-up; the best
   trial then continues from its checkpoint on the whole machine for the rest (sweep.finish_best), its
   learning rate decaying linearly to 0;
@@ -101,7 +102,7 @@ PRIOR_TOKENS_PER_PARAM = 40
 # split; a trained char-rnn ends 10-25% below it), the constants are scaled by REFERENCE_NATS / its figure:
 # 2.03 nats/char on tiny-shakespeare (x0.99: prose sits at the reference), 5.79 on a 4,046-character CJK
 # corpus. Below it they stand: they were measured on prose and on Python source (1.21), and scaled up there
-# (one run at 300 s) the band admitted shapes so small and fast that ASHA's longest rung (a third of the
+# (one run at 300 s) the band admitted shapes so small and fast that ASHA's longest rung (then a third of the
 # window at the fastest rate) let 2 trials run, and the sweep ended at 1.314 against 1.247 unscaled.
 REFERENCE_NATS = 2.0
 STARTUP_TRIALS = 3
@@ -117,16 +118,23 @@ FREE_PRESSURE = 3.0  # passes x (all parameters / train characters) that trains 
 MAX_DROPOUT = 0.2
 MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks close trials by its noise
 # Configurations besides the prior that the search must bring to its first rung to be worth its cost. The
-# search costs its winner about a quarter of the characters it would train alone (a third of the window on
-# one thread, against the whole window on all of them); on tiny-shakespeare at 600 s that is ~0.006
+# search costs its winner about a quarter to a third of the characters it would train alone (its rungs on one
+# thread, the rest of the window spent on other trials); on tiny-shakespeare at 600 s a quarter is ~0.006
 # nats/char, what a constant-then-decay schedule earns (BENCHMARKS.md, suite). One draw of the auto space
 # in seven ended below the prior there (bench_rungs: by 0.013), and the rungs rank configurations as their
 # ends do (Spearman 0.95-0.98): ten draws hold one such with probability 1 - (6/7)^10 = 0.79.
 MIN_COMPARED = 10
+# ASHA's longest rung, in grace periods: one promotion at reduction factor 3. On tiny-shakespeare at 600 s, 8
+# configurations of the auto space trained to the end ranked at 0.35, 1.06, 3.2 and 9.6 epochs as their ends did
+# with Spearman 0.95, 0.95, 0.98 and 0.96 (bench_rungs), so rungs past the second cost the search's slots without
+# ranking better. A longest rung of a third of the window at the fastest rate lets the prior and the first other
+# trial hold both slots through most of a 600-1800 s window on 2 cores (~3-5 configurations compared, against ~13-17).
+MAX_RUNGS = 3.0
 TRIAL_START_S = 3.0  # a trial's start in a running sweep (actors reused): the corpus, the model, the first step
 # a slot's first trial also waits for Ray to start its worker process, which imports torch. With these two
-# starts the estimate for tiny-shakespeare, 600 s, 2 cores is ~4 configurations; in the sweep that searched
-# there anyway 2 reported besides the prior (BENCHMARKS.md, rule-cpu): an estimate on the high side
+# starts and a longest rung of a third of the window, the estimate for tiny-shakespeare, 600 s, 2 cores was
+# ~4 configurations; in the sweep that searched there anyway 2 reported besides the prior (BENCHMARKS.md,
+# rule-cpu): an estimate on the high side
 SLOT_START_S = 15.0
 SEARCH_MODES = ("auto", "always", "never")
 # a trial whose worker dies (a killed process, a lost node) reruns from its last checkpoint, in the same MLflow
@@ -250,12 +258,12 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
         kept = [min((n for n in cal.rates if fits(cal, n)) or cal.rates,
                     key=lambda n: abs(math.log(cal.rates[n] * usable / cal.params[n] / (60 * scale))))]
     rates = sorted(cal.rates[n] for n in kept)
-    median, fastest, slowest = rates[len(rates) // 2], rates[-1], rates[0]
+    median, slowest = rates[len(rates) // 2], rates[0]
     affordable = max(MIN_EVAL_SAMPLE, round(median * search_s / 20))
     eval_chars = affordable if may_sample and val_chars > affordable else 0
     report = max(median * search_s / 40, 2 * (eval_chars or val_chars))
     grace = max(median * search_s / 20, report)
-    max_chars = max(fastest * search_s / 3, grace * 3)
+    max_chars = MAX_RUNGS * grace
     first_report = TRIAL_START_S + report / slowest
     p = Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report, eval_chars,
              first_report, train_chars, vocab_size, nats_per_char, cal, dict(fixed or {}), search_mode=search)
