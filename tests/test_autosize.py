@@ -253,6 +253,15 @@ def test_the_search_runs_where_many_slots_compare_many_configurations():
     eight = plan(two_cores(parallel=8), budget_s=300, train_chars=1_000_000, val_chars=110_000, vocab_size=65)
     assert eight.compared >= autosize.MIN_COMPARED > two.compared and eight.searching
     assert "# the search could bring" in eight.describe()
+    # the same machine on a corpus it would memorise: a tenth of the characters, read ten times as often by
+    # the same prior, so short rungs would rank configurations by how fast they start, not how they end
+    small = plan(two_cores(parallel=8), budget_s=300, train_chars=100_000, val_chars=11_000, vocab_size=65)
+    assert small.compared >= autosize.MIN_COMPARED and autosize.pressure(small)[1] > autosize.MAX_SEARCH_PRESSURE
+    assert not small.searching
+    line = small.search_line()
+    assert line.startswith("# no search:") and "but its prior would memorise the split, pressure" in line, line
+    assert plan(two_cores(parallel=8), budget_s=300, train_chars=100_000, val_chars=11_000, vocab_size=65,
+                search="always").searching
     # a prior as fast as the others holds its slot a third of the window, not most of it: more compared
     fast = two_cores()
     fast.rates["gru 2x128"] = 50_000

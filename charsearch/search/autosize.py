@@ -40,9 +40,10 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   search can bring to ASHA's first rung in its window (`comparisons`: the slots' time left beside the
   prior, which ranks first at every rung it reaches first and so holds its slot up to the longest rung,
   over what one such trial costs: its start, its grace period and its expected promotions). Below
-  MIN_COMPARED there is no search: the prior trains alone on the whole machine for the whole budget
-  on the sweep's schedule (constant, then decaying to 0 over the last 1 - SEARCH_FRACTION), as the
-  search's winner would; `--search always` (or `never`) overrides.
+  MIN_COMPARED there is no search, nor where the prior's memorising pressure is above
+  MAX_SEARCH_PRESSURE (the rungs cannot see memorising, which then decides the end): the prior trains
+  alone on the whole machine for the whole budget on the sweep's schedule (constant, then decaying to 0
+  over the last 1 - SEARCH_FRACTION), as the search's winner would; `--search always` (or `never`) overrides.
 
 Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40% of the budget
 searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at
@@ -114,7 +115,9 @@ STARTUP_TRIALS = 3
 FREE_PRESSURE = 3.0  # passes x (all parameters / train characters) that trains without dropout
 # the prior's dropout above it (prior alone, 300 s, 2 cores, one run each: 0.2 did better than 0 and 0.1 on
 # the suite's CJK corpus, pressure 7.5, and better than 0 and 0.3 on its 180 kB one, pressure 85; 0.1 did
-# worse than 0 on tiny-shakespeare, pressure 2)
+# worse than 0 on tiny-shakespeare, pressure 2). The pressure does not say how much more helps: at 600 s on the
+# sweep's schedule, 0.4 instead of 0.2 ended 0.084 lower on the CJK corpus (pressure 27, which memorised at 0.2)
+# and 0.18 higher on the licences (pressure 279, still improving at 0.2), one seed each (bench_dropout)
 MAX_DROPOUT = 0.2
 MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks close trials by its noise
 # Configurations besides the prior that the search must bring to its first rung to be worth its cost. The
@@ -124,6 +127,17 @@ MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks clo
 # in seven ended below the prior there (bench_rungs: by 0.013), and the rungs rank configurations as their
 # ends do (Spearman 0.95-0.98): ten draws hold one such with probability 1 - (6/7)^10 = 0.79.
 MIN_COMPARED = 10
+# The memorising pressure of the prior (see FREE_PRESSURE) above which the search cannot pay however much it
+# compares: its rungs see the first few percent of a run, and where the budget reads the split many times over
+# with many parameters per character, what decides the end comes long after them: memorising (a CJK corpus at
+# 600 s, pressure 27: the prior's best val at pass 9.9 of 17) or the gains of many more passes over a repetitive
+# corpus (180 kB of licences, pressure 279: still improving at pass 221; bench_dropout). On 2 cores at 600 s the
+# searching sweep ended above its prior alone on the sweep's schedule by +0.006 on the CJK corpus (pressure 22;
+# its winner an lstm 1x256 at lr 0.0097, fast at the rungs) and by +0.049 on the licences (pressure 279), one
+# seed each, while at pressure 4.5 (Python source, one seed) it ended +0.0026 above and at 6-7
+# (tiny-shakespeare, 2 seeds) +0.0015 (BENCHMARKS.md, suite-long-cpu). The bound lies between those, near their
+# geometric middle.
+MAX_SEARCH_PRESSURE = 12.0
 # ASHA's longest rung, in grace periods: one promotion at reduction factor 3. On tiny-shakespeare at 600 s, 8
 # configurations of the auto space trained to the end ranked at 0.35, 1.06, 3.2 and 9.6 epochs as their ends did
 # with Spearman 0.95, 0.95, 0.98 and 0.96 (bench_rungs), so rungs past the second cost the search's slots without
@@ -182,8 +196,13 @@ class Plan:
         could = (f"the search could bring ~{self.compared:.0f} configurations besides the prior to its first "
                  f"rung in {self.search_s:.0f} s")
         if self.searching:
-            return f"# {could}" + (" (searching: --search always)" if self.compared < MIN_COMPARED else "")
-        why = "--search never" if self.search_mode == "never" else f"fewer than {MIN_COMPARED}: too few to pay for it"
+            forced = self.compared < MIN_COMPARED or pressure(self)[1] > MAX_SEARCH_PRESSURE
+            return f"# {could}" + (" (searching: --search always)" if forced else "")
+        press = pressure(self)[1]
+        why = ("--search never" if self.search_mode == "never" else
+               f"fewer than {MIN_COMPARED}: too few to pay for it" if self.compared < MIN_COMPARED else
+               f"but its prior would memorise the split, pressure {press:.3g} > {MAX_SEARCH_PRESSURE:g}: the end is "
+               f"decided by memorising, which rungs a few percent into a run cannot see")
         members, cal = members_of(self), self.calibration
         shape = prior_shape(self)
         share = (f" (each of {MEMBERS} at once would train at {cal.paired[shape] / cal.whole[shape]:.0%} of the rate of "
@@ -268,7 +287,8 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
     p = Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report, eval_chars,
              first_report, train_chars, vocab_size, nats_per_char, cal, dict(fixed or {}), search_mode=search)
     p.compared = comparisons(p)
-    p.searching = search == "always" or (search == "auto" and p.compared >= MIN_COMPARED)
+    p.searching = search == "always" or (search == "auto" and p.compared >= MIN_COMPARED
+                                         and pressure(p)[1] <= MAX_SEARCH_PRESSURE)
     return p
 
 
