@@ -31,7 +31,7 @@ from bench_search import env, run_sweep  # noqa: E402
 from bench_suite import CORPORA, cell, run_prior, whole_val  # noqa: E402
 from common import PLOTS, save_json, table, write_section  # noqa: E402
 
-from charsearch.search.autosize import MIN_COMPARED, PRIOR_LR, SEARCH_FRACTION  # noqa: E402
+from charsearch.search.autosize import MAX_SEARCH_PRESSURE, MIN_COMPARED, PRIOR_LR, SEARCH_FRACTION  # noqa: E402
 
 SCHEDULE, RULE, ALWAYS = "prior alone (sweep's schedule)", "auto sweep", "auto sweep (--search always)"
 
@@ -107,8 +107,8 @@ def report(results: dict) -> None:
     body = (f"2-core machine, one run after the other, each a fresh CLI process and project; cells: best fair val loss "
             f"(nats/char, whole val split), mean ± standard deviation over seeds (each seed in brackets). The plan "
             f"searches where it estimates the search can bring at least {MIN_COMPARED} configurations besides the "
-            f"prior to ASHA's first rung (in brackets: its estimate); else the prior trains alone on the sweep's "
-            f"schedule. The estimate is checked against the trials that reported in the sweep that searched anyway "
+            f"prior to ASHA's first rung (in brackets: its estimate) and its prior's memorising pressure is at most "
+            f"{MAX_SEARCH_PRESSURE:g}; else the prior trains alone on the sweep's schedule. The estimate is checked against the trials that reported in the sweep that searched anyway "
             f"(each trial run opens at its first report).\n\n" + table(rows))
     write_section("rule-cpu", "Searching only where it can pay (CPU)", body,
                   "python benchmarks/bench_rule.py --corpora 1 --budgets 300,600 --seeds 2")
