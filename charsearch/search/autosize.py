@@ -40,7 +40,7 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   search can bring to ASHA's first rung in its window (`comparisons`: the slots' time left beside the
   prior, which ranks first at every rung it reaches first and so holds its slot up to the longest rung,
   over what one such trial costs: its start, its grace period and its expected promotions). Below
-  MIN_COMPARED there is no search, nor where the prior's memorising pressure is above
+  MIN_COMPARED there is no search, nor, on a CPU, where the prior's memorising pressure is above
   MAX_SEARCH_PRESSURE (the rungs cannot see memorising, which then decides the end): the prior trains
   alone on the whole machine for the whole budget on the sweep's schedule (constant, then decaying to 0
   over the last 1 - SEARCH_FRACTION), as the search's winner would; `--search always` (or `never`) overrides.
@@ -139,7 +139,7 @@ MIN_COMPARED = 10
 # its winner an lstm 1x256 at lr 0.0097, fast at the rungs) and by +0.049 on the licences (pressure 279), one
 # seed each, while at pressure 4.5 (Python source, one seed) it ended +0.0026 above and at 6-7
 # (tiny-shakespeare, 2 seeds) +0.0015 (BENCHMARKS.md, suite-long-cpu). The bound lies between those, near their
-# geometric middle.
+# geometric middle. CPU plans only (memorises).
 MAX_SEARCH_PRESSURE = 12.0
 # ASHA's longest rung, in grace periods: one promotion at reduction factor 3. On tiny-shakespeare at 600 s, 8
 # configurations of the auto space trained to the end ranked at 0.35, 1.06, 3.2 and 9.6 epochs as their ends did
@@ -199,7 +199,7 @@ class Plan:
         could = (f"the search could bring ~{self.compared:.0f} configurations besides the prior to its first "
                  f"rung in {self.search_s:.0f} s")
         if self.searching:
-            forced = self.compared < MIN_COMPARED or pressure(self)[1] > MAX_SEARCH_PRESSURE
+            forced = self.compared < MIN_COMPARED or memorises(self)
             return f"# {could}" + (" (searching: --search always)" if forced else "")
         press = pressure(self)[1]
         why = ("--search never" if self.search_mode == "never" else
@@ -290,8 +290,7 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
     p = Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report, eval_chars,
              first_report, train_chars, vocab_size, nats_per_char, cal, dict(fixed or {}), search_mode=search)
     p.compared = comparisons(p)
-    p.searching = search == "always" or (search == "auto" and p.compared >= MIN_COMPARED
-                                         and pressure(p)[1] <= MAX_SEARCH_PRESSURE)
+    p.searching = search == "always" or (search == "auto" and p.compared >= MIN_COMPARED and not memorises(p))
     return p
 
 
@@ -439,6 +438,13 @@ def pressure(p: Plan) -> tuple[float, float]:
     cfg = {**parse_shape(shape), "vocab_size": p.vocab_size, "embed_size": p.fixed.get("embed_size", 0),
            "cutoffs": cutoffs_for(p.vocab_size, p.fixed.get("softmax", "auto"))}
     return passes, passes * param_count(cfg) / p.train_chars
+
+
+def memorises(p: Plan) -> bool:
+    """Whether the prior's pressure is above MAX_SEARCH_PRESSURE on a CPU: the bound was measured on 2 CPU cores;
+    on a GPU, where a search packs many trials and one prior alone would leave most of the GPU idle, it is not
+    applied until measured there."""
+    return not p.calibration.gpus and pressure(p)[1] > MAX_SEARCH_PRESSURE
 
 
 def prior_dropout(p: Plan) -> float:
