@@ -27,7 +27,7 @@ import bench_suite  # noqa: E402
 from bench_search import follow_train  # noqa: E402
 from common import PLOTS, save_json, table, write_section  # noqa: E402
 
-from charsearch.search.autosize import SEARCH_FRACTION
+from charsearch.search.autosize import FREE_PRESSURE, SEARCH_FRACTION
 
 SECTION = "prior-dropout-cpu"
 PRESSURE = re.compile(r"would pass over the train split ([0-9.e+]+) times .* per train character: ([0-9.e+]+) ")
@@ -73,7 +73,7 @@ def report(results: dict) -> None:
             f"(constant, then decaying to 0 over the last {1 - SEARCH_FRACTION:.0%}) with the plan's dropout and with "
             "each other dropout, the same seed; val: the best checkpoint scored on the whole val split (`charsearch "
             "eval`), mean ± standard deviation over seeds. Pressure: the plan's passes over the train split times all "
-            "the prior's parameters per train character (above 3 the plan gives it dropout). Best at pass: the "
+            f"the prior's parameters per train character (above {FREE_PRESSURE:g} the plan gives it dropout). Best at pass: the "
             "epoch of the best checkpoint, against the epochs the run made.\n\n" + table(rows))
     write_section(SECTION, "The prior's dropout where it would memorise (CPU)", body,
                   "python benchmarks/bench_dropout.py --corpora 3,4 --budgets 600 --dropouts 0.4")

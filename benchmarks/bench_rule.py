@@ -108,7 +108,8 @@ def report(results: dict) -> None:
             f"(nats/char, whole val split), mean ± standard deviation over seeds (each seed in brackets). The plan "
             f"searches where it estimates the search can bring at least {MIN_COMPARED} configurations besides the "
             f"prior to ASHA's first rung (in brackets: its estimate) and its prior's memorising pressure is at most "
-            f"{MAX_SEARCH_PRESSURE:g}; else the prior trains alone on the sweep's schedule. The estimate is checked against the trials that reported in the sweep that searched anyway "
+            f"{MAX_SEARCH_PRESSURE:g}; else the prior trains alone on the sweep's schedule. The estimate is checked "
+            f"against the trials that reported in the sweep that searched anyway "
             f"(each trial run opens at its first report).\n\n" + table(rows))
     write_section("rule-cpu", "Searching only where it can pay (CPU)", body,
                   "python benchmarks/bench_rule.py --corpora 1 --budgets 300,600 --seeds 2")

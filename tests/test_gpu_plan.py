@@ -39,6 +39,9 @@ def test_a_gpu_plan_packs_trials_where_throughput_grows_and_memory_allows():
     p = autosize.plan(h100(), budget_s=1200, train_chars=10_000_000, val_chars=110_000, vocab_size=65)
     # eight 2x1024 trials would take 96 GiB of an 80 GiB GPU: dropped; the others fit eight at once
     assert "lstm 2x1024" not in p.shapes and "lstm 2x512" in p.shapes
+    # a GPU reads the corpus so often that the prior's pressure is far above the CPU's bound: it searches all the
+    # same (one prior alone would leave most of the GPU idle)
+    assert autosize.pressure(p)[1] > autosize.MAX_SEARCH_PRESSURE and p.searching
     sweep = autosize.apply(SweepConfig(path="", name="g", corpus="c.txt"), p)
     assert sweep.gpu == 0.125 and sweep.max_concurrent == 16 and sweep.cpu == 1.0  # 8 per GPU, both GPUs
     assert sweep.space["batch_size"].values == [64, 128, 256]
