@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="600", help="seconds, comma-separated")
     ap.add_argument("--dropouts", default="0.4", help="dropouts to train beside the plan's, comma-separated")
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (with --keep: add seeds)")
     ap.add_argument("--keep", action="store_true", help="start from the results in the JSON (rows run again replace "
                     "theirs)")
     ap.add_argument("--report-only", action="store_true", help="redraw from the JSON")
@@ -99,7 +100,7 @@ def main() -> None:
         for i, name in enumerate(names):
             corpus = bench_suite.CORPORA[name](Path(tmp) / f"c{i}" / "input.txt")
             for budget in map(float, args.budgets.split(",")):
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     for arm, dropout in arms:
                         project = Path(tmp) / f"p{len(list(Path(tmp).glob('p*')))}"
                         project.mkdir()
