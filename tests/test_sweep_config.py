@@ -266,3 +266,27 @@ def test_a_dry_run_says_how_many_characters_each_split_holds(sweepdir, capsys):
                   capsys.readouterr().out)
     n = len((sweepdir / "corpus.txt").read_text())
     assert m and sum(int(x.replace(",", "")) for x in m.groups()) == n
+
+
+def test_an_address_where_no_cluster_listens_is_refused_in_one_line_before_anything_is_written(sweepdir, capsys,
+                                                                                                 monkeypatch):
+    """Ray itself retries such an address for minutes; a typo or a stopped cluster is said at once."""
+    import socket
+    with socket.socket() as s:  # a port nothing listens on: bound, then released
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write(sweepdir, BASE)
+    for argv in (["sweep", path, "--address", f"127.0.0.1:{port}"],
+                 ["sweep", "--data", "corpus.txt", "--time", "60", "--address", f"127.0.0.1:{port}"],
+                 ["sweep", "--data", "corpus.txt", "--time", "60", "--address", f"127.0.0.1:{port}", "--dry-run"]):
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"no Ray cluster answers at 127.0.0.1:{port}" in err, err
+    monkeypatch.setenv("RAY_ADDRESS", "localhost")  # not host:port
+    assert main(["sweep", str(path)]) == 2
+    assert "--address 'localhost': expected host:port" in capsys.readouterr().err
+    write(sweepdir, edit(ray={"address": f"127.0.0.1:{port}"}))
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert main(["sweep", str(path)]) == 2
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (sweepdir / "mlruns").exists() and not (sweepdir / "ray_results").exists()

@@ -29,7 +29,7 @@ from charsearch.core.data import Corpus
 from charsearch.search import ray_compat
 from charsearch.search.finish import Finish, finish_best
 from charsearch.search.ledger import METRIC, SweepState
-from charsearch.search.resources import init_ray, trial_resources
+from charsearch.search.resources import check_reachable, init_ray, trial_resources
 from charsearch.search.resume import ResumeFromExisting, ResumePoint, resume_point
 from charsearch.search.space import make_scheduler, make_searcher, search_algorithm, search_space
 from charsearch.search.status import StatusLine
@@ -68,6 +68,8 @@ def run(sweep: SweepConfig, resume: bool = False, address: str | None = None, tr
     state = SweepState(started or time.time(), sweep.sweep_time, expected_rates=dict(expected_rates or {}),
                        whole_rates=dict(whole_rates or {}))
     corpus = checked_corpus(sweep)
+    if not ray.is_initialized():  # before anything is written
+        check_reachable(address or sweep.address)
     storage = Storage(sweep)
     previous = resume_point(sweep, storage, tracking_uri, corpus.sha256) if resume else None
     for note in previous.notes if previous else []:

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import ray
+
+from charsearch.core.errors import UsageError
 
 from charsearch.search import ray_compat
 from charsearch.search.sweepfile import SweepConfig
 
 GPU_SHARES = ((8e9, 0.125), (3e10, 0.25), (1.2e11, 0.5))  # (most work W, share of a GPU)
+# seconds to wait for a cluster's address to accept a connection: Ray itself retries an address where nothing
+# listens 20 times, ~36 s each, before it says so
+REACH_TIMEOUT_S = 10.0
 
 
 def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) -> None:
@@ -30,10 +36,29 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) 
     kwargs = dict(include_dashboard=dashboard, log_to_driver=False, logging_level="ERROR",
                   configure_logging=True)
     if address:  # an existing cluster: it has its own resources (num_cpus must not be passed)
+        check_reachable(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     stop_on_sigterm()
+
+
+def check_reachable(address: str | None) -> None:
+    """A one-line error, within REACH_TIMEOUT_S, where nothing accepts connections at a cluster's host:port
+    (`address`, else $RAY_ADDRESS; 'auto' is found by Ray itself, from the cluster `ray start` registered on
+    this machine)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--address {address!r}: expected host:port (the address `ray start --head` printed) or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as e:
+        raise UsageError(f"no Ray cluster answers at {address} ({e.strerror or e}): start one with `ray start --head` "
+                         f"and give the address it printed, or leave out --address (and RAY_ADDRESS) to run on a "
+                         f"local Ray") from None
 
 
 def cluster_gpus(address: str | None) -> tuple[int, object]:
