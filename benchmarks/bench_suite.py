@@ -218,14 +218,19 @@ def sweep_plan(project: Path, seed: int) -> str:
 
 
 def winner_origin(plan: dict, r: dict) -> tuple[str, str]:
-    """('prior' when the sweep's winner is its plan's first point, the seed aside, else 'found' ('?' where the
-    winner cannot be read); the prior's shape)."""
-    prior = {k: v for k, v in plan["search"]["points_to_evaluate"][0].items() if k != "seed"}
+    """('prior' when the sweep's winner is its plan's first point, the seed aside, 'prior, dropout D' when it is
+    another planned point (a member at another dropout), else 'found' ('?' where the winner cannot be read);
+    the prior's shape)."""
+    points = [{k: v for k, v in point.items() if k != "seed"} for point in plan["search"]["points_to_evaluate"]]
+    shape = points[0].get("shape", "?")
     try:
         winner = json.loads(r["winner"])
     except ValueError:
-        return "?", prior.get("shape", "?")
-    return ("prior" if all(winner.get(k) == v for k, v in prior.items()) else "found"), prior.get("shape", "?")
+        return "?", shape
+    for i, point in enumerate(points):
+        if all(winner.get(k) == v for k, v in point.items()):
+            return ("prior" if i == 0 or point == points[0] else f"prior, dropout {point['dropout']:g}"), shape
+    return "found", shape
 
 
 def run_warm_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dict:

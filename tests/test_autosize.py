@@ -238,6 +238,42 @@ def test_an_auto_sweep_without_a_search_measures_its_prior_as_members_and_alone(
     assert share and int(share[1]) == round(100 * cal.paired["gru 1x32"] / cal.whole["gru 1x32"]), p.search_line()
 
 
+def test_where_the_prior_would_memorise_it_trains_as_members_at_two_dropouts_whatever_their_share(tmp_path):
+    """How much dropout does best there depends on the corpus, and shows only at the end: the members try the
+    rule's and twice it, and a member's fewer characters cost little where the budget reads the split many
+    times over."""
+    cal = two_cores()
+    cal.whole["gru 2x128"], cal.paired["gru 2x128"] = 42_000, 26_000  # each of two at once: 62%, below the share
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(50_000))
+
+    def planned(train_chars):
+        p = plan(cal, budget_s=300, train_chars=train_chars, val_chars=train_chars // 9, vocab_size=65)
+        return p, autosize.apply(SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=300), p)
+
+    p, sweep = planned(100_000)  # a tenth of tiny-shakespeare: read ~80 times
+    d = autosize.prior_dropout(p)
+    assert autosize.memorises(p) and not p.searching and d > 0
+    assert autosize.needs_members(p) is None and autosize.members_of(p) == 2 == sweep.num_samples
+    assert [(pt["seed"], pt["dropout"]) for pt in sweep.points_to_evaluate] == [(123, d), (124, 2 * d)]
+    assert all({k: v for k, v in pt.items() if k not in ("seed", "dropout")} ==
+               {k: v for k, v in sweep.points_to_evaluate[0].items() if k not in ("seed", "dropout")}
+               for pt in sweep.points_to_evaluate)
+    space = sweep.space["dropout"].values
+    assert space[0] <= d and 2 * d <= space[1]  # every point is a draw of the space
+    assert f"seeds apart, at dropout {d:g} and {2 * d:g}" in p.search_line(), p.search_line()
+    # below the bound the share decides, as before, and members without dropout differ by seed alone
+    p, sweep = planned(1_000_000)
+    assert not autosize.memorises(p) and autosize.members_of(p) == 1
+    cal.whole["gru 2x128"] = 26_000
+    p, sweep = planned(1_000_000)
+    assert autosize.prior_dropout(p) == 0 and [pt.get("dropout") for pt in sweep.points_to_evaluate] == [0.0, 0.0]
+    assert "at dropout" not in p.search_line()
+    # on a GPU one trial per GPU, however high the pressure
+    gpu = Calibration("cuda", 8, 1, rates=cal.rates, params=cal.params, seconds=10.0, gpus=1, per_gpu=8)
+    assert autosize.members_of(plan(gpu, budget_s=300, train_chars=100_000, val_chars=11_000, vocab_size=65)) == 1
+
+
 def test_the_members_measuring_takes_a_second_turn_only_where_it_could_change_the_decision():
     cal = Calibration("cpu", 2, 1)
     # a share no measurement comes near (members cannot train at 10x, or -10x, the rate of one alone): settled

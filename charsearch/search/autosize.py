@@ -42,8 +42,10 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   over what one such trial costs: its start, its grace period and its expected promotions). Below
   MIN_COMPARED there is no search, nor, on a CPU, where the prior's memorising pressure is above
   MAX_SEARCH_PRESSURE (the rungs cannot see memorising, which then decides the end): the prior trains
-  alone on the whole machine for the whole budget on the sweep's schedule (constant, then decaying to 0
-  over the last 1 - SEARCH_FRACTION), as the search's winner would; `--search always` (or `never`) overrides.
+  for the whole budget on the sweep's schedule (constant, then decaying to 0 over the last
+  1 - SEARCH_FRACTION), as the search's winner would, once on the whole machine or, on a CPU with two slots,
+  as MEMBERS trials at once, seeds apart (members_of), and where it would memorise, at two dropouts
+  (member_dropout): the one choice left to the end; `--search always` (or `never`) overrides.
 
 Single hand-run pilots (2 cores, tiny-shakespeare, 10 minutes) did worse with 40% of the budget
 searching and longer rungs (4 trials compared) and with each trial capped at S / 6 (short rungs sit at
@@ -114,12 +116,12 @@ STARTUP_TRIALS = 3
 # with thousands of distinct characters, the rows of the rare ones are fitted to their few contexts.
 FREE_PRESSURE = 3.0  # passes x (all parameters / train characters) that trains without dropout
 # the prior's dropout above it (prior alone, 300 s, 2 cores, one run each: 0.2 did better than 0 and 0.1 on
-# the suite's CJK corpus, pressure 7.5, and better than 0 and 0.3 on its 180 kB one, pressure 85; 0.1 did
-# worse than 0 on tiny-shakespeare, pressure 2). The pressure does not say how much more helps: at 600 s on the
+# the suite's CJK corpus, pressure 7.5, and better than 0 and 0.3 on 180 kB of licences whose val split was a
+# copy of train text, pressure 85; 0.1 did worse than 0 on tiny-shakespeare, pressure 2). The pressure does not say how much more helps: at 600 s on the
 # sweep's schedule, 0.4 instead of 0.2 ended 0.084 lower on the CJK corpus (pressure 27, which memorised at 0.2)
-# and 0.18 higher on the licences (pressure 254, still improving at 0.2: their val split was a verbatim copy of
-# train text, as it was in the 300 s pilot above, so memorising scored there), one seed each (bench_dropout);
-# a second seed and another corpus decide whether the cap rises
+# and 0.088 higher on the licences, each text once (pressure 235, still improving at 0.2: a third of their val
+# split's text is also in train), one seed each (bench_dropout). So the cap stays, and where the prior would
+# memorise, its members try it and twice it (member_dropout)
 MAX_DROPOUT = 0.2
 MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks close trials by its noise
 # Configurations besides the prior that the search must bring to its first rung to be worth its cost. The
@@ -210,8 +212,11 @@ class Plan:
         shape = prior_shape(self)
         share = (f" (each of {MEMBERS} at once would train at {cal.paired[shape] / cal.whole[shape]:.0%} of the rate of "
                  f"one alone)") if shape in cal.whole and shape in cal.paired else ""
+        dropouts = "" if members == 1 or not prior_dropout(self) else (
+            f", at dropout {prior_dropout(self):g} and {2 * prior_dropout(self):g} (`best --export` takes the "
+            f"lower on val)")
         how = ("trains alone on the whole machine" if members == 1 else
-               f"trains {members} times at once, seeds apart, {cal.parallel // members} slot(s) each") + share
+               f"trains {members} times at once, seeds apart{dropouts}, {cal.parallel // members} slot(s) each") + share
         mix = "" if members == 1 else f" (`charsearch best --export FILE --ensemble {members}` mixes them)"
         return (f"# no search: {could} ({why}); the prior {how} for ~{self.prior_s:.0f} s, "
                 f"constant, then decaying to 0 over the last {1 - SEARCH_FRACTION:.0%}, as the search's winner "
@@ -370,8 +375,9 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
 def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
     """The sweep without a search: the prior (or a warm start's best) for the whole budget, its rate constant,
     then decaying to 0 over the last 1 - SEARCH_FRACTION (the schedule the search's winner gets). On a CPU
-    with two slots or more, where each would train at PAIR_SHARE or more of one trial alone's rate (members_of),
-    it trains as MEMBERS trials at once, seeds apart, the slots shared between them: `best --export --ensemble` mixes them.
+    with two slots or more, where each would train at PAIR_SHARE or more of one trial alone's rate or the prior
+    would memorise (members_of), it trains as MEMBERS trials at once, seeds apart (and dropouts: member_dropout),
+    the slots shared between them: `best --export` takes the better, `--ensemble` mixes them.
     The space stays in the file: more samples would search it."""
     cal, usable = p.calibration, p.prior_s
     members = members_of(p)
@@ -385,7 +391,8 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
     if members > 1:
         seed = int(sweep.train.get("seed", DEFAULT_SEED))
         sweep.space["seed"] = SearchParam("choice", [seed + i for i in range(members)])
-        sweep.points_to_evaluate = [{**sweep.points_to_evaluate[0], "seed": seed + i} for i in range(members)]
+        first = sweep.points_to_evaluate[0]
+        sweep.points_to_evaluate = [{**first, "seed": seed + i, **member_dropout(first, i)} for i in range(members)]
     # a member trains at its rate beside the others, one trial alone at its rate on every thread (where measured)
     shape = prior_shape(p)
     rate = (cal.whole if members == 1 else cal.paired).get(shape, cal.rates[shape])
@@ -398,13 +405,25 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
     return sweep
 
 
+def member_dropout(first: dict, i: int) -> dict:
+    """The i-th member's dropout where the prior has some (and the sweep searches it): the prior's for the first,
+    twice it for the others. Where the pressure calls for dropout, how much does best depends on the corpus in
+    ways the pressure does not tell (see MAX_DROPOUT) and shows only at the end, where `best --export` takes
+    the member lower on val."""
+    return {"dropout": round(first["dropout"] * (2 if i else 1), 3)} if first.get("dropout") else {}
+
+
 def members_of(p: Plan) -> int:
     """Trials of the prior a sweep without a search trains at once: MEMBERS on a CPU with the slots for them where
     each on its slots trains at PAIR_SHARE or more of the prior's rate alone on every thread (measured: see
-    needs_members), else one (on a GPU, one trial per GPU is what the packing measured for a finish)."""
+    needs_members), or where the prior would memorise the split (memorises: its passes are many, so a member's
+    fewer characters cost it little, and its members try two dropouts), else one (on a GPU, one trial per GPU
+    is what the packing measured for a finish)."""
     cal = p.calibration
     if cal.gpus or cal.parallel < MEMBERS:
         return 1
+    if memorises(p):
+        return MEMBERS
     shape = prior_shape(p)
     whole, paired = cal.whole.get(shape), cal.paired.get(shape)
     return MEMBERS if whole and paired and paired >= PAIR_SHARE * whole else 1
@@ -415,7 +434,7 @@ def needs_members(p: Plan) -> str | None:
     at once, and as one alone on every thread."""
     cal = p.calibration
     shape = prior_shape(p)
-    if p.searching or cal.gpus or cal.parallel < MEMBERS or (shape in cal.whole and shape in cal.paired):
+    if p.searching or cal.gpus or cal.parallel < MEMBERS or memorises(p) or (shape in cal.whole and shape in cal.paired):
         return None
     return shape
 
