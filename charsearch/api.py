@@ -152,7 +152,8 @@ def sweep(file_or_data: str | Path, time: str | float | None = None, tracking_ur
     names a cluster; MLflow records to `tracking_uri`, else MLFLOW_TRACKING_URI, else the sweep file's.
     `search` (an automatically sized sweep): auto searches where the plan says the search can compare
     enough configurations to pay, else trains the prior without a search (twice at once, seeds apart, on a
-    CPU with two slots or more: `.export(path, ensemble=2)` mixes the two); always or never decide it."""
+    CPU with two slots or more, at two dropouts where it would memorise the corpus: `.export(path)` takes the
+    better, `.export(path, ensemble=2)` mixes the two); always or never decide it."""
     import sys
     import time as clock
 

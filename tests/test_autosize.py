@@ -262,13 +262,22 @@ def test_where_the_prior_would_memorise_it_trains_as_members_at_two_dropouts_wha
     space = sweep.space["dropout"].values
     assert space[0] <= d and 2 * d <= space[1]  # every point is a draw of the space
     assert f"seeds apart, at dropout {d:g} and {2 * d:g}" in p.search_line(), p.search_line()
-    # below the bound the share decides, as before, and members without dropout differ by seed alone
-    p, sweep = planned(1_000_000)
+    # a dropout the user fixed is neither searched nor varied, and the plan does not say it is
+    fixed = SweepConfig(path="", name="a", corpus=str(corpus), sweep_time=300, train={"dropout": 0.5})
+    fixed_sweep, fixed_plan = autosize.auto_sweep(fixed, 300, calibration=p.calibration)
+    assert autosize.memorises(fixed_plan) and fixed_sweep.num_samples == 2 and "dropout" not in fixed_sweep.space
+    assert all("dropout" not in pt for pt in fixed_sweep.points_to_evaluate), fixed_sweep.points_to_evaluate
+    assert "at dropout" not in fixed_plan.search_line() and "seeds apart" in fixed_plan.search_line()
+    # below the bound the share decides, as before, and members differ by seed alone, with or without dropout
+    p, sweep = planned(500_000)
     assert not autosize.memorises(p) and autosize.members_of(p) == 1
     cal.whole["gru 2x128"] = 26_000
-    p, sweep = planned(1_000_000)
-    assert autosize.prior_dropout(p) == 0 and [pt.get("dropout") for pt in sweep.points_to_evaluate] == [0.0, 0.0]
-    assert "at dropout" not in p.search_line()
+    for chars in (500_000, 1_000_000):
+        p, sweep = planned(chars)
+        d = autosize.prior_dropout(p)
+        assert not autosize.memorises(p) and [pt["dropout"] for pt in sweep.points_to_evaluate] == [d, d]
+        assert "at dropout" not in p.search_line()
+    assert d == 0 < autosize.prior_dropout(planned(500_000)[0])
     # on a GPU one trial per GPU, however high the pressure
     gpu = Calibration("cuda", 8, 1, rates=cal.rates, params=cal.params, seconds=10.0, gpus=1, per_gpu=8)
     assert autosize.members_of(plan(gpu, budget_s=300, train_chars=100_000, val_chars=11_000, vocab_size=65)) == 1

@@ -282,9 +282,12 @@ def test_an_address_where_no_cluster_listens_is_refused_in_one_line_before_anyth
         assert main([str(a) for a in argv]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"no Ray cluster answers at 127.0.0.1:{port}" in err, err
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # where Ray's 'auto' looks first
+    assert main(["sweep", str(path), "--address", "auto"]) == 2
+    assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
     monkeypatch.setenv("RAY_ADDRESS", "localhost")  # not host:port
     assert main(["sweep", str(path)]) == 2
-    assert "--address 'localhost': expected host:port" in capsys.readouterr().err
+    assert "Ray address 'localhost' (--address, ray.address or RAY_ADDRESS): expected host:port" in capsys.readouterr().err
     write(sweepdir, edit(ray={"address": f"127.0.0.1:{port}"}))
     monkeypatch.delenv("RAY_ADDRESS")
     assert main(["sweep", str(path)]) == 2

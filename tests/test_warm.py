@@ -167,3 +167,27 @@ def test_a_trial_the_restored_study_lacks_is_told_to_it_not_looked_up(workdir, s
     study = searcher.searcher._ot_study
     values = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert values == [1.5, 2.0]
+
+
+def test_the_members_of_a_prior_without_a_search_each_train_the_earlier_best_with_their_own_seed_and_dropout(workdir):
+    """Without a search the earlier best is what trains; members keep what sets them apart, so the second is not
+    left to a random draw (both member points ran before)."""
+    (workdir / "corpus.txt").write_text(make_text(20_000))
+    members = [{"shape": "gru 1x32", "learning_rate": 3e-3, "dropout": 0.2, "seed": 123},
+               {"shape": "gru 1x32", "learning_rate": 3e-3, "dropout": 0.4, "seed": 124}]
+    sweep = parse_sweep({
+        "name": "m", "data": {"corpus": "corpus.txt"},
+        "search_space": {"shape": {"choice": ["lstm 1x32", "gru 1x32"]}, "learning_rate": {"log_float": [1e-3, 1e-2]},
+                         "dropout": {"float": [0.1, 0.4]}, "seed": {"choice": [123, 124]}},
+        "search": {"points_to_evaluate": members, "seed": 0, "num_samples": 2}, "scheduler": {"type": "none"},
+        "budget": {"sweep_time": 300}})
+    uri = store_uri(workdir, "mlflow.db")
+    best = {"shape": "lstm 1x32", "learning_rate": 0.005, "dropout": 0.4, "seed": 124}
+    record(uri, sweep, [(members[0], 2.3), (members[1], 2.2), (best, 2.1)])
+    state = SweepState(time.time())
+    state.ends_at = time.time() + 600
+    searcher = make_searcher(sweep, state, earlier_sweep(uri, sweep, SHA))
+    assert searcher.set_search_properties("best_val_loss", "min", search_space(sweep))
+    assert [searcher.suggest("first"), searcher.suggest("second")] == [
+        {"shape": "lstm 1x32", "learning_rate": 0.005, "dropout": 0.2, "seed": 123},
+        {"shape": "lstm 1x32", "learning_rate": 0.005, "dropout": 0.4, "seed": 124}]

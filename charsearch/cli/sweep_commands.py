@@ -39,8 +39,9 @@ def add_sweep(sub) -> None:
     w.add_argument("--search", default="auto", metavar="{auto,always,never}",
                    help="an automatically sized sweep: auto (default) searches where the plan says the search "
                         "can compare enough configurations to pay for itself, else trains its prior on the "
-                        "sweep's schedule, twice at once with seeds apart on a CPU with two slots or more (best "
-                        "--export --ensemble 2 mixes them; the dry run says which, and why); always or never "
+                        "sweep's schedule, twice at once with seeds apart on a CPU with two slots or more (at two "
+                        "dropouts where it would memorise the corpus; best --export takes the better, --ensemble 2 "
+                        "mixes them; the dry run says which, and why); always or never "
                         "decide it")
     w.add_argument("--dashboard", action="store_true", help="start the Ray dashboard")
     w.add_argument("--calibration", metavar="FILE", default=None,

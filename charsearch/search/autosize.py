@@ -194,6 +194,7 @@ class Plan:
     fixed: dict = field(default_factory=dict)  # the sweep's fixed embed_size and softmax (calibrate.candidate)
     compared: float = 0.0  # configurations besides the prior the search can bring to its first rung
     searching: bool = True  # False: the prior trains alone for the budget (no_search)
+    dropout_fixed: bool = False  # the sweep file's train section sets it: neither searched nor varied by members
     search_mode: str = "auto"
 
     def search_line(self) -> str:
@@ -212,7 +213,7 @@ class Plan:
         shape = prior_shape(self)
         share = (f" (each of {MEMBERS} at once would train at {cal.paired[shape] / cal.whole[shape]:.0%} of the rate of "
                  f"one alone)") if shape in cal.whole and shape in cal.paired else ""
-        dropouts = "" if members == 1 or not prior_dropout(self) else (
+        dropouts = "" if members == 1 or not memorises(self) or not prior_dropout(self) or self.dropout_fixed else (
             f", at dropout {prior_dropout(self):g} and {2 * prior_dropout(self):g} (`best --export` takes the "
             f"lower on val)")
         how = ("trains alone on the whole machine" if members == 1 else
@@ -392,7 +393,8 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
         seed = int(sweep.train.get("seed", DEFAULT_SEED))
         sweep.space["seed"] = SearchParam("choice", [seed + i for i in range(members)])
         first = sweep.points_to_evaluate[0]
-        sweep.points_to_evaluate = [{**first, "seed": seed + i, **member_dropout(first, i)} for i in range(members)]
+        sweep.points_to_evaluate = [{**first, "seed": seed + i, **(member_dropout(first, i) if memorises(p) else {})}
+                                    for i in range(members)]
     # a member trains at its rate beside the others, one trial alone at its rate on every thread (where measured)
     shape = prior_shape(p)
     rate = (cal.whole if members == 1 else cal.paired).get(shape, cal.rates[shape])
@@ -406,10 +408,10 @@ def no_search(sweep: SweepConfig, p: Plan) -> SweepConfig:
 
 
 def member_dropout(first: dict, i: int) -> dict:
-    """The i-th member's dropout where the prior has some (and the sweep searches it): the prior's for the first,
-    twice it for the others. Where the pressure calls for dropout, how much does best depends on the corpus in
-    ways the pressure does not tell (see MAX_DROPOUT) and shows only at the end, where `best --export` takes
-    the member lower on val."""
+    """The i-th member's dropout where the prior would memorise and has some dropout (the sweep searching it): the
+    prior's for the first, twice it for the others. There how much does best depends on the corpus in ways the
+    pressure does not tell (see MAX_DROPOUT) and shows only at the end, where `best --export` takes the member
+    lower on val."""
     return {"dropout": round(first["dropout"] * (2 if i else 1), 3)} if first.get("dropout") else {}
 
 
@@ -515,6 +517,7 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
         measure_members(cal, shape, MEMBERS, len(corpus.vocab), fixed, share=PAIR_SHARE)
         p = sized()
     sweep.sweep_time = budget_s
+    p.dropout_fixed = "dropout" in sweep.train
     return apply(sweep, p), p
 
 

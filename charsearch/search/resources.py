@@ -47,18 +47,21 @@ def check_reachable(address: str | None) -> None:
     """A one-line error, within REACH_TIMEOUT_S, where nothing accepts connections at a cluster's host:port
     (`address`, else $RAY_ADDRESS; 'auto' is found by Ray itself, from the cluster `ray start` registered on
     this machine)."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address in ("auto", "local"):
+    if not address or address == "auto":  # Ray's 'auto' reads RAY_ADDRESS first
+        address = os.environ.get("RAY_ADDRESS") or address
+    scheme, sep, rest = address.rpartition("://") if address else ("", "", "")
+    if not address or address in ("auto", "local") or (sep and scheme != "ray"):  # other schemes: Ray's plugins
         return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = rest.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--address {address!r}: expected host:port (the address `ray start --head` printed) or auto")
+        raise UsageError(f"Ray address {address!r} (--address, ray.address or RAY_ADDRESS): expected host:port (the "
+                         f"address `ray start --head` printed) or auto")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
-    except OSError as e:
-        raise UsageError(f"no Ray cluster answers at {address} ({e.strerror or e}): start one with `ray start --head` "
-                         f"and give the address it printed, or leave out --address (and RAY_ADDRESS) to run on a "
-                         f"local Ray") from None
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"no Ray cluster answers at {address} ({getattr(e, 'strerror', None) or e}): start one with "
+                         f"`ray start --head` and give the address it printed, or leave out --address (ray.address, "
+                         f"RAY_ADDRESS) to run on a local Ray") from None
 
 
 def cluster_gpus(address: str | None) -> tuple[int, object]:

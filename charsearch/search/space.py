@@ -42,15 +42,20 @@ def make_scheduler(sweep: SweepConfig, train_chars: int):
 
 def make_searcher(sweep: SweepConfig, state: SweepState, warm: WarmStart | None = None) -> "Deadline":
     """Optuna's sampler in OptunaSearch. The sweep's first points run first; with a warm start, its best
-    configuration runs before them and those it evaluated already do not run again, and its trials are in
-    the study before the first draw."""
+    configuration runs before them and those it evaluated already do not run again (the members of a sweep
+    without a search each train it, with their own seed and dropout), and its trials are in the study before
+    the first draw."""
     import optuna
     startup = {} if sweep.startup_trials is None else {"n_startup_trials": sweep.startup_trials}
     sampler = (optuna.samplers.TPESampler(seed=sweep.seed, **startup) if sweep.algorithm == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.seed))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     points = [dict(p) for p in sweep.points_to_evaluate]
-    if warm is not None:
+    if warm is not None and sweep.scheduler == "none" and len(points) > 1:
+        # members of a prior without a search: each the earlier best, with its own seed and dropout
+        best = {k: v for k, v in warm.best.items() if k not in ("seed", "dropout")}
+        points = [{**p, **best} for p in points]
+    elif warm is not None:
         done = [params for params, _ in warm.evaluated]
         points = [warm.best] + [p for p in points if p not in done]
     return Deadline(OptunaSearch(sampler=sampler, metric=METRIC, mode="min", points_to_evaluate=points or None),
