@@ -354,6 +354,12 @@ def brief(winner: str) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in config.items())
 
 
+def corpus_order(name: str) -> int:
+    """Where a corpus's rows go: CORPORA's order, a corpus since renamed (its rows kept in a JSON) last."""
+    names = list(CORPORA)
+    return names.index(name) if name in names else len(names)
+
+
 def gains_chart(groups: dict, stem: str) -> str:
     """Per corpus and budget, how far the prior alone and the auto sweep end below `train`'s defaults
     (nats/char, ± the method's standard deviation over seeds), as grouped horizontal bars; saved as
@@ -362,7 +368,7 @@ def gains_chart(groups: dict, stem: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = [(f"{corpus.split(' (')[0]}, {float(budget):.0f} s", by_method) for (corpus, budget), by_method
-            in sorted(groups.items(), key=lambda kv: (float(kv[0][1]), list(CORPORA).index(kv[0][0])))
+            in sorted(groups.items(), key=lambda kv: (float(kv[0][1]), corpus_order(kv[0][0])))
             if {"train defaults", "prior alone", "auto sweep"} <= set(by_method)]
     if not rows:
         return ""

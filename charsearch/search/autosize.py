@@ -176,7 +176,7 @@ MEMBERS = 2
 # where the prior would memorise (memorises): its passes are many, a member's fewer characters cost it little, and
 # members at two dropouts leave the one choice that matters there to the end. On CJK news at 600 s (pressure
 # 18-20, each member at ~62% of one alone's rate) the export, the member lower on val, ended at 4.4167 +- 0.005
-# against 4.4629 +- 0.001 for the prior alone on both cores, the two mixed at 4.2951 +- 0.003 (2 seeds;
+# against 4.4629 +- 0.001 for the prior alone on both cores, the two mixed at 4.2950 +- 0.003 (2 seeds;
 # BENCHMARKS.md, suite-members-cpu)
 PAIR_SHARE = 0.75
 
