@@ -73,10 +73,13 @@ def follow_train(cmd: list[str], project: Path, extra_env: dict | None = None) -
     return {"points": points, "best": best, "wall": time.time() - t0, "calibration_s": 0.0}
 
 
-def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: Path, extra: tuple = ()) -> dict:
+def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: Path, extra: tuple = (),
+              train: dict | None = None) -> dict:
+    """An auto sweep from a sweep file (its fixed `train` options, if given), with `extra` command-line flags."""
     name = f"bench-{algorithm}-{seed}"
     sweep = {"name": name, "data": {"corpus": str(corpus)}, "search_space": "auto",
-             "search": {"algorithm": algorithm, "seed": seed}, "budget": {"sweep_time": budget}}
+             "search": {"algorithm": algorithm, "seed": seed}, "budget": {"sweep_time": budget},
+             **({"train": train} if train else {})}
     path = project / f"{name}.yaml"
     path.write_text(yaml.safe_dump(sweep))
     t0 = time.time()

@@ -180,11 +180,13 @@ def whole_val(model: Path, corpus: Path, project: Path, recorded: float) -> dict
     return {"best": float(re.search(r"([0-9.]+) nats/char", r.stdout)[1]), "recorded": recorded}
 
 
-def run_auto_sweep(corpus: Path, budget: float, seed: int, project: Path) -> dict:
+def run_auto_sweep(corpus: Path, budget: float, seed: int, project: Path, extra: tuple = (),
+                   train: dict | None = None) -> dict:
     """(c) The auto sweep and its exported model; where it trained two trials or more, also its
     `best --export --ensemble 2` (the mixture its closing line offers), and whether its winner is the prior's
-    configuration (the plan's first point, seed aside) or one the search found."""
-    r = run_sweep(corpus, budget, seed, "tpe", project)
+    configuration (the plan's first point, seed aside) or one the search found. `extra` and `train` as
+    run_sweep's."""
+    r = run_sweep(corpus, budget, seed, "tpe", project, extra, train)
     export = [sys.executable, "-m", "charsearch", "best", "--experiment", f"bench-tpe-{seed}", "--export"]
     subprocess.run([*export, str(project / "best.pt")], cwd=project, env=env(), capture_output=True, check=True)
     out = {**r, **whole_val(project / "best.pt", corpus, project, r["best"])}

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 from ray import tune
 
-from charsearch.search import ray_compat
+from charsearch.search import ray_compat, resume
 
 
 def trainable(config):
@@ -56,6 +57,8 @@ def test_every_private_access_works_on_a_real_run(local_ray, tmp_path):
     ray_compat.point_at_checkpoint(trial, tune.Checkpoint(path=f"{path}/{names[0]}", filesystem=fs), names[0])
     assert trial.checkpoint.path.endswith(names[0])
     assert trial.storage.current_checkpoint_index == int(names[0].split("_")[-1]) + 1
+    ray_compat.forget_every_checkpoint(trial)
+    assert trial.checkpoint is None and not trial.run_metadata.checkpoint_manager._checkpoint_results
 
     restored = tune.Tuner.restore(str(tmp_path / "compat"), trainable=trainable)
     callbacks, searcher = [Keep()], object()
@@ -63,6 +66,39 @@ def test_every_private_access_works_on_a_real_run(local_ray, tmp_path):
     internal = restored._local_tuner
     assert internal.get_run_config().callbacks is callbacks
     assert internal._tune_config.search_alg is searcher and internal._tune_config.time_budget_s == 12.5
+
+
+def torch_files(config):
+    for i in range(3):
+        with tempfile.TemporaryDirectory() as d:
+            for name in ("checkpoint.pt", "model.pt"):
+                torch.save({"step": i}, Path(d) / name)
+            tune.report({"score": float(i)}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def test_a_resumed_trial_takes_its_newest_whole_checkpoint_or_starts_afresh(local_ray, tmp_path):
+    # a kill while Tune copied a checkpoint folder to storage leaves a file cut short
+    keep = Keep()
+    tune.Tuner(torch_files, run_config=tune.RunConfig(
+        name="whole", storage_path=str(tmp_path), callbacks=[keep], verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))).fit()
+    (trial,) = keep.trials
+    older, newest = sorted(Path(ray_compat.trial_storage(trial)[1]).glob("checkpoint_*"))
+    assert trial.checkpoint.path.endswith(newest.name)
+
+    def cut(path: Path) -> None:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    cut(newest / "model.pt")
+    resume.point_at_newest(trial)
+    assert trial.checkpoint.path.endswith(older.name)
+    assert trial.storage.current_checkpoint_index == int(older.name.split("_")[-1]) + 1
+    resume.point_at_newest(trial)  # a whole checkpoint is kept
+    assert trial.checkpoint.path.endswith(older.name)
+
+    cut(older / "checkpoint.pt")
+    resume.point_at_newest(trial)
+    assert trial.checkpoint is None  # nothing whole: the trial starts from its beginning
 
 
 def test_a_search_algorithm_forgets_the_trials_the_saved_state_lacks():

@@ -99,8 +99,14 @@ def test_resume_after_the_driver_is_killed(project):
     for trial_dir in (project / "ray_results" / "resume").glob("*/trial_*"):
         if trial_dir.name.removeprefix("trial_") in ended_ids:
             continue
-        for old in sorted(trial_dir.glob("checkpoint_*"))[:-1]:
+        *older, last = sorted(trial_dir.glob("checkpoint_*")) or [None]
+        for old in older:
             shutil.rmtree(old)
+        # and as a driver killed while Tune copied a newer checkpoint to storage: a folder with a file cut short
+        if last is not None:
+            partial = shutil.copytree(last, trial_dir / f"checkpoint_{int(last.name.split('_')[1]) + 1:06d}")
+            model = partial / "model.pt"
+            model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     # as a driver killed while Tune copied its saved state would leave it: the search algorithm's state copied,
     # the trials' not, so the search algorithm counts (and holds a concurrency slot for) a trial Tune never saved
     (newest,) = sorted((project / "ray_results" / "resume").glob("*/search_gen_state-*.json"))[-1:]
@@ -115,7 +121,9 @@ def test_resume_after_the_driver_is_killed(project):
     r = charsearch("sweep", path, "--resume", cwd=project)
     assert r.returncode == 0, r.stderr
     assert f"note: {truncated.name} was truncated" in r.stderr and truncated.with_suffix(".json.damaged").exists()
-    assert "0 failed" in r.stdout.splitlines()[0] and "Could not recover" not in r.stderr
+    errors = [e.read_text()[-1500:] for e in (project / "ray_results" / "resume").glob("*/trial_*/error.txt")]
+    assert "0 failed" in r.stdout.splitlines()[0] and "Could not recover" not in r.stderr, (r.stdout, errors,
+                                                                                         r.stderr[-3000:])
     parents, children = runs(uri, "resume")
     assert len(parents) == 1 and parents.iloc[0].status == "FINISHED"  # the same parent run, reopened
     trials = children[children["metrics.best_val_loss"].notna()]

@@ -2,7 +2,7 @@
 breaks one fails there, loudly, rather than in the middle of a sweep).
 
 Ray 2.60 gives no public way to (1) forget a trial's kept checkpoints that are gone from storage and point
-it at another, (2) hand a restored Tuner callbacks and a searcher that hold this invocation's state
+it at another (or at none), (2) hand a restored Tuner callbacks and a searcher that hold this invocation's state
 (Tuner.restore brings back the pickled ones), (3) read where a trial's results are stored, or (4) make a
 restored search algorithm forget trials that Tune's restored experiment state lacks.
 """
@@ -41,6 +41,14 @@ def forget_checkpoints(trial, gone) -> None:
     registering a new checkpoint deletes the oldest kept one, which must not be one already gone."""
     manager = trial.run_metadata.checkpoint_manager
     manager._checkpoint_results = [r for r in manager._checkpoint_results if not gone(r.checkpoint)]
+
+
+def forget_every_checkpoint(trial) -> None:
+    """Make the trial start from its beginning: none of its checkpoints is kept or restored."""
+    manager = trial.run_metadata.checkpoint_manager
+    manager._checkpoint_results, manager._latest_checkpoint_result = [], None
+    trial._restore_checkpoint_result = None
+    trial.invalidate_json_state()
 
 
 def point_at_checkpoint(trial, checkpoint, name: str) -> None:

@@ -9,6 +9,7 @@ tracking store is the one the sweep recorded to.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 
 import pyarrow.fs
@@ -142,8 +143,9 @@ class ResumeFromExisting(tune.Callback):
     Each trial continues from the newest checkpoint it has in storage. Tune deletes a trial's older
     checkpoints as it registers new ones (num_to_keep) and saves its experiment state only now and then,
     so a driver killed in between leaves a state naming a checkpoint already deleted, and Tune would fail
-    that trial ("Could not recover from checkpoint"); such a trial is pointed at its newest complete
-    checkpoint folder.
+    that trial ("Could not recover from checkpoint"); such a trial is pointed at its newest whole
+    checkpoint folder (a kill while Tune copied one to storage leaves it partial), or starts afresh where
+    it has none.
 
     The search algorithm counts the trials the saved state holds. Tune copies its trials' state and the
     search algorithm's to storage as separate files, in the background; a driver killed between the two
@@ -163,18 +165,32 @@ class ResumeFromExisting(tune.Callback):
                 point_at_newest(trial)
 
 
-def _gone(checkpoint) -> bool:
-    return checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound
+def _unusable(checkpoint) -> bool:
+    return not _whole(checkpoint.filesystem, checkpoint.path)
+
+
+def _whole(fs: pyarrow.fs.FileSystem, folder: str) -> bool:
+    """Whether a checkpoint folder holds both files, each a whole archive: a kill while Tune copied the folder
+    to storage leaves one missing or cut short (a torch file is a zip, whose directory is written last)."""
+    for name in ("checkpoint.pt", "model.pt"):
+        path = f"{folder}/{name}"
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+            return False
+        with fs.open_input_file(path) as stream:
+            if not zipfile.is_zipfile(stream):
+                return False
+    return True
 
 
 def point_at_newest(trial) -> None:
-    ray_compat.forget_checkpoints(trial, _gone)
-    if not _gone(trial.checkpoint):
+    """Point a trial at its newest whole checkpoint in storage, or, where it has none, at its beginning."""
+    ray_compat.forget_checkpoints(trial, _unusable)
+    if trial.checkpoint is not None and not _unusable(trial.checkpoint):
         return
     fs, root = ray_compat.trial_storage(trial)
     names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
-                   if i.base_name.startswith("checkpoint_") and all(
-                       fs.get_file_info(f"{i.path}/{f}").type == pyarrow.fs.FileType.File
-                       for f in ("checkpoint.pt", "model.pt")))
+                   if i.base_name.startswith("checkpoint_") and _whole(fs, i.path))
     if names:
         ray_compat.point_at_checkpoint(trial, tune.Checkpoint(path=f"{root}/{names[-1]}", filesystem=fs), names[-1])
+    else:
+        ray_compat.forget_every_checkpoint(trial)
