@@ -139,7 +139,7 @@ MIN_COMPARED = 10
 # bench_dropout). On 2 cores at 600 s the
 # searching sweep ended above its prior alone on the sweep's schedule by +0.006 on the CJK corpus (pressure 22;
 # its winner an lstm 1x256 at lr 0.0097, fast at the rungs) and by +0.049 on the licences (pressure 279), one
-# seed each, while at pressure 4.5 (Python source, one seed) it ended +0.0026 above and at 6-7
+# seed each, while at pressure 4.5 (Python source, 2 seeds) it ended +0.0043 above and at 6-7
 # (tiny-shakespeare, 2 seeds) +0.0015 (BENCHMARKS.md, suite-long-cpu). The bound lies between those, near their
 # geometric middle. CPU plans only (memorises).
 MAX_SEARCH_PRESSURE = 12.0
