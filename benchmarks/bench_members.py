@@ -12,8 +12,6 @@ Corpora as bench_suite.py's (1-5). Each arm: the exported model (the member lowe
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -25,7 +23,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_suite  # noqa: E402
 from bench_search import env  # noqa: E402
-from common import PLOTS, save_json, table, write_section  # noqa: E402
+from common import save_json, table, write_section  # noqa: E402
 
 SECTION = "members-dropout-cpu"
 MEASURE = """
@@ -99,17 +97,10 @@ def report(results: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--corpora", default="3,4", help="comma-separated numbers of bench_suite's corpora (1-5)")
-    ap.add_argument("--budgets", default="600", help="seconds, comma-separated")
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (with --keep: add seeds)")
-    ap.add_argument("--keep", action="store_true", help="start from the results in the JSON (rows run again replace "
-                    "theirs)")
-    ap.add_argument("--report-only", action="store_true", help="redraw from the JSON")
+    ap = bench_suite.arm_options(seeds=2)
     args = ap.parse_args()
     stem = SECTION.replace("-", "_")
-    results = json.loads((PLOTS / f"{stem}.json").read_text()) if args.keep or args.report_only else {}
+    results = bench_suite.saved_results(stem, args)
     if args.report_only:
         return report(results)
     names = [list(bench_suite.CORPORA)[int(i) - 1] for i in args.corpora.split(",")]

@@ -300,6 +300,24 @@ METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
 DEFAULT_METHODS = ("train defaults", "prior alone", "auto sweep")
 
 
+def arm_options(seeds: int) -> argparse.ArgumentParser:
+    """The options of a script that trains arms on these corpora and keeps its results in one JSON."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpora", default="3,4", help="comma-separated numbers of CORPORA (1-5)")
+    ap.add_argument("--budgets", default="600", help="seconds, comma-separated")
+    ap.add_argument("--seeds", type=int, default=seeds)
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (with --keep: add seeds)")
+    ap.add_argument("--keep", action="store_true", help="start from the results in the JSON (rows run again replace "
+                    "theirs)")
+    ap.add_argument("--report-only", action="store_true", help="redraw from the JSON")
+    return ap
+
+
+def saved_results(stem: str, args) -> dict:
+    """The script's earlier results where --keep or --report-only asks for them, else none."""
+    return json.loads((PLOTS / f"{stem}.json").read_text()) if args.keep or args.report_only else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budgets", default="300,600", help="seconds, comma-separated")
