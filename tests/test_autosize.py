@@ -343,6 +343,22 @@ def test_dropout_follows_the_pressure_to_memorise_the_train_split():
     p2, more, _ = planned(700_000, 65)
     assert autosize.FREE_PRESSURE < autosize.pressure(p)[1] < autosize.pressure(p2)[1] < 2 * autosize.FREE_PRESSURE
     assert 0.1 <= some < more < autosize.MAX_DROPOUT
+
+
+def test_the_dry_run_prints_a_pressure_beside_its_bound_with_the_digits_that_tell_them_apart():
+    assert autosize.beside(235.31, autosize.FREE_PRESSURE) == "235"
+    assert autosize.beside(3.0004, 3.0) == "3.0004" and autosize.beside(2.99996, 3.0) == "2.99996"
+    assert autosize.beside(3.0, 3.0) == "3"
+    # a plan whose pressure lies just above the bound says so, with dropout
+    cal = Calibration("cpu", 2, 1, rates={"gru 2x128": 40_000}, params={"gru 2x128": 173_952}, seconds=10.0)
+    base = plan(cal, budget_s=300, train_chars=1_000_000, val_chars=111_111, vocab_size=65)
+    chars = round(1_000_000 * (autosize.pressure(base)[1] / autosize.FREE_PRESSURE) ** 0.5 / 1.0001)
+    p = plan(cal, budget_s=300, train_chars=chars, val_chars=chars // 9, vocab_size=65)
+    press = autosize.pressure(p)[1]
+    assert autosize.FREE_PRESSURE < press < 1.001 * autosize.FREE_PRESSURE and autosize.prior_dropout(p) == 0.1
+    line = next(ln for ln in p.describe().splitlines() if "per train character" in ln)
+    shown = float(re.search(r"per train character: ([0-9.]+) \(above", line)[1])
+    assert shown > autosize.FREE_PRESSURE and line.endswith("dropout 0.1"), line
     # a dropout the user fixed is neither searched nor in the first point
     fixed = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=300, train={"dropout": 0.0}), p)
     assert "dropout" not in fixed.space and "dropout" not in fixed.points_to_evaluate[0]

@@ -212,7 +212,8 @@ class Plan:
         press = pressure(self)[1]
         why = ("--search never" if self.search_mode == "never" else
                f"fewer than {MIN_COMPARED}: too few to pay for it" if self.compared < MIN_COMPARED else
-               f"but its prior would memorise the split, pressure {press:.3g} > {MAX_SEARCH_PRESSURE:g}: the end is "
+               f"but its prior would memorise the split, pressure {beside(press, MAX_SEARCH_PRESSURE)} > "
+               f"{MAX_SEARCH_PRESSURE:g}: the end is "
                f"decided by memorising, which rungs a few percent into a run cannot see")
         members, cal = members_of(self), self.calibration
         shape = prior_shape(self)
@@ -262,7 +263,7 @@ class Plan:
                      f"~{REFERENCE_NATS:g}): characters per parameter x{self.per_param:.2g}")
         passes, press = pressure(self)
         lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
-                     f"in the budget; times its parameters per train character: {press:.3g} (above "
+                     f"in the budget; times its parameters per train character: {beside(press, FREE_PRESSURE)} (above "
                      f"{FREE_PRESSURE:g} it memorises the split): dropout {prior_dropout(self):g}")
         if self.eval_chars:
             lines.append(f"# each evaluation scores {self.eval_chars:,} val characters spread evenly over the split "
@@ -479,6 +480,15 @@ def prior_dropout(p: Plan) -> float:
     """None up to FREE_PRESSURE; then 0.1, rising with the pressure's logarithm to MAX_DROPOUT at twice it."""
     excess = pressure(p)[1] / FREE_PRESSURE
     return 0.0 if excess <= 1 else round(min(MAX_DROPOUT, 0.1 * (1 + math.log2(excess))), 2)
+
+
+def beside(x: float, bound: float) -> str:
+    """x to 3 digits, or to as many more as tell it from `bound` (a line saying "3 (above 3 ...)" reads wrong)."""
+    for digits in range(3, 10):
+        shown = f"{x:.{digits}g}"
+        if float(shown) != bound or x == bound:
+            return shown
+    return shown
 
 
 def _round(x: float) -> float:
