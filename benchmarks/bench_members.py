@@ -55,6 +55,7 @@ def members(project: Path, seed: int) -> list[dict]:
 
 def run(corpus: Path, budget: float, seed: int, arm: str, cal: Path, dropout: float | None, project: Path) -> dict:
     train = {"dropout": dropout} if dropout is not None else None
+    bench_suite.SWEEP_PLANS.pop((str(corpus), budget, seed), None)  # an earlier arm's plan is not this one's
     r = bench_suite.run_auto_sweep(corpus, budget, seed, project, ("--calibration", str(cal)), train)
     plan = yaml.safe_load(bench_suite.SWEEP_PLANS[(str(corpus), budget, seed)])
     points = plan["search"]["points_to_evaluate"]
@@ -77,7 +78,8 @@ def report(results: dict) -> None:
                    "members' dropouts": arm, "export (whole val)": bench_suite.cell(export),
                    "--ensemble 2 (whole val)": bench_suite.cell(mix) if mix else "-",
                    "members' recorded val (dropout)": "; ".join(
-                       ", ".join(f"{m['val']:.3f} ({m['dropout']:g})" for m in r["members"]) for r in rs)}
+                       ", ".join(f"{m['val'] or float('nan'):.3f} ({m['dropout']:g})" for m in r["members"])
+                       for r in rs)}
             if base and arm != "d and 2d":
                 row["export - d and 2d"] = f"{statistics.mean(export) - statistics.mean(r['best'] for r in base):+.4f}"
                 base_mix = [r["ensemble"] for r in base if r["ensemble"] is not None]
@@ -117,7 +119,10 @@ def main() -> None:
                         project = root / arm.replace(" ", "-")
                         project.mkdir()
                         print(f"{name}, {budget:g} s, seed {seed}, {arm} ...", file=sys.stderr, flush=True)
-                        r = run(corpus, budget, seed, arm, cal, d if arm == "both d" else None, project)
+                        if arm == "both d" and not d:
+                            print("  the plan gives its members no dropout: nothing to compare", file=sys.stderr)
+                            break
+                        r = run(corpus, budget, seed, arm, cal, d, project)
                         d = r["planned"][0]
                         print(f"  export {r['best']:.4f}, ensemble {r['ensemble']}, members {r['members']}",
                               file=sys.stderr, flush=True)

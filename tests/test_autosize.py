@@ -343,6 +343,9 @@ def test_dropout_follows_the_pressure_to_memorise_the_train_split():
     p2, more, _ = planned(700_000, 65)
     assert autosize.FREE_PRESSURE < autosize.pressure(p)[1] < autosize.pressure(p2)[1] < 2 * autosize.FREE_PRESSURE
     assert 0.1 <= some < more < autosize.MAX_DROPOUT
+    # a dropout the user fixed is neither searched nor in the first point
+    fixed = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=300, train={"dropout": 0.0}), p)
+    assert "dropout" not in fixed.space and "dropout" not in fixed.points_to_evaluate[0]
 
 
 def test_the_dry_run_prints_a_pressure_beside_its_bound_with_the_digits_that_tell_them_apart():
@@ -359,9 +362,6 @@ def test_the_dry_run_prints_a_pressure_beside_its_bound_with_the_digits_that_tel
     line = next(ln for ln in p.describe().splitlines() if "per train character" in ln)
     shown = float(re.search(r"per train character: ([0-9.]+) \(above", line)[1])
     assert shown > autosize.FREE_PRESSURE and line.endswith("dropout 0.1"), line
-    # a dropout the user fixed is neither searched nor in the first point
-    fixed = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=300, train={"dropout": 0.0}), p)
-    assert "dropout" not in fixed.space and "dropout" not in fixed.points_to_evaluate[0]
 
 
 @pytest.mark.parametrize("text, seconds", [("600", 600), ("90s", 90), ("10m", 600), ("1.5h", 5400), (" 2M ", 120)])

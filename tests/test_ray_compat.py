@@ -1,6 +1,7 @@
 """Every use of Ray's private API (charsearch/search/ray_compat.py) against the installed Ray, on a real Tune
 run: a Ray upgrade that moves one of them fails here, by name, rather than in the middle of a sweep."""
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -93,12 +94,17 @@ def test_a_resumed_trial_takes_its_newest_whole_checkpoint_or_starts_afresh(loca
     resume.point_at_newest(trial)
     assert trial.checkpoint.path.endswith(older.name)
     assert trial.storage.current_checkpoint_index == int(older.name.split("_")[-1]) + 1
+    kept = [r.checkpoint.path for r in trial.run_metadata.checkpoint_manager._checkpoint_results]
+    assert kept == [str(older)]  # once: Tune deletes a dropped checkpoint's folder, and a second delete fails
     resume.point_at_newest(trial)  # a whole checkpoint is kept
     assert trial.checkpoint.path.endswith(older.name)
 
-    cut(older / "checkpoint.pt")
+    (older / "checkpoint.pt").write_bytes(b"")  # a kill just after the file was created
     resume.point_at_newest(trial)
     assert trial.checkpoint is None  # nothing whole: the trial starts from its beginning
+    shutil.rmtree(older.parent)
+    resume.point_at_newest(trial)  # nor where its folder is gone
+    assert trial.checkpoint is None
 
 
 def test_a_search_algorithm_forgets_the_trials_the_saved_state_lacks():

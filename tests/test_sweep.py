@@ -105,8 +105,8 @@ def test_resume_after_the_driver_is_killed(project):
         # and as a driver killed while Tune copied a newer checkpoint to storage: a folder with a file cut short
         if last is not None:
             partial = shutil.copytree(last, trial_dir / f"checkpoint_{int(last.name.split('_')[1]) + 1:06d}")
-            model = partial / "model.pt"
-            model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+            state = partial / "checkpoint.pt"  # what a resumed trial loads
+            state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     # as a driver killed while Tune copied its saved state would leave it: the search algorithm's state copied,
     # the trials' not, so the search algorithm counts (and holds a concurrency slot for) a trial Tune never saved
     (newest,) = sorted((project / "ray_results" / "resume").glob("*/search_gen_state-*.json"))[-1:]

@@ -418,8 +418,8 @@ def member_dropout(first: dict, i: int) -> dict:
     prior's for the first, twice it for the others. There how much does best depends on the corpus in ways the
     pressure does not tell (see MAX_DROPOUT) and shows only at the end, where `best --export` takes the member
     lower on val. Against two members at the prior's dropout (bench_members, 600 s, 2 cores) the export ended
-    0.019 lower on CJK news at gru 2x256 (2 seeds) and level on the licences, whose mixture ended 0.035 higher
-    (one seed): the default export gains where the prior's dropout is too low, the mixture pays where it was not."""
+    0.019 lower on CJK news at gru 2x256 and level on the licences, whose mixture ended 0.031 higher (2 seeds
+    each): the default export gains where the prior's dropout is too low, the mixture pays where it was not."""
     return {"dropout": round(first["dropout"] * (2 if i else 1), 3)} if first.get("dropout") else {}
 
 

@@ -1,10 +1,10 @@
 """Every use of Ray's private API, in one place (tested in tests/test_ray_compat.py, so a Ray upgrade that
 breaks one fails there, loudly, rather than in the middle of a sweep).
 
-Ray 2.60 gives no public way to (1) forget a trial's kept checkpoints that are gone from storage and point
-it at another (or at none), (2) hand a restored Tuner callbacks and a searcher that hold this invocation's state
-(Tuner.restore brings back the pickled ones), (3) read where a trial's results are stored, or (4) make a
-restored search algorithm forget trials that Tune's restored experiment state lacks.
+Ray 2.60 gives no public way to (1) forget a trial's kept checkpoints that are gone from storage (or left
+partial) and point it at another (or at none), (2) hand a restored Tuner callbacks and a searcher that hold
+this invocation's state (Tuner.restore brings back the pickled ones), (3) read where a trial's results are
+stored, or (4) make a restored search algorithm forget trials that Tune's restored experiment state lacks.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def trial_storage(trial) -> tuple[pyarrow.fs.FileSystem, str]:
 
 
 def forget_checkpoints(trial, gone) -> None:
-    """Drop the kept checkpoints for which gone(checkpoint) is true from the trial's checkpoint manager:
-    registering a new checkpoint deletes the oldest kept one, which must not be one already gone."""
+    """Drop the kept checkpoints for which gone(checkpoint) is true (gone from storage, or left partial) from
+    the trial's checkpoint manager: registering a new checkpoint deletes the oldest kept one, which must not be
+    one already gone."""
     manager = trial.run_metadata.checkpoint_manager
     manager._checkpoint_results = [r for r in manager._checkpoint_results if not gone(r.checkpoint)]
 
@@ -46,8 +47,15 @@ def forget_checkpoints(trial, gone) -> None:
 def forget_every_checkpoint(trial) -> None:
     """Make the trial start from its beginning: none of its checkpoints is kept or restored."""
     manager = trial.run_metadata.checkpoint_manager
+    assert hasattr(manager, "_latest_checkpoint_result") and hasattr(trial, "_restore_checkpoint_result")
     manager._checkpoint_results, manager._latest_checkpoint_result = [], None
     trial._restore_checkpoint_result = None
+    _invalidate(trial)
+
+
+def _invalidate(trial) -> None:
+    """Tune caches a trial's saved form; a change inside its checkpoint manager does not clear the cache."""
+    trial.run_metadata.invalidate_cache()
     trial.invalidate_json_state()
 
 
@@ -55,10 +63,13 @@ def point_at_checkpoint(trial, checkpoint, name: str) -> None:
     """Make `checkpoint` (the folder `name` under the trial's storage) the one the trial resumes from, with
     new checkpoints numbered after it."""
     from ray.train._internal.session import _TrainingResult
-    trial.run_metadata.checkpoint_manager.register_checkpoint(_TrainingResult(
+    manager = trial.run_metadata.checkpoint_manager
+    # kept once only: Tune deletes a kept checkpoint's folder when it drops it, and a second copy's delete fails
+    manager._checkpoint_results = [r for r in manager._checkpoint_results if r.checkpoint.path != checkpoint.path]
+    manager.register_checkpoint(_TrainingResult(
         checkpoint=checkpoint, metrics={**trial.last_result, "checkpoint_dir_name": name}))
     trial.storage.current_checkpoint_index = int(name.split("_")[-1]) + 1
-    trial.invalidate_json_state()
+    _invalidate(trial)
 
 
 def replace_callbacks_and_searcher(tuner, callbacks: list, searcher, time_budget_s: float | None) -> None:

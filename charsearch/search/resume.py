@@ -9,7 +9,6 @@ tracking store is the one the sweep recorded to.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 
 import pyarrow.fs
@@ -165,19 +164,24 @@ class ResumeFromExisting(tune.Callback):
                 point_at_newest(trial)
 
 
+ZIP_END_BYTES, ZIP_END_SIGNATURE = 22, b"PK\x05\x06"
+
+
 def _unusable(checkpoint) -> bool:
     return not _whole(checkpoint.filesystem, checkpoint.path)
 
 
 def _whole(fs: pyarrow.fs.FileSystem, folder: str) -> bool:
     """Whether a checkpoint folder holds both files, each a whole archive: a kill while Tune copied the folder
-    to storage leaves one missing or cut short (a torch file is a zip, whose directory is written last)."""
+    to storage leaves one missing or cut short. A torch file is a zip whose end-of-directory record, written
+    last, is its last 22 bytes (torch writes no archive comment)."""
     for name in ("checkpoint.pt", "model.pt"):
-        path = f"{folder}/{name}"
-        if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        info = fs.get_file_info(f"{folder}/{name}")
+        if info.type != pyarrow.fs.FileType.File or info.size < ZIP_END_BYTES:
             return False
-        with fs.open_input_file(path) as stream:
-            if not zipfile.is_zipfile(stream):
+        with fs.open_input_file(info.path) as stream:
+            stream.seek(info.size - ZIP_END_BYTES)
+            if stream.read(4) != ZIP_END_SIGNATURE:
                 return False
     return True
 
@@ -188,7 +192,7 @@ def point_at_newest(trial) -> None:
     if trial.checkpoint is not None and not _unusable(trial.checkpoint):
         return
     fs, root = ray_compat.trial_storage(trial)
-    names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root))
+    names = sorted(i.base_name for i in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
                    if i.base_name.startswith("checkpoint_") and _whole(fs, i.path))
     if names:
         ray_compat.point_at_checkpoint(trial, tune.Checkpoint(path=f"{root}/{names[-1]}", filesystem=fs), names[-1])
