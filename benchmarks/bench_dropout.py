@@ -50,12 +50,8 @@ def run(corpus: Path, budget: float, seed: int, dropout: float | None, project: 
 
 
 def report(results: dict) -> None:
-    groups: dict = {}
-    for key, r in results.items():
-        corpus, budget, arm, _ = key.split("|")
-        groups.setdefault((corpus, budget), {}).setdefault(arm, []).append(r)
     rows = []
-    for (corpus, budget), arms in groups.items():
+    for (corpus, budget), arms in bench_suite.by_arm(results).items():
         plan = arms["plan"]
         for arm, rs in arms.items():
             vals = [r["best"] for r in rs]

@@ -65,12 +65,8 @@ def run(corpus: Path, budget: float, seed: int, arm: str, cal: Path, dropout: fl
 
 
 def report(results: dict) -> None:
-    groups: dict = {}
-    for key, r in results.items():
-        corpus, budget, arm, _ = key.split("|")
-        groups.setdefault((corpus, budget), {}).setdefault(arm, []).append(r)
     rows = []
-    for (corpus, budget), arms in groups.items():
+    for (corpus, budget), arms in bench_suite.by_arm(results).items():
         base = arms.get("d and 2d")
         for arm, rs in arms.items():
             export, mix = [r["best"] for r in rs], [r["ensemble"] for r in rs if r["ensemble"] is not None]

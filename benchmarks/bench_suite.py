@@ -313,6 +313,15 @@ def arm_options(seeds: int) -> argparse.ArgumentParser:
     return ap
 
 
+def by_arm(results: dict) -> dict:
+    """Results keyed 'corpus|budget|arm|seed', as {(corpus, budget): {arm: [result of each seed]}}."""
+    groups: dict = {}
+    for key, r in results.items():
+        corpus, budget, arm, _ = key.split("|")
+        groups.setdefault((corpus, budget), {}).setdefault(arm, []).append(r)
+    return groups
+
+
 def saved_results(stem: str, args) -> dict:
     """The script's earlier results where --keep or --report-only asks for them, else none."""
     return json.loads((PLOTS / f"{stem}.json").read_text()) if args.keep or args.report_only else {}
