@@ -27,9 +27,11 @@ benchmarks/plots/suite_cpu.json and benchmarks/plots/suite_cpu.png (each row's g
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -337,6 +339,8 @@ def main() -> None:
     ap.add_argument("--section", default="suite-cpu", help="the BENCHMARKS.md section; its JSON and plot are named "
                     "after it")
     ap.add_argument("--no-s2", action="store_true", help="skip the S2 throughput measurement")
+    ap.add_argument("--sweep-flags", default="", help="flags added to each auto sweep's command line (e.g. "
+                    "'--search always'); kept in the section's JSON and said in its text")
     ap.add_argument("--keep", action="store_true", help="start from the results in the section's JSON "
                     "(rows run again replace theirs)")
     ap.add_argument("--report-only", action="store_true", help="redraw from the section's JSON")
@@ -344,6 +348,7 @@ def main() -> None:
     args.stem = args.section.replace("-", "_")
     if args.report_only:
         saved = json.loads((PLOTS / f"{args.stem}.json").read_text())
+        args.sweep_flags = saved.get("sweep_flags", "")
         return report(saved["results"], saved["s2"], args)
     names = list(CORPORA) if args.corpora == "all" else [list(CORPORA)[int(i) - 1] for i in args.corpora.split(",")]
     methods = args.methods.split(",")
@@ -357,6 +362,8 @@ def main() -> None:
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
                     for method in methods:
                         run = METHODS[method]
+                        if method == "auto sweep" and args.sweep_flags:
+                            run = functools.partial(run_auto_sweep, extra=tuple(shlex.split(args.sweep_flags)))
                         project = Path(tmp) / f"p{len(list(Path(tmp).glob('p*')))}"
                         project.mkdir()
                         print(f"{name}, {budget:g} s, seed {seed}, {method} ...", file=sys.stderr, flush=True)
@@ -364,7 +371,7 @@ def main() -> None:
                         print(f"  best {r['best']:.4f} in {r['wall']:.0f} s" if "best" in r else f"  {r}",
                               file=sys.stderr, flush=True)
                         results[f"{name}|{budget:g}|{method}|{seed}"] = {k: v for k, v in r.items() if k != "points"}
-                        save_json(args.stem, {"results": results, "s2": measured})
+                        save_json(args.stem, {"results": results, "s2": measured, "sweep_flags": args.sweep_flags})
     report(results, measured, args)
 
 
@@ -484,7 +491,8 @@ def report(results: dict, measured: list, args) -> None:
             "trains that sweep's own prior (its plan's first point: 'sweep's prior'), else the prior of a dry run "
             "(whose calibration can keep another shape). Every row's model is scored on the whole val split "
             "(`charsearch eval --split val`), also where the run itself scored a sample of it (`eval_chars`). "
-            "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups, args.stem)
+            + (f"Every auto sweep here ran with `{args.sweep_flags}`. " if args.sweep_flags else "")
+            + "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups, args.stem)
             + ("\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
                "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured) if measured else ""))
     schedule_rows = [{"corpus": corpus, "budget": f"{float(budget):.0f} s",
