@@ -525,6 +525,7 @@ def report(results: dict, measured: list, args) -> None:
     seeds = len({k.split("|")[3] for k in results})
     methods = ",".join(dict.fromkeys(k.split("|")[2] for k in results))
     extra = "" if args.section == "suite-cpu" else f" --section {args.section} --corpora {args.corpora} --methods \"{methods}\""
+    extra += f" --sweep-flags \"{args.sweep_flags}\"" if args.sweep_flags else ""
     write_section(args.section, "The auto sweep on a suite of corpora (CPU)" + (
         "" if args.section == "suite-cpu" else f": {args.section}"), body,
         f"python benchmarks/bench_suite.py --budgets {budgets} --seeds {seeds}{extra}")
