@@ -131,7 +131,8 @@ MIN_EVAL_SAMPLE = 20_000  # val characters: a sample smaller than this ranks clo
 # in seven ended below the prior there (bench_rungs: by 0.013), and the rungs rank configurations as their
 # ends do (Spearman 0.95-0.98): ten draws hold one such with probability 1 - (6/7)^10 = 0.79. Made to search
 # below it (25 MB of Python at 1800 s on 2 cores, estimate ~6, `--search always`), 8 configurations besides the
-# prior reached the first rung and the prior's won (BENCHMARKS.md, search-always-cpu)
+# prior reached the first rung and the prior's won; in a second seed 4 did and a smaller, faster shape won, 0.125
+# below the prior alone (BENCHMARKS.md, search-always-cpu): two seeds do not move the bound yet
 MIN_COMPARED = 10
 # The memorising pressure of the prior (see FREE_PRESSURE) above which the search cannot pay however much it
 # compares: its rungs see the first few percent of a run, and where the budget reads the split many times over
