@@ -101,9 +101,11 @@ class TrainRun:
         return load(path)
 
 
-def train(data: str | Path, progress: bool = False, **options) -> TrainRun:
+def train(data: str | Path, progress: bool = False, threads: int | None = None, **options) -> TrainRun:
     """Train one model on `data` (a text file, a folder holding input.txt, or a name under data/), with any
-    `charsearch train` option as a keyword (`rnn_size=256`, `lr_schedule="wsd"`, ...)."""
+    `charsearch train` option as a keyword (`rnn_size=256`, `lr_schedule="wsd"`, ...). On a CPU it trains on
+    every core, or on one where other work makes them slower; `threads` fixes their number (torch's, for this
+    process), and a seeded run then repeats exactly."""
     from charsearch.core.config import ConfigError
     from charsearch.core.train import train as train_one
     known = {f.name for f in fields(TrainConfig)}
@@ -115,7 +117,12 @@ def train(data: str | Path, progress: bool = False, **options) -> TrainRun:
         cfg.validate()
     except ConfigError as e:
         raise UsageError(f"{e.field}: {e.problem}") from None
-    result = train_one(cfg, progress=progress)
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"threads must be >= 1; got {threads}")
+        import torch
+        torch.set_num_threads(threads)
+    result = train_one(cfg, progress=progress, thread_rates=None if threads else (None, None))
     return TrainRun(result.best_val_loss, result.best_checkpoint, result.stop_reason, pd.DataFrame(result.history))
 
 

@@ -157,8 +157,9 @@ def test_an_auto_sized_sweep_searches_then_trains_the_best_trial_to_the_end(work
     assert not late or prior["tags.ray.trial_id"].iloc[0] == winner
     row = trials[trials["tags.ray.trial_id"] == winner].iloc[0]
     assert row["tags.charsearch.outcome"] == "finished" and int(row["tags.charsearch.finish_s"]) > 0
-    # its run lasts until the end of its finish (MLflow's Duration is the training it had)
-    assert (row.end_time - row.start_time).total_seconds() >= int(row["tags.charsearch.finish_s"])
+    # its run lasts until the end of its finish (MLflow's Duration is the training it had; the tag is rounded to
+    # a second, and the finisher's last evaluation may end a little before its deadline)
+    assert (row.end_time - row.start_time).total_seconds() >= int(row["tags.charsearch.finish_s"]) - 1
     assert row["metrics.best_val_loss"] == pytest.approx(val, abs=5e-5)  # what the summary printed
     client = mlflow.MlflowClient(store_uri(workdir))
     history = client.get_metric_history(row.run_id, "val_loss")
@@ -205,7 +206,7 @@ def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_winners_schedule
         assert row["params.lr_schedule"] == "wsd" and float(row["params.decay_frac"]) == pytest.approx(0.7)
         rates = client.get_metric_history(row.run_id, "learning_rate")
         assert rates[-1].value < 0.1 * 0.003, rates
-        # its threads were watched at every report (search/threads.py): all it has, or one if more were slower
+        # its threads were watched at every report (core/threads.py): all it has, or one if more were slower
         threads = client.get_metric_history(row.run_id, "threads")
         assert len(threads) == len(rates) and {m.value for m in threads} <= {1, cpu}, threads
     best = charsearch("best", "--export", "model.pt", cwd=workdir)
@@ -260,7 +261,7 @@ def test_a_trial_reports_at_the_latest_after_twice_what_its_interval_takes_at_ca
 
 
 def test_a_trial_whose_threads_are_slower_than_one_drops_to_one_and_times_them_again_later():
-    from charsearch.search.threads import Threads
+    from charsearch.core.threads import Threads
     before = torch.get_num_threads()
     machine = {2: 150.0, 1: 100.0}  # chars/s of a few steps, by torch's threads now (a quiet machine: 2 pay)
     timed = lambda seconds: machine[torch.get_num_threads()]  # noqa: E731
@@ -295,7 +296,7 @@ def test_a_trial_whose_threads_are_slower_than_one_drops_to_one_and_times_them_a
         assert busy.current == 1 == torch.get_num_threads() and busy.one_rate == 90.0 and busy.wait == 2
         # the real thing: a trial's shape timed on this machine's threads
         from charsearch.core.config import TrainConfig
-        from charsearch.search.trial import shape_rate
+        from charsearch.core.threads import shape_rate
         assert shape_rate(TrainConfig(model="lstm", rnn_size=16, num_layers=1, batch_size=4, seq_length=8), 10,
                           0.1) > 0
         # nothing to compare with, or a single thread: never changes

@@ -101,6 +101,7 @@ def test_bad_fractions_and_devices_outside_train(capsys, workdir, small_corpus, 
     (["--model", "cnn"], "argument --model: invalid choice"),
     (["--rnn-size", "big"], "argument --rnn-size: invalid int value"),
     (["--device", "tpu"], "--device: must be auto, cpu, cuda or cuda:N"),
+    (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_impossible_hyperparameters(capsys, workdir, small_corpus, flags, match):
     one_line_error(capsys, "train", "--data", small_corpus, *flags, match=match)

@@ -121,13 +121,14 @@ REGULARIZED = {"tie_weights": True, "embed_dropout": 0.1, "input_dropout": 0.2, 
 
 @pytest.mark.parametrize("extra", [{}, REGULARIZED], ids=["plain", "regularized"])
 def test_resume_continues_exactly(small_corpus, tmp_path, extra):
+    # on threads fixed (thread_rates=None): how many there are changes the last bits of the arithmetic
     base = dict(max_epochs=1.0, eval_every=30, dropout=0.3, num_layers=2, **extra)
-    full = train(cfg_for(small_corpus, tmp_path / "a", **base), progress=False)
+    full = train(cfg_for(small_corpus, tmp_path / "a", **base), progress=False, thread_rates=None)
     first = train(cfg_for(small_corpus, tmp_path / "b", **base), on_eval=lambda m, p, b: m["iteration"] >= 60,
-                  progress=False)
+                  progress=False, thread_rates=None)
     assert first.iterations == 60 and first.stop_reason == "stopped"
     resumed = train(cfg_for(small_corpus, tmp_path / "c", **base, init_from=str(first.latest_checkpoint)),
-                    progress=False)
+                    progress=False, thread_rates=None)
     assert resumed.iterations == full.iterations
     a = artifact.load(full.latest_checkpoint).state_dict
     b = artifact.load(resumed.latest_checkpoint).state_dict
@@ -150,6 +151,41 @@ def test_a_run_resumed_at_its_end_reports_its_last_evaluation_again_and_trains_n
     more = train(cfg_for(small_corpus, tmp_path / "c", max_epochs=0.4, init_from=str(done.latest_checkpoint)),
                  on_eval=lambda m, p, b: seen.append((m, p, b)), progress=False)
     assert more.iterations > done.iterations and seen[1][0]["iteration"] > done.iterations
+
+
+def test_a_cpu_run_trains_on_the_faster_of_all_threads_and_one_and_says_so(small_corpus, tmp_path, monkeypatch):
+    """Other work on the machine (played by the rates its probe times): the run starts on one thread, says so
+    with its first evaluation and keeps it while two stay slower; on a quiet machine it keeps both; with its
+    threads fixed it times nothing and keeps them."""
+    machine = {2: 40.0, 1: 90.0}  # chars/s of a few steps of the shape, by torch's threads now
+    timed = []
+    monkeypatch.setattr(train_mod, "shape_rate",
+                        lambda cfg, vocab, seconds: timed.append(seconds) or machine[torch.get_num_threads()])
+    before = torch.get_num_threads()
+    try:
+        busy = []
+        torch.set_num_threads(2)
+        r = train(cfg_for(small_corpus, tmp_path / "a", eval_every=20), on_eval=lambda m, p, b: busy.append(m),
+                  progress=False)
+        assert busy[0]["note"].startswith("2 threads made 40 chars/s, one thread 90: training with one thread")
+        assert all("note" not in m for m in busy[1:]) and {m["threads"] for m in busy} == {1}
+        assert torch.get_num_threads() == 1 and len(timed) >= 2 and r.stop_reason == "max_epochs"
+
+        machine[2], quiet = 150.0, []
+        torch.set_num_threads(2)
+        train(cfg_for(small_corpus, tmp_path / "b", eval_every=20), on_eval=lambda m, p, b: quiet.append(m),
+              progress=False)
+        # the windows' own rates (thousands of chars/s) stay above what one thread made in the probe
+        assert {m["threads"] for m in quiet} == {2} and all("note" not in m for m in quiet)
+
+        del timed[:]
+        fixed = []
+        machine[2] = 40.0
+        train(cfg_for(small_corpus, tmp_path / "c", eval_every=20), on_eval=lambda m, p, b: fixed.append(m),
+              progress=False, thread_rates=None)
+        assert timed == [] and torch.get_num_threads() == 2 and all("threads" not in m for m in fixed)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_each_regularizer_trains_and_changes_the_run_and_tied_weights_need_a_full_softmax(small_corpus, tmp_path):
@@ -361,16 +397,17 @@ def test_a_large_vocabulary_trains_with_the_adaptive_softmax_and_resumes_exactly
     corpus.write_text("".join(rng.choices(chars, weights, k=40_000)) + "".join(chars), encoding="utf-8")
     base = dict(data=str(corpus), model="gru", rnn_size=32, num_layers=1, batch_size=8, seq_length=32,
                 eval_every=40, seed=3)
-    full = train(TrainConfig(**base, max_epochs=0.5, checkpoint_dir=str(tmp_path / "a")), progress=False)
+    full = train(TrainConfig(**base, max_epochs=0.5, checkpoint_dir=str(tmp_path / "a")), progress=False,
+                 thread_rates=None)
     mf = artifact.load(full.best_checkpoint)
     assert mf.config["cutoffs"] == [256] and mf.config["vocab_size"] == 1200
     ids = load_corpus(corpus).ids
     val = ids[int(0.9 * len(ids)):]
     assert Evaluator(val, torch.device("cpu"))(mf.build()) == pytest.approx(full.best_val_loss, abs=1e-5)
     half = train(TrainConfig(**base, max_epochs=0.5, checkpoint_dir=str(tmp_path / "b")),
-                 on_eval=lambda m, p, b: m["iteration"] >= 40, progress=False)
+                 on_eval=lambda m, p, b: m["iteration"] >= 40, progress=False, thread_rates=None)
     resumed = train(TrainConfig(**base, max_epochs=0.5, checkpoint_dir=str(tmp_path / "b"),
-                                init_from=str(half.latest_checkpoint)), progress=False)
+                                init_from=str(half.latest_checkpoint)), progress=False, thread_rates=None)
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
     forced = train(TrainConfig(**base, max_epochs=0.05, softmax="full", checkpoint_dir=str(tmp_path / "c")),
                    progress=False)

@@ -10,6 +10,7 @@ from charsearch.cli.common import (
     add_sample_options,
     add_train_options,
     command,
+    positive,
     sample_options_from_args,
     train_config_from_args,
 )
@@ -69,6 +70,10 @@ def cmd_data_info(args) -> None:
 def add_train(sub) -> None:
     t = command(sub, "train", cmd_train, "train one model (char-rnn's train.lua)")
     add_train_options(t)
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: every core, or one where other work on the machine makes them slower: "
+                        "timed at the start and watched as it trains); a fixed number makes a seeded run repeat "
+                        "exactly")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -77,6 +82,9 @@ def cmd_train(args) -> None:
     from charsearch.core.devices import HEADROOM, admissible_bytes, check_training_size, resolve_device
     from charsearch.core.train import train
     cfg = train_config_from_args(args)
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(positive("--threads", args.threads))
     if cfg.init_from:  # a resumed run takes the checkpoint's architecture: checked against its weights
         from charsearch.core.artifact import load
         load(cfg.init_from)
@@ -84,7 +92,7 @@ def cmd_train(args) -> None:
         vocab = len(load_corpus(cfg.data, cfg.min_freq).vocab)
         check_training_size(cfg, vocab, admissible_bytes(resolve_device(cfg.device)),
                             limit_words=f"available now ({HEADROOM:.0%} of the memory free)")
-    result = train(cfg, progress=not args.quiet)
+    result = train(cfg, progress=not args.quiet, thread_rates=None if args.threads else (None, None))
     print(f"best val loss {loss_text(result.best_val_loss)} after {result.epochs:.2f} epochs ({result.stop_reason}); "
           f"{result.chars_per_sec:,.0f} chars/s")
     from charsearch.core.data import unigram_note

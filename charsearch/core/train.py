@@ -28,6 +28,7 @@ from charsearch.core.data import MIN_EVAL_CHARS, Batches, Corpus, char_counts, c
 from charsearch.core.devices import EVAL_BYTES, resolve_device
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.core.model import CharRNN, Regularizers, State, cutoffs_for, detach_state, members_of, score_width
+from charsearch.core.threads import WINDOW_S, Threads, shape_rate
 from charsearch.core.units import bits, human_bytes, loss_text
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
@@ -288,7 +289,8 @@ class Run:
     `train()` below drives them; a resume is "set up, then restore"."""
 
     def __init__(self, cfg: TrainConfig, corpus: Corpus | None, on_eval: OnEval | None, progress: bool,
-                 summary_extra: dict | None, deadline: float | None = None, eval_every_s: float | None = None):
+                 summary_extra: dict | None, deadline: float | None = None, eval_every_s: float | None = None,
+                 thread_rates: tuple[float | None, float | None] | None = (None, None)):
         cfg = replace(cfg.validate())  # the caller's config stays as it was
         self.cfg, self.on_eval = cfg, on_eval
         self.device = device = resolve_device(cfg.device)
@@ -328,6 +330,14 @@ class Run:
         self.eval_every_s, self.last_eval = eval_every_s, self.start
         self.loss_sum = torch.zeros((), device=device)
         self.window_iters, self.window_loss = 0, math.nan
+        # on a CPU with several threads: the faster of all and one, watched each window (core/threads.py)
+        self.threads = None
+        if device.type == "cpu" and thread_rates is not None:
+            vocab = len(corpus.vocab)
+            self.threads = Threads(torch.get_num_threads(), thread_rates[0],
+                                   lambda seconds: shape_rate(cfg, vocab, seconds), thread_rates[1])
+        self.thread_notes: list[str] = []
+        self.threads_watched = self.start
 
     def read_resume(self) -> dict | None:
         """The checkpoint of --init-from, checked; its architecture becomes the run's, as char-rnn's."""
@@ -501,9 +511,34 @@ class Run:
     def chars_per_sec(self) -> float:
         return (self.iteration - self.it_at_start) * self.chars_per_iter / max(self.train_time, 1e-9)
 
+    def watch_threads(self, at_eval: bool) -> None:
+        """At an evaluation, or once WINDOW_S have passed since the last window: the window's rate sets the
+        threads of the next (core/threads.py). Timing them is not training time."""
+        now = time.monotonic()
+        if self.threads is None or not (at_eval or now - self.threads_watched >= WINDOW_S):
+            return
+        trained = self.train_time + (now - self.window_start)
+        self.note_threads(self.threads.after_window((self.iteration - self.it_at_start) * self.chars_per_iter,
+                                                    trained))
+        self.threads_watched = time.monotonic()
+        self.window_start += self.threads_watched - now
+
+    def start_threads(self) -> None:
+        """Before the first step: the faster of all threads and one, timed on a few steps of the shape."""
+        if self.threads is not None:
+            self.note_threads(self.threads.probe())
+            self.window_start = self.threads_watched = time.monotonic()
+
+    def note_threads(self, said: str) -> None:
+        """A line about the threads: shown with the progress, and given with the next evaluation's metrics."""
+        if said:
+            self.thread_notes.append(said)
+            self.bar.line(said)
+
     def evaluate_and_checkpoint(self, final: bool) -> bool:
         """Score the val split, write a checkpoint (keeping the best and the latest), report through
         on_eval; returns whether the caller asked to stop."""
+        self.watch_threads(at_eval=True)  # the window ends where training did, before the evaluation
         t0 = time.monotonic()
         val = self.evaluate(self.model)
         self.eval_s = max(self.eval_s, time.monotonic() - t0)
@@ -523,6 +558,11 @@ class Run:
         }
         if self.cfg.use_ss:
             metrics["ss_prob"] = ss_probability(self.cfg, self.iteration)
+        if self.threads is not None:
+            metrics["threads"] = self.threads.current  # for the next window
+            if self.thread_notes:
+                metrics["note"] = "; ".join(self.thread_notes)
+                self.thread_notes.clear()
         self.history.append(metrics)
         path = self.ckpt_dir / _checkpoint_name(self.cfg, self.epoch, val)
         if is_best:
@@ -564,23 +604,30 @@ class Run:
 
 def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None = None,
           progress: bool = True, summary_extra: dict | None = None, deadline: float | None = None,
-          eval_every_s: float | None = None) -> TrainResult:
+          eval_every_s: float | None = None,
+          thread_rates: tuple[float | None, float | None] | None = (None, None)) -> TrainResult:
     """Train one model as configured. `on_eval(metrics, checkpoint, is_best)` is called after every
     evaluation; returning True stops the run (as ASHA or a budget would). With `deadline` (time.time())
     the run ends by then, its last evaluation included, whatever its set-up took: its max_time is the
     time left once it is set up. With `eval_every_s` it also evaluates once that many seconds have passed
-    since the last evaluation (or the start), however few iterations that was."""
-    run = Run(cfg, corpus, on_eval, progress, summary_extra, deadline, eval_every_s)
+    since the last evaluation (or the start), however few iterations that was. On a CPU with several
+    threads it trains on the faster of all and one (core/threads.py); `thread_rates` (chars/s of its shape on
+    one thread, and alone on all, where a sweep measured them) save timing them; None keeps torch's threads as
+    they are (a seeded run then repeats exactly: the threads change the last bits of its arithmetic)."""
+    run = Run(cfg, corpus, on_eval, progress, summary_extra, deadline, eval_every_s, thread_rates)
     stop_reason = "max_epochs"
     if on_eval is not None and run.history and run.iteration >= run.total_iters:
         # resumed from its own last evaluation (a sweep killed as this trial ended): nothing is left to train,
         # and the caller may never have heard of that evaluation, so it is reported again
         on_eval(dict(run.history[-1]), Path(cfg.init_from), False)
     run.model.train()
+    run.start_threads()
     try:
         while run.iteration < run.total_iters:
             run.step()
             at_eval = run.iteration % cfg.eval_every == 0 or run.iteration == run.total_iters or run.eval_overdue
+            if not at_eval:
+                run.watch_threads(at_eval=False)
             out_of_time = run.out_of_time
             if run.iteration % cfg.print_every == 0 or at_eval or out_of_time:
                 run.read_loss()

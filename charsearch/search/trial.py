@@ -21,9 +21,7 @@ from ray import tune
 from charsearch.core import artifact
 from charsearch.core.config import TrainConfig, label_of
 from charsearch.core.data import Corpus, iters_per_epoch
-from charsearch.search.calibrate import candidate, step_rate
 from charsearch.search.sweepfile import SweepConfig
-from charsearch.search.threads import Threads
 
 TRIAL_DIR_PREFIX = "charsearch-trial-"
 END_MARGIN_S = 6.0  # after a run that ends with the budget: its last report, its model logged, Ray ended, the summary (~3 s on 2 cores)
@@ -48,7 +46,7 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
     """A trial of `sweep`. One with a time limit (trial_max_time) ends its run, its last evaluation included,
     by the search's end (`ends_at`, time.time()) as well: a schedule decays by then instead of being cut.
     `one_thread_rates` (shape -> chars/s on one thread, an auto sweep's calibration) let a CPU trial with
-    several threads drop to one where other work makes them slower (search/threads.py), and keep its reports
+    several threads drop to one where other work makes them slower (core/threads.py), and keep its reports
     on the plan's clock where the machine gives it far less (late_report_s); `whole_rates` (shape -> chars/s
     alone on every thread, measured moments before by an auto sweep without a search) answer its first question
     of threads without timing them again."""
@@ -57,10 +55,6 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
     resources = ctx.get_trial_resources().required_resources
     cfg = sweep.trial_config(config)
     cfg.device = worker_device(resources.get("GPU", 0) > 0, int(resources.get("CPU", 1)))
-    threads = Threads(max(1, int(resources.get("CPU", 1))), (one_thread_rates or {}).get(label_of(cfg)),
-                      lambda seconds: shape_rate(cfg, len(corpus.vocab), seconds),
-                      (whole_rates or {}).get(label_of(cfg))) if cfg.device == "cpu" else None
-    notes: list[str] = []
     train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
     epoch = max(1, iters_per_epoch(len(train_ids), cfg.batch_size, cfg.seq_length))
     set_report_interval(cfg, sweep.report_every_epochs * epoch)
@@ -84,11 +78,6 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
         def on_eval(metrics: dict, path: Path, is_best: bool) -> None:
             if is_best:
                 artifact.export(path, best_model, summary)
-            if threads:  # the characters and seconds of this process, not those of a run it resumed
-                notes.append(threads.after_window(metrics["chars_per_sec"] * metrics["train_s"], metrics["train_s"]))
-                said = "; ".join(filter(None, notes))
-                notes.clear()
-                metrics = {**metrics, "threads": threads.current, **({"note": said} if said else {})}
             report = work / f"report-{metrics['iteration']}"
             report.mkdir()
             os.link(path, report / "checkpoint.pt")
@@ -99,13 +88,12 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
             finally:
                 shutil.rmtree(report, ignore_errors=True)
 
-        if threads:  # said with the first report (a result without a val loss is not one)
-            notes.append(threads.probe())
         deadline = None
         if cfg.max_time > 0 and math.isfinite(ends_at):
             deadline = min(ends_at - END_MARGIN_S, time.time() + cfg.max_time)
         train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary, deadline=deadline,
-              eval_every_s=eval_every_s)
+              eval_every_s=eval_every_s, thread_rates=((one_thread_rates or {}).get(label_of(cfg)),
+                                                       (whole_rates or {}).get(label_of(cfg))))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -120,13 +108,6 @@ def late_report_s(cfg: TrainConfig, calibrated_rate: float | None) -> float | No
     if not calibrated_rate or calibrated_rate <= 0:
         return None
     return LATE * cfg.eval_every * cfg.batch_size * cfg.seq_length / calibrated_rate
-
-
-def shape_rate(cfg: TrainConfig, vocab: int, seconds: float) -> float:
-    """Chars/s of a few training steps of the trial's shape and step on this process's threads now."""
-    net = candidate(vocab, cfg.model, cfg.num_layers, cfg.rnn_size, {"embed_size": cfg.embed_size,
-                                                                      "softmax": cfg.softmax})
-    return step_rate(net, vocab, cfg.batch_size, cfg.seq_length, seconds, "cpu", least_steps=1)[0]
 
 
 def set_report_interval(cfg: TrainConfig, iterations: float) -> None:

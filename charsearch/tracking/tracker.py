@@ -162,8 +162,10 @@ class Tracker:
     # --- trials (child runs) ------------------------------------------------------------------
 
     def trial_started(self, trial_id: str, trial_name: str, params: dict) -> None:
-        """The trial's run: the existing one when a resumed sweep restarts it, else a new nested run."""
+        """The trial's run: the existing one when a resumed sweep restarts it, else a new nested run, which
+        starts now (not when the background write is made)."""
         params = [Param(k, str(v)) for k, v in sorted(params.items())]
+        started = int(1000 * time.time())
 
         def op():
             run_id = self.runs.get(trial_id)
@@ -179,7 +181,7 @@ class Tracker:
             if found:
                 run_id = found[0].info.run_id
             else:
-                run_id = self.client.create_run(self.experiment_id, run_name=trial_name, tags={
+                run_id = self.client.create_run(self.experiment_id, start_time=started, run_name=trial_name, tags={
                     "mlflow.parentRunId": self.parent_id, KIND_TAG: "trial", TRIAL_TAG: trial_id,
                     "ray.trial_name": trial_name, SWEEP_TAG: self.experiment}).info.run_id
             self.runs[trial_id] = run_id

@@ -1,24 +1,30 @@
-"""A CPU trial's threads on a machine that other work shares.
+"""A CPU training run's threads on a machine that other work shares.
 
-A trial given several CPUs trains with as many torch threads. Where they pay (two threads of an LSTM 2x96
-on 2 quiet cores: about 1.5x one) it keeps them; with other work on the machine they wait on each other at
-every operation and the trial can fall far below one thread: beside another training job on one of 2
+A run on several CPU threads (torch's default: every core) trains with all of them where they pay (two
+threads of an LSTM 2x96 on 2 quiet cores: about 1.5x one); with other work on the machine they wait on each
+other at every operation and the run can fall far below one thread: beside another training job on one of 2
 cores, a GRU 2x128 made 439 chars/s on two threads and 47,104 on one (bench_busy.py, BENCHMARKS.md), and
-some shapes gain nothing from a second thread even on a quiet machine. So a trial with several threads first
+some shapes gain nothing from a second thread even on a quiet machine. So a run with several threads first
 times a few steps of its shape with all of them and with one (PROBE_S each, at least one step) and starts
-with the faster. Then it watches each window between its reports: one slower than a single thread (what it
-made on one, else what calibration measured for its shape on one) drops it to one thread. On one thread it
-times both again after 2, then 4, 8, ... windows, so that a machine that quietens is used again; a whole
-window on all threads would cost a hundredfold slowdown's worth of time where the other work is still there.
+with the faster. Then it watches each window (between evaluations, WINDOW_S of training at most): one slower
+than a single thread (what it made on one, else what calibration measured for its shape on one) drops it to
+one thread. On one thread it times both again after 2, then 4, 8, ... windows, so that a machine that
+quietens is used again; a whole window on all threads would cost a hundredfold slowdown's worth of time
+where the other work is still there.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
 
+from charsearch.core.config import TrainConfig
+from charsearch.core.model import CharRNN, cutoffs_for
+
 PROBE_S = 1.0
+WINDOW_S = 30.0  # of training: a window ends at an evaluation or after this long, whichever comes first
 
 
 class Threads:
@@ -82,3 +88,39 @@ class Threads:
     def set(self, n: int) -> None:
         self.current = n
         torch.set_num_threads(n)
+
+
+def step_rate(net, vocab: int, batch: int, seq: int, seconds: float, device: str,
+              least_steps: int = 3) -> tuple[float, int]:
+    """(chars/s, peak bytes reserved) of Adam steps on random ids for about `seconds` (at least `least_steps`),
+    the first step (which allocates) not counted."""
+    net = net.to(device)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    x = torch.randint(0, vocab, (batch, seq), device=device)
+
+    def step():
+        loss, _ = net(x, None, x)  # the training step's own path (an adaptive softmax's too)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    step()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t, n = time.perf_counter(), 0
+    while n < least_steps or time.perf_counter() - t < seconds:
+        step()
+        n += 1
+        if n % 10 == 0:
+            sync()
+    sync()
+    peak = torch.cuda.max_memory_reserved() if device == "cuda" else 0
+    return n * batch * seq / (time.perf_counter() - t), peak
+
+
+def shape_rate(cfg: TrainConfig, vocab: int, seconds: float) -> float:
+    """Chars/s of a few training steps of the run's shape and step on this process's threads now. The run's
+    random numbers are left as they were: a resumed run goes on exactly as one never stopped."""
+    with torch.random.fork_rng(devices=[]):
+        net = CharRNN(vocab, cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size,
+                      cutoffs=cutoffs_for(vocab, cfg.softmax))
+        return step_rate(net, vocab, cfg.batch_size, cfg.seq_length, seconds, "cpu", least_steps=1)[0]
