@@ -6,7 +6,7 @@ other at every operation and the run can fall far below one thread: beside anoth
 cores, a GRU 2x128 made 439 chars/s on two threads and 47,104 on one (bench_busy.py, BENCHMARKS.md), and
 some shapes gain nothing from a second thread even on a quiet machine. So a run with several threads first
 times a few steps of its shape with all of them and with one (PROBE_S each, at least one step) and starts
-with the faster. Then it watches each window (between evaluations, WINDOW_S of training at most): one slower
+with the faster. Then it watches each window (from MIN_WINDOW_S to WINDOW_S of training): one slower
 than a single thread (what it made on one, else what calibration measured for its shape on one) drops it to
 one thread. On one thread it times both again after 2, then 4, 8, ... windows, so that a machine that
 quietens is used again; a whole window on all threads would cost a hundredfold slowdown's worth of time
@@ -24,7 +24,9 @@ from charsearch.core.config import TrainConfig
 from charsearch.core.model import CharRNN, cutoffs_for
 
 PROBE_S = 1.0
-WINDOW_S = 30.0  # of training: a window ends at an evaluation or after this long, whichever comes first
+# a window of training ends at an evaluation at least MIN_WINDOW_S after the last, or after WINDOW_S: its
+# timings (PROBE_S on each, every 2, 4, 8, ... windows on one thread) then cost at most a tenth of it
+MIN_WINDOW_S, WINDOW_S = 10.0, 30.0
 
 
 class Threads:

@@ -28,7 +28,7 @@ from charsearch.core.data import MIN_EVAL_CHARS, Batches, Corpus, char_counts, c
 from charsearch.core.devices import EVAL_BYTES, resolve_device
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.core.model import CharRNN, Regularizers, State, cutoffs_for, detach_state, members_of, score_width
-from charsearch.core.threads import WINDOW_S, Threads, shape_rate
+from charsearch.core.threads import MIN_WINDOW_S, WINDOW_S, Threads, shape_rate
 from charsearch.core.units import bits, human_bytes, loss_text
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
@@ -512,10 +512,10 @@ class Run:
         return (self.iteration - self.it_at_start) * self.chars_per_iter / max(self.train_time, 1e-9)
 
     def watch_threads(self, at_eval: bool) -> None:
-        """At an evaluation, or once WINDOW_S have passed since the last window: the window's rate sets the
-        threads of the next (core/threads.py). Timing them is not training time."""
+        """At an evaluation MIN_WINDOW_S or more after the last window, or once WINDOW_S have passed: the
+        window's rate sets the threads of the next (core/threads.py). Timing them is not training time."""
         now = time.monotonic()
-        if self.threads is None or not (at_eval or now - self.threads_watched >= WINDOW_S):
+        if self.threads is None or now - self.threads_watched < (MIN_WINDOW_S if at_eval else WINDOW_S):
             return
         trained = self.train_time + (now - self.window_start)
         self.note_threads(self.threads.after_window((self.iteration - self.it_at_start) * self.chars_per_iter,
