@@ -108,12 +108,13 @@ SWEEP_PLANS: dict[tuple, str] = {}
 
 
 def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0,
-                  sweeps_time: bool = False) -> tuple[list, str, str, str]:
+                  sweeps_time: bool = False, point: dict | None = None) -> tuple[list, str, str, str]:
     """(the `charsearch train` command, the plan, the shape, where the plan came from) of the first trial of the
     auto sweep run before it on the same corpus, budget and seed (else of `charsearch sweep --dry-run`'s plan),
     trained alone for the budget, its rate decaying to 0 over the last `decay_frac` of it; with `sweeps_time`,
     for the time and with the evaluations a sweep without a search gives its prior (what the budget leaves
-    after the calibration and the sweep's start), where the plan does not search."""
+    after the calibration and the sweep's start), where the plan does not search. `point` (searched values: a
+    sweep's winner) replaces the prior's."""
     plan_text, source = SWEEP_PLANS.get((str(corpus), budget, seed)), "the sweep's plan"
     if plan_text is None:
         r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
@@ -122,10 +123,13 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
             raise SystemExit(f"dry run failed:\n{r.stderr[-3000:]}")
         plan_text, source = r.stdout, "a dry run"
     plan = yaml.safe_load(plan_text)
-    prior = {**plan["train"], **plan["search"]["points_to_evaluate"][0]}
+    prior = {**plan["train"], **(point or plan["search"]["points_to_evaluate"][0])}
     model, shape = prior.pop("shape").split()
     layers, size = shape.split("x")
-    rate = int(re.search(rf"{model} {shape}\s+[\d,]+ params\s+([\d,]+) chars/s", plan_text)[1].replace(",", ""))
+    # the shape's calibrated rate sets how often it evaluates (the plan's prior's where calibration kept no such shape)
+    first = plan["search"]["points_to_evaluate"][0]["shape"]
+    rate = int(next(m for m in (re.search(rf"{s}\s+[\d,]+ params\s+([\d,]+) chars/s", plan_text)
+                                for s in (f"{model} {shape}", first)) if m)[1].replace(",", ""))
     seconds, reports = budget, 20
     given = re.search(r"# no search: .* for ~?(\d+) s, constant", plan_text) if sweeps_time else None
     if given:
@@ -148,6 +152,19 @@ def run_prior(corpus: Path, budget: float, seed: int, project: Path, decay_frac:
     r = follow_train(cmd, project)
     return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
             "winner": f"{shape} (prior)", "plan": plan_lines(plan_text), "prior_from": source}
+
+
+def run_found(corpus: Path, budget: float, seed: int, project: Path, sweep: dict | None) -> dict | None:
+    """The configuration the auto sweep of the same corpus, budget and seed found (`sweep`: its row), trained
+    alone on the sweep's schedule for the budget; None (no row) where its winner is not one the search found."""
+    if not sweep or sweep.get("origin") != "found":
+        print("  skipped: that seed's auto sweep has no found winner", file=sys.stderr, flush=True)
+        return None
+    point = json.loads(sweep["winner"])
+    cmd, plan_text, shape, source = prior_command(corpus, budget, seed, project, 1 - SEARCH_FRACTION, point=point)
+    r = follow_train(cmd, project)
+    return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
+            "winner": sweep["winner"], "plan": plan_lines(plan_text), "prior_from": source}
 
 
 def run_plan(corpus: Path, budget: float, seed: int, project: Path) -> dict:
@@ -290,6 +307,7 @@ def s2(seconds: float = 15.0) -> list[dict]:
 
 SCHEDULE = "prior alone (sweep's schedule)"
 SWEEPS_TIME = "prior alone (sweep's schedule and time)"
+FOUND = "found alone (sweep's schedule)"
 METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            "prior alone": run_prior,
            # the schedule the sweep's winner gets: a constant rate while the search runs, then the finish's decay
@@ -297,6 +315,8 @@ METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            # and for the time the sweep gives it without a search, with as many evaluations
            SWEEPS_TIME: lambda c, b, s, p: run_prior(c, b, s, p, 1 - SEARCH_FRACTION, sweeps_time=True),
            "plan": run_plan,
+           # what the search found, without the search: the auto sweep's found winner trained alone (run_found)
+           FOUND: run_found,
            "auto sweep": run_auto_sweep,
            "warm second sweep": run_warm_sweep}
 DEFAULT_METHODS = ("train defaults", "prior alone", "auto sweep")
@@ -364,10 +384,14 @@ def main() -> None:
                         run = METHODS[method]
                         if method == "auto sweep" and args.sweep_flags:
                             run = functools.partial(run_auto_sweep, extra=tuple(shlex.split(args.sweep_flags)))
+                        if method == FOUND:
+                            run = functools.partial(run_found, sweep=results.get(f"{name}|{budget:g}|auto sweep|{seed}"))
                         project = Path(tmp) / f"p{len(list(Path(tmp).glob('p*')))}"
                         project.mkdir()
                         print(f"{name}, {budget:g} s, seed {seed}, {method} ...", file=sys.stderr, flush=True)
                         r = run(corpus, budget, seed, project)
+                        if r is None:
+                            continue
                         print(f"  best {r['best']:.4f} in {r['wall']:.0f} s" if "best" in r else f"  {r}",
                               file=sys.stderr, flush=True)
                         results[f"{name}|{budget:g}|{method}|{seed}"] = {k: v for k, v in r.items() if k != "points"}
@@ -446,7 +470,7 @@ def report(results: dict, measured: list, args) -> None:
     for (corpus, budget), by_method in groups.items():
         mean = {m: statistics.mean(v) for m, v in by_method.items()}
         row = {"corpus": corpus, "budget": f"{float(budget):.0f} s"}
-        for m in (*DEFAULT_METHODS, SCHEDULE, SWEEPS_TIME):
+        for m in (*DEFAULT_METHODS, SCHEDULE, SWEEPS_TIME, FOUND):
             if m in by_method:
                 row[m] = cell(by_method[m])
         mixes = [r["ensemble"] for k, r in results.items() if k.startswith(f"{corpus}|{budget}|auto sweep|")
@@ -471,6 +495,11 @@ def report(results: dict, measured: list, args) -> None:
             row["sweep - prior (sweep's schedule)"] = f"{mean['auto sweep'] - mean[SCHEDULE]:+.4f}"
             if mixes:
                 row["ensemble - prior (sweep's schedule)"] = f"{statistics.mean(mixes) - mean[SCHEDULE]:+.4f}"
+        if FOUND in mean and SCHEDULE in mean:  # over the seeds that have both
+            pairs = [(r["best"], results[k.replace(FOUND, SCHEDULE)]["best"]) for k, r in results.items()
+                     if k.startswith(f"{corpus}|{budget}|{FOUND}|") and k.replace(FOUND, SCHEDULE) in results]
+            row["found alone - prior (sweep's schedule), same seeds"] = (
+                f"{statistics.mean(f - p for f, p in pairs):+.4f}" if pairs else "-")
         if SWEEPS_TIME in mean and "auto sweep" in mean:
             row["sweep - prior (sweep's schedule and time)"] = f"{mean['auto sweep'] - mean[SWEEPS_TIME]:+.4f}"
         if {"auto sweep", "train defaults", "prior alone"} <= set(mean):
@@ -489,7 +518,9 @@ def report(results: dict, measured: list, args) -> None:
             f"{1 - SEARCH_FRACTION:.0%}); (e) the same for the time a sweep without a search gives its prior (the "
             f"budget less the calibration and the sweep's start), with its {NO_SEARCH_REPORTS} evaluations. A prior arm run after the auto sweep of the same corpus, budget and seed "
             "trains that sweep's own prior (its plan's first point: 'sweep's prior'), else the prior of a dry run "
-            "(whose calibration can keep another shape). Every row's model is scored on the whole val split "
+            "(whose calibration can keep another shape). 'found alone': the configuration an auto sweep's search "
+            "found (its winner where that is not the prior's) trained alone on the sweep's schedule as (d), for the "
+            "seeds whose sweep found one. Every row's model is scored on the whole val split "
             "(`charsearch eval --split val`), also where the run itself scored a sample of it (`eval_chars`). "
             + (f"Every auto sweep here ran with `{args.sweep_flags}`. " if args.sweep_flags else "")
             + "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups, args.stem)

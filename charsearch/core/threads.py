@@ -23,7 +23,7 @@ import torch
 from charsearch.core.config import TrainConfig
 from charsearch.core.model import CharRNN, cutoffs_for
 
-PROBE_S = 1.0
+PROBE_S = 0.5
 # a window of training ends at an evaluation at least MIN_WINDOW_S after the last, or after WINDOW_S: its
 # timings (PROBE_S on each, every 2, 4, 8, ... windows on one thread) then cost at most a tenth of it
 MIN_WINDOW_S, WINDOW_S = 10.0, 30.0
