@@ -283,7 +283,7 @@ def _throughput(args) -> float:
     import torch
 
     from charsearch.core.model import CharRNN
-    from charsearch.core.threads import step_rate
+    from charsearch.search.calibrate import step_rate
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     return step_rate(CharRNN(65, model, size, layers), 65, 64, 128, seconds, "cpu")[0]

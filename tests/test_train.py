@@ -154,36 +154,53 @@ def test_a_run_resumed_at_its_end_reports_its_last_evaluation_again_and_trains_n
 
 
 def test_a_cpu_run_trains_on_the_faster_of_all_threads_and_one_and_says_so(small_corpus, tmp_path, monkeypatch):
-    """Other work on the machine (played by the rates its probe times): the run starts on one thread, says so
-    with its first evaluation and keeps it while two stay slower; on a quiet machine it keeps both; with its
-    threads fixed it times nothing and keeps them."""
-    machine = {2: 40.0, 1: 90.0}  # chars/s of a few steps of the shape, by torch's threads now
-    timed = []
-    monkeypatch.setattr(train_mod, "shape_rate",
-                        lambda cfg, vocab, seconds: timed.append(seconds) or machine[torch.get_num_threads()])
+    """Other work on the machine, played by the rates its timings return (the steps they time train as any
+    others): the run starts on one thread, says so with its first evaluation and keeps it while two stay slower;
+    on a quiet machine it keeps both; a window slower than one thread drops it to one; with its threads fixed it
+    times nothing. Whatever it chose, the caller's threads are as they were."""
+    machine = {2: 40.0, 1: 90.0}  # chars/s of the run's steps, by torch's threads now
+    timings = []
+    timed_steps = train_mod.Run.timed_steps
+
+    def timed(run, seconds):
+        before = run.iteration
+        real = timed_steps(run, seconds)
+        timings.append((torch.get_num_threads(), run.iteration - before))
+        return real if math.isnan(real) else machine[torch.get_num_threads()]
+    monkeypatch.setattr(train_mod.Run, "timed_steps", timed)
+    monkeypatch.setattr(train_mod, "MIN_WINDOW_S", 0.0)  # a window at every evaluation
     before = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
-        busy = []
-        torch.set_num_threads(2)
-        r = train(cfg_for(small_corpus, tmp_path / "a", eval_every=20), on_eval=lambda m, p, b: busy.append(m),
-                  progress=False)
+        def run(folder, thread_rates=(None, None)):
+            seen = []
+            r = train(cfg_for(small_corpus, tmp_path / folder, eval_every=20), progress=False,
+                      on_eval=lambda m, p, b: seen.append(m), thread_rates=thread_rates)
+            assert torch.get_num_threads() == 2 and r.iterations == seen[-1]["iteration"]
+            # the timed steps trained: every evaluation is where its interval puts it
+            assert [m["iteration"] for m in seen[:-1]] == [20 * (i + 1) for i in range(len(seen) - 1)]
+            return seen
+
+        busy = run("busy")
         assert busy[0]["note"].startswith("2 threads made 40 chars/s, one thread 90: training with one thread")
         assert all("note" not in m for m in busy[1:]) and {m["threads"] for m in busy} == {1}
-        assert torch.get_num_threads() == 1 and len(timed) >= 2 and r.stop_reason == "max_epochs"
+        # timed at the start, then again after 2 and 4 more windows, each time on both settings, some steps each
+        assert len(timings) >= 6 and all(steps >= 2 for _, steps in timings[:2])
 
-        machine[2], quiet = 150.0, []
-        torch.set_num_threads(2)
-        train(cfg_for(small_corpus, tmp_path / "b", eval_every=20), on_eval=lambda m, p, b: quiet.append(m),
-              progress=False)
-        # the windows' own rates (thousands of chars/s) stay above what one thread made in the probe
+        machine[2] = 150.0
+        quiet = run("quiet")  # the windows' own rates (thousands of chars/s) are above what one thread made
         assert {m["threads"] for m in quiet} == {2} and all("note" not in m for m in quiet)
 
-        del timed[:]
-        fixed = []
-        machine[2] = 40.0
-        train(cfg_for(small_corpus, tmp_path / "c", eval_every=20), on_eval=lambda m, p, b: fixed.append(m),
-              progress=False, thread_rates=None)
-        assert timed == [] and torch.get_num_threads() == 2 and all("threads" not in m for m in fixed)
+        machine.update({2: 2e9, 1: 1e9})  # both time faster than any window makes: two are kept, then dropped
+        dropped = run("dropped")
+        threads = [m["threads"] for m in dropped]
+        assert threads[0] == 2 and 1 in threads, threads
+        first_one = threads.index(1)
+        assert "less than one thread (1,000,000,000)" in dropped[first_one]["note"]
+
+        del timings[:]
+        fixed = run("fixed", thread_rates=None)
+        assert timings == [] and all("threads" not in m for m in fixed)
     finally:
         torch.set_num_threads(before)
 

@@ -5,39 +5,37 @@ threads of an LSTM 2x96 on 2 quiet cores: about 1.5x one); with other work on th
 other at every operation and the run can fall far below one thread: beside another training job on one of 2
 cores, a GRU 2x128 made 439 chars/s on two threads and 47,104 on one (bench_busy.py, BENCHMARKS.md), and
 some shapes gain nothing from a second thread even on a quiet machine. So a run with several threads first
-times a few steps of its shape with all of them and with one (PROBE_S each, at least one step) and starts
-with the faster. Then it watches each window (from MIN_WINDOW_S to WINDOW_S of training): one slower
-than a single thread (what it made on one, else what calibration measured for its shape on one) drops it to
-one thread. On one thread it times both again after 2, then 4, 8, ... windows, so that a machine that
-quietens is used again; a whole window on all threads would cost a hundredfold slowdown's worth of time
-where the other work is still there.
+times its own next training steps with all of them and with one (PROBE_S each, after an untimed step: they
+train as any others) and goes on with the faster. Then it watches each window (from MIN_WINDOW_S to WINDOW_S
+of training): one slower than a single thread (what it made on one, else what calibration measured for its
+shape on one) drops it to one thread. On one thread it times both again after 2, then 4, 8, ... windows, so
+that a machine that quietens is used again; a whole window on all threads would cost a hundredfold
+slowdown's worth of time where the other work is still there.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
-from charsearch.core.config import TrainConfig
-from charsearch.core.model import CharRNN, cutoffs_for
-
 PROBE_S = 0.5
 # a window of training ends at an evaluation at least MIN_WINDOW_S after the last, or after WINDOW_S: its
-# timings (PROBE_S on each, every 2, 4, 8, ... windows on one thread) then cost at most a tenth of it
+# timings (PROBE_S on each, every 2, 4, 8, ... windows on one thread) then run a tenth of it at most on the
+# slower setting
 MIN_WINDOW_S, WINDOW_S = 10.0, 30.0
 
 
 class Threads:
     def __init__(self, threads: int, one_thread_rate: float | None, step_rate: Callable[[float], float],
                  all_threads_rate: float | None = None):
-        """`step_rate(seconds)`: chars/s of a few training steps of the trial's shape on the current threads;
-        `all_threads_rate`: what the shape made alone on all of them when the sweep measured it (calibration)."""
+        """`step_rate(seconds)`: chars/s of a few training steps of the run on the current threads (not a
+        positive number where none can be timed now); `all_threads_rate`: what the shape made alone on all of
+        them when the sweep measured it (calibration)."""
         self.threads, self.one_rate, self.step_rate = threads, one_thread_rate, step_rate
         self.many_rate = all_threads_rate
         self.current, self.wait, self.backoff = threads, 0, 2
-        self.last: tuple[float, float] | None = None  # (chars trained, seconds trained) at the last report
+        self.last: tuple[float, float] | None = None  # (chars trained, seconds trained) at the window's start
         self.said = False
 
     def probe(self) -> str:
@@ -50,10 +48,16 @@ class Threads:
         if known and self.one_rate and known > self.one_rate:
             self.set(self.threads)
             return ""
+        before = self.current
         self.set(self.threads)
         many = self.step_rate(PROBE_S)
         self.set(1)
-        self.one_rate = self.step_rate(PROBE_S)
+        one = self.step_rate(PROBE_S)
+        if not (many > 0 and one > 0):  # nothing could be timed now: as before, timed at the next window
+            self.set(before)
+            self.wait = 1
+            return ""
+        self.one_rate = one
         if self.one_rate <= many:
             self.set(self.threads)
             self.backoff = 2
@@ -80,6 +84,10 @@ class Threads:
         self.wait, self.backoff = self.backoff, self.backoff * 2
         return self.say(f"{self.threads} threads made {rate:,.0f} chars/s, less than one thread ({self.one_rate:,.0f})")
 
+    def start_window(self, chars: float, train_s: float) -> None:
+        """The next window starts here: steps a timing trained belong to no window."""
+        self.last = (chars, train_s)
+
     def say(self, measured: str) -> str:
         if self.said:
             return ""
@@ -91,38 +99,3 @@ class Threads:
         self.current = n
         torch.set_num_threads(n)
 
-
-def step_rate(net, vocab: int, batch: int, seq: int, seconds: float, device: str,
-              least_steps: int = 3) -> tuple[float, int]:
-    """(chars/s, peak bytes reserved) of Adam steps on random ids for about `seconds` (at least `least_steps`),
-    the first step (which allocates) not counted."""
-    net = net.to(device)
-    opt = torch.optim.Adam(net.parameters(), 2e-3)
-    x = torch.randint(0, vocab, (batch, seq), device=device)
-
-    def step():
-        loss, _ = net(x, None, x)  # the training step's own path (an adaptive softmax's too)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    step()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    t, n = time.perf_counter(), 0
-    while n < least_steps or time.perf_counter() - t < seconds:
-        step()
-        n += 1
-        if n % 10 == 0:
-            sync()
-    sync()
-    peak = torch.cuda.max_memory_reserved() if device == "cuda" else 0
-    return n * batch * seq / (time.perf_counter() - t), peak
-
-
-def shape_rate(cfg: TrainConfig, vocab: int, seconds: float) -> float:
-    """Chars/s of a few training steps of the run's shape and step on this process's threads now. The run's
-    random numbers are left as they were: a resumed run goes on exactly as one never stopped."""
-    with torch.random.fork_rng(devices=[]):
-        net = CharRNN(vocab, cfg.model, cfg.rnn_size, cfg.num_layers, cfg.embed_size,
-                      cutoffs=cutoffs_for(vocab, cfg.softmax))
-        return step_rate(net, vocab, cfg.batch_size, cfg.seq_length, seconds, "cpu", least_steps=1)[0]

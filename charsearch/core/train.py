@@ -28,7 +28,7 @@ from charsearch.core.data import MIN_EVAL_CHARS, Batches, Corpus, char_counts, c
 from charsearch.core.devices import EVAL_BYTES, resolve_device
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.core.model import CharRNN, Regularizers, State, cutoffs_for, detach_state, members_of, score_width
-from charsearch.core.threads import MIN_WINDOW_S, WINDOW_S, Threads, shape_rate
+from charsearch.core.threads import MIN_WINDOW_S, WINDOW_S, Threads
 from charsearch.core.units import bits, human_bytes, loss_text
 
 VAL_STREAMS = 16  # the fair validation protocol: fixed streams, state carried, every character scored once
@@ -333,11 +333,9 @@ class Run:
         # on a CPU with several threads: the faster of all and one, watched each window (core/threads.py)
         self.threads = None
         if device.type == "cpu" and thread_rates is not None:
-            vocab = len(corpus.vocab)
-            self.threads = Threads(torch.get_num_threads(), thread_rates[0],
-                                   lambda seconds: shape_rate(cfg, vocab, seconds), thread_rates[1])
+            self.threads = Threads(torch.get_num_threads(), thread_rates[0], self.timed_steps, thread_rates[1])
         self.thread_notes: list[str] = []
-        self.threads_watched = self.start
+        self.threads_watched = 0.0  # training seconds at the last window's end
 
     def read_resume(self) -> dict | None:
         """The checkpoint of --init-from, checked; its architecture becomes the run's, as char-rnn's."""
@@ -511,23 +509,43 @@ class Run:
     def chars_per_sec(self) -> float:
         return (self.iteration - self.it_at_start) * self.chars_per_iter / max(self.train_time, 1e-9)
 
+    def trained_s(self) -> float:
+        """Training seconds so far, the current stretch since the last read-out included."""
+        return self.train_time + (time.monotonic() - self.window_start)
+
+    def timed_steps(self, seconds: float) -> float:
+        """Chars/s of the run's own next training steps on torch's threads now: one untimed (a new number of
+        threads warms up), then about `seconds` of them: half the steps left before the next evaluation at most
+        (the other setting is timed next), leaving the time budget its last evaluation; nan where that leaves no
+        step to time."""
+        left = min(self.total_iters, (self.iteration // self.cfg.eval_every + 1) * self.cfg.eval_every) - self.iteration
+        stop = self.iteration + left // 2
+        near_end = self.cfg.max_time > 0 and self.elapsed + self.eval_s + 4 * seconds >= self.cfg.max_time
+        if self.iteration + 2 > stop or near_end:
+            return math.nan
+        self.step()
+        t, n = time.perf_counter(), 0
+        while self.iteration < stop and (n == 0 or time.perf_counter() - t < seconds):
+            self.step()
+            n += 1
+        return n * self.chars_per_iter / (time.perf_counter() - t)
+
     def watch_threads(self, at_eval: bool) -> None:
-        """At an evaluation MIN_WINDOW_S or more after the last window, or once WINDOW_S have passed: the
-        window's rate sets the threads of the next (core/threads.py). Timing them is not training time."""
-        now = time.monotonic()
-        if self.threads is None or now - self.threads_watched < (MIN_WINDOW_S if at_eval else WINDOW_S):
+        """After an evaluation MIN_WINDOW_S or more of training since the last window, or once WINDOW_S have
+        passed: the window's rate sets the threads of the next (core/threads.py)."""
+        if self.threads is None or self.trained_s() - self.threads_watched < (MIN_WINDOW_S if at_eval else WINDOW_S):
             return
-        trained = self.train_time + (now - self.window_start)
-        self.note_threads(self.threads.after_window((self.iteration - self.it_at_start) * self.chars_per_iter,
-                                                    trained))
-        self.threads_watched = time.monotonic()
-        self.window_start += self.threads_watched - now
+        chars = lambda: (self.iteration - self.it_at_start) * self.chars_per_iter  # noqa: E731
+        self.note_threads(self.threads.after_window(chars(), self.trained_s()))
+        self.threads_watched = self.trained_s()
+        self.threads.start_window(chars(), self.threads_watched)
 
     def start_threads(self) -> None:
-        """Before the first step: the faster of all threads and one, timed on a few steps of the shape."""
-        if self.threads is not None:
+        """Before training: the faster of all threads and one, timed on its first steps."""
+        if self.threads is not None and self.iteration < self.total_iters:
             self.note_threads(self.threads.probe())
-            self.window_start = self.threads_watched = time.monotonic()
+            self.threads_watched = self.trained_s()
+            self.threads.start_window((self.iteration - self.it_at_start) * self.chars_per_iter, self.threads_watched)
 
     def note_threads(self, said: str) -> None:
         """A line about the threads: shown with the progress, and given with the next evaluation's metrics."""
@@ -538,7 +556,6 @@ class Run:
     def evaluate_and_checkpoint(self, final: bool) -> bool:
         """Score the val split, write a checkpoint (keeping the best and the latest), report through
         on_eval; returns whether the caller asked to stop."""
-        self.watch_threads(at_eval=True)  # the window ends where training did, before the evaluation
         t0 = time.monotonic()
         val = self.evaluate(self.model)
         self.eval_s = max(self.eval_s, time.monotonic() - t0)
@@ -559,7 +576,7 @@ class Run:
         if self.cfg.use_ss:
             metrics["ss_prob"] = ss_probability(self.cfg, self.iteration)
         if self.threads is not None:
-            metrics["threads"] = self.threads.current  # for the next window
+            metrics["threads"] = self.threads.current  # those it trained on last
             if self.thread_notes:
                 metrics["note"] = "; ".join(self.thread_notes)
                 self.thread_notes.clear()
@@ -579,6 +596,8 @@ class Run:
                       f"{self.chars_per_sec:,.0f} chars/s")
         stop = self.on_eval(metrics, path, is_best) if self.on_eval else False
         self.window_start = self.last_eval = time.monotonic()  # evaluation time is not training time
+        if not (final or stop):
+            self.watch_threads(at_eval=True)
         return bool(stop)
 
     # --- the stop rules -------------------------------------------------------------------------
@@ -621,8 +640,9 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
         # and the caller may never have heard of that evaluation, so it is reported again
         on_eval(dict(run.history[-1]), Path(cfg.init_from), False)
     run.model.train()
-    run.start_threads()
+    threads = torch.get_num_threads()
     try:
+        run.start_threads()
         while run.iteration < run.total_iters:
             run.step()
             at_eval = run.iteration % cfg.eval_every == 0 or run.iteration == run.total_iters or run.eval_overdue
@@ -649,6 +669,7 @@ def train(cfg: TrainConfig, corpus: Corpus | None = None, on_eval: OnEval | None
                          f"seq_length {cfg.seq_length}: lower them, or give the run more of the GPU") from None
     finally:
         run.bar.close()
+        torch.set_num_threads(threads)  # the caller's, whatever the run chose
     return run.result(stop_reason)
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 from charsearch.core.config import shape_label
 from charsearch.core.errors import UsageError, excerpt
 from charsearch.core.model import CharRNN, core_params, cutoffs_for
-from charsearch.core.threads import step_rate
 
 PROBE_BATCH, PROBE_SEQ = 32, 64  # CPU: the step the auto sweep's prior trains with (autosize.STEPS)
 GPU_PROBE_BATCH, GPU_PROBE_SEQ = 128, 128
@@ -191,6 +190,34 @@ def _probe_family(args) -> list[tuple[str, int, float]]:
             if rate * budget_s < least * core:  # the larger ones are slower still
                 break
     return out
+
+
+def step_rate(net, vocab: int, batch: int, seq: int, seconds: float, device: str,
+              least_steps: int = 3) -> tuple[float, int]:
+    """(chars/s, peak bytes reserved) of Adam steps on random ids for about `seconds` (at least `least_steps`),
+    the first step (which allocates) not counted."""
+    import torch
+    net = net.to(device)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    x = torch.randint(0, vocab, (batch, seq), device=device)
+
+    def step():
+        loss, _ = net(x, None, x)  # the training step's own path (an adaptive softmax's too)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    step()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t, n = time.perf_counter(), 0
+    while n < least_steps or time.perf_counter() - t < seconds:
+        step()
+        n += 1
+        if n % 10 == 0:
+            sync()
+    sync()
+    peak = torch.cuda.max_memory_reserved() if device == "cuda" else 0
+    return n * batch * seq / (time.perf_counter() - t), peak
 
 
 def calibrate_cpu(vocab: int, budget_s: float, cpus: int, max_params: float, families: dict,

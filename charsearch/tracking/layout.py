@@ -24,7 +24,7 @@ SHOWN_LOSS_TAG = "charsearch.best_val_loss"
 COUNTS_TAG = "charsearch.counts"  # on the parent run: the sweep's trial counts as JSON
 SHARED_VIEW = "charsearch-latest-sweep"  # the key of the runs-table view each sweep shares
 STEP_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec", "epoch", "learning_rate", "ss_prob",
-                "threads")  # threads: a CPU trial's torch threads for the next window (core/threads.py)
+                "threads")  # threads: the torch threads a CPU trial trained on last (core/threads.py)
 METRIC = "best_val_loss"  # what selection ranks by, and Optuna and ASHA minimise: the best fair val loss so far
 MODEL_ARTIFACT = "model/model.pt"
 
