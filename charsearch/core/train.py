@@ -516,19 +516,19 @@ class Run:
     def timed_steps(self, seconds: float) -> float:
         """Chars/s of the run's own next training steps on torch's threads now: one untimed (a new number of
         threads warms up), then about `seconds` of them: half the steps left before the next evaluation at most
-        (the other setting is timed next), leaving the time budget its last evaluation; nan where that leaves no
-        step to time."""
+        (the other setting is timed next), none past an evaluation its seconds make due, leaving the time budget
+        its last evaluation; nan where that leaves no step to time."""
         left = min(self.total_iters, (self.iteration // self.cfg.eval_every + 1) * self.cfg.eval_every) - self.iteration
         stop = self.iteration + left // 2
         near_end = self.cfg.max_time > 0 and self.elapsed + self.eval_s + 4 * seconds >= self.cfg.max_time
-        if self.iteration + 2 > stop or near_end:
+        if self.iteration + 2 > stop or near_end or self.eval_overdue:
             return math.nan
         self.step()
         t, n = time.perf_counter(), 0
-        while self.iteration < stop and (n == 0 or time.perf_counter() - t < seconds):
+        while self.iteration < stop and not self.eval_overdue and (n == 0 or time.perf_counter() - t < seconds):
             self.step()
             n += 1
-        return n * self.chars_per_iter / (time.perf_counter() - t)
+        return n * self.chars_per_iter / (time.perf_counter() - t) if n else math.nan
 
     def watch_threads(self, at_eval: bool) -> None:
         """After an evaluation MIN_WINDOW_S or more of training since the last window, or once WINDOW_S have
