@@ -114,7 +114,7 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
     trained alone for the budget, its rate decaying to 0 over the last `decay_frac` of it; with `sweeps_time`,
     for the time and with the evaluations a sweep without a search gives its prior (what the budget leaves
     after the calibration and the sweep's start), where the plan does not search. `point` (searched values: a
-    sweep's winner) replaces the prior's."""
+    sweep's winner, or some of them) replaces the prior's values."""
     plan_text, source = SWEEP_PLANS.get((str(corpus), budget, seed)), "the sweep's plan"
     if plan_text is None:
         r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
@@ -123,7 +123,7 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
             raise SystemExit(f"dry run failed:\n{r.stderr[-3000:]}")
         plan_text, source = r.stdout, "a dry run"
     plan = yaml.safe_load(plan_text)
-    prior = {**plan["train"], **(point or plan["search"]["points_to_evaluate"][0])}
+    prior = {**plan["train"], **plan["search"]["points_to_evaluate"][0], **(point or {})}
     model, shape = prior.pop("shape").split()
     layers, size = shape.split("x")
     # the shape's calibrated rate sets how often it evaluates (the plan's prior's where calibration kept no such shape)
@@ -165,6 +165,19 @@ def run_found(corpus: Path, budget: float, seed: int, project: Path, sweep: dict
     r = follow_train(cmd, project)
     return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
             "winner": sweep["winner"], "plan": plan_lines(plan_text), "prior_from": source}
+
+
+def run_point(corpus: Path, budget: float, seed: int, project: Path, point: dict) -> dict:
+    """The prior with some of its values replaced (`point`, from --point), trained alone on the sweep's schedule
+    for the budget: which of a found configuration's differences from the prior carries its gain."""
+    cmd, plan_text, shape, source = prior_command(corpus, budget, seed, project, 1 - SEARCH_FRACTION, point=point)
+    r = follow_train(cmd, project)
+    return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
+            "winner": json.dumps(point), "plan": plan_lines(plan_text), "prior_from": source}
+
+
+def point_method(point: dict) -> str:
+    return f"prior with {', '.join(f'{k} {v}' for k, v in point.items())} (sweep's schedule)"
 
 
 def run_plan(corpus: Path, budget: float, seed: int, project: Path) -> dict:
@@ -308,6 +321,7 @@ def s2(seconds: float = 15.0) -> list[dict]:
 SCHEDULE = "prior alone (sweep's schedule)"
 SWEEPS_TIME = "prior alone (sweep's schedule and time)"
 FOUND = "found alone (sweep's schedule)"
+POINT = "prior with --point (sweep's schedule)"
 METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            "prior alone": run_prior,
            # the schedule the sweep's winner gets: a constant rate while the search runs, then the finish's decay
@@ -317,6 +331,8 @@ METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            "plan": run_plan,
            # what the search found, without the search: the auto sweep's found winner trained alone (run_found)
            FOUND: run_found,
+           # which of its differences from the prior carries the gain: some of them alone (run_point)
+           POINT: run_point,
            "auto sweep": run_auto_sweep,
            "warm second sweep": run_warm_sweep}
 DEFAULT_METHODS = ("train defaults", "prior alone", "auto sweep")
@@ -363,6 +379,8 @@ def main() -> None:
                     "'--search always'); kept in the section's JSON and said in its text")
     ap.add_argument("--keep", action="store_true", help="start from the results in the section's JSON "
                     "(rows run again replace theirs)")
+    ap.add_argument("--point", default="{}", help=f"for the method '{POINT}': the values that replace the prior's, "
+                    "as JSON (e.g. '{\"batch_size\": 64, \"seq_length\": 128}')")
     ap.add_argument("--report-only", action="store_true", help="redraw from the section's JSON")
     args = ap.parse_args()
     args.stem = args.section.replace("-", "_")
@@ -386,6 +404,10 @@ def main() -> None:
                             run = functools.partial(run_auto_sweep, extra=tuple(shlex.split(args.sweep_flags)))
                         if method == FOUND:
                             run = functools.partial(run_found, sweep=results.get(f"{name}|{budget:g}|auto sweep|{seed}"))
+                        label = method
+                        if method == POINT:
+                            run = functools.partial(run_point, point=json.loads(args.point))
+                            label = point_method(json.loads(args.point))
                         project = Path(tmp) / f"p{len(list(Path(tmp).glob('p*')))}"
                         project.mkdir()
                         print(f"{name}, {budget:g} s, seed {seed}, {method} ...", file=sys.stderr, flush=True)
@@ -394,7 +416,7 @@ def main() -> None:
                             continue
                         print(f"  best {r['best']:.4f} in {r['wall']:.0f} s" if "best" in r else f"  {r}",
                               file=sys.stderr, flush=True)
-                        results[f"{name}|{budget:g}|{method}|{seed}"] = {k: v for k, v in r.items() if k != "points"}
+                        results[f"{name}|{budget:g}|{label}|{seed}"] = {k: v for k, v in r.items() if k != "points"}
                         save_json(args.stem, {"results": results, "s2": measured, "sweep_flags": args.sweep_flags})
     report(results, measured, args)
 
@@ -470,7 +492,8 @@ def report(results: dict, measured: list, args) -> None:
     for (corpus, budget), by_method in groups.items():
         mean = {m: statistics.mean(v) for m, v in by_method.items()}
         row = {"corpus": corpus, "budget": f"{float(budget):.0f} s"}
-        for m in (*DEFAULT_METHODS, SCHEDULE, SWEEPS_TIME, FOUND):
+        for m in (*DEFAULT_METHODS, SCHEDULE, SWEEPS_TIME, FOUND, *sorted(m for m in by_method
+                                                                            if m.startswith("prior with "))):
             if m in by_method:
                 row[m] = cell(by_method[m])
         mixes = [r["ensemble"] for k, r in results.items() if k.startswith(f"{corpus}|{budget}|auto sweep|")
@@ -520,7 +543,7 @@ def report(results: dict, measured: list, args) -> None:
             "trains that sweep's own prior (its plan's first point: 'sweep's prior'), else the prior of a dry run "
             "(whose calibration can keep another shape). 'found alone': the configuration an auto sweep's search "
             "found (its winner where that is not the prior's) trained alone on the sweep's schedule as (d), for the "
-            "seeds whose sweep found one. Every row's model is scored on the whole val split "
+            "seeds whose sweep found one; 'prior with ...': the prior with the values named replaced, trained alone the same way. Every row's model is scored on the whole val split "
             "(`charsearch eval --split val`), also where the run itself scored a sample of it (`eval_chars`). "
             + (f"Every auto sweep here ran with `{args.sweep_flags}`. " if args.sweep_flags else "")
             + "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups, args.stem)
