@@ -506,8 +506,13 @@ class Run:
                            val=f"{self.best_val:.3f}" if self.history else "-", chars_s=f"{self.chars_per_sec:,.0f}")
 
     @property
+    def chars_this_process(self) -> int:
+        """Characters trained since this process started the run (a resumed run's earlier ones not counted)."""
+        return (self.iteration - self.it_at_start) * self.chars_per_iter
+
+    @property
     def chars_per_sec(self) -> float:
-        return (self.iteration - self.it_at_start) * self.chars_per_iter / max(self.train_time, 1e-9)
+        return self.chars_this_process / max(self.train_time, 1e-9)
 
     def trained_s(self) -> float:
         """Training seconds so far, the current stretch since the last read-out included."""
@@ -535,17 +540,16 @@ class Run:
         passed: the window's rate sets the threads of the next (core/threads.py)."""
         if self.threads is None or self.trained_s() - self.threads_watched < (MIN_WINDOW_S if at_eval else WINDOW_S):
             return
-        chars = lambda: (self.iteration - self.it_at_start) * self.chars_per_iter  # noqa: E731
-        self.note_threads(self.threads.after_window(chars(), self.trained_s()))
-        self.threads_watched = self.trained_s()
-        self.threads.start_window(chars(), self.threads_watched)
+        self.note_threads(self.threads.after_window(self.chars_this_process, self.trained_s()))
+        self.threads_watched = self.trained_s()  # steps its timing trained belong to no window
+        self.threads.start_window(self.chars_this_process, self.threads_watched)
 
     def start_threads(self) -> None:
         """Before training: the faster of all threads and one, timed on its first steps."""
         if self.threads is not None and self.iteration < self.total_iters:
             self.note_threads(self.threads.probe())
             self.threads_watched = self.trained_s()
-            self.threads.start_window((self.iteration - self.it_at_start) * self.chars_per_iter, self.threads_watched)
+            self.threads.start_window(self.chars_this_process, self.threads_watched)
 
     def note_threads(self, said: str) -> None:
         """A line about the threads: shown with the progress, and given with the next evaluation's metrics."""
