@@ -118,8 +118,8 @@ def train(data: str | Path, progress: bool = False, threads: int | None = None, 
     except ConfigError as e:
         raise UsageError(f"{e.field}: {e.problem}") from None
     if threads is not None:
-        if threads < 1:
-            raise UsageError(f"threads must be >= 1; got {threads}")
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise UsageError(f"threads must be a whole number >= 1; got {threads!r}")
         import torch
         torch.set_num_threads(threads)
     result = train_one(cfg, progress=progress, thread_rates=None if threads else (None, None))

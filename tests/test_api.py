@@ -42,7 +42,8 @@ def test_a_model_streams_scores_and_says_what_it_is(tmp_path):
     (lambda tmp: charsearch.load(tmp / "missing.pt"), "no such file"),
     (lambda tmp: charsearch.train(tmp / "c.txt", rnn_sise=4), "unknown training option 'rnn_sise'"),
     (lambda tmp: charsearch.train(tmp / "c.txt", dropout=1.5), r"dropout: must be in \[0, 1\)"),
-    (lambda tmp: charsearch.train(tmp / "c.txt", threads=0), "threads must be >= 1"),
+    (lambda tmp: charsearch.train(tmp / "c.txt", threads=0), "threads must be a whole number >= 1; got 0"),
+    (lambda tmp: charsearch.train(tmp / "c.txt", threads="2"), "threads must be a whole number >= 1; got '2'"),
     (lambda tmp: charsearch.sweep(tmp / "c.txt"), "--data CORPUS --time DURATION"),
 ])
 def test_bad_input_raises_the_clis_one_line_error(tmp_path, call, match):

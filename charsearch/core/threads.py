@@ -98,4 +98,3 @@ class Threads:
     def set(self, n: int) -> None:
         self.current = n
         torch.set_num_threads(n)
-
