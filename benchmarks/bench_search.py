@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PLOTS, SHAKESPEARE, save_json, table, write_section  # noqa: E402
 
 VAL_LINE = re.compile(r"val ([0-9.]+) nats/char")
+PROGRESS_LINE = re.compile(r"iter (\d+)/\d+ \(epoch ([0-9.]+)\)")
 
 
 def python_corpus(dest: Path, size: int = 1_100_000) -> Path:
@@ -61,16 +62,21 @@ def follow_train(cmd: list[str], project: Path, extra_env: dict | None = None) -
     """A `charsearch train` command, its best val loss so far read off its evaluation lines as they come."""
     t0 = time.time()
     p = subprocess.Popen(cmd, cwd=project, env={**env(), **(extra_env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    points, best = [], float("inf")
+    points, best, progress = [], float("inf"), {}
     for line in p.stderr:
-        m = VAL_LINE.search(line)
+        m, at = VAL_LINE.search(line), PROGRESS_LINE.search(line)
+        if at:
+            progress["steps"], progress["epochs"] = int(at[1]), float(at[2])
         if m:
+            if float(m[1]) < best and at:
+                progress["best_epoch"] = float(at[2])
             best = min(best, float(m[1]))
             points.append((time.time() - t0, best))
     p.wait()
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed")
-    return {"points": points, "best": best, "wall": time.time() - t0, "calibration_s": 0.0}
+    # steps and passes over the train split at the last evaluation, and the pass of the best one
+    return {"points": points, "best": best, "wall": time.time() - t0, "calibration_s": 0.0, **progress}
 
 
 def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: Path, extra: tuple = (),

@@ -105,6 +105,8 @@ CORPORA = {"English prose (tiny-shakespeare)": shakespeare, "source code (Python
 # The plan each auto sweep ran, by (corpus, budget, seed): a prior arm run after it in the same invocation trains
 # that plan's prior, not a fresh dry run's (calibration's rates vary run to run, and with them the shape kept).
 SWEEP_PLANS: dict[tuple, str] = {}
+# Without one, the arms of one invocation share a dry run's plan: two arms compare one prior, not two calibrations.
+DRY_PLANS: dict[tuple, str] = {}
 
 
 def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_frac: float = 1.0,
@@ -115,13 +117,16 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
     for the time and with the evaluations a sweep without a search gives its prior (what the budget leaves
     after the calibration and the sweep's start), where the plan does not search. `point` (searched values: a
     sweep's winner, or some of them) replaces the prior's values."""
-    plan_text, source = SWEEP_PLANS.get((str(corpus), budget, seed)), "the sweep's plan"
-    if plan_text is None:
+    key = (str(corpus), budget, seed)
+    plan_text, source = SWEEP_PLANS.get(key), "the sweep's plan"
+    if plan_text is None and key not in DRY_PLANS:
         r = subprocess.run([sys.executable, "-m", "charsearch", "sweep", "--data", str(corpus), "--time", str(budget),
                             "--dry-run"], cwd=project, env=env(), capture_output=True, text=True)
         if r.returncode:
             raise SystemExit(f"dry run failed:\n{r.stderr[-3000:]}")
-        plan_text, source = r.stdout, "a dry run"
+        DRY_PLANS[key] = r.stdout
+    if plan_text is None:
+        plan_text, source = DRY_PLANS[key], "a dry run"
     plan = yaml.safe_load(plan_text)
     prior = {**plan["train"], **plan["search"]["points_to_evaluate"][0], **(point or {})}
     model, shape = prior.pop("shape").split()
@@ -164,7 +169,7 @@ def run_found(corpus: Path, budget: float, seed: int, project: Path, sweep: dict
     cmd, plan_text, shape, source = prior_command(corpus, budget, seed, project, 1 - SEARCH_FRACTION, point=point)
     r = follow_train(cmd, project)
     return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
-            "winner": sweep["winner"], "plan": plan_lines(plan_text), "prior_from": source}
+            "winner": sweep["winner"], "shape": shape, "plan": plan_lines(plan_text), "prior_from": source}
 
 
 def run_point(corpus: Path, budget: float, seed: int, project: Path, point: dict) -> dict:
@@ -173,7 +178,7 @@ def run_point(corpus: Path, budget: float, seed: int, project: Path, point: dict
     cmd, plan_text, shape, source = prior_command(corpus, budget, seed, project, 1 - SEARCH_FRACTION, point=point)
     r = follow_train(cmd, project)
     return {**r, **whole_val(best_checkpoint(project / "cv"), corpus, project, r["best"]),
-            "winner": json.dumps(point), "plan": plan_lines(plan_text), "prior_from": source}
+            "winner": json.dumps(point), "shape": shape, "plan": plan_lines(plan_text), "prior_from": source}
 
 
 def point_method(point: dict) -> str:
