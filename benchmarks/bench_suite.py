@@ -582,8 +582,12 @@ def report(results: dict, measured: list, args) -> None:
                  + table(warm_rows))
     budgets = ",".join(sorted({k.split("|")[1] for k in results}, key=float))
     seeds = len({k.split("|")[3] for k in results})
-    methods = ",".join(dict.fromkeys(k.split("|")[2] for k in results))
+    # a 'prior with ...' column is the method POINT run with its --point
+    points = [r["winner"] for k, r in results.items() if k.split("|")[2].startswith("prior with ")]
+    methods = ",".join(dict.fromkeys(POINT if k.split("|")[2].startswith("prior with ") else k.split("|")[2]
+                                     for k in results))
     extra = "" if args.section == "suite-cpu" else f" --section {args.section} --corpora {args.corpora} --methods \"{methods}\""
+    extra += f" --point '{points[0]}'" if points else ""
     extra += f" --sweep-flags \"{args.sweep_flags}\"" if args.sweep_flags else ""
     write_section(args.section, "The auto sweep on a suite of corpora (CPU)" + (
         "" if args.section == "suite-cpu" else f": {args.section}"), body,

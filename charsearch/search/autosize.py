@@ -31,10 +31,11 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   parameter at a learning rate that suits it, with dropout where it would memorise the train split
   (prior_dropout: by its passes over the split times all its parameters per train character), stepping
   on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
-  cost little throughput). The finish, not the rungs, decides the final loss, and rungs at equal
-  characters trained are short: on its own the search favours shapes that learn fastest early, while a
-  larger model trained to the end does better (in a single hand-run pilot of 740 s on one thread with
-  the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
+  cost little throughput), on 8,192 where it would read the split fewer than FRESH_PASSES times. The
+  finish, not the rungs, decides the final loss, and rungs at equal characters trained are short: on its
+  own the search favours shapes that learn fastest early, while a larger model trained to the end does
+  better (in a single hand-run pilot of 740 s on one thread with the rate decaying, a GRU 2x192 ended lower
+  than a GRU 2x128).
 
 - no search where it cannot pay: the plan estimates how many configurations besides the prior the
   search can bring to ASHA's first rung in its window (`comparisons`: the slots' time left beside the
@@ -97,6 +98,15 @@ PRIOR_LR = 3e-3
 # keeps larger ones.
 STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)},
          "gpu": {"batch_size": ([64, 128, 256], 64), "seq_length": ([64, 128], 128)}}
+# Except where the prior reads its train split fewer than FRESH_PASSES times: there every character is nearly
+# fresh, nothing memorises, and the larger step (and a slightly higher rate) ended lower on 25 MB of Python
+# source on 2 cores, the prior trained alone on the sweep's schedule: -0.046 at 600 s (0.6 passes, same shape
+# and seed; 0.95 against 0.86 of an epoch trained, so not by throughput) and -0.058 at 1800 s (1.6-2.1 passes,
+# 2 seeds, in one of which the calibration kept a gru 2x192 instead of a 2x256), while on tiny-shakespeare at 600 s (15 passes, dropout 0.19) it ended +0.040 higher, in 1,744 steps against
+# 7,782 (BENCHMARKS.md, prior-step-cpu). The bound lies between those passes, near their geometric middle; up to
+# about 4 passes a repeated character is worth nearly a fresh one (Muennighoff et al. 2023).
+FRESH_PASSES = 4.0
+FRESH_STEP = {"batch_size": 64, "seq_length": 128, "learning_rate": 3.5e-3}
 PRIOR_TOKENS_PER_PARAM = 40
 # The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
 # not characters: a CJK character carries about three times an English one's (as a subword token does),
@@ -268,6 +278,10 @@ class Plan:
         lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
                      f"in the budget; times its parameters per train character: {beside(press, FREE_PRESSURE)} (above "
                      f"{FREE_PRESSURE:g} it memorises the split): dropout {prior_dropout(self):g}")
+        if prior_step(self):
+            lines.append(f"# fewer than {FRESH_PASSES:g} passes: every character nearly fresh, so the first trial "
+                         f"steps on {FRESH_STEP['batch_size']} x {FRESH_STEP['seq_length']} characters at learning "
+                         f"rate {FRESH_STEP['learning_rate']:g}")
         if self.eval_chars:
             lines.append(f"# each evaluation scores {self.eval_chars:,} val characters spread evenly over the split "
                          f"(reading all of it at every report would leave too little time to train; `charsearch eval` "
@@ -356,7 +370,7 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
         **{key: SearchParam("choice", values) for key, (values, _) in steps.items()},
     }
     first = {"shape": prior_shape(p), "learning_rate": PRIOR_LR, "dropout": dropout,
-             **{key: prior for key, (_, prior) in steps.items()}}
+             **{key: prior for key, (_, prior) in steps.items()}, **prior_step(p)}
     for key in list(space):
         if key in sweep.train:  # a value the user fixed is not searched
             del space[key]
@@ -470,6 +484,12 @@ def pressure(p: Plan) -> tuple[float, float]:
     cfg = {**parse_shape(shape), "vocab_size": p.vocab_size, "embed_size": p.fixed.get("embed_size", 0),
            "cutoffs": cutoffs_for(p.vocab_size, p.fixed.get("softmax", "auto"))}
     return passes, passes * param_count(cfg) / p.train_chars
+
+
+def prior_step(p: Plan) -> dict:
+    """FRESH_STEP where the prior on a CPU would read its train split fewer than FRESH_PASSES times, else nothing
+    (STEPS' prior and PRIOR_LR stand)."""
+    return dict(FRESH_STEP) if not p.calibration.gpus and pressure(p)[0] < FRESH_PASSES else {}
 
 
 def memorises(p: Plan) -> bool:
