@@ -98,6 +98,9 @@ def shakespeare(dest: Path) -> Path:
 CORPORA = {"English prose (tiny-shakespeare)": shakespeare, "source code (Python stdlib)": python_corpus,
            "CJK news (People's Daily 1998)": cjk_corpus, "small (licences, 180 kB, each text once)": small_corpus,
            "large (25 MB of Python)": large_corpus}
+# a slice of the large corpus, read a few times in minutes where the large one is read about once: numbered after
+# CORPORA (6) and not in 'all'
+SLICES = {"medium (5 MB of Python)": functools.partial(large_corpus, size=5_000_000)}
 
 # --- the prior alone --------------------------------------------------------------------------------
 
@@ -375,7 +378,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="300,600", help="seconds, comma-separated")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (with --keep: add seeds)")
-    ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5), or all")
+    ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5) and SLICES (6), or "
+                    "all (CORPORA)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     ap.add_argument("--section", default="suite-cpu", help="the BENCHMARKS.md section; its JSON and plot are named "
                     "after it")
@@ -393,14 +397,15 @@ def main() -> None:
         saved = json.loads((PLOTS / f"{args.stem}.json").read_text())
         args.sweep_flags = saved.get("sweep_flags", "")
         return report(saved["results"], saved["s2"], args)
-    names = list(CORPORA) if args.corpora == "all" else [list(CORPORA)[int(i) - 1] for i in args.corpora.split(",")]
+    every = {**CORPORA, **SLICES}
+    names = list(CORPORA) if args.corpora == "all" else [list(every)[int(i) - 1] for i in args.corpora.split(",")]
     methods = args.methods.split(",")
     saved = json.loads((PLOTS / f"{args.stem}.json").read_text()) if args.keep else {"results": {}, "s2": []}
     measured = saved["s2"] if args.keep or args.no_s2 else s2()
     results: dict = saved["results"]
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(names):
-            corpus = CORPORA[name](Path(tmp) / f"c{i}" / "input.txt")
+            corpus = every[name](Path(tmp) / f"c{i}" / "input.txt")
             for budget in map(float, args.budgets.split(",")):
                 for seed in range(args.first_seed, args.first_seed + args.seeds):
                     for method in methods:
@@ -443,7 +448,7 @@ def brief(winner: str) -> str:
 
 def corpus_order(name: str) -> int:
     """Where a corpus's rows go: CORPORA's order, a corpus since renamed (its rows kept in a JSON) last."""
-    names = list(CORPORA)
+    names = list({**CORPORA, **SLICES})
     return names.index(name) if name in names else len(names)
 
 

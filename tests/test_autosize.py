@@ -350,39 +350,43 @@ def test_dropout_follows_the_pressure_to_memorise_the_train_split():
 
 def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters():
     """A CPU prior that would pass over its train split fewer than FRESH_PASSES times (every character nearly
-    fresh) steps on FRESH_STEP; one that reads it more often keeps STEPS' 2,048 characters and PRIOR_LR."""
+    fresh), in MIN_FRESH_STEPS or more of the larger step, steps on FRESH_STEP; one that reads it more often, or
+    would take too few such steps, keeps STEPS' 2,048 characters and PRIOR_LR."""
     cal = Calibration("cpu", 2, 1, rates={"gru 2x128": 40_000}, params={"gru 2x128": 173_952}, seconds=10.0)
 
-    def planned(train_chars, train=None, gpus=0):
+    def planned(train_chars, budget_s=1800, train=None, gpus=0, search="always"):
         c = Calibration("cuda", 2, 1, rates=cal.rates, params=cal.params, seconds=10.0, gpus=1, per_gpu=2) if gpus \
             else cal
-        p = plan(c, budget_s=300, train_chars=train_chars, val_chars=train_chars // 9, vocab_size=65, search="always")
-        sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=300, train=train or {}), p)
-        return p, sweep
+        p = plan(c, budget_s=budget_s, train_chars=train_chars, val_chars=train_chars // 9, vocab_size=65,
+                 search=search)
+        sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=budget_s, train=train or {}),
+                               p)
+        return p, sweep.points_to_evaluate[0]
 
-    p, sweep = planned(1_000_000)  # ~10.6 passes
-    first = sweep.points_to_evaluate[0]
-    assert autosize.pressure(p)[0] > autosize.FRESH_PASSES
-    assert (first["batch_size"], first["seq_length"], first["learning_rate"]) == (32, 64, autosize.PRIOR_LR)
+    def small(first):
+        return (first["batch_size"], first["seq_length"], first["learning_rate"]) == (32, 64, autosize.PRIOR_LR)
+
+    p, first = planned(1_000_000)  # ~70 passes
+    assert autosize.pressure(p)[0] > autosize.FRESH_PASSES and small(first)
     assert "fewer than" not in p.describe()
-    p, sweep = planned(5_000_000)  # ~2.1 passes
-    first = sweep.points_to_evaluate[0]
+    p, first = planned(25_000_000)  # ~2.8 passes in ~8,600 steps of 8,192 characters
     assert autosize.pressure(p)[0] < autosize.FRESH_PASSES
     assert {k: first[k] for k in autosize.FRESH_STEP} == autosize.FRESH_STEP
-    assert all(sweep.space[k].allows(first[k]) for k in autosize.FRESH_STEP)  # inside the space it searches
     assert "the first trial steps on 64 x 128 characters at learning rate 0.0035" in p.describe()
-    # without a search the prior trains in those steps as well
-    quiet = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=300),
-                           plan(cal, budget_s=300, train_chars=5_000_000, val_chars=555_555, vocab_size=65,
-                                search="never"))
-    assert quiet.points_to_evaluate[0]["batch_size"] * quiet.points_to_evaluate[0]["seq_length"] == 8_192
+    sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800), p)
+    assert all(sweep.space[k].allows(first[k]) for k in autosize.FRESH_STEP)  # inside the space it searches
+    # a short budget reads a 5 M corpus ~2 times, but in ~1,300 such steps: a short run learns per step
+    p, first = planned(5_000_000, budget_s=300)
+    assert autosize.pressure(p)[0] < autosize.FRESH_PASSES and small(first)
+    # without a search the prior trains in the larger step as well
+    p, first = planned(25_000_000, search="never")
+    assert not p.searching and first["batch_size"] * first["seq_length"] == 8_192
     # a step the user fixed stands and is not in the first point; the rest of the rule still applies
-    p, fixed = planned(5_000_000, train={"batch_size": 16})
-    assert "batch_size" not in fixed.points_to_evaluate[0] and fixed.points_to_evaluate[0]["seq_length"] == 128
+    p, first = planned(25_000_000, train={"batch_size": 16})
+    assert "batch_size" not in first and first["seq_length"] == 128
     # a GPU keeps its own prior step (STEPS["gpu"])
-    p, gpu = planned(5_000_000, gpus=1)
-    assert gpu.points_to_evaluate[0]["batch_size"] == autosize.STEPS["gpu"]["batch_size"][1]
-    assert gpu.points_to_evaluate[0]["learning_rate"] == autosize.PRIOR_LR
+    p, first = planned(25_000_000, gpus=1)
+    assert first["batch_size"] == autosize.STEPS["gpu"]["batch_size"][1] and first["learning_rate"] == autosize.PRIOR_LR
 
 
 def test_the_dry_run_prints_a_pressure_beside_its_bound_with_the_digits_that_tell_them_apart():

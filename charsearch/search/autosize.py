@@ -31,7 +31,8 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   parameter at a learning rate that suits it, with dropout where it would memorise the train split
   (prior_dropout: by its passes over the split times all its parameters per train character), stepping
   on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
-  cost little throughput), on 8,192 where it would read the split fewer than FRESH_PASSES times. The
+  cost little throughput), on 8,192 where it would read the split fewer than FRESH_PASSES times in
+  MIN_FRESH_STEPS or more such steps. The
   finish, not the rungs, decides the final loss, and rungs at equal characters trained are short: on its
   own the search favours shapes that learn fastest early, while a larger model trained to the end does
   better (in a single hand-run pilot of 740 s on one thread with the rate decaying, a GRU 2x192 ended lower
@@ -104,9 +105,12 @@ STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)
 # and seed; 0.95 against 0.86 of an epoch trained, so not by throughput) and -0.058 at 1800 s (1.6-2.1 passes,
 # 2 seeds, in one of which the calibration kept a gru 2x192 instead of a 2x256), while on tiny-shakespeare at 600 s (15 passes, dropout 0.19) it ended +0.040 higher, in 1,744 steps against
 # 7,782 (BENCHMARKS.md, prior-step-cpu). The bound lies between those passes, near their geometric middle; up to
-# about 4 passes a repeated character is worth nearly a fresh one (Muennighoff et al. 2023).
+# about 4 passes a repeated character is worth nearly a fresh one (Muennighoff et al. 2023). Only where the prior
+# would still take MIN_FRESH_STEPS of the larger step (the fewest among the runs it won: 2,607): a run of a few
+# hundred steps learns per step (above), as a short budget on a small corpus or a loaded machine would.
 FRESH_PASSES = 4.0
 FRESH_STEP = {"batch_size": 64, "seq_length": 128, "learning_rate": 3.5e-3}
+MIN_FRESH_STEPS = 2_000
 PRIOR_TOKENS_PER_PARAM = 40
 # The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
 # not characters: a CJK character carries about three times an English one's (as a subword token does),
@@ -487,9 +491,11 @@ def pressure(p: Plan) -> tuple[float, float]:
 
 
 def prior_step(p: Plan) -> dict:
-    """FRESH_STEP where the prior on a CPU would read its train split fewer than FRESH_PASSES times, else nothing
-    (STEPS' prior and PRIOR_LR stand)."""
-    return dict(FRESH_STEP) if not p.calibration.gpus and pressure(p)[0] < FRESH_PASSES else {}
+    """FRESH_STEP where the prior on a CPU would read its train split fewer than FRESH_PASSES times in
+    MIN_FRESH_STEPS or more of that step, else nothing (STEPS' prior and PRIOR_LR stand)."""
+    passes = pressure(p)[0]
+    steps = passes * p.train_chars / (FRESH_STEP["batch_size"] * FRESH_STEP["seq_length"])
+    return dict(FRESH_STEP) if not p.calibration.gpus and passes < FRESH_PASSES and steps >= MIN_FRESH_STEPS else {}
 
 
 def memorises(p: Plan) -> bool:
