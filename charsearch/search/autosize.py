@@ -103,11 +103,12 @@ STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)
 # fresh, nothing memorises, and the larger step (and a slightly higher rate) ended lower on 25 MB of Python
 # source on 2 cores, the prior trained alone on the sweep's schedule: -0.046 at 600 s (0.6 passes, same shape
 # and seed; 0.95 against 0.86 of an epoch trained, so not by throughput) and -0.058 at 1800 s (1.6-2.1 passes,
-# 2 seeds, in one of which the calibration kept a gru 2x192 instead of a 2x256), while on tiny-shakespeare at 600 s (15 passes, dropout 0.19) it ended +0.040 higher, in 1,744 steps against
-# 7,782 (BENCHMARKS.md, prior-step-cpu). The bound lies between those passes, near their geometric middle; up to
-# about 4 passes a repeated character is worth nearly a fresh one (Muennighoff et al. 2023). Only where the prior
-# would still take MIN_FRESH_STEPS of the larger step (the fewest among the runs it won: 2,607): a run of a few
-# hundred steps learns per step (above), as a short budget on a small corpus or a loaded machine would.
+# 2 seeds, in one of which the calibration kept a gru 2x192 instead of a 2x256); on tiny-shakespeare at 600 s
+# (15 passes, dropout 0.19) it ended +0.040 higher, in 1,744 steps against 7,782, and level (+0.0009) on a 5 MB
+# slice of the 25 MB corpus at 4.3 passes (BENCHMARKS.md, prior-step-cpu). The bound lies between those passes;
+# up to about 4 passes a repeated character is worth nearly a fresh one (Muennighoff et al. 2023). Only where
+# the prior would still take MIN_FRESH_STEPS of the larger step (the fewest among the runs it won: 2,607): a run
+# of a few hundred steps learns per step (above), as a short budget on a small corpus or a loaded machine would.
 FRESH_PASSES = 4.0
 FRESH_STEP = {"batch_size": 64, "seq_length": 128, "learning_rate": 3.5e-3}
 MIN_FRESH_STEPS = 2_000
