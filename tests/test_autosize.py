@@ -372,7 +372,7 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     p, first = planned(25_000_000)  # ~2.8 passes in ~8,600 steps of 8,192 characters
     assert autosize.pressure(p)[0] < autosize.FRESH_PASSES
     assert {k: first[k] for k in autosize.FRESH_STEP} == autosize.FRESH_STEP
-    assert "the first trial steps on 64 x 128 characters at learning rate 0.0035" in p.describe()
+    assert "the first trial takes batch_size 64, seq_length 128, learning_rate 0.0035\n" in p.describe() + "\n"
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800), p)
     assert all(sweep.space[k].allows(first[k]) for k in autosize.FRESH_STEP)  # inside the space it searches
     # a short budget reads a 5 M corpus ~2 times, but in ~1,300 such steps: a short run learns per step
@@ -384,6 +384,10 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     # a step the user fixed stands and is not in the first point; the rest of the rule still applies
     p, first = planned(25_000_000, train={"batch_size": 16})
     assert "batch_size" not in first and first["seq_length"] == 128
+    p.train_fixed = frozenset({"batch_size"})  # as plan_for gives it
+    assert "the first trial takes seq_length 128, learning_rate 0.0035 (the sweep file sets the rest)" in p.describe()
+    p.train_fixed = frozenset(autosize.FRESH_STEP)
+    assert "fewer than" not in p.describe()
     # a GPU keeps its own prior step (STEPS["gpu"])
     p, first = planned(25_000_000, gpus=1)
     assert first["batch_size"] == autosize.STEPS["gpu"]["batch_size"][1] and first["learning_rate"] == autosize.PRIOR_LR

@@ -32,11 +32,10 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   (prior_dropout: by its passes over the split times all its parameters per train character), stepping
   on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
   cost little throughput), on 8,192 where it would read the split fewer than FRESH_PASSES times in
-  MIN_FRESH_STEPS or more such steps. The
-  finish, not the rungs, decides the final loss, and rungs at equal characters trained are short: on its
-  own the search favours shapes that learn fastest early, while a larger model trained to the end does
-  better (in a single hand-run pilot of 740 s on one thread with the rate decaying, a GRU 2x192 ended lower
-  than a GRU 2x128).
+  MIN_FRESH_STEPS or more such steps. The finish, not the rungs, decides the final loss, and rungs at
+  equal characters trained are short: on its own the search favours shapes that learn fastest early,
+  while a larger model trained to the end does better (in a single hand-run pilot of 740 s on one thread
+  with the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
 
 - no search where it cannot pay: the plan estimates how many configurations besides the prior the
   search can bring to ASHA's first rung in its window (`comparisons`: the slots' time left beside the
@@ -217,7 +216,8 @@ class Plan:
     fixed: dict = field(default_factory=dict)  # the sweep's fixed embed_size and softmax (calibrate.candidate)
     compared: float = 0.0  # configurations besides the prior the search can bring to its first rung
     searching: bool = True  # False: the prior trains alone for the budget (no_search)
-    dropout_fixed: bool = False  # the sweep file's train section sets it: neither searched nor varied by members
+    # what the sweep file's train section sets: neither searched, nor in the first point, nor varied by members
+    train_fixed: frozenset = frozenset()
     search_mode: str = "auto"
 
     def search_line(self) -> str:
@@ -237,7 +237,7 @@ class Plan:
         shape = prior_shape(self)
         share = (f" (each of {MEMBERS} at once would train at {cal.paired[shape] / cal.whole[shape]:.0%} of the rate of "
                  f"one alone)") if shape in cal.whole and shape in cal.paired else ""
-        dropouts = "" if members == 1 or not memorises(self) or not prior_dropout(self) or self.dropout_fixed else (
+        dropouts = "" if members == 1 or not memorises(self) or not prior_dropout(self) or "dropout" in self.train_fixed else (
             f", at dropout {prior_dropout(self):g} and {2 * prior_dropout(self):g} (`best --export` takes the "
             f"lower on val)")
         how = ("trains alone on the whole machine" if members == 1 else
@@ -283,10 +283,11 @@ class Plan:
         lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
                      f"in the budget; times its parameters per train character: {beside(press, FREE_PRESSURE)} (above "
                      f"{FREE_PRESSURE:g} it memorises the split): dropout {prior_dropout(self):g}")
-        if prior_step(self):
+        fresh = {k: v for k, v in prior_step(self).items() if k not in self.train_fixed}
+        if fresh:
             lines.append(f"# fewer than {FRESH_PASSES:g} passes: every character nearly fresh, so the first trial "
-                         f"steps on {FRESH_STEP['batch_size']} x {FRESH_STEP['seq_length']} characters at learning "
-                         f"rate {FRESH_STEP['learning_rate']:g}")
+                         f"takes {', '.join(f'{k} {v:g}' for k, v in fresh.items())}"
+                         + (" (the sweep file sets the rest)" if len(fresh) < len(FRESH_STEP) else ""))
         if self.eval_chars:
             lines.append(f"# each evaluation scores {self.eval_chars:,} val characters spread evenly over the split "
                          f"(reading all of it at every report would leave too little time to train; `charsearch eval` "
@@ -564,7 +565,7 @@ def auto_sweep(sweep: SweepConfig, budget_s: float, cpus: int | None = None, gpu
         measure_members(cal, shape, MEMBERS, len(corpus.vocab), fixed, share=PAIR_SHARE)
         p = sized()
     sweep.sweep_time = budget_s
-    p.dropout_fixed = "dropout" in sweep.train
+    p.train_fixed = frozenset(sweep.train)
     return apply(sweep, p), p
 
 

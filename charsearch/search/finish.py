@@ -24,7 +24,7 @@ import ray
 import ray.util.queue
 
 from charsearch.core import artifact
-from charsearch.core.data import Corpus, iters_per_epoch
+from charsearch.core.data import Corpus
 from charsearch.search.ledger import METRIC, SweepState
 from charsearch.search.status import clock_text, write_line
 from charsearch.search.sweepfile import SweepConfig
@@ -34,6 +34,7 @@ from charsearch.tracking.tracker import Tracker
 
 FINISHERS = 1
 EVALUATIONS = 12  # enough to keep the best, few enough to leave the time to training
+NEVER = 1 << 40  # an evaluation interval in iterations that no finisher reaches: it evaluates by the clock
 
 
 @dataclass
@@ -52,7 +53,6 @@ class Start:
     config: dict
     checkpoint: bytes | None = None
     model: bytes | None = None
-    chars_per_sec: float | None = None
 
 
 def finish_best(sweep: SweepConfig, grid, tracker: Tracker, corpus: Corpus, state: SweepState, out) -> Finish | None:
@@ -84,7 +84,7 @@ def from_checkpoint(result) -> Start:
     checkpoint = reported_checkpoint(result.metrics, result.filesystem, result.path, result.checkpoint)
     with checkpoint.as_directory() as d:
         payload, model = (Path(d) / "checkpoint.pt").read_bytes(), (Path(d) / "model.pt").read_bytes()
-    return Start(result.metrics["trial_id"], result.config, payload, model, result.metrics.get("chars_per_sec"))
+    return Start(result.metrics["trial_id"], result.config, payload, model)
 
 
 def from_start(sweep: SweepConfig, trial, tracker: Tracker) -> Start:
@@ -99,23 +99,21 @@ def start(sweep: SweepConfig, begin: Start, corpus: Corpus, gpu: bool, threads: 
     cfg = sweep.trial_config(begin.config)
     cfg.lr_schedule, cfg.decay_frac, cfg.max_time, cfg.patience = "wsd", 1.0, left, 0
     cfg.max_epochs = max(cfg.max_epochs, 1e4)  # the clock ends it
-    if begin.chars_per_sec:
-        set_report_interval(cfg, begin.chars_per_sec * left / EVALUATIONS / (cfg.batch_size * cfg.seq_length))
-    else:  # as often as the search's trials report; the deadline's own evaluation comes last
-        train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
-        set_report_interval(cfg, sweep.report_every_epochs * iters_per_epoch(len(train_ids), cfg.batch_size,
-                                                                             cfg.seq_length))
+    # evaluations by the clock, not every so many characters at its trial's rate: on the whole machine a
+    # finisher often trains several times faster than its trial did beside others, and would evaluate as many
+    # times more often, at its training's cost; the deadline's own evaluation comes last
+    set_report_interval(cfg, NEVER)
     options = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": threads}
     summary = {"trial_id": begin.trial_id, "trial_name": f"trial_{begin.trial_id}", "sweep": sweep.name}
     return ray.remote(train_on).options(**options).remote(begin.checkpoint, begin.model, cfg.to_dict(), corpus,
-                                                         summary, threads, ends_at, evaluations)
+                                                         summary, threads, ends_at, evaluations, left / EVALUATIONS)
 
 
 def train_on(checkpoint: bytes | None, model: bytes | None, cfg_dict: dict, corpus: Corpus, summary: dict, threads: int,
-             ends_at: float, evaluations):
+             ends_at: float, evaluations, eval_every_s: float):
     """Runs in a Ray task: a trial's run resumed from its last checkpoint (or from its start), its learning
     rate decaying linearly to 0 over the time left until `ends_at` (time.time()), however long the task
-    waited to start.
+    waited to start, evaluated every `eval_every_s` seconds of training.
     Each evaluation goes to the driver as it is made (`evaluations`, a ray.util.queue.Queue)."""
     from charsearch.core.config import TrainConfig
     from charsearch.core.train import train
@@ -135,7 +133,8 @@ def train_on(checkpoint: bytes | None, model: bytes | None, cfg_dict: dict, corp
                 artifact.export(path, work / "model.pt", summary)
                 improved.append(metrics["val_loss"])
             evaluations.put((summary["trial_id"], metrics))
-        result = train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary, deadline=ends_at)
+        result = train(cfg, corpus, on_eval=on_eval, progress=False, summary_extra=summary, deadline=ends_at,
+                       eval_every_s=eval_every_s)
         return {"last": result.history[-1] if result.history else {}, "best_val_loss": result.best_val_loss,
                 "model": (work / "model.pt").read_bytes() if improved else None}
     finally:
