@@ -98,9 +98,10 @@ def shakespeare(dest: Path) -> Path:
 CORPORA = {"English prose (tiny-shakespeare)": shakespeare, "source code (Python stdlib)": python_corpus,
            "CJK news (People's Daily 1998)": cjk_corpus, "small (licences, 180 kB, each text once)": small_corpus,
            "large (25 MB of Python)": large_corpus}
-# a slice of the large corpus, read a few times in minutes where the large one is read about once: numbered after
-# CORPORA (6) and not in 'all'
-SLICES = {"medium (5 MB of Python)": functools.partial(large_corpus, size=5_000_000)}
+# slices of the large corpus, read a few times in minutes where the large one is read about once: numbered after
+# CORPORA (6, 7) and not in 'all'
+SLICES = {"medium (5 MB of Python)": functools.partial(large_corpus, size=5_000_000),
+          "medium (10 MB of Python)": functools.partial(large_corpus, size=10_000_000)}
 
 # --- the prior alone --------------------------------------------------------------------------------
 
@@ -378,7 +379,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="300,600", help="seconds, comma-separated")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..FIRST+SEEDS-1 (with --keep: add seeds)")
-    ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5) and SLICES (6), or "
+    ap.add_argument("--corpora", default="all", help="comma-separated numbers of CORPORA (1-5) and SLICES (6-7), or "
                     "all (CORPORA)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     ap.add_argument("--section", default="suite-cpu", help="the BENCHMARKS.md section; its JSON and plot are named "
