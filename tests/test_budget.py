@@ -193,12 +193,13 @@ def test_an_auto_sweep_without_a_search_trains_its_prior_on_the_winners_schedule
     # two dropouts, unmeasured
     planned = re.search(r"# no search: .*\(--search never\); the prior (trains alone on the whole machine|trains (\d) "
                         r"times at once, seeds apart(, at dropout ([0-9.]+) and ([0-9.]+) \(`best --export` takes "
-                        r"the lower on val\))?, (\d+) slot\(s\) each)( \(each of 2 at once would train at (\d+)% "
-                        r"of the rate of one alone\))? for ~(\d+) s", r.stderr)
+                        r"the lower on val\))?, (\d+) slot\(s\) each)( \(each of 2 at once would train at (\d+)(% of| "
+                        r"times) the rate of one alone\))? for ~(\d+) s", r.stderr)
     assert planned, r.stderr
     members, dropouts, slots = int(planned.group(2) or 1), planned.group(4, 5), planned.group(6)
     if planned.group(7):
-        share, rule = int(planned.group(8)), round(100 * PAIR_SHARE)  # rounded: the rule's own figure may go either way
+        # in percent, rounded: the rule's own figure may go either way
+        share, rule = int(planned.group(8)) * (1 if planned.group(9) == "% of" else 100), round(100 * PAIR_SHARE)
         assert share >= rule if members == 2 else share <= rule, planned.group(0)
     else:
         pressure = re.search(r"per train character: ([0-9.e+]+) \(above", r.stderr)
