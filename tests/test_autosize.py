@@ -381,6 +381,10 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     # a short budget reads a 5 M corpus ~2 times, but in ~1,300 such steps: a short run learns per step
     p, first = planned(5_000_000, budget_s=300)
     assert autosize.pressure(p)[0] < autosize.FRESH_PASSES and small(first)
+    # nor in ~2,600 (10 minutes on a 10 M corpus, ~2 passes: where the larger step ended higher on 2 seeds)
+    p, first = planned(10_000_000, budget_s=600)
+    steps = autosize.pressure(p)[0] * 10_000_000 / 8_192
+    assert 2_000 < steps < autosize.MIN_FRESH_STEPS and small(first), steps
     # without a search the prior trains in the larger step as well
     p, first = planned(25_000_000, search="never")
     assert not p.searching and first["batch_size"] * first["seq_length"] == 8_192

@@ -98,19 +98,19 @@ PRIOR_LR = 3e-3
 # keeps larger ones.
 STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)},
          "gpu": {"batch_size": ([64, 128, 256], 64), "seq_length": ([64, 128], 128)}}
-# Except where the prior reads its train split fewer than FRESH_PASSES times: there every character is nearly
-# fresh, nothing memorises, and the larger step (and a slightly higher rate) ended lower on 25 MB of Python
-# source on 2 cores, the prior trained alone on the sweep's schedule: -0.046 at 600 s (0.6 passes, same shape
-# and seed; 0.95 against 0.86 of an epoch trained, so not by throughput) and -0.058 at 1800 s (1.6-2.1 passes,
-# 2 seeds, in one of which the calibration kept a gru 2x192 instead of a 2x256); on tiny-shakespeare at 600 s
-# (15 passes, dropout 0.19) it ended +0.040 higher, in 1,744 steps against 7,782, and level (+0.0009) on a 5 MB
-# slice of the 25 MB corpus at 4.3 passes (BENCHMARKS.md, prior-step-cpu). The bound lies between those passes;
-# up to about 4 passes a repeated character is worth nearly a fresh one (Muennighoff et al. 2023). Only where
-# the prior would still take MIN_FRESH_STEPS of the larger step (the fewest among the runs it won: 2,607): a run
-# of a few hundred steps learns per step (above), as a short budget on a small corpus or a loaded machine would.
+# Except in a long run where the prior reads its train split fewer than FRESH_PASSES times: there every character
+# is nearly fresh, nothing memorises, and the larger step (and a slightly higher rate) ended lower on 25 MB of
+# Python source on 2 cores at 1800 s, the prior trained alone on the sweep's schedule: -0.058 over 2 seeds
+# (1.6459 +- 0.009 against 1.7036 +- 0.001; 1.6-2.1 passes, ~4,300 such steps planned; in one seed the
+# calibration kept a gru 2x192 instead of a 2x256). Shorter runs did not gain: at 600 s, in 1,600-2,000 such
+# steps planned (2,600-3,400 trained), it ended -0.046 and +0.084 on that corpus and +0.007 and +0.047 on a 10 MB
+# slice of it (2 seeds each); at 15-20 passes +0.040 on tiny-shakespeare and +0.031 on 1.1 MB of Python source
+# (BENCHMARKS.md, prior-step-cpu). So only where the prior would take MIN_FRESH_STEPS or more of the larger step,
+# between those counts: early in a run more, smaller steps learn more per character. Up to about 4 passes a
+# repeated character is worth nearly a fresh one (Muennighoff et al. 2023); a 5 MB slice at 4.3 passes ended level.
 FRESH_PASSES = 4.0
 FRESH_STEP = {"batch_size": 64, "seq_length": 128, "learning_rate": 3.5e-3}
-MIN_FRESH_STEPS = 2_000
+MIN_FRESH_STEPS = 3_000
 PRIOR_TOKENS_PER_PARAM = 40
 # The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
 # not characters: a CJK character carries about three times an English one's (as a subword token does),
