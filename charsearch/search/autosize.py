@@ -237,7 +237,8 @@ class Plan:
         shape = prior_shape(self)
         share = (f" (each of {MEMBERS} at once would train at {as_share(cal.paired[shape] / cal.whole[shape])} the "
                  f"rate of one alone)") if shape in cal.whole and shape in cal.paired else ""
-        dropouts = "" if members == 1 or not memorises(self) or not prior_dropout(self) or "dropout" in self.train_fixed else (
+        varied = members > 1 and memorises(self) and prior_dropout(self) and "dropout" not in self.train_fixed
+        dropouts = "" if not varied else (
             f", at dropout {prior_dropout(self):g} and {2 * prior_dropout(self):g} (`best --export` takes the "
             f"lower on val)")
         how = ("trains alone on the whole machine" if members == 1 else
