@@ -99,12 +99,14 @@ def test_resume_after_the_driver_is_killed(project):
     for trial_dir in (project / "ray_results" / "resume").glob("*/trial_*"):
         if trial_dir.name.removeprefix("trial_") in ended_ids:
             continue
-        *older, last = sorted(trial_dir.glob("checkpoint_*")) or [None]
+        # the kill itself may have left the newest folder without its files (Tune was copying it): kept as it is
+        folders = sorted(trial_dir.glob("checkpoint_*"))
+        *older, last = [f for f in folders if (f / "checkpoint.pt").exists()] or [None]
         for old in older:
             shutil.rmtree(old)
         # and as a driver killed while Tune copied a newer checkpoint to storage: a folder with a file cut short
         if last is not None:
-            partial = shutil.copytree(last, trial_dir / f"checkpoint_{int(last.name.split('_')[1]) + 1:06d}")
+            partial = shutil.copytree(last, trial_dir / f"checkpoint_{int(folders[-1].name.split('_')[1]) + 1:06d}")
             state = partial / "checkpoint.pt"  # what a resumed trial loads
             state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     # as a driver killed while Tune copied its saved state would leave it: the search algorithm's state copied,
