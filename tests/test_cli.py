@@ -102,6 +102,8 @@ def test_bad_fractions_and_devices_outside_train(capsys, workdir, small_corpus, 
     (["--rnn-size", "big"], "argument --rnn-size: invalid int value"),
     (["--device", "tpu"], "--device: must be auto, cpu, cuda or cuda:N"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--warmup-iters", "-100"], "--warmup-iters: must be >= 0"),
+    (["--warmup-iters", "1.5"], "argument --warmup-iters: invalid int value"),
 ])
 def test_impossible_hyperparameters(capsys, workdir, small_corpus, flags, match):
     one_line_error(capsys, "train", "--data", small_corpus, *flags, match=match)

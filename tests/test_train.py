@@ -1,5 +1,6 @@
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -295,6 +296,17 @@ def test_cosine_schedule_ends_at_a_tenth():
 def test_wsd_schedule_holds_then_decays_linearly_to_zero():
     cfg = TrainConfig(learning_rate=1.0, lr_schedule="wsd", decay_frac=0.2)
     assert [learning_rate(cfg, it, 10, 100) for it in (0, 50, 80, 90, 100)] == pytest.approx([1, 1, 1, 0.5, 0])
+
+
+def test_warmup_raises_any_schedules_rate_linearly_over_its_first_iterations():
+    for schedule in ("wsd", "cosine", "step", "constant"):
+        plain = TrainConfig(learning_rate=1.0, lr_schedule=schedule, decay_frac=0.2)
+        warm = replace(plain, warmup_iters=4)
+        rates = [learning_rate(warm, it, 10, 100) for it in range(100)]
+        assert rates[:4] == pytest.approx([learning_rate(plain, it, 10, 100) * (it + 1) / 4 for it in range(4)])
+        assert rates[0] == pytest.approx(0.25)
+        assert rates[4:] == [learning_rate(plain, it, 10, 100) for it in range(4, 100)]  # the schedule after it
+    assert TrainConfig().warmup_iters == 0  # off unless asked: a run's rates are the schedule's
 
 
 def test_schedules_end_annealed_when_the_clock_runs_out_before_the_epochs():

@@ -71,6 +71,8 @@ class TrainConfig:
                            "run; wsd: constant, then linearly to 0 over the last --decay-frac of the run (the end "
                            "of the run: max-epochs or max-time, whichever comes first)", choices=LR_SCHEDULES)
     decay_frac: float = opt(0.2, "wsd schedule: the fraction of the run over which the rate decays to 0")
+    warmup_iters: int = opt(0, "raise the rate linearly from 0 over the first N iterations, whatever the schedule "
+                            "(0: start at the full rate)")
     learning_rate_decay: float = opt(0.97, "step schedule: multiply the rate by this every epoch...")
     learning_rate_decay_after: float = opt(10, "...after this many epochs")
     decay_rate: float = opt(0.95, "rmsprop smoothing constant (alpha)")
@@ -114,7 +116,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0; got {excerpt(getattr(self, name))}")
         non_negative = ("min_freq", "embed_size", "weight_decay", "grad_clip", "max_time", "patience",
-                        "learning_rate_decay_after", "decay_ss", "eval_chars")
+                        "warmup_iters", "learning_rate_decay_after", "decay_ss", "eval_chars")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0; got {excerpt(getattr(self, name))}")
