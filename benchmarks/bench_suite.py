@@ -148,7 +148,8 @@ def prior_command(corpus: Path, budget: float, seed: int, project: Path, decay_f
            "--rnn-size", size, "--max-time", str(seconds), "--seed", str(123 + seed), "--lr-schedule", "wsd",
            "--decay-frac", str(decay_frac), "--max-epochs", "10000", "--eval-every", str(evals),
            "--checkpoint-dir", str(project / "cv")]
-    for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip", "eval_chars"):
+    for key in ("learning_rate", "dropout", "batch_size", "seq_length", "optimizer", "grad_clip", "eval_chars",
+                "warmup_iters"):
         if key in prior:
             cmd += [f"--{key.replace('_', '-')}", str(prior[key])]
     return cmd, plan_text, f"{model} {shape}", source

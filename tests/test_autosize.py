@@ -372,19 +372,27 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     p, first = planned(1_000_000)  # ~70 passes
     assert autosize.pressure(p)[0] > autosize.FRESH_PASSES and small(first)
     assert "fewer than" not in p.describe()
+    assert "warmup_iters" not in autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800),
+                                                p).train  # the trials start at the full rate
     p, first = planned(25_000_000)  # ~2.8 passes in ~8,600 steps of 8,192 characters
     assert autosize.pressure(p)[0] < autosize.FRESH_PASSES
     assert {k: first[k] for k in autosize.FRESH_STEP} == autosize.FRESH_STEP
-    assert "the first trial takes batch_size 64, seq_length 128, learning_rate 0.0035\n" in p.describe() + "\n"
+    assert ("the first trial takes batch_size 64, seq_length 128, learning_rate 0.0035; every trial warms up over "
+            "100 iterations\n") in p.describe() + "\n"
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800), p)
     assert all(sweep.space[k].allows(first[k]) for k in autosize.FRESH_STEP)  # inside the space it searches
+    assert sweep.train["warmup_iters"] == autosize.FRESH_WARMUP_ITERS  # every trial, the prior's members too
+    assert autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800, train={"warmup_iters": 0}),
+                          p).train["warmup_iters"] == 0  # a warmup the sweep file sets stands
+    p.train_fixed = frozenset({"warmup_iters"})
+    assert "every trial warms up" not in p.describe()
     # a short budget reads a 5 M corpus ~2 times, but in ~1,300 such steps: a short run learns per step
     p, first = planned(5_000_000, budget_s=300)
     assert autosize.pressure(p)[0] < autosize.FRESH_PASSES and small(first)
-    # nor in ~2,600 (10 minutes on a 10 M corpus, ~2 passes: where the larger step ended higher on 2 seeds)
+    # but in ~2,600 (10 minutes on a 10 M corpus, ~2 passes: where, warming up, it ended level over 2 seeds) it does
     p, first = planned(10_000_000, budget_s=600)
     steps = autosize.pressure(p)[0] * 10_000_000 / 8_192
-    assert 2_000 < steps < autosize.MIN_FRESH_STEPS and small(first), steps
+    assert autosize.MIN_FRESH_STEPS < steps < 3_000 and first["batch_size"] * first["seq_length"] == 8_192, steps
     # without a search the prior trains in the larger step as well
     p, first = planned(25_000_000, search="never")
     assert not p.searching and first["batch_size"] * first["seq_length"] == 8_192

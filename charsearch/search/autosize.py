@@ -32,10 +32,11 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   (prior_dropout: by its passes over the split times all its parameters per train character), stepping
   on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
   cost little throughput), on 8,192 where it would read the split fewer than FRESH_PASSES times in
-  MIN_FRESH_STEPS or more such steps. The finish, not the rungs, decides the final loss, and rungs at
-  equal characters trained are short: on its own the search favours shapes that learn fastest early,
-  while a larger model trained to the end does better (in a single hand-run pilot of 740 s on one thread
-  with the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
+  MIN_FRESH_STEPS or more such steps, every trial then warming up over FRESH_WARMUP_ITERS. The finish,
+  not the rungs, decides the final loss, and rungs at equal characters trained are short: on its own the
+  search favours shapes that learn fastest early, while a larger model trained to the end does better (in
+  a single hand-run pilot of 740 s on one thread with the rate decaying, a GRU 2x192 ended lower than a
+  GRU 2x128).
 
 - no search where it cannot pay: the plan estimates how many configurations besides the prior the
   search can bring to ASHA's first rung in its window (`comparisons`: the slots' time left beside the
@@ -99,18 +100,27 @@ PRIOR_LR = 3e-3
 STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)},
          "gpu": {"batch_size": ([64, 128, 256], 64), "seq_length": ([64, 128], 128)}}
 # Except in a long run where the prior reads its train split fewer than FRESH_PASSES times: there every character
-# is nearly fresh, nothing memorises, and the larger step (and a slightly higher rate) ended lower on 25 MB of
-# Python source on 2 cores at 1800 s, the prior trained alone on the sweep's schedule: -0.058 over 2 seeds
-# (1.6459 +- 0.009 against 1.7036 +- 0.001; 1.6-2.1 passes, ~4,300 such steps planned; in one seed the
-# calibration kept a gru 2x192 instead of a 2x256). Shorter runs did not gain: at 600 s, in 1,600-2,000 such
-# steps planned (2,600-3,400 trained), it ended -0.046 and +0.084 on that corpus and +0.007 and +0.047 on a 10 MB
-# slice of it (2 seeds each); at 15-20 passes +0.040 on tiny-shakespeare and +0.031 on 1.1 MB of Python source
-# (BENCHMARKS.md, prior-step-cpu). So only where the prior would take MIN_FRESH_STEPS or more of the larger step,
-# between those counts: early in a run more, smaller steps learn more per character. Up to about 4 passes a
-# repeated character is worth nearly a fresh one (Muennighoff et al. 2023); a 5 MB slice at 4.3 passes ended level.
+# is nearly fresh, nothing memorises, and the larger step (and a slightly higher rate), warming up over
+# FRESH_WARMUP_ITERS, ended lower, the prior trained alone on the sweep's schedule on 2 cores (BENCHMARKS.md,
+# prior-step-cpu, warmup-cpu, search-always-cpu): on 25 MB of Python source at 1800 s (no warmup) -0.058 over 2
+# seeds (1.6459 +- 0.009 against 1.7036 +- 0.001; ~4,300 such steps planned); at 600 s (~0.6 passes, 1,580-1,680
+# steps planned) 1.6604 +- 0.016 against 1.7211 +- 0.007 (-0.061); on a 10 MB slice at 600 s (~1.7 passes,
+# 1,710-2,030 steps planned) 1.1826 +- 0.001 against 1.1821 +- 0.004, level. It did not gain where the split is
+# read many times: +0.040 on tiny-shakespeare and +0.031 on 1.1 MB of Python source at 15-20 passes (no warmup); a
+# 5 MB slice at 4.3 passes ended level. Up to about 4 passes a repeated character is worth nearly a fresh one
+# (Muennighoff et al. 2023).
+# MIN_FRESH_STEPS: the fewest such steps measured (in short runs, more, smaller steps learn more per character:
+# hand-run pilots at 150 s above).
 FRESH_PASSES = 4.0
 FRESH_STEP = {"batch_size": 64, "seq_length": 128, "learning_rate": 3.5e-3}
-MIN_FRESH_STEPS = 3_000
+MIN_FRESH_STEPS = 1_500
+# At the larger step every trial warms up (train's warmup_iters): at the full rate from the first step, one seed
+# of two threw a gru 2x192 into a slow start on 25 MB of Python at 600 s (a gradient norm of 11 and the loss
+# rising around iteration 30; at iteration 500 its training loss stood 0.54 above the other seed's) and it ended
+# 0.12-0.15 above it on the whole val split, with the same data order (prior-step-cpu and warmup-cpu). Warming
+# up over 100 iterations, the two ended 0.022 apart: 1.6604 +- 0.016 against 1.7315 +- 0.106 without
+# (warmup-cpu).
+FRESH_WARMUP_ITERS = 100
 PRIOR_TOKENS_PER_PARAM = 40
 # The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
 # not characters: a CJK character carries about three times an English one's (as a subword token does),
@@ -288,7 +298,9 @@ class Plan:
         if fresh:
             lines.append(f"# fewer than {FRESH_PASSES:g} passes: every character nearly fresh, so the first trial "
                          f"takes {', '.join(f'{k} {v:g}' for k, v in fresh.items())}"
-                         + (" (the sweep file sets the rest)" if len(fresh) < len(FRESH_STEP) else ""))
+                         + (" (the sweep file sets the rest)" if len(fresh) < len(FRESH_STEP) else "")
+                         + ("" if "warmup_iters" in self.train_fixed else
+                            f"; every trial warms up over {FRESH_WARMUP_ITERS} iterations"))
         if self.eval_chars:
             lines.append(f"# each evaluation scores {self.eval_chars:,} val characters spread evenly over the split "
                          f"(reading all of it at every report would leave too little time to train; `charsearch eval` "
@@ -376,8 +388,9 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
         "dropout": SearchParam("float", [dropout / 2, 2 * dropout] if dropout else [0.0, 0.1]),
         **{key: SearchParam("choice", values) for key, (values, _) in steps.items()},
     }
+    fresh = prior_step(p)
     first = {"shape": prior_shape(p), "learning_rate": PRIOR_LR, "dropout": dropout,
-             **{key: prior for key, (_, prior) in steps.items()}, **prior_step(p)}
+             **{key: prior for key, (_, prior) in steps.items()}, **fresh}
     for key in list(space):
         if key in sweep.train:  # a value the user fixed is not searched
             del space[key]
@@ -386,7 +399,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     if sweep.startup_trials is None:  # a value from the sweep file stands
         sweep.startup_trials = STARTUP_TRIALS
     sample = {"eval_chars": p.eval_chars} if p.eval_chars else {}
-    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **sweep.train}
+    warmup = {"warmup_iters": FRESH_WARMUP_ITERS} if fresh else {}
+    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **warmup, **sweep.train}
     sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
     sweep.grace_epochs = _round(p.grace_chars / n)
     sweep.trial_max_epochs = _round(p.max_chars / n)
