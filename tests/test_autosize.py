@@ -364,23 +364,28 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
                  search=search)
         sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=budget_s, train=train or {}),
                                p)
-        return p, sweep.points_to_evaluate[0]
+        return p, {**sweep.train, **sweep.points_to_evaluate[0]}  # what the first trial trains with
 
     def small(first):
         return (first["batch_size"], first["seq_length"], first["learning_rate"]) == (32, 64, autosize.PRIOR_LR)
 
     p, first = planned(1_000_000)  # ~70 passes
     assert autosize.pressure(p)[0] > autosize.FRESH_PASSES and small(first)
+    searched = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800), p)
+    assert "batch_size" in searched.space and "batch_size" not in searched.train  # the step is searched
     assert "fewer than" not in p.describe()
     assert "warmup_iters" not in autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800),
                                                 p).train  # the trials start at the full rate
     p, first = planned(25_000_000)  # ~2.8 passes in ~8,600 steps of 8,192 characters
     assert autosize.pressure(p)[0] < autosize.FRESH_PASSES
     assert {k: first[k] for k in autosize.FRESH_STEP} == autosize.FRESH_STEP
-    assert ("the first trial takes batch_size 64, seq_length 128, learning_rate 0.0035; every trial warms up over "
-            "100 iterations\n") in p.describe() + "\n"
+    assert ("so every trial takes batch_size 64, seq_length 128 (the first at learning_rate 0.0035); every trial "
+            "warms up over 100 iterations\n") in p.describe() + "\n"
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800), p)
-    assert all(sweep.space[k].allows(first[k]) for k in autosize.FRESH_STEP)  # inside the space it searches
+    # every trial takes the step, so the rungs compare configurations at one step; the rate is searched from the prior's
+    assert {k: sweep.train[k] for k in ("batch_size", "seq_length")} == {"batch_size": 64, "seq_length": 128}
+    assert "batch_size" not in sweep.space and "seq_length" not in sweep.space
+    assert sweep.space["learning_rate"].allows(first["learning_rate"]) and "shape" in sweep.space
     assert sweep.train["warmup_iters"] == autosize.FRESH_WARMUP_ITERS  # every trial, the prior's members too
     assert autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800, train={"warmup_iters": 0}),
                           p).train["warmup_iters"] == 0  # a warmup the sweep file sets stands
@@ -398,9 +403,12 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     assert not p.searching and first["batch_size"] * first["seq_length"] == 8_192
     # a step the user fixed stands and is not in the first point; the rest of the rule still applies
     p, first = planned(25_000_000, train={"batch_size": 16})
-    assert "batch_size" not in first and first["seq_length"] == 128
+    assert first["batch_size"] == 16 and first["seq_length"] == 128 and first["learning_rate"] == 0.0035
     p.train_fixed = frozenset({"batch_size"})  # as plan_for gives it
-    assert "the first trial takes seq_length 128, learning_rate 0.0035 (the sweep file sets the rest)" in p.describe()
+    assert ("every trial takes seq_length 128 (the first at learning_rate 0.0035; the sweep file sets the rest)"
+            in p.describe())
+    p.train_fixed = frozenset({"batch_size", "seq_length"})
+    assert "so the first trial takes learning_rate 0.0035 (the sweep file sets the rest)" in p.describe()
     p.train_fixed = frozenset(autosize.FRESH_STEP)
     assert "fewer than" not in p.describe()
     # a GPU keeps its own prior step (STEPS["gpu"])

@@ -111,6 +111,10 @@ STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)
 # (Muennighoff et al. 2023).
 # MIN_FRESH_STEPS: the fewest such steps measured (in short runs, more, smaller steps learn more per character:
 # hand-run pilots at 150 s above).
+# And every trial of the search takes the larger step (its learning rate searched): ASHA ranks trials a few hundred
+# steps in, where a smaller step learns more per character, and it stopped the rule's prior at its first rung
+# (167 steps) in the one sweep made to search with the step in its space, trials in 32 x 64 steps standing lower
+# there (BENCHMARKS.md, search-fresh-cpu). At one step the rungs compare shapes, rates and dropouts.
 FRESH_PASSES = 4.0
 FRESH_STEP = {"batch_size": 64, "seq_length": 128, "learning_rate": 3.5e-3}
 MIN_FRESH_STEPS = 1_500
@@ -296,9 +300,13 @@ class Plan:
                      f"{FREE_PRESSURE:g} it memorises the split): dropout {prior_dropout(self):g}")
         fresh = {k: v for k, v in prior_step(self).items() if k not in self.train_fixed}
         if fresh:
-            lines.append(f"# fewer than {FRESH_PASSES:g} passes: every character nearly fresh, so the first trial "
-                         f"takes {', '.join(f'{k} {v:g}' for k, v in fresh.items())}"
-                         + (" (the sweep file sets the rest)" if len(fresh) < len(FRESH_STEP) else "")
+            step = ", ".join(f"{k} {v:g}" for k, v in fresh.items() if k != "learning_rate")
+            rate = fresh.get("learning_rate")
+            notes = ([f"the first at learning_rate {rate:g}"] if step and rate else []) + (
+                ["the sweep file sets the rest"] if len(fresh) < len(FRESH_STEP) else [])
+            lines.append(f"# fewer than {FRESH_PASSES:g} passes: every character nearly fresh, so "
+                         + (f"every trial takes {step}" if step else f"the first trial takes learning_rate {rate:g}")
+                         + (f" ({'; '.join(notes)})" if notes else "")
                          + ("" if "warmup_iters" in self.train_fixed else
                             f"; every trial warms up over {FRESH_WARMUP_ITERS} iterations"))
         if self.eval_chars:
@@ -391,8 +399,10 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     fresh = prior_step(p)
     first = {"shape": prior_shape(p), "learning_rate": PRIOR_LR, "dropout": dropout,
              **{key: prior for key, (_, prior) in steps.items()}, **fresh}
+    # where the prior takes the larger step, every trial does (see FRESH_STEP)
+    step = {key: value for key, value in fresh.items() if key in steps}
     for key in list(space):
-        if key in sweep.train:  # a value the user fixed is not searched
+        if key in sweep.train or key in step:  # a value the user fixed, or the rule's step, is not searched
             del space[key]
     sweep.space = space
     sweep.points_to_evaluate = [{k: v for k, v in first.items() if k in space}]
@@ -400,7 +410,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
         sweep.startup_trials = STARTUP_TRIALS
     sample = {"eval_chars": p.eval_chars} if p.eval_chars else {}
     warmup = {"warmup_iters": FRESH_WARMUP_ITERS} if fresh else {}
-    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **warmup, **sweep.train}
+    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **warmup, **step,
+                   **sweep.train}
     sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
     sweep.grace_epochs = _round(p.grace_chars / n)
     sweep.trial_max_epochs = _round(p.max_chars / n)
