@@ -32,7 +32,8 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   (prior_dropout: by its passes over the split times all its parameters per train character), stepping
   on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
   cost little throughput), on 8,192 where it would read the split fewer than FRESH_PASSES times in
-  MIN_FRESH_STEPS or more such steps, every trial then warming up over FRESH_WARMUP_ITERS. The finish,
+  MIN_FRESH_STEPS or more such steps, every trial then taking that step and warming up over
+  FRESH_WARMUP_ITERS. The finish,
   not the rungs, decides the final loss, and rungs at equal characters trained are short: on its own the
   search favours shapes that learn fastest early, while a larger model trained to the end does better (in
   a single hand-run pilot of 740 s on one thread with the rate decaying, a GRU 2x192 ended lower than a
