@@ -401,7 +401,7 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     # without a search the prior trains in the larger step as well
     p, first = planned(25_000_000, search="never")
     assert not p.searching and first["batch_size"] * first["seq_length"] == 8_192
-    # a step the user fixed stands and is not in the first point; the rest of the rule still applies
+    # a step the user fixed stands; the rest of the rule still applies
     p, first = planned(25_000_000, train={"batch_size": 16})
     assert first["batch_size"] == 16 and first["seq_length"] == 128 and first["learning_rate"] == 0.0035
     p.train_fixed = frozenset({"batch_size"})  # as plan_for gives it
@@ -409,7 +409,9 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
             in p.describe())
     p.train_fixed = frozenset({"batch_size", "seq_length"})
     assert "so the first trial takes learning_rate 0.0035 (the sweep file sets the rest)" in p.describe()
-    p.train_fixed = frozenset(autosize.FRESH_STEP)
+    p.train_fixed = frozenset(autosize.FRESH_STEP)  # the dry run still says what apply() sets: the warmup
+    assert "the sweep file sets the step): every trial warms up over 100 iterations" in p.describe()
+    p.train_fixed = frozenset({*autosize.FRESH_STEP, "warmup_iters"})
     assert "fewer than" not in p.describe()
     # a GPU keeps its own prior step (STEPS["gpu"])
     p, first = planned(25_000_000, gpus=1)

@@ -33,11 +33,10 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
   cost little throughput), on 8,192 where it would read the split fewer than FRESH_PASSES times in
   MIN_FRESH_STEPS or more such steps, every trial then taking that step and warming up over
-  FRESH_WARMUP_ITERS. The finish,
-  not the rungs, decides the final loss, and rungs at equal characters trained are short: on its own the
-  search favours shapes that learn fastest early, while a larger model trained to the end does better (in
-  a single hand-run pilot of 740 s on one thread with the rate decaying, a GRU 2x192 ended lower than a
-  GRU 2x128).
+  FRESH_WARMUP_ITERS. The finish, not the rungs, decides the final loss, and rungs at equal characters
+  trained are short: on its own the search favours shapes that learn fastest early, while a larger model
+  trained to the end does better (in a single hand-run pilot of 740 s on one thread with the rate decaying,
+  a GRU 2x192 ended lower than a GRU 2x128).
 
 - no search where it cannot pay: the plan estimates how many configurations besides the prior the
   search can bring to ASHA's first rung in its window (`comparisons`: the slots' time left beside the
@@ -302,7 +301,11 @@ class Plan:
         lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
                      f"in the budget; times its parameters per train character: {beside(press, FREE_PRESSURE)} (above "
                      f"{FREE_PRESSURE:g} it memorises the split): dropout {prior_dropout(self):g}")
-        fresh = {k: v for k, v in prior_step(self).items() if k not in self.train_fixed}
+        rule = prior_step(self)
+        fresh = {k: v for k, v in rule.items() if k not in self.train_fixed}
+        if rule and not fresh and "warmup_iters" not in self.train_fixed:  # apply() still sets the warmup
+            lines.append(f"# fewer than {FRESH_PASSES:g} passes (the sweep file sets the step): every trial warms "
+                         f"up over {FRESH_WARMUP_ITERS} iterations")
         if fresh:
             step = ", ".join(f"{k} {v:g}" for k, v in fresh.items() if k != "learning_rate")
             rate = fresh.get("learning_rate")
