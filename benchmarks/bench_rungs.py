@@ -14,8 +14,10 @@ the constant phase) it records two predictors of the end:
 and reports the Spearman rank correlation of each with the final values, with what the cooldown costs.
 
     python benchmarks/bench_rungs.py --data tinyshakespeare --time 600 --configs 8 [--parallel 2]
+    python benchmarks/bench_rungs.py --data large.txt --time 1800 --configs 6 --search always --section rungs-large-cpu
 
-Writes the `rungs-cpu` section of BENCHMARKS.md and benchmarks/plots/rungs_cpu.json.
+Writes its section of BENCHMARKS.md (`rungs-cpu` unless --section says) and benchmarks/plots/<section>.json.
+`--search always` draws from the space the sweep would search where auto would not search at all.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def cooldown(job: dict, checkpoint: Path, metrics: dict) -> float:
 def measure(args) -> tuple[list, list, int]:
     from charsearch.core.data import load_corpus
     from charsearch.search.autosize import auto_sweep, default_sweep
-    sweep, _ = auto_sweep(default_sweep(args.data, args.time), args.time, cpus=args.parallel)
+    sweep, _ = auto_sweep(default_sweep(args.data, args.time), args.time, cpus=args.parallel, search=args.search)
     n = len(load_corpus(sweep.corpus).split(sweep.train_frac, sweep.val_frac)[0])
     grace = sweep.grace_epochs * n
     rungs = [grace * sweep.reduction_factor ** k for k in range(4)]
@@ -140,16 +142,20 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=8)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--from-json", action="store_true", help="write the section from benchmarks/plots/rungs_cpu.json")
+    ap.add_argument("--search", default="auto", choices=("auto", "always"), help="the space auto draws from: "
+                    "always = the one it searches where auto would train the prior alone")
+    ap.add_argument("--section", default="rungs-cpu", help="BENCHMARKS.md section (and JSON) to write")
+    ap.add_argument("--from-json", action="store_true", help="write the section from its saved JSON, without training")
     args = ap.parse_args()
+    saved_as = args.section.replace("-", "_")
 
     if args.from_json:  # the section again from a saved run, without training
-        saved = json.loads((PLOTS / "rungs_cpu.json").read_text())
-        args = argparse.Namespace(**{**vars(args), **saved["args"], "from_json": True})
+        saved = json.loads((PLOTS / f"{saved_as}.json").read_text())
+        args = argparse.Namespace(**{"search": "auto", "section": "rungs-cpu", **saved["args"], "from_json": True})
         rungs, results, n = saved["rungs"], saved["results"], saved["train_chars"]
     else:
         rungs, results, n = measure(args)
-        save_json("rungs_cpu", {"args": vars(args), "rungs": rungs, "results": results, "train_chars": n})
+        save_json(saved_as, {"args": vars(args), "rungs": rungs, "results": results, "train_chars": n})
     rows = []
     finals = [r["final"] for r in results]
     for rung in rungs:
@@ -166,14 +172,18 @@ def main() -> None:
     lowest = ("it was the lowest" if best is results[0] else
               f"the lowest was a draw, {described(best['config'])}: {best['final']:.3f}, "
               f"{results[0]['final'] - best['final']:.3f} below the prior")
-    body = (f"{args.configs} configurations of the auto sweep's space for {args.data} at {args.time:.0f} s (the "
+    body = (f"{args.configs} configurations of the auto sweep's space for {Path(args.data).stem} at {args.time:.0f} s (the "
             f"prior first, then seeded draws), each trained alone on one thread for {args.time:.0f} s as a "
             f"winner is: constant rate, then linear decay over the last {1 - SEARCH_FRACTION:.0%}; {args.parallel} at "
             f"a time, one seed each. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The prior "
             f"({described(results[0]['config'])}) ended {results[0]['final']:.3f}; {lowest}. The cooldowns cost "
             f"{cost:.1%} of the training time.\n\n" + table(rows))
-    write_section("rungs-cpu", "Do rungs predict the end? (short-horizon bias, CPU)", body,
-                  f"python benchmarks/bench_rungs.py --data {args.data} --time {args.time:.0f} --configs {args.configs}")
+    flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("section", "rungs-cpu"))
+                    if getattr(args, k) != default)
+    title = "" if args.section == "rungs-cpu" else f", {Path(args.data).stem} at {args.time:.0f} s"
+    write_section(args.section, f"Do rungs predict the end? (short-horizon bias, CPU{title})", body,
+                  f"python benchmarks/bench_rungs.py --data {args.data} --time {args.time:.0f} --configs {args.configs}"
+                  + flags)
     print(body)
 
 
