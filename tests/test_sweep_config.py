@@ -293,3 +293,24 @@ def test_an_address_where_no_cluster_listens_is_refused_in_one_line_before_anyth
     assert main(["sweep", str(path)]) == 2
     assert f"no Ray cluster answers at 127.0.0.1:{port}" in capsys.readouterr().err
     assert not (sweepdir / "mlruns").exists() and not (sweepdir / "ray_results").exists()
+
+
+def test_a_host_whose_lookup_hangs_is_refused_within_the_reach_timeout(sweepdir, capsys, monkeypatch):
+    """A socket's timeout does not bound getaddrinfo: a resolver that never answers must not hold the sweep."""
+    import socket
+    import threading
+
+    from charsearch.search import resources
+    never = threading.Event()
+
+    def hung_lookup(*args, **kwargs):  # a resolver that answers only once the test has its result
+        never.wait(60)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 1))]
+    monkeypatch.setattr(socket, "getaddrinfo", hung_lookup)
+    monkeypatch.setattr(resources, "REACH_TIMEOUT_S", 0.5)
+    assert main(["sweep", str(write(sweepdir, BASE)), "--address", "cluster.example:6379"]) == 2
+    never.set()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "no Ray cluster answers at cluster.example:6379 (looking up cluster.example took over 0.5 s)" in err, err
+    assert not (sweepdir / "mlruns").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 
 import ray
 
@@ -57,11 +58,31 @@ def check_reachable(address: str | None) -> None:
         raise UsageError(f"Ray address {address!r} (--address, ray.address or RAY_ADDRESS): expected host:port (the "
                          f"address `ray start --head` printed) or auto")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S).close()
+        socket.create_connection(resolve(host.strip("[]"), int(port), REACH_TIMEOUT_S), timeout=REACH_TIMEOUT_S).close()
     except (OSError, UnicodeError) as e:
         raise UsageError(f"no Ray cluster answers at {address} ({getattr(e, 'strerror', None) or e}): start one with "
                          f"`ray start --head` and give the address it printed, or leave out --address (ray.address, "
                          f"RAY_ADDRESS) to run on a local Ray") from None
+
+
+def resolve(host: str, port: int, timeout: float) -> tuple:
+    """(address, port) of `host`'s first TCP address, looked up within `timeout` seconds: a socket's timeout
+    does not bound the lookup (getaddrinfo), so it runs in a thread that is left behind where it hangs."""
+    found: list = []
+
+    def lookup():
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][:2])
+        except (OSError, UnicodeError) as e:
+            found.append(e)
+    thread = threading.Thread(target=lookup, name="charsearch-resolve", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not found:
+        raise TimeoutError(f"looking up {host} took over {timeout:g} s")
+    if isinstance(found[0], Exception):
+        raise found[0]
+    return found[0]
 
 
 def cluster_gpus(address: str | None) -> tuple[int, object]:
