@@ -135,6 +135,31 @@ def measure(args) -> tuple[list, list, int]:
     return rungs, results, n
 
 
+def scatter(rungs: list, results: list, n: int, stem: str) -> str:
+    """Per rung, each configuration's rung value and value after the cooldown against where it ended (the
+    prior ringed); saved as benchmarks/plots/STEM.png. Returns the Markdown image line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shown = [r for r in rungs if sum(str(r) in x["rungs"] for x in results) >= 4]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), squeeze=False, sharey=True)
+    for ax, rung in zip(axes[0], shown):
+        have = [x for x in results if str(rung) in x["rungs"]]
+        for key, colour, label in (("rung", "#777777", "rung value"), ("cooldown", "#4878a8", "after the cooldown")):
+            xs = [x["rungs"][str(rung)][key] for x in have]
+            ax.scatter(xs, [x["final"] for x in have], s=18, color=colour, label=label)
+            if have[0] is results[0]:
+                ax.scatter(xs[:1], [have[0]["final"]], s=90, facecolors="none", edgecolors="black")
+        ax.set(title=f"rung at {rung / n:.3g} epochs", xlabel="val loss at the rung (nats/char)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("val loss at the end (nats/char)")
+    axes[0][0].legend(fontsize=7)
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOTS / f"{stem}.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f"![Rung values against the end; the prior ringed](benchmarks/plots/{stem}.png)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="tinyshakespeare")
@@ -177,7 +202,7 @@ def main() -> None:
             f"winner is: constant rate, then linear decay over the last {1 - SEARCH_FRACTION:.0%}; {args.parallel} at "
             f"a time, one seed each. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The prior "
             f"({described(results[0]['config'])}) ended {results[0]['final']:.3f}; {lowest}. The cooldowns cost "
-            f"{cost:.1%} of the training time.\n\n" + table(rows))
+            f"{cost:.1%} of the training time.\n\n" + table(rows) + "\n\n" + scatter(rungs, results, n, saved_as))
     flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("section", "rungs-cpu"))
                     if getattr(args, k) != default)
     title = "" if args.section == "rungs-cpu" else f", {Path(args.data).stem} at {args.time:.0f} s"
