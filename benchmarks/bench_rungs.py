@@ -87,7 +87,8 @@ def run_one(job: dict) -> dict:
         for r in rungs:
             if r not in seen and metrics["chars_trained"] >= r:
                 t0 = time.monotonic()
-                seen[r] = {"rung": metrics["best_val_loss"], "cooldown": cooldown(job, checkpoint, metrics)}
+                seen[r] = {"rung": metrics["best_val_loss"], "cooldown": cooldown(job, checkpoint, metrics),
+                           "rate_share": metrics["learning_rate"] / job["train"]["learning_rate"]}
                 cooldown_s += time.monotonic() - t0
         return False
 
@@ -99,14 +100,16 @@ def run_one(job: dict) -> dict:
 
 
 def cooldown(job: dict, checkpoint: Path, metrics: dict) -> float:
-    """The val loss after a linear decay to 0 over COOLDOWN of the characters trained so far, branched
-    from the checkpoint (resumed exactly: optimizer and schedule position), then thrown away."""
+    """The val loss after a linear decay to 0 over COOLDOWN of the characters trained so far, from the rate
+    at the checkpoint (a rung past the run's constant phase is already decaying), branched from it (resumed
+    exactly: optimizer and schedule position), then thrown away."""
     from charsearch.core.config import TrainConfig
     from charsearch.core.train import train
     iters = metrics["iteration"]
     extra = max(1, round(COOLDOWN * iters))
     per_epoch = metrics["iteration"] / metrics["epoch"]
     cfg = TrainConfig.from_dict({**job["train"], "init_from": str(checkpoint), "lr_schedule": "wsd",
+                                 "learning_rate": metrics["learning_rate"],
                                  "decay_frac": extra / (iters + extra), "max_time": 0.0,
                                  "max_epochs": (iters + extra) / per_epoch, "eval_every": iters + extra,
                                  "checkpoint_dir": str(Path(job["work"]) / f"cool{iters}")})
@@ -133,6 +136,15 @@ def measure(args) -> tuple[list, list, int]:
         with multiprocessing.get_context("spawn").Pool(args.parallel) as pool:
             results = pool.map(run_one, jobs)
     return rungs, results, n
+
+
+def rate_shares(have: list, rung) -> str:
+    """The range of the rates the configurations were at when they reached `rung`, as shares of their constant
+    rate: below 1 where the rung fell in a run's decay (runs saved before this was recorded: unknown)."""
+    shares = [r["rungs"][str(rung)].get("rate_share") for r in have]
+    if None in shares:
+        return "not recorded"
+    return f"{min(shares):.2f}" if f"{min(shares):.2f}" == f"{max(shares):.2f}" else f"{min(shares):.2f}-{max(shares):.2f}"
 
 
 def scatter(rungs: list, results: list, n: int, stem: str) -> str:
@@ -190,7 +202,8 @@ def main() -> None:
         f = [r["final"] for r in have]
         rows.append({"rung (epochs)": f"{rung / n:.3g}", "configurations": len(have),
                      "Spearman, rung value": f"{spearman([r['rungs'][str(rung)]['rung'] for r in have], f):.2f}",
-                     "Spearman, after a 5% cooldown": f"{spearman([r['rungs'][str(rung)]['cooldown'] for r in have], f):.2f}"})
+                     "Spearman, after a 5% cooldown": f"{spearman([r['rungs'][str(rung)]['cooldown'] for r in have], f):.2f}",
+                     "rate there (share of the constant rate)": rate_shares(have, rung)})
     cost = sum(r["cooldown_s"] for r in results) / max(1e-9, sum(r["train_s"] for r in results))
     best = min(results, key=lambda r: r["final"])
     described = lambda c: ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items())  # noqa
