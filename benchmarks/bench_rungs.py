@@ -53,14 +53,17 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
 
 
-def draw(space: dict, first: dict, n: int, seed: int) -> list[dict]:
-    """The prior, then n - 1 draws from the space (uniform, log-uniform where the kind says)."""
+def draw(space: dict, first: dict, n: int, seed: int, vary: list[str] | None = None) -> list[dict]:
+    """The prior, then n - 1 draws from the space (uniform, log-uniform where the kind says); with `vary`,
+    only those dimensions are drawn and the others stay the prior's."""
     import math
     rng = random.Random(seed)
     out = [dict(first)]
     while len(out) < n:
-        point = {}
+        point = dict(first) if vary else {}
         for name, p in space.items():
+            if vary and name not in vary:
+                continue
             if p.kind == "choice":
                 point[name] = rng.choice(p.values)
             elif p.log:
@@ -123,7 +126,10 @@ def measure(args) -> tuple[list, list, int]:
     n = len(load_corpus(sweep.corpus).split(sweep.train_frac, sweep.val_frac)[0])
     grace = sweep.grace_epochs * n
     rungs = [grace * sweep.reduction_factor ** k for k in range(4)]
-    points = draw(sweep.space, sweep.points_to_evaluate[0], args.configs, args.seed)
+    vary = args.vary.split(",") if args.vary else None
+    if vary and not set(vary) <= set(sweep.space):
+        raise SystemExit(f"--vary {args.vary}: the space's dimensions are {', '.join(sweep.space)}")
+    points = draw(sweep.space, sweep.points_to_evaluate[0], args.configs, args.seed, vary)
     with tempfile.TemporaryDirectory() as tmp:
         jobs = []
         for i, point in enumerate(points):
@@ -181,6 +187,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--search", default="auto", choices=("auto", "always"), help="the space auto draws from: "
                     "always = the one it searches where auto would train the prior alone")
+    ap.add_argument("--vary", default="", help="comma-separated dimensions of the space to draw (the others the "
+                    "prior's), e.g. learning_rate: how the rungs order one shape at several rates")
     ap.add_argument("--section", default="rungs-cpu", help="BENCHMARKS.md section (and JSON) to write")
     ap.add_argument("--from-json", action="store_true", help="write the section from its saved JSON, without training")
     args = ap.parse_args()
@@ -188,7 +196,8 @@ def main() -> None:
 
     if args.from_json:  # the section again from a saved run, without training
         saved = json.loads((PLOTS / f"{saved_as}.json").read_text())
-        args = argparse.Namespace(**{"search": "auto", "section": "rungs-cpu", **saved["args"], "from_json": True})
+        args = argparse.Namespace(**{"search": "auto", "section": "rungs-cpu", "vary": "", **saved["args"],
+                                     "from_json": True})
         rungs, results, n = saved["rungs"], saved["results"], saved["train_chars"]
     else:
         rungs, results, n = measure(args)
@@ -211,13 +220,13 @@ def main() -> None:
               f"the lowest was a draw, {described(best['config'])}: {best['final']:.3f}, "
               f"{results[0]['final'] - best['final']:.3f} below the prior")
     body = (f"{args.configs} configurations of the auto sweep's space for {Path(args.data).stem} at {args.time:.0f} s (the "
-            f"prior first, then seeded draws), each trained alone on one thread for {args.time:.0f} s as a "
+            f"prior first, then seeded draws{' of ' + args.vary + ', the rest the prior' + chr(39) + 's' if args.vary else ''}), each trained alone on one thread for {args.time:.0f} s as a "
             f"winner is: constant rate, then linear decay over the last {1 - SEARCH_FRACTION:.0%}; {args.parallel} at "
             f"a time, one seed each. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The prior "
             f"({described(results[0]['config'])}) ended {results[0]['final']:.3f}; {lowest}. The cooldowns cost "
             f"{cost:.1%} of the training time.\n\n" + table(rows) + "\n\n" + scatter(rungs, results, n, saved_as))
-    flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("section", "rungs-cpu"))
-                    if getattr(args, k) != default)
+    flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("vary", ""),
+                                                                   ("section", "rungs-cpu")) if getattr(args, k) != default)
     title = "" if args.section == "rungs-cpu" else f", {Path(args.data).stem} at {args.time:.0f} s"
     write_section(args.section, f"Do rungs predict the end? (short-horizon bias, CPU{title})", body,
                   f"python benchmarks/bench_rungs.py --data {args.data} --time {args.time:.0f} --configs {args.configs}"
