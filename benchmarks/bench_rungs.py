@@ -3,8 +3,9 @@
 Draws N configurations from the auto sweep's own space for a corpus and budget (its planned shapes,
 learning rate, dropout and step sizes; the prior first), and trains each as a winner of the sweep would
 train: one thread, a constant rate for the search's share of the budget, then decaying linearly to 0
-(`wsd`, decay over 1 - SEARCH_FRACTION). At each ASHA rung the plan sets (in characters trained, inside
-the constant phase) it records two predictors of the end:
+(`wsd`, decay over 1 - SEARCH_FRACTION). At each of four rungs from the plan's grace period (in
+characters trained; a sweep's ASHA uses the first two, inside the search's window) it records two predictors of
+the end, and the rate the run was at there (past the constant phase, a run is already decaying):
 
     rung      the best fair val loss so far, what ASHA compares today
     cooldown  the val loss after a short branch from the rung's checkpoint in which the rate decays

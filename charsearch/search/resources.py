@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import ray
 
@@ -57,8 +58,10 @@ def check_reachable(address: str | None) -> None:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"Ray address {address!r} (--address, ray.address or RAY_ADDRESS): expected host:port (the "
                          f"address `ray start --head` printed) or auto")
+    started = time.monotonic()
     try:
-        socket.create_connection(resolve(host.strip("[]"), int(port), REACH_TIMEOUT_S), timeout=REACH_TIMEOUT_S).close()
+        where = resolve(host.strip("[]"), int(port), REACH_TIMEOUT_S)
+        socket.create_connection(where, timeout=max(0.1, REACH_TIMEOUT_S - (time.monotonic() - started))).close()
     except (OSError, UnicodeError) as e:
         raise UsageError(f"no Ray cluster answers at {address} ({getattr(e, 'strerror', None) or e}): start one with "
                          f"`ray start --head` and give the address it printed, or leave out --address (ray.address, "
