@@ -9,7 +9,7 @@ the end, and the rate the run was at there (past the constant phase, a run is al
 
     rung      the best fair val loss so far, what ASHA compares today
     cooldown  the val loss after a short branch from the rung's checkpoint in which the rate decays
-              linearly to 0 over COOLDOWN of the characters trained so far (warmup-stable-decay's
+              linearly to 0 over --cooldown of the characters trained so far (warmup-stable-decay's
               cooldown, Hagele et al. 2024), discarded afterwards
 
 and reports the Spearman rank correlation of each with the final values, with what the cooldown costs.
@@ -38,7 +38,6 @@ from common import PLOTS, save_json, table, write_section  # noqa: E402
 
 from charsearch.search.autosize import SEARCH_FRACTION  # noqa: E402
 
-COOLDOWN = 0.05  # of the characters trained at the rung
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -104,13 +103,13 @@ def run_one(job: dict) -> dict:
 
 
 def cooldown(job: dict, checkpoint: Path, metrics: dict) -> float:
-    """The val loss after a linear decay to 0 over COOLDOWN of the characters trained so far, from the rate
+    """The val loss after a linear decay to 0 over job["cooldown"] of the characters trained so far, from the rate
     at the checkpoint (a rung past the run's constant phase is already decaying), branched from it (resumed
     exactly: optimizer and schedule position), then thrown away."""
     from charsearch.core.config import TrainConfig
     from charsearch.core.train import train
     iters = metrics["iteration"]
-    extra = max(1, round(COOLDOWN * iters))
+    extra = max(1, round(job["cooldown"] * iters))
     per_epoch = metrics["iteration"] / metrics["epoch"]
     cfg = TrainConfig.from_dict({**job["train"], "init_from": str(checkpoint), "lr_schedule": "wsd",
                                  "learning_rate": metrics["learning_rate"],
@@ -139,7 +138,8 @@ def measure(args) -> tuple[list, list, int]:
                              eval_every=max(1, round(sweep.report_every_epochs * n / (train_cfg["batch_size"] *
                                                                                      train_cfg["seq_length"]))),
                              patience=0)
-            jobs.append({"config": point, "train": train_cfg, "rungs": rungs, "work": f"{tmp}/{i}"})
+            jobs.append({"config": point, "train": train_cfg, "rungs": rungs, "work": f"{tmp}/{i}",
+                         "cooldown": args.cooldown})
         with multiprocessing.get_context("spawn").Pool(args.parallel) as pool:
             results = pool.map(run_one, jobs)
     return rungs, results, n
@@ -190,6 +190,8 @@ def main() -> None:
                     "always = the one it searches where auto would train the prior alone")
     ap.add_argument("--vary", default="", help="comma-separated dimensions of the space to draw (the others the "
                     "prior's), e.g. learning_rate: how the rungs order one shape at several rates")
+    ap.add_argument("--cooldown", type=float, default=0.05, help="the branch's length, a share of the steps before "
+                    "the rung")
     ap.add_argument("--section", default="rungs-cpu", help="BENCHMARKS.md section (and JSON) to write")
     ap.add_argument("--from-json", action="store_true", help="write the section from its saved JSON, without training")
     args = ap.parse_args()
@@ -197,7 +199,8 @@ def main() -> None:
 
     if args.from_json:  # the section again from a saved run, without training
         saved = json.loads((PLOTS / f"{saved_as}.json").read_text())
-        args = argparse.Namespace(**{"search": "auto", "section": "rungs-cpu", "vary": "", **saved["args"],
+        args = argparse.Namespace(**{"search": "auto", "section": "rungs-cpu", "vary": "", "cooldown": 0.05,
+                                     **saved["args"],
                                      "from_json": True})
         rungs, results, n = saved["rungs"], saved["results"], saved["train_chars"]
     else:
@@ -212,7 +215,7 @@ def main() -> None:
         f = [r["final"] for r in have]
         rows.append({"rung (epochs)": f"{rung / n:.3g}", "configurations": len(have),
                      "Spearman, rung value": f"{spearman([r['rungs'][str(rung)]['rung'] for r in have], f):.2f}",
-                     "Spearman, after a 5% cooldown": f"{spearman([r['rungs'][str(rung)]['cooldown'] for r in have], f):.2f}",
+                     f"Spearman, after a {args.cooldown:.0%} cooldown": f"{spearman([r['rungs'][str(rung)]['cooldown'] for r in have], f):.2f}",
                      "rate there (share of the constant rate)": rate_shares(have, rung)})
     cost = sum(r["cooldown_s"] for r in results) / max(1e-9, sum(r["train_s"] for r in results))
     best = min(results, key=lambda r: r["final"])
@@ -226,7 +229,7 @@ def main() -> None:
             f"a time, one seed each. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The prior "
             f"({described(results[0]['config'])}) ended {results[0]['final']:.3f}; {lowest}. The cooldowns cost "
             f"{cost:.1%} of the training time.\n\n" + table(rows) + "\n\n" + scatter(rungs, results, n, saved_as))
-    flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("vary", ""),
+    flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("vary", ""), ("cooldown", 0.05),
                                                                    ("section", "rungs-cpu")) if getattr(args, k) != default)
     title = "" if args.section == "rungs-cpu" else f", {Path(args.data).stem} at {args.time:.0f} s"
     write_section(args.section, f"Do rungs predict the end? (short-horizon bias, CPU{title})", body,
