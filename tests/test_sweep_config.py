@@ -314,3 +314,25 @@ def test_a_host_whose_lookup_hangs_is_refused_within_the_reach_timeout(sweepdir,
     assert len(err.splitlines()) == 1, err
     assert "no Ray cluster answers at cluster.example:6379 (looking up cluster.example took over 0.5 s)" in err, err
     assert not (sweepdir / "mlruns").exists()
+
+
+def test_a_host_is_reached_at_any_of_its_addresses(monkeypatch):
+    """As socket.create_connection: localhost's first address (::1) may refuse where Ray listens on 127.0.0.1."""
+    import socket
+
+    from charsearch.core.errors import UsageError
+    from charsearch.search import resources
+    with socket.socket() as closed:  # bound, then released: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        refused = closed.getsockname()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        addresses = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", refused),
+                     (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: addresses)
+        resources.check_reachable(f"cluster.example:{port}")  # the second address answers
+        addresses.pop()
+        with pytest.raises(UsageError, match=f"no Ray cluster answers at cluster.example:{port}"):
+            resources.check_reachable(f"cluster.example:{port}")

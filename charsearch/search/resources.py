@@ -58,24 +58,24 @@ def check_reachable(address: str | None) -> None:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"Ray address {address!r} (--address, ray.address or RAY_ADDRESS): expected host:port (the "
                          f"address `ray start --head` printed) or auto")
-    started = time.monotonic()
     try:
-        where = resolve(host.strip("[]"), int(port), REACH_TIMEOUT_S)
-        socket.create_connection(where, timeout=max(0.1, REACH_TIMEOUT_S - (time.monotonic() - started))).close()
+        connect(host.strip("[]"), int(port), REACH_TIMEOUT_S)
     except (OSError, UnicodeError) as e:
         raise UsageError(f"no Ray cluster answers at {address} ({getattr(e, 'strerror', None) or e}): start one with "
                          f"`ray start --head` and give the address it printed, or leave out --address (ray.address, "
                          f"RAY_ADDRESS) to run on a local Ray") from None
 
 
-def resolve(host: str, port: int, timeout: float) -> tuple:
-    """(address, port) of `host`'s first TCP address, looked up within `timeout` seconds: a socket's timeout
-    does not bound the lookup (getaddrinfo), so it runs in a thread that is left behind where it hangs."""
+def connect(host: str, port: int, timeout: float) -> None:
+    """Open (and close) a TCP connection to `host`:port within `timeout` seconds, trying each of its addresses
+    in turn as socket.create_connection does (localhost's ::1 may refuse where 127.0.0.1 listens); the lookup
+    runs in a thread that is left behind where it hangs, since a socket's timeout does not bound getaddrinfo."""
+    started = time.monotonic()
     found: list = []
 
     def lookup():
         try:
-            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][:2])
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except (OSError, UnicodeError) as e:
             found.append(e)
     thread = threading.Thread(target=lookup, name="charsearch-resolve", daemon=True)
@@ -85,7 +85,16 @@ def resolve(host: str, port: int, timeout: float) -> tuple:
         raise TimeoutError(f"looking up {host} took over {timeout:g} s")
     if isinstance(found[0], Exception):
         raise found[0]
-    return found[0]
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, address in found[0]:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(max(0.1, timeout - (time.monotonic() - started)))
+                sock.connect(address)
+                return
+        except OSError as e:
+            error = e
+    raise error
 
 
 def cluster_gpus(address: str | None) -> tuple[int, object]:
