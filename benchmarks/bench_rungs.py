@@ -10,7 +10,8 @@ the end, and the rate the run was at there (past the constant phase, a run is al
     rung      the best fair val loss so far, what ASHA compares today
     cooldown  the val loss after a short branch from the rung's checkpoint in which the rate decays
               linearly to 0 over --cooldown of the characters trained so far (warmup-stable-decay's
-              cooldown, Hagele et al. 2024), discarded afterwards
+              cooldown, Hagele et al. 2024), discarded afterwards; taken after the run, off its clock,
+              at the rungs its constant phase reached (where a sweep's ASHA compares)
 
 and reports the Spearman rank correlation of each with the final values, with what the cooldown costs.
 
@@ -27,6 +28,7 @@ import argparse
 import json
 import multiprocessing
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -75,7 +77,8 @@ def draw(space: dict, first: dict, n: int, seed: int, vary: list[str] | None = N
 
 
 def run_one(job: dict) -> dict:
-    """One configuration to the end, with its rung and cooldown values (in its own process)."""
+    """One configuration to the end, with its rung values; then, off its clock, the cooldowns from the rungs
+    its constant phase reached (in its own process)."""
     import torch
 
     from charsearch.core.config import TrainConfig
@@ -83,39 +86,42 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     rungs = job["rungs"]
     seen, work = {}, Path(job["work"])
-    cooldown_s = 0.0
+    branch_from = {}
 
     def on_eval(metrics, checkpoint, is_best):
-        nonlocal cooldown_s
         for r in rungs:
             if r not in seen and metrics["chars_trained"] >= r:
-                t0 = time.monotonic()
-                seen[r] = {"rung": metrics["best_val_loss"], "cooldown": cooldown(job, checkpoint, metrics),
-                           "rate_share": metrics["learning_rate"] / job["train"]["learning_rate"]}
-                cooldown_s += time.monotonic() - t0
+                share = metrics["learning_rate"] / job["train"]["learning_rate"]
+                seen[r] = {"rung": metrics["best_val_loss"], "rate_share": share, "cooldowns": {}}
+                if share > 0.999:  # a rung inside the constant phase, where a sweep's ASHA compares
+                    branch_from[r] = (shutil.copy(checkpoint, work / f"rung{len(branch_from)}.pt"), dict(metrics))
         return False
 
     cfg = TrainConfig.from_dict({**job["train"], "checkpoint_dir": str(work / "main")})
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     result = train(cfg, on_eval=on_eval, progress=False)
+    train_s, t0 = time.monotonic() - t0, time.monotonic()
+    for r, (checkpoint, metrics) in branch_from.items():
+        for share in job["cooldowns"]:
+            seen[r]["cooldowns"][str(share)] = cooldown(job, Path(checkpoint), metrics, share)
     return {"config": job["config"], "final": result.best_val_loss, "rungs": {str(k): v for k, v in seen.items()},
-            "train_s": time.monotonic() - t0 - cooldown_s, "cooldown_s": cooldown_s}
+            "train_s": train_s, "cooldown_s": time.monotonic() - t0}
 
 
-def cooldown(job: dict, checkpoint: Path, metrics: dict) -> float:
-    """The val loss after a linear decay to 0 over job["cooldown"] of the characters trained so far, from the rate
-    at the checkpoint (a rung past the run's constant phase is already decaying), branched from it (resumed
-    exactly: optimizer and schedule position), then thrown away."""
+def cooldown(job: dict, checkpoint: Path, metrics: dict, share: float) -> float:
+    """The val loss after a linear decay to 0 over `share` of the characters trained so far, from the rate at the
+    checkpoint, branched from it (resumed exactly: optimizer and schedule position), then thrown away."""
     from charsearch.core.config import TrainConfig
     from charsearch.core.train import train
     iters = metrics["iteration"]
-    extra = max(1, round(job["cooldown"] * iters))
+    extra = max(1, round(share * iters))
     per_epoch = metrics["iteration"] / metrics["epoch"]
     cfg = TrainConfig.from_dict({**job["train"], "init_from": str(checkpoint), "lr_schedule": "wsd",
                                  "learning_rate": metrics["learning_rate"],
                                  "decay_frac": extra / (iters + extra), "max_time": 0.0,
                                  "max_epochs": (iters + extra) / per_epoch, "eval_every": iters + extra,
-                                 "checkpoint_dir": str(Path(job["work"]) / f"cool{iters}")})
+                                 "checkpoint_dir": str(Path(job["work"]) / f"cool{iters}-{share}")})
     return train(cfg, progress=False).history[-1]["val_loss"]
 
 
@@ -139,7 +145,7 @@ def measure(args) -> tuple[list, list, int]:
                                                                                      train_cfg["seq_length"]))),
                              patience=0)
             jobs.append({"config": point, "train": train_cfg, "rungs": rungs, "work": f"{tmp}/{i}",
-                         "cooldown": args.cooldown})
+                         "cooldowns": args.cooldowns})
         with multiprocessing.get_context("spawn").Pool(args.parallel) as pool:
             results = pool.map(run_one, jobs)
     return rungs, results, n
@@ -154,20 +160,25 @@ def rate_shares(have: list, rung) -> str:
     return f"{min(shares):.2f}" if f"{min(shares):.2f}" == f"{max(shares):.2f}" else f"{min(shares):.2f}-{max(shares):.2f}"
 
 
-def scatter(rungs: list, results: list, n: int, stem: str) -> str:
-    """Per rung, each configuration's rung value and value after the cooldown against where it ended (the
+def scatter(rungs: list, results: list, n: int, stem: str, lengths: list[str]) -> str:
+    """Per rung, each configuration's rung value and values after the cooldowns against where it ended (the
     prior ringed); saved as benchmarks/plots/STEM.png. Returns the Markdown image line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     shown = [r for r in rungs if sum(str(r) in x["rungs"] for x in results) >= 4]
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), squeeze=False, sharey=True)
+    colours = ("#4878a8", "#c8553d", "#5a9e6f")
     for ax, rung in zip(axes[0], shown):
         have = [x for x in results if str(rung) in x["rungs"]]
-        for key, colour, label in (("rung", "#777777", "rung value"), ("cooldown", "#4878a8", "after the cooldown")):
-            xs = [x["rungs"][str(rung)][key] for x in have]
-            ax.scatter(xs, [x["final"] for x in have], s=18, color=colour, label=label)
-            if have[0] is results[0]:
+        series = [("rung value", [x["rungs"][str(rung)]["rung"] for x in have], "#777777")]
+        series += [(f"after a {float(length):.0%} cooldown", [x["rungs"][str(rung)]["cooldowns"].get(length) for x in have],
+                    colour) for length, colour in zip(lengths, colours)]
+        for label, xs, colour in series:
+            pairs = [(v, x["final"]) for v, x in zip(xs, have) if v is not None]
+            if pairs:
+                ax.scatter(*zip(*pairs), s=18, color=colour, label=label)
+            if have[0] is results[0] and xs[0] is not None:
                 ax.scatter(xs[:1], [have[0]["final"]], s=90, facecolors="none", edgecolors="black")
         ax.set(title=f"rung at {rung / n:.3g} epochs", xlabel="val loss at the rung (nats/char)")
         ax.grid(alpha=0.3)
@@ -190,8 +201,8 @@ def main() -> None:
                     "always = the one it searches where auto would train the prior alone")
     ap.add_argument("--vary", default="", help="comma-separated dimensions of the space to draw (the others the "
                     "prior's), e.g. learning_rate: how the rungs order one shape at several rates")
-    ap.add_argument("--cooldown", type=float, default=0.05, help="the branch's length, a share of the steps before "
-                    "the rung")
+    ap.add_argument("--cooldown", default="0.05", help="comma-separated lengths of the branch, each a share of the "
+                    "steps before the rung, e.g. 0.05,0.25")
     ap.add_argument("--section", default="rungs-cpu", help="BENCHMARKS.md section (and JSON) to write")
     ap.add_argument("--from-json", action="store_true", help="write the section from its saved JSON, without training")
     args = ap.parse_args()
@@ -199,13 +210,23 @@ def main() -> None:
 
     if args.from_json:  # the section again from a saved run, without training
         saved = json.loads((PLOTS / f"{saved_as}.json").read_text())
-        args = argparse.Namespace(**{"search": "auto", "section": "rungs-cpu", "vary": "", "cooldown": 0.05,
-                                     **saved["args"],
+        args = argparse.Namespace(**{"search": "auto", "section": "rungs-cpu", "vary": "", **saved["args"],
                                      "from_json": True})
+        args.cooldown = str(args.cooldown) if "cooldown" in saved["args"] else "0.05"
         rungs, results, n = saved["rungs"], saved["results"], saved["train_chars"]
+        for r in results:  # runs saved with one cooldown, taken at every rung
+            for v in r["rungs"].values():
+                v.setdefault("cooldowns", {args.cooldown: v.pop("cooldown")} if "cooldown" in v else {})
     else:
+        try:
+            args.cooldowns = [float(x) for x in args.cooldown.split(",")]
+            assert all(0 < x <= 1 for x in args.cooldowns)
+        except (ValueError, AssertionError):
+            raise SystemExit(f"--cooldown {args.cooldown}: give shares of the steps before the rung in (0, 1], "
+                             "comma-separated, e.g. 0.05,0.25")
         rungs, results, n = measure(args)
         save_json(saved_as, {"args": vars(args), "rungs": rungs, "results": results, "train_chars": n})
+    lengths = [str(float(x)) for x in str(args.cooldown).split(",")]
     rows = []
     finals = [r["final"] for r in results]
     for rung in rungs:
@@ -213,10 +234,13 @@ def main() -> None:
         if len(have) < 4:
             continue
         f = [r["final"] for r in have]
-        rows.append({"rung (epochs)": f"{rung / n:.3g}", "configurations": len(have),
-                     "Spearman, rung value": f"{spearman([r['rungs'][str(rung)]['rung'] for r in have], f):.2f}",
-                     f"Spearman, after a {args.cooldown:.0%} cooldown": f"{spearman([r['rungs'][str(rung)]['cooldown'] for r in have], f):.2f}",
-                     "rate there (share of the constant rate)": rate_shares(have, rung)})
+        row = {"rung (epochs)": f"{rung / n:.3g}", "configurations": len(have),
+               "Spearman, rung value": f"{spearman([r['rungs'][str(rung)]['rung'] for r in have], f):.2f}"}
+        for length in lengths:
+            cooled = [r["rungs"][str(rung)]["cooldowns"].get(length) for r in have]
+            row[f"Spearman, after a {float(length):.0%} cooldown"] = (
+                f"{spearman(cooled, f):.2f}" if None not in cooled else "not taken (past the constant phase)")
+        rows.append({**row, "rate there (share of the constant rate)": rate_shares(have, rung)})
     cost = sum(r["cooldown_s"] for r in results) / max(1e-9, sum(r["train_s"] for r in results))
     best = min(results, key=lambda r: r["final"])
     described = lambda c: ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items())  # noqa
@@ -228,8 +252,8 @@ def main() -> None:
             f"winner is: constant rate, then linear decay over the last {1 - SEARCH_FRACTION:.0%}; {args.parallel} at "
             f"a time, one seed each. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The prior "
             f"({described(results[0]['config'])}) ended {results[0]['final']:.3f}; {lowest}. The cooldowns cost "
-            f"{cost:.1%} of the training time.\n\n" + table(rows) + "\n\n" + scatter(rungs, results, n, saved_as))
-    flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("vary", ""), ("cooldown", 0.05),
+            f"{cost:.1%} of the training time.\n\n" + table(rows) + "\n\n" + scatter(rungs, results, n, saved_as, lengths))
+    flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("vary", ""), ("cooldown", "0.05"),
                                                                    ("section", "rungs-cpu")) if getattr(args, k) != default)
     title = "" if args.section == "rungs-cpu" else f", {Path(args.data).stem} at {args.time:.0f} s"
     write_section(args.section, f"Do rungs predict the end? (short-horizon bias, CPU{title})", body,
