@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PLOTS, save_json, table, write_section  # noqa: E402
 
 from charsearch.search.autosize import SEARCH_FRACTION  # noqa: E402
+from charsearch.search.trial import report_iterations  # noqa: E402
 
 
 
@@ -141,8 +142,7 @@ def measure(args) -> tuple[list, list, int]:
         for i, point in enumerate(points):
             train_cfg = sweep.trial_config(point).to_dict()
             train_cfg.update(lr_schedule="wsd", decay_frac=1 - SEARCH_FRACTION, max_time=args.time, max_epochs=1e4,
-                             eval_every=max(1, round(sweep.report_every_epochs * n / (train_cfg["batch_size"] *
-                                                                                     train_cfg["seq_length"]))),
+                             eval_every=report_iterations(sweep.report_every_epochs * n, sweep.trial_config(point)),
                              patience=0)
             jobs.append({"config": point, "train": train_cfg, "rungs": rungs, "work": f"{tmp}/{i}",
                          "cooldowns": args.cooldowns})
@@ -255,7 +255,8 @@ def main() -> None:
             f"{cost:.1%} of the training time.\n\n" + table(rows) + "\n\n" + scatter(rungs, results, n, saved_as, lengths))
     flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("vary", ""), ("cooldown", "0.05"),
                                                                    ("section", "rungs-cpu")) if getattr(args, k) != default)
-    title = "" if args.section == "rungs-cpu" else f", {Path(args.data).stem} at {args.time:.0f} s"
+    title = ("" if args.section == "rungs-cpu" else f", {Path(args.data).stem} at {args.time:.0f} s") + (
+        f", {args.vary} only" if args.vary else "")
     write_section(args.section, f"Do rungs predict the end? (short-horizon bias, CPU{title})", body,
                   f"python benchmarks/bench_rungs.py --data {args.data} --time {args.time:.0f} --configs {args.configs}"
                   + flags)

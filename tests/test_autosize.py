@@ -51,6 +51,32 @@ def test_the_budget_splits_into_search_and_finish_and_asha_compares_many_cheaply
     assert p.first_report_s == pytest.approx(3.0 + p.report_chars / 36_000)  # by the slowest kept shape
 
 
+@pytest.mark.parametrize("train_chars,val_chars,reports", [(1_003_854, 200_000, 1), (22_500_000, 50_000, 2)])
+def test_asha_reads_its_first_rung_at_the_report_the_plan_counts_it_at(train_chars, val_chars, reports):
+    """ASHA decides at the first report at or past a rung. The grace period is a whole number of reports
+    (one where the val split sizes the reports, two where the rate does), and every trial's reports train at
+    least the planned characters whatever its step, so the first decision comes at that report, not one
+    later: a report a hair short (batches whole, the interval rounded) would have ASHA decide a report late,
+    at twice the grace where it is one report, every losing trial training two thirds of its maximum."""
+    from charsearch.core.config import TrainConfig
+    from charsearch.search.space import make_scheduler
+    from charsearch.search.trial import report_iterations
+    p = plan(calibration(), budget_s=600, train_chars=train_chars, val_chars=val_chars, vocab_size=65,
+             may_sample=False, search="always")
+    sweep = autosize.apply(SweepConfig(path="", name="s", corpus="c.txt"), p)
+    assert sweep.grace_epochs == reports * sweep.report_every_epochs
+    assert sweep.trial_max_epochs == pytest.approx(autosize.MAX_RUNGS * sweep.grace_epochs)
+    first_rung = min(milestone for milestone, _ in make_scheduler(sweep, train_chars)._brackets[0]._rungs)
+    assert first_rung == pytest.approx(sweep.grace_epochs * train_chars)
+    for batch_size in (16, 32, 64):
+        for seq_length in (64, 128):
+            step = batch_size * seq_length
+            every = report_iterations(sweep.report_every_epochs * train_chars,
+                                      TrainConfig(batch_size=batch_size, seq_length=seq_length))
+            assert reports * every * step >= first_rung  # decided at the planned report
+            assert (reports - 1) * every * step < first_rung and every * step < p.report_chars + step  # not before
+
+
 def test_a_large_val_split_is_scored_by_an_evenly_spread_sample():
     """Reading 2.5 M val characters at every report would leave no trial time to report in the window:
     every evaluation of the sweep (search and finish) scores the same median * S / 20 characters."""

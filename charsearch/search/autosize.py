@@ -20,8 +20,9 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   (a large corpus: reports would be too sparse to compare trials, or come after the window); then
   every trial and the finish score the same evenly spread r_median * S / 20 characters of it
   (train's eval_chars; at least MIN_EVAL_SAMPLE), and `charsearch eval` scores the whole split;
-- ASHA's grace period is max(r_median * S / 20, one report): the median shape could run 20 trials to
-  their first rung in the window, so many configurations are compared cheaply; its maximum is
+- ASHA's grace period is r_median * S / 20 to the nearest whole number of reports (at least one): the
+  median shape could run 20 trials to their first rung in the window, so many configurations are compared
+  cheaply, and each rung falls on a report (ASHA reads a rung at the first report at or past it); its maximum is
   MAX_RUNGS grace periods: rungs already rank configurations as their ends do, so a longer one only
   holds a slot that later trials could use (see MAX_RUNGS);
 - the search gets SEARCH_FRACTION of what the budget leaves after calibration and start-up; the best
@@ -347,7 +348,9 @@ def plan(cal: Calibration, budget_s: float, train_chars: int, val_chars: int, vo
     affordable = max(MIN_EVAL_SAMPLE, round(median * search_s / 20))
     eval_chars = affordable if may_sample and val_chars > affordable else 0
     report = max(median * search_s / 40, 2 * (eval_chars or val_chars))
-    grace = max(median * search_s / 20, report)
+    # a whole number of reports: ASHA reads a rung at the first report at or past it, so a rung a hair past a
+    # report would be read a report later (at twice the grace where the grace is one report)
+    grace = report * max(1, round(median * search_s / 20 / report))
     max_chars = MAX_RUNGS * grace
     first_report = TRIAL_START_S + report / slowest
     p = Plan(sorted(kept, key=lambda n: cal.params[n]), search_s, finish_s, grace, max_chars, report, eval_chars,
@@ -420,9 +423,10 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **warmup, **step,
                    **sweep.train}
     sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
-    sweep.grace_epochs = _round(p.grace_chars / n)
-    sweep.trial_max_epochs = _round(p.max_chars / n)
     sweep.report_every_epochs = _round(p.report_chars / n)
+    # rungs on reports (see plan), the rounding included: each report trains at least report_every_epochs
+    sweep.grace_epochs = round(p.grace_chars / p.report_chars) * sweep.report_every_epochs
+    sweep.trial_max_epochs = MAX_RUNGS * sweep.grace_epochs
     sweep.num_samples = max(sweep.num_samples, 1000)  # the budget and the deadline end the search, not a count
     if sweep.max_failures is None:  # a value from the sweep file stands
         sweep.max_failures = AUTO_MAX_FAILURES

@@ -20,7 +20,7 @@ from ray import tune
 
 from charsearch.core import artifact
 from charsearch.core.config import TrainConfig, label_of
-from charsearch.core.data import Corpus, iters_per_epoch
+from charsearch.core.data import Corpus
 from charsearch.search.sweepfile import SweepConfig
 
 TRIAL_DIR_PREFIX = "charsearch-trial-"
@@ -56,8 +56,7 @@ def run_trial(config: dict, sweep: SweepConfig, corpus: Corpus, ends_at: float =
     cfg = sweep.trial_config(config)
     cfg.device = worker_device(resources.get("GPU", 0) > 0, int(resources.get("CPU", 1)))
     train_ids, _, _ = corpus.split(cfg.train_frac, cfg.val_frac)
-    epoch = max(1, iters_per_epoch(len(train_ids), cfg.batch_size, cfg.seq_length))
-    set_report_interval(cfg, sweep.report_every_epochs * epoch)
+    set_report_interval(cfg, report_iterations(sweep.report_every_epochs * len(train_ids), cfg))
     eval_every_s = late_report_s(cfg, (one_thread_rates or {}).get(label_of(cfg)))
 
     work = trial_dir()
@@ -108,6 +107,13 @@ def late_report_s(cfg: TrainConfig, calibrated_rate: float | None) -> float | No
     if not calibrated_rate or calibrated_rate <= 0:
         return None
     return LATE * cfg.eval_every * cfg.batch_size * cfg.seq_length / calibrated_rate
+
+
+def report_iterations(chars: float, cfg: TrainConfig) -> int:
+    """The iterations between reports that train more than `chars` each: ASHA's rungs are whole numbers of
+    reports (autosize.plan) and it reads a rung at the first report at or past it, so a report that fell a
+    hair short of `chars` would have each rung read a report late."""
+    return int(chars // (cfg.batch_size * cfg.seq_length)) + 1
 
 
 def set_report_interval(cfg: TrainConfig, iterations: float) -> None:
