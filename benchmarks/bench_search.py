@@ -110,7 +110,11 @@ def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: P
     cal = re.search(r"measured in (\d+) s", r.stderr)
     winner = re.search(r"best val loss .*?trial \w+: (\{.*\})", r.stdout)
     trials = sum(run.data.tags.get("charsearch.kind") == "trial" for run in runs)
+    # where each trial ended (characters trained, outcome): ASHA's stops show where it read its first rung
+    ends = sorted((run.data.metrics.get("chars_trained"), run.data.tags.get("charsearch.outcome")) for run in runs
+                  if run.data.tags.get("charsearch.kind") == "trial" and "chars_trained" in run.data.metrics)
     return {"points": points, "best": parent.data.metrics["best_val_loss"], "wall": wall, "trials": trials,
+            "trial_ends": ends,
             "calibration_s": float(cal[1]) if cal else None, "summary": r.stdout.splitlines()[0],
             "winner": winner[1] if winner else "", "plan": plan_lines(r.stderr)}
 
