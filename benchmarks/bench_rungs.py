@@ -56,6 +56,12 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
 
 
+def corpus_name(data: str) -> str:
+    """A corpus's name for the section: its file's stem, or its folder's name for an `input.txt`."""
+    path = Path(data)
+    return path.parent.name if path.stem == "input" and path.parent.name else path.stem
+
+
 def draw(space: dict, first: dict, n: int, seed: int, vary: list[str] | None = None) -> list[dict]:
     """The prior, then n - 1 draws from the space (uniform, log-uniform where the kind says); with `vary`,
     only those dimensions are drawn and the others stay the prior's."""
@@ -247,7 +253,7 @@ def main() -> None:
     lowest = ("it was the lowest" if best is results[0] else
               f"the lowest was a draw, {described(best['config'])}: {best['final']:.3f}, "
               f"{results[0]['final'] - best['final']:.3f} below the prior")
-    body = (f"{args.configs} configurations of the auto sweep's space for {Path(args.data).stem} at {args.time:.0f} s (the "
+    body = (f"{args.configs} configurations of the auto sweep's space for {corpus_name(args.data)} at {args.time:.0f} s (the "
             f"prior first, then seeded draws{' of ' + args.vary + ', the rest the prior' + chr(39) + 's' if args.vary else ''}), each trained alone on one thread for {args.time:.0f} s as a "
             f"winner is: constant rate, then linear decay over the last {1 - SEARCH_FRACTION:.0%}; {args.parallel} at "
             f"a time, one seed each. Final values: {', '.join(f'{v:.3f}' for v in finals)}. The prior "
@@ -255,7 +261,7 @@ def main() -> None:
             f"{cost:.1%} of the training time.\n\n" + table(rows) + "\n\n" + scatter(rungs, results, n, saved_as, lengths))
     flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("search", "auto"), ("vary", ""), ("cooldown", "0.05"),
                                                                    ("section", "rungs-cpu")) if getattr(args, k) != default)
-    title = ("" if args.section == "rungs-cpu" else f", {Path(args.data).stem} at {args.time:.0f} s") + (
+    title = ("" if args.section == "rungs-cpu" else f", {corpus_name(args.data)} at {args.time:.0f} s") + (
         f", {args.vary} only" if args.vary else "")
     write_section(args.section, f"Do rungs predict the end? (short-horizon bias, CPU{title})", body,
                   f"python benchmarks/bench_rungs.py --data {args.data} --time {args.time:.0f} --configs {args.configs}"
