@@ -39,7 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PLOTS, save_json, table, write_section  # noqa: E402
 
 from charsearch.search.autosize import SEARCH_FRACTION  # noqa: E402
+from charsearch.search.sweepfile import SearchParam  # noqa: E402
 from charsearch.search.trial import report_iterations  # noqa: E402
+
+RATES = (2e-3, 1e-2)  # what --vary learning_rate draws from (log-uniform): Adam with clipping trains in it on a CPU
 
 
 
@@ -140,6 +143,8 @@ def measure(args) -> tuple[list, list, int]:
     grace = sweep.grace_epochs * n
     rungs = [grace * sweep.reduction_factor ** k for k in range(4)]
     vary = args.vary.split(",") if args.vary else None
+    if vary and "learning_rate" in vary:  # the sweep trains every trial at the prior's rate; here it is drawn
+        sweep.space["learning_rate"] = SearchParam("log_float", list(RATES))
     if vary and not set(vary) <= set(sweep.space):
         raise SystemExit(f"--vary {args.vary}: the space's dimensions are {', '.join(sweep.space)}")
     points = draw(sweep.space, sweep.points_to_evaluate[0], args.configs, args.seed, vary)

@@ -121,6 +121,20 @@ def test_the_plan_fills_a_sweep_that_loads_back_from_its_file(tmp_path):
     assert (cfg.model, cfg.num_layers, cfg.rnn_size, cfg.learning_rate) == ("gru", 3, 64, 0.003)
 
 
+def test_the_learning_rate_is_not_searched_every_trial_takes_the_priors():
+    """ASHA's rungs rank rates by how fast they start (see PRIOR_LR): every trial takes the prior's rate, and
+    the search compares shapes, dropout and steps at it; a rate the sweep file fixes stands."""
+    p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65, search="always")
+    sweep = autosize.apply(SweepConfig(path="", name="s", corpus="c.txt", sweep_time=600), p)
+    assert "learning_rate" not in sweep.space and {"shape", "dropout", "batch_size"} <= set(sweep.space)
+    assert "learning_rate" not in sweep.points_to_evaluate[0]
+    for point in (sweep.points_to_evaluate[0], {"shape": "lstm 2x256", "dropout": 0.0, "batch_size": 16}):
+        assert sweep.trial_config(point).learning_rate == autosize.PRIOR_LR
+    fixed = autosize.apply(SweepConfig(path="", name="s", corpus="c.txt", sweep_time=600,
+                                       train={"learning_rate": 0.001}), p)
+    assert fixed.trial_config(fixed.points_to_evaluate[0]).learning_rate == 0.001
+
+
 def test_the_search_starts_from_a_prior_inside_its_space():
     p = plan(calibration(), budget_s=600, train_chars=1_000_000, val_chars=110_000, vocab_size=65,
              search="always")
@@ -405,13 +419,13 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     p, first = planned(25_000_000)  # ~2.8 passes in ~8,600 steps of 8,192 characters
     assert autosize.pressure(p)[0] < autosize.FRESH_PASSES
     assert {k: first[k] for k in autosize.FRESH_STEP} == autosize.FRESH_STEP
-    assert ("so every trial takes batch_size 64, seq_length 128 (the first at learning_rate 0.0035); every trial "
+    assert ("so every trial takes batch_size 64, seq_length 128 (at learning_rate 0.0035); every trial "
             "warms up over 100 iterations\n") in p.describe() + "\n"
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800), p)
-    # every trial takes the step, so the rungs compare configurations at one step; the rate is searched from the prior's
+    # every trial takes the step and its rate, so the rungs compare configurations at one step and rate
     assert {k: sweep.train[k] for k in ("batch_size", "seq_length")} == {"batch_size": 64, "seq_length": 128}
     assert "batch_size" not in sweep.space and "seq_length" not in sweep.space
-    assert sweep.space["learning_rate"].allows(first["learning_rate"]) and "shape" in sweep.space
+    assert "learning_rate" not in sweep.space and sweep.train["learning_rate"] == 0.0035 and "shape" in sweep.space
     assert sweep.train["warmup_iters"] == autosize.FRESH_WARMUP_ITERS  # every trial, the prior's members too
     assert autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800, train={"warmup_iters": 0}),
                           p).train["warmup_iters"] == 0  # a warmup the sweep file sets stands
@@ -431,10 +445,10 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     p, first = planned(25_000_000, train={"batch_size": 16})
     assert first["batch_size"] == 16 and first["seq_length"] == 128 and first["learning_rate"] == 0.0035
     p.train_fixed = frozenset({"batch_size"})  # as plan_for gives it
-    assert ("every trial takes seq_length 128 (the first at learning_rate 0.0035; the sweep file sets the rest)"
+    assert ("every trial takes seq_length 128 (at learning_rate 0.0035; the sweep file sets the rest)"
             in p.describe())
     p.train_fixed = frozenset({"batch_size", "seq_length"})
-    assert "so the first trial takes learning_rate 0.0035 (the sweep file sets the rest)" in p.describe()
+    assert "so every trial takes learning_rate 0.0035 (the sweep file sets the rest)" in p.describe()
     p.train_fixed = frozenset(autosize.FRESH_STEP)  # the dry run still says what apply() sets: the warmup
     assert "the sweep file sets the step): every trial warms up over 100 iterations" in p.describe()
     p.train_fixed = frozenset({*autosize.FRESH_STEP, "warmup_iters"})

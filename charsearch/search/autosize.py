@@ -87,11 +87,17 @@ FAMILIES = {("lstm", 1): (64, 128, 256, 512, 768), ("lstm", 2): (32, 64, 96, 128
 # on a GPU, wider and deeper: its throughput per trial is bound by kernel latency, not arithmetic
 GPU_FAMILIES = {("lstm", 2): (128, 256, 512, 768, 1024), ("lstm", 3): (256, 512, 768, 1024),
                 ("gru", 2): (256, 512, 768, 1024)}
-LR_RANGE = (2e-3, 1e-2)  # Adam with clipping; slower rates are still far from their end when a CPU budget ends
+# The learning rate of every trial (the larger step's FRESH_STEP has its own), not searched: ASHA's rungs, a few
+# hundred steps into a run at a constant rate, rank rates by how fast they start, not where they end. One shape at
+# six rates 0.002-0.01 (BENCHMARKS.md, rungs-rate-cpu, rungs-cjk-rate-cpu; one seed each) ranked at Spearman
+# 0.71/0.71 (tiny-shakespeare) and 0.49/0.20 (CJK news) at the two rungs, 0.31-0.83 after a 5% or 25% cooldown;
+# the ends of 0.003-0.0068 lay within 0.019 and 0.047, the lowest at 0.0046 on one and 0.0068 on the other,
+# and 0.0078 failed on both. Searched on 25 MB of Python at 30 minutes, the first rung (224 steps, 100 of
+# them warmup) chose a gru 2x192 at 0.0084, whose export ended 0.27 above the prior alone (search-aligned-cpu).
+PRIOR_LR = 3e-3
 # the first trial, so the search starts from a configuration that trains well in a short budget; the
 # sampler's own draws follow, TPE modelling from the STARTUP_TRIALS-th finished trial on (a 10-minute
 # CPU sweep runs about 6 trials: Optuna's default of 10 random ones would leave TPE nothing to do)
-PRIOR_LR = 3e-3
 # Characters per optimizer step. A run of minutes is far below its critical batch size: its loss falls
 # per step, almost whatever the characters in it (hand-run pilots at 150 s on 2 cores, one run each,
 # GRU 2x128, lr 3e-3 decaying: tiny-shakespeare 1.547 at 32x64 against 1.720 at 64x128, a
@@ -310,10 +316,10 @@ class Plan:
         if fresh:
             step = ", ".join(f"{k} {v:g}" for k, v in fresh.items() if k != "learning_rate")
             rate = fresh.get("learning_rate")
-            notes = ([f"the first at learning_rate {rate:g}"] if step and rate else []) + (
+            notes = ([f"at learning_rate {rate:g}"] if step and rate else []) + (
                 ["the sweep file sets the rest"] if len(fresh) < len(FRESH_STEP) else [])
             lines.append(f"# fewer than {FRESH_PASSES:g} passes: every character nearly fresh, so "
-                         + (f"every trial takes {step}" if step else f"the first trial takes learning_rate {rate:g}")
+                         + (f"every trial takes {step}" if step else f"every trial takes learning_rate {rate:g}")
                          + (f" ({'; '.join(notes)})" if notes else "")
                          + ("" if "warmup_iters" in self.train_fixed else
                             f"; every trial warms up over {FRESH_WARMUP_ITERS} iterations"))
@@ -401,7 +407,6 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     steps = STEPS["gpu" if p.calibration.gpus else "cpu"]
     space = {
         "shape": SearchParam("choice", list(p.shapes)),
-        "learning_rate": SearchParam("log_float", [LR_RANGE[0], LR_RANGE[1]]),
         # around the prior's: ASHA's short rungs favour little dropout, which pays only later, when memorising starts
         "dropout": SearchParam("float", [dropout / 2, 2 * dropout] if dropout else [0.0, 0.1]),
         **{key: SearchParam("choice", values) for key, (values, _) in steps.items()},
@@ -421,7 +426,7 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     sample = {"eval_chars": p.eval_chars} if p.eval_chars else {}
     warmup = {"warmup_iters": FRESH_WARMUP_ITERS} if fresh else {}
     sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **warmup, **step,
-                   **sweep.train}
+                   "learning_rate": first["learning_rate"], **sweep.train}  # the rate is not searched (PRIOR_LR)
     sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
     sweep.report_every_epochs = _round(p.report_chars / n)
     # rungs on reports (see plan), the rounding included: each report trains at least report_every_epochs
