@@ -42,7 +42,9 @@ def test_smoke_sweep_end_to_end(smoke_sweep):
     for _, child in children.iterrows():
         history = client.get_metric_history(child.run_id, "val_loss")
         steps = [m.step for m in history]
-        assert len(history) >= 2 and steps == sorted(steps) and steps[0] > 0  # step = characters trained
+        # step = characters trained; a trial ASHA stopped at its first rung reported once (the rung is on a report)
+        least = 2 if child["tags.charsearch.outcome"] == "finished" else 1
+        assert len(history) >= least and steps == sorted(steps) and steps[0] > 0
         assert min(m.value for m in history) == pytest.approx(child["metrics.best_val_loss"])
         assert client.get_metric_history(child.run_id, "train_loss")
         assert client.get_metric_history(child.run_id, "chars_per_sec")
