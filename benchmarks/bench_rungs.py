@@ -45,7 +45,6 @@ from charsearch.search.trial import report_iterations  # noqa: E402
 RATES = (2e-3, 1e-2)  # what --vary learning_rate draws from (log-uniform): Adam with clipping trains in it on a CPU
 
 
-
 def spearman(a: list[float], b: list[float]) -> float:
     def ranks(x):
         order = sorted(range(len(x)), key=lambda i: x[i])

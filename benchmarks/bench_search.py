@@ -113,10 +113,21 @@ def run_sweep(corpus: Path, budget: float, seed: int, algorithm: str, project: P
     # where each trial ended (characters trained, outcome): ASHA's stops show where it read its first rung
     ends = sorted((run.data.metrics.get("chars_trained"), run.data.tags.get("charsearch.outcome")) for run in runs
                   if run.data.tags.get("charsearch.kind") == "trial" and "chars_trained" in run.data.metrics)
+    finisher = next((run for run in runs if "charsearch.finish_s" in run.data.tags), None)
     return {"points": points, "best": parent.data.metrics["best_val_loss"], "wall": wall, "trials": trials,
-            "trial_ends": ends,
+            "trial_ends": ends, "winner_constant": constant_share(client, finisher) if finisher else None,
             "calibration_s": float(cal[1]) if cal else None, "summary": r.stdout.splitlines()[0],
             "winner": winner[1] if winner else "", "plan": plan_lines(r.stderr)}
+
+
+def constant_share(client, run) -> float | None:
+    """The share of its characters a sweep's winner trained at its constant rate, before the finish's decay: its
+    last report at its peak rate over its last report (reports are logged on the characters-trained axis)."""
+    history = client.get_metric_history(run.info.run_id, "learning_rate")
+    if not history:
+        return None
+    peak = max(m.value for m in history)
+    return max(m.step for m in history if m.value >= 0.999 * peak) / max(max(m.step for m in history), 1)
 
 
 def plan_lines(text: str) -> list[str]:

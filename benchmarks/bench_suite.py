@@ -177,6 +177,20 @@ def run_found(corpus: Path, budget: float, seed: int, project: Path, sweep: dict
             "winner": sweep["winner"], "shape": shape, "plan": plan_lines(plan_text), "prior_from": source}
 
 
+def run_winners_schedule(corpus: Path, budget: float, seed: int, project: Path, sweep: dict | None) -> dict | None:
+    """The prior alone on the schedule the auto sweep's winner of the same corpus, budget and seed had in
+    characters (`sweep`: its row): constant for the share it trained in the search, then decaying over the rest.
+    The winner trains at the constant rate only to ASHA's last rung or the search's end, then waits for the
+    finish, which trains faster on the whole machine: its constant share is smaller than the search's share of
+    the time. None (no row) where the sweep's row has no such share."""
+    share = (sweep or {}).get("winner_constant")
+    if share is None:
+        print("  skipped: that seed's auto sweep has no winner's schedule", file=sys.stderr, flush=True)
+        return None
+    decay_frac = round(min(0.99, 1 - share), 3)
+    return {**run_prior(corpus, budget, seed, project, decay_frac), "decay_frac": decay_frac}
+
+
 def run_point(corpus: Path, budget: float, seed: int, project: Path, point: dict) -> dict:
     """The prior with some of its values replaced (`point`, from --point), trained alone on the sweep's schedule
     for the budget: which of a found configuration's differences from the prior carries its gain."""
@@ -331,11 +345,14 @@ def s2(seconds: float = 15.0) -> list[dict]:
 SCHEDULE = "prior alone (sweep's schedule)"
 SWEEPS_TIME = "prior alone (sweep's schedule and time)"
 FOUND = "found alone (sweep's schedule)"
+WINNERS = "prior alone (winner's schedule)"
 POINT = "prior with --point (sweep's schedule)"
 METHODS = {"train defaults": lambda c, b, s, p: run_train(c, b, 123 + s, p),
            "prior alone": run_prior,
            # the schedule the sweep's winner gets: a constant rate while the search runs, then the finish's decay
            SCHEDULE: lambda c, b, s, p: run_prior(c, b, s, p, 1 - SEARCH_FRACTION),
+           # the schedule the winner had in characters: constant over its search only (run_winners_schedule)
+           WINNERS: run_winners_schedule,
            # and for the time the sweep gives it without a search, with as many evaluations
            SWEEPS_TIME: lambda c, b, s, p: run_prior(c, b, s, p, 1 - SEARCH_FRACTION, sweeps_time=True),
            "plan": run_plan,
@@ -414,8 +431,9 @@ def main() -> None:
                         run = METHODS[method]
                         if method == "auto sweep" and args.sweep_flags:
                             run = functools.partial(run_auto_sweep, extra=tuple(shlex.split(args.sweep_flags)))
-                        if method == FOUND:
-                            run = functools.partial(run_found, sweep=results.get(f"{name}|{budget:g}|auto sweep|{seed}"))
+                        if method in (FOUND, WINNERS):
+                            run = functools.partial(METHODS[method],
+                                                    sweep=results.get(f"{name}|{budget:g}|auto sweep|{seed}"))
                         label = method
                         if method == POINT:
                             run = functools.partial(run_point, point=json.loads(args.point))
@@ -485,6 +503,25 @@ def gains_chart(groups: dict, stem: str) -> str:
     return f"![The auto sweep and its prior alone against the defaults](benchmarks/plots/{stem}.png)"
 
 
+def schedule_row(corpus: str, budget: str, by_method: dict, results: dict) -> dict:
+    """The prior alone decaying over the whole budget against the sweep's schedule (and the winner's, and the
+    sweep, where they ran), with the passes each read."""
+    passes = [r.get("epochs") for k, r in results.items() if k.startswith(f"{corpus}|{budget}|prior alone|")]
+    whole, constant = statistics.mean(by_method["prior alone"]), statistics.mean(by_method[SCHEDULE])
+    row = {"corpus": corpus, "budget": f"{float(budget):.0f} s",
+           "passes": ", ".join(f"{p:g}" for p in passes if p is not None) or "-",
+           "prior alone, decaying over the whole budget": cell(by_method["prior alone"]),
+           f"prior alone, constant, then decaying over the last {1 - SEARCH_FRACTION:.0%}": cell(by_method[SCHEDULE]),
+           "whole - constant first": f"{whole - constant:+.4f}"}
+    if WINNERS in by_method:
+        fracs = [r["decay_frac"] for k, r in results.items() if k.startswith(f"{corpus}|{budget}|{WINNERS}|")]
+        row["prior alone, winner's schedule (decaying over)"] = (
+            f"{cell(by_method[WINNERS])} ({', '.join(f'{f:.0%}' for f in fracs)})")
+    if "auto sweep" in by_method:
+        row["auto sweep"] = cell(by_method["auto sweep"])
+    return row
+
+
 def report(results: dict, measured: list, args) -> None:
     groups: dict = {}
     plans: dict = {}
@@ -504,7 +541,7 @@ def report(results: dict, measured: list, args) -> None:
     for (corpus, budget), by_method in groups.items():
         mean = {m: statistics.mean(v) for m, v in by_method.items()}
         row = {"corpus": corpus, "budget": f"{float(budget):.0f} s"}
-        for m in (*DEFAULT_METHODS, SCHEDULE, SWEEPS_TIME, FOUND, *sorted(m for m in by_method
+        for m in (*DEFAULT_METHODS, SCHEDULE, WINNERS, SWEEPS_TIME, FOUND, *sorted(m for m in by_method
                                                                             if m.startswith("prior with "))):
             if m in by_method:
                 row[m] = cell(by_method[m])
@@ -530,6 +567,11 @@ def report(results: dict, measured: list, args) -> None:
             row["sweep - prior (sweep's schedule)"] = f"{mean['auto sweep'] - mean[SCHEDULE]:+.4f}"
             if mixes:
                 row["ensemble - prior (sweep's schedule)"] = f"{statistics.mean(mixes) - mean[SCHEDULE]:+.4f}"
+        if WINNERS in mean and "auto sweep" in mean:  # over the seeds that have both
+            pairs = [(results[k.replace(WINNERS, "auto sweep")]["best"], r["best"]) for k, r in results.items()
+                     if k.startswith(f"{corpus}|{budget}|{WINNERS}|") and k.replace(WINNERS, "auto sweep") in results]
+            row["sweep - prior (winner's schedule), same seeds"] = (
+                f"{statistics.mean(s - p for s, p in pairs):+.4f}" if pairs else "-")
         if FOUND in mean and SCHEDULE in mean:  # over the seeds that have both
             pairs = [(r["best"], results[k.replace(FOUND, SCHEDULE)]["best"]) for k, r in results.items()
                      if k.startswith(f"{corpus}|{budget}|{FOUND}|") and k.replace(FOUND, SCHEDULE) in results]
@@ -551,7 +593,9 @@ def report(results: dict, measured: list, args) -> None:
             "'prior' when it is the plan's first point (seed aside), 'found' when the search drew it; (d) the "
             "prior alone on the sweep's schedule (constant, then decaying over the last "
             f"{1 - SEARCH_FRACTION:.0%}); (e) the same for the time a sweep without a search gives its prior (the "
-            f"budget less the calibration and the sweep's start), with its {NO_SEARCH_REPORTS} evaluations. A prior arm run after the auto sweep of the same corpus, budget and seed "
+            f"budget less the calibration and the sweep's start), with its {NO_SEARCH_REPORTS} evaluations; (f) the prior "
+            "alone on its sweep's winner's schedule in characters (constant for the share of its characters the "
+            "winner trained in the search, then decaying). A prior arm run after the auto sweep of the same corpus, budget and seed "
             "trains that sweep's own prior (its plan's first point: 'sweep's prior'), else the prior of a dry run "
             "(whose calibration can keep another shape). 'found alone': the configuration an auto sweep's search "
             "found (its winner where that is not the prior's) trained alone on the sweep's schedule as (d), for the "
@@ -561,17 +605,13 @@ def report(results: dict, measured: list, args) -> None:
             + "Negative differences: the sweep did better.\n\n" + table(rows) + "\n\n" + gains_chart(groups, args.stem)
             + ("\n\nMeasured first, S2 (aggregate throughput of two one-thread trials over one two-thread trial, "
                "15 s each, tiny-shakespeare's vocabulary):\n\n" + table(measured) if measured else ""))
-    schedule_rows = [{"corpus": corpus, "budget": f"{float(budget):.0f} s",
-                      "prior alone, decaying over the whole budget": cell(by_method["prior alone"]),
-                      f"prior alone, constant, then decaying over the last {1 - SEARCH_FRACTION:.0%}":
-                          cell(by_method[SCHEDULE]),
-                      "auto sweep": cell(by_method["auto sweep"])}
-                     for (corpus, budget), by_method in groups.items()
-                     if {"prior alone", SCHEDULE, "auto sweep"} <= set(by_method)]
+    schedule_rows = [schedule_row(corpus, budget, by_method, results) for (corpus, budget), by_method in groups.items()
+                     if {"prior alone", SCHEDULE} <= set(by_method)]
     if schedule_rows:
         body += ("\n\nThe sweep's winner trains at a constant rate while the search runs and decays over the finish "
-                 "only; the prior alone above decays over the whole budget. The prior alone with the sweep's "
-                 "schedule separates the schedule from the search:\n\n" + table(schedule_rows))
+                 "only; the prior alone above decays over the whole budget. The prior alone on either schedule "
+                 "(passes: over the train split, at its last evaluation) separates the schedule from the search:"
+                 "\n\n" + table(schedule_rows))
     plan_rows = [{"corpus": corpus, "budget": f"{float(budget):.0f} s", "prior": ", ".join(dict.fromkeys(r["prior"] for r in rs)),
                   "searches": ", ".join("yes" if r["searching"] else "no" for r in rs),
                   "each of 2 at once / one alone": ", ".join(f"{r['share']}%" if r["share"] else "-" for r in rs),

@@ -414,19 +414,20 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     searched = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800), p)
     assert "batch_size" in searched.space and "batch_size" not in searched.train  # the step is searched
     assert "fewer than" not in p.describe()
-    assert "warmup_iters" not in autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800),
-                                                p).train  # the trials start at the full rate
+    # at either step every trial warms up (WARMUP_ITERS)
+    assert autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800),
+                          p).train["warmup_iters"] == autosize.WARMUP_ITERS
+    assert "# every trial warms up over 100 iterations" in p.describe()
     p, first = planned(25_000_000)  # ~2.8 passes in ~8,600 steps of 8,192 characters
     assert autosize.pressure(p)[0] < autosize.FRESH_PASSES
     assert {k: first[k] for k in autosize.FRESH_STEP} == autosize.FRESH_STEP
-    assert ("so every trial takes batch_size 64, seq_length 128 (at learning_rate 0.0035); every trial "
-            "warms up over 100 iterations\n") in p.describe() + "\n"
+    assert "so every trial takes batch_size 64, seq_length 128 (at learning_rate 0.0035)\n" in p.describe()
     sweep = autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800), p)
     # every trial takes the step and its rate, so the rungs compare configurations at one step and rate
     assert {k: sweep.train[k] for k in ("batch_size", "seq_length")} == {"batch_size": 64, "seq_length": 128}
     assert "batch_size" not in sweep.space and "seq_length" not in sweep.space
     assert "learning_rate" not in sweep.space and sweep.train["learning_rate"] == 0.0035 and "shape" in sweep.space
-    assert sweep.train["warmup_iters"] == autosize.FRESH_WARMUP_ITERS  # every trial, the prior's members too
+    assert sweep.train["warmup_iters"] == autosize.WARMUP_ITERS  # every trial, the prior's members too
     assert autosize.apply(SweepConfig(path="", name="a", corpus="c.txt", sweep_time=1800, train={"warmup_iters": 0}),
                           p).train["warmup_iters"] == 0  # a warmup the sweep file sets stands
     p.train_fixed = frozenset({"warmup_iters"})
@@ -450,9 +451,7 @@ def test_where_the_prior_reads_its_split_few_times_it_steps_on_more_characters()
     p.train_fixed = frozenset({"batch_size", "seq_length"})
     assert "so every trial takes learning_rate 0.0035 (the sweep file sets the rest)" in p.describe()
     p.train_fixed = frozenset(autosize.FRESH_STEP)  # the dry run still says what apply() sets: the warmup
-    assert "the sweep file sets the step): every trial warms up over 100 iterations" in p.describe()
-    p.train_fixed = frozenset({*autosize.FRESH_STEP, "warmup_iters"})
-    assert "fewer than" not in p.describe()
+    assert "fewer than" not in p.describe() and "every trial warms up over 100 iterations" in p.describe()
     # a GPU keeps its own prior step (STEPS["gpu"])
     p, first = planned(25_000_000, gpus=1)
     assert first["batch_size"] == autosize.STEPS["gpu"]["batch_size"][1] and first["learning_rate"] == autosize.PRIOR_LR

@@ -33,10 +33,10 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   (prior_dropout: by its passes over the split times all its parameters per train character), stepping
   on 2,048 characters on a CPU (STEPS: a short run learns per optimizer step, and on a CPU smaller steps
   cost little throughput), on 8,192 where it would read the split fewer than FRESH_PASSES times in
-  MIN_FRESH_STEPS or more such steps, every trial then taking that step and warming up over
-  FRESH_WARMUP_ITERS. The finish, not the rungs, decides the final loss, and rungs at equal characters
-  trained are short: on its own the search favours shapes that learn fastest early, while a larger model
-  trained to the end does better (in a single hand-run pilot of 740 s on one thread with the rate decaying,
+  MIN_FRESH_STEPS or more such steps, every trial then taking that step; every trial warms up over
+  WARMUP_ITERS iterations (its rate rising linearly from 0). The finish, not the rungs, decides the final
+  loss, and rungs at equal characters trained are short: on its own the search favours shapes that learn
+  fastest early, while a larger model trained to the end does better (in a single hand-run pilot of 740 s on one thread with the rate decaying,
   a GRU 2x192 ended lower than a GRU 2x128).
 
 - no search where it cannot pay: the plan estimates how many configurations besides the prior the
@@ -108,7 +108,7 @@ STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)
          "gpu": {"batch_size": ([64, 128, 256], 64), "seq_length": ([64, 128], 128)}}
 # Except in a long run where the prior reads its train split fewer than FRESH_PASSES times: there every character
 # is nearly fresh, nothing memorises, and the larger step (and a slightly higher rate), warming up over
-# FRESH_WARMUP_ITERS, ended lower, the prior trained alone on the sweep's schedule on 2 cores (BENCHMARKS.md,
+# WARMUP_ITERS, ended lower, the prior trained alone on the sweep's schedule on 2 cores (BENCHMARKS.md,
 # prior-step-cpu, warmup-cpu, search-always-cpu): on 25 MB of Python source at 1800 s (no warmup) -0.058 over 2
 # seeds (1.6459 +- 0.009 against 1.7036 +- 0.001; ~4,300 such steps planned); at 600 s (~0.6 passes, 1,580-1,680
 # steps planned) 1.6604 +- 0.016 against 1.7211 +- 0.007 (-0.061); on a 10 MB slice at 600 s (~1.7 passes,
@@ -128,13 +128,16 @@ STEPS = {"cpu": {"batch_size": ([16, 32, 64], 32), "seq_length": ([64, 128], 64)
 FRESH_PASSES = 4.0
 FRESH_STEP = {"batch_size": 64, "seq_length": 128, "learning_rate": 3.5e-3}
 MIN_FRESH_STEPS = 1_500
-# At the larger step every trial warms up (train's warmup_iters): at the full rate from the first step, one seed
-# of two threw a gru 2x192 into a slow start on 25 MB of Python at 600 s (a gradient norm of 11 and the loss
-# rising around iteration 30; at iteration 500 its training loss stood 0.54 above the other seed's) and it ended
-# 0.12-0.15 above it on the whole val split, with the same data order (prior-step-cpu and warmup-cpu). Warming
-# up over 100 iterations, the two ended 0.022 apart: 1.6604 +- 0.016 against 1.7315 +- 0.106 without
-# (warmup-cpu).
-FRESH_WARMUP_ITERS = 100
+# Every trial warms up (train's warmup_iters), at either step: at the full rate from the first step a fresh model
+# can fall into a slow start it never makes up, with the same data order, by its initial weights alone. At the
+# larger step one seed of two threw a gru 2x192 into one on 25 MB of Python at 600 s (a gradient norm of 11 and the
+# loss rising around iteration 30) and ended 0.12-0.15 above the other; warming up over 100 iterations, the two
+# ended 0.022 apart: 1.6604 +- 0.016 against 1.7315 +- 0.106 (warmup-cpu). At the smaller step, one seed of three of
+# a gru 2x128 at 0.003 on a 10 MB slice at 300 s sat near the unigram loss for hundreds of iterations (2.58 at
+# iteration 500 against 1.76) and ended at 1.8279 against 1.3305 and 1.4133; warming up, the three ended at
+# 1.3528 +- 0.022 against 1.5239 +- 0.267. Where no seed stalled (tiny-shakespeare at 300 s, 2 seeds) it ended
+# lower too: 1.5194 +- 0.006 against 1.5268 +- 0.007 (warmup-cpu).
+WARMUP_ITERS = 100
 PRIOR_TOKENS_PER_PARAM = 40
 # The characters-per-parameter constants are for English prose. What a parameter absorbs is information,
 # not characters: a CJK character carries about three times an English one's (as a subword token does),
@@ -308,11 +311,7 @@ class Plan:
         lines.append(f"# the first trial, {prior_shape(self)}, would pass over the train split {passes:.3g} times "
                      f"in the budget; times its parameters per train character: {beside(press, FREE_PRESSURE)} (above "
                      f"{FREE_PRESSURE:g} it memorises the split): dropout {prior_dropout(self):g}")
-        rule = prior_step(self)
-        fresh = {k: v for k, v in rule.items() if k not in self.train_fixed}
-        if rule and not fresh and "warmup_iters" not in self.train_fixed:  # apply() still sets the warmup
-            lines.append(f"# fewer than {FRESH_PASSES:g} passes (the sweep file sets the step): every trial warms "
-                         f"up over {FRESH_WARMUP_ITERS} iterations")
+        fresh = {k: v for k, v in prior_step(self).items() if k not in self.train_fixed}
         if fresh:
             step = ", ".join(f"{k} {v:g}" for k, v in fresh.items() if k != "learning_rate")
             rate = fresh.get("learning_rate")
@@ -320,9 +319,10 @@ class Plan:
                 ["the sweep file sets the rest"] if len(fresh) < len(FRESH_STEP) else [])
             lines.append(f"# fewer than {FRESH_PASSES:g} passes: every character nearly fresh, so "
                          + (f"every trial takes {step}" if step else f"every trial takes learning_rate {rate:g}")
-                         + (f" ({'; '.join(notes)})" if notes else "")
-                         + ("" if "warmup_iters" in self.train_fixed else
-                            f"; every trial warms up over {FRESH_WARMUP_ITERS} iterations"))
+                         + (f" ({'; '.join(notes)})" if notes else ""))
+        if "warmup_iters" not in self.train_fixed:
+            lines.append(f"# every trial warms up over {WARMUP_ITERS} iterations, its rate rising linearly from 0 "
+                         f"(at the full rate from the first step, a fresh model can stall for good)")
         if self.eval_chars:
             lines.append(f"# each evaluation scores {self.eval_chars:,} val characters spread evenly over the split "
                          f"(reading all of it at every report would leave too little time to train; `charsearch eval` "
@@ -424,8 +424,8 @@ def apply(sweep: SweepConfig, p: Plan) -> SweepConfig:
     if sweep.startup_trials is None:  # a value from the sweep file stands
         sweep.startup_trials = STARTUP_TRIALS
     sample = {"eval_chars": p.eval_chars} if p.eval_chars else {}
-    warmup = {"warmup_iters": FRESH_WARMUP_ITERS} if fresh else {}
-    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample, **warmup, **step,
+    sweep.train = {"optimizer": "adam", "lr_schedule": "constant", "grad_clip": 5.0, **sample,
+                   "warmup_iters": WARMUP_ITERS, **step,
                    "learning_rate": first["learning_rate"], **sweep.train}  # the rate is not searched (PRIOR_LR)
     sweep.scheduler, sweep.time_attr, sweep.reduction_factor = "asha", "chars_trained", 3.0
     sweep.report_every_epochs = _round(p.report_chars / n)
