@@ -91,7 +91,7 @@ def report(results: dict) -> None:
     write_section(SECTION, "A warmup for the prior (CPU)", body,
                   "python benchmarks/bench_warmup.py --corpora 5 --budgets 600 --seeds 2 --warmups 0,100`, then "
                   "`--corpora 7 --budgets 600 --seeds 2 --warmups 100 --keep`, then `--corpora 7 --budgets 300 --seeds 3 "
-                  "--plan-step --keep` and `--corpora 1 --budgets 300 --seeds 2 --plan-step --keep")
+                  "--plan-step --keep`, `--corpora 7 --budgets 300 --seeds 3 --warmups 300 --plan-step --keep` and `--corpora 1 --budgets 300 --seeds 2 --plan-step --keep")
 
 
 def main() -> None:
