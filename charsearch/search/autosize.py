@@ -36,8 +36,8 @@ layer, whose size follows the vocabulary; their cost shows in r, where it is pai
   MIN_FRESH_STEPS or more such steps, every trial then taking that step; every trial warms up over
   WARMUP_ITERS iterations (its rate rising linearly from 0). The finish, not the rungs, decides the final
   loss, and rungs at equal characters trained are short: on its own the search favours shapes that learn
-  fastest early, while a larger model trained to the end does better (in a single hand-run pilot of 740 s on one thread with the rate decaying,
-  a GRU 2x192 ended lower than a GRU 2x128).
+  fastest early, while a larger model trained to the end does better (in a single hand-run pilot of 740 s
+  on one thread with the rate decaying, a GRU 2x192 ended lower than a GRU 2x128).
 
 - no search where it cannot pay: the plan estimates how many configurations besides the prior the
   search can bring to ASHA's first rung in its window (`comparisons`: the slots' time left beside the
